@@ -1,0 +1,157 @@
+"""The Device Defender report schema, declared once.
+
+Every field of a metric report is declared here with its long name, short name, kind and bounds.
+The encoder (long <-> short names), the engine's validator and the docs are all derived from
+this one table, so the two name forms can never drift apart.
+"""
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+# Largest integer a report may carry: CBOR and most consumers agree on unsigned 64 bits;
+# signed 64 bits keeps SQLite and JSON consumers safe.
+MAX_INT = 2**63 - 1
+MAX_PORT = 65535
+
+VERSION = "1.0"
+
+# The value shapes of a custom metric, each inside a one-element array:
+# {"name": [{"number": 1}]}; a bare object is malformed.
+CUSTOM_METRIC_TYPES = ("number", "number_list", "string_list", "ip_list")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the report.
+
+    kind: "object" (children are its fields), "list" (a list of objects whose fields are the
+    children), "int", "str", or "custom" (the custom metrics map).
+    """
+
+    long: str
+    short: str
+    kind: str
+    doc: str
+    children: Tuple["Field", ...] = ()
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    required: bool = False
+
+    def child(self, key: str) -> Optional["Field"]:
+        """The child named `key` in either name form (agents mix them)."""
+        for field in self.children:
+            if key in (field.long, field.short):
+                return field
+        return None
+
+
+def _count(long, short, doc, required=False):
+    return Field(long, short, "int", doc, minimum=0, maximum=MAX_INT, required=required)
+
+
+_PORT = (
+    Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
+    Field("interface", "if", "str", "Interface owning the bound address; absent for wildcard binds."),
+)
+
+
+def _port_group(long, short, doc):
+    return Field(long, short, "object", doc, children=(
+        Field("ports", "pts", "list", "Listening ports (capped; duplicates removed).", children=_PORT),
+        _count("total", "t", "True number of listening ports, before any cap."),
+    ))
+
+
+_CONNECTION = (
+    Field("remote_addr", "rad", "str", 'Remote "ip:port", IPv6 as "[addr]:port".', required=True),
+    Field("local_port", "lp", "int", "Local port.", minimum=0, maximum=MAX_PORT),
+    Field("local_interface", "li", "str", "Interface owning the local address."),
+)
+
+REPORT = Field("report", "report", "object", "A Device Defender metric report.", children=(
+    Field("header", "hed", "object", "Report header.", required=True, children=(
+        Field("report_id", "rid", "int", "Positive, increasing per device (epoch ms).",
+              minimum=1, maximum=MAX_INT, required=True),
+        Field("version", "v", "str", 'Always "1.0".', required=True),
+    )),
+    Field("metrics", "met", "object", "Device-side metrics.", children=(
+        _port_group("listening_tcp_ports", "tp", "Listening TCP ports."),
+        _port_group("listening_udp_ports", "up", "Listening UDP ports."),
+        Field("tcp_connections", "tc", "object", "TCP connections.", children=(
+            Field("established_connections", "ec", "object", "Established TCP connections.", children=(
+                Field("connections", "cs", "list", "Established connections (capped).",
+                      children=_CONNECTION),
+                _count("total", "t", "True number of established connections."),
+            )),
+        )),
+        Field("network_stats", "ns", "object", "Traffic since the previous report (deltas).", children=(
+            _count("bytes_in", "bi", "Bytes received."),
+            _count("bytes_out", "bo", "Bytes sent."),
+            _count("packets_in", "pi", "Packets received."),
+            _count("packets_out", "po", "Packets sent."),
+        )),
+    )),
+    Field("custom_metrics", "cmet", "custom",
+          "Custom metrics: name -> [{number | number_list | string_list | ip_list}]."),
+))
+
+
+def rename(doc: Any, short: bool, field: Field = REPORT) -> Any:
+    """Return `doc` with every declared key in the chosen name form.
+
+    Either form is accepted on input, mixed at any level (AWS's sample agent mixes them).
+    Unknown keys and custom metric names are kept as they are.
+    """
+    if field.kind == "object" and isinstance(doc, dict):
+        out = {}
+        for key, value in doc.items():
+            sub = field.child(key) if isinstance(key, str) else None
+            if sub is None:
+                out[key] = value
+            else:
+                out[sub.short if short else sub.long] = rename(value, short, sub)
+        return out
+    if field.kind == "list" and isinstance(doc, list):
+        item = Field(field.long, field.short, "object", field.doc, children=field.children)
+        return [rename(entry, short, item) for entry in doc]
+    return doc
+
+
+def to_long(doc: Any) -> Any:
+    return rename(doc, short=False)
+
+
+def to_short(doc: Any) -> Any:
+    return rename(doc, short=True)
+
+
+def walk(field: Field = REPORT, long_path: str = "", short_path: str = "") -> Iterator[Tuple[str, str, Field]]:
+    """Yield (long path, short path, field) for every declared field, depth first."""
+    for sub in field.children:
+        lp = f"{long_path}.{sub.long}" if long_path else sub.long
+        sp = f"{short_path}.{sub.short}" if short_path else sub.short
+        if sub.kind == "list":
+            lp, sp = lp + "[]", sp + "[]"
+        yield lp, sp, sub
+        yield from walk(sub, lp, sp)
+
+
+def markdown_table() -> str:
+    """The schema as a Markdown table, for the docs."""
+    rows: List[str] = ["| long name | short name | type | bounds | meaning |", "|---|---|---|---|---|"]
+    for lp, sp, f in walk():
+        bounds = "" if f.minimum is None else f"{f.minimum}–{f.maximum}"
+        rows.append(f"| `{lp}` | `{sp}` | {f.kind} | {bounds} | {f.doc} |")
+    return "\n".join(rows)
+
+
+def field_at(path: str) -> Field:
+    """The field at a dotted long-name path, e.g. "metrics.network_stats.bytes_in"."""
+    field: Optional[Field] = REPORT
+    for part in path.replace("[]", "").split("."):
+        field = field.child(part) if field else None
+        if field is None:
+            raise KeyError(path)
+    return field
+
+
+NETWORK_STATS_KEYS: Dict[str, str] = {f.long: f.short for f in field_at("metrics.network_stats").children}

@@ -1,0 +1,1 @@
+"""Transports that carry reports off the device."""

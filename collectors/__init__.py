@@ -1,0 +1,1 @@
+"""Kernel collectors: sockets, interface counters, socket owners. No MQTT, no report format."""

@@ -1,0 +1,1 @@
+"""Garrison detect engine: ingest, validate, evaluate, alarm."""
