@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Garrison needs on a fresh Debian machine (idempotent):
+# the OS packages (as root, through apt), then the project and its extras in ./.venv.
+# Usage: scripts/install.sh [EXTRAS]   (default: detect; the tests use dev,detect)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-detect}"
+
+apt_packages=()
+command -v mosquitto >/dev/null || apt_packages+=(mosquitto)
+command -v ip >/dev/null && command -v ss >/dev/null || apt_packages+=(iproute2)
+command -v openssl >/dev/null || apt_packages+=(openssl)
+if [[ "$extras" == *dev* ]]; then
+  command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+fi
+if ((${#apt_packages[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "install: apt-get install ${apt_packages[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+  else
+    echo "install: missing ${apt_packages[*]} (run as root, or install them); continuing" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
+fi
+echo "install: pip install -e .[$extras] into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"

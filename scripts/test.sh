@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the test suite on a fresh Debian machine: installs everything, then pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m slow for the opt-in QEMU checks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh dev,detect
+export PATH="$PWD/.venv/bin:$PATH"   # the tests run garrison-agent / garrison-detect as commands
+exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
