@@ -12,6 +12,10 @@ command -v ip >/dev/null && command -v ss >/dev/null || apt_packages+=(iproute2)
 command -v openssl >/dev/null || apt_packages+=(openssl)
 if [[ "$extras" == *dev* ]]; then
   command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+  # the Debian package's test installs it into a clean root holding its Debian dependencies
+  for pkg in python3-paho-mqtt python3-cbor2 python3-psutil; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_packages+=("$pkg")
+  done
 fi
 if ((${#apt_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
