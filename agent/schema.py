@@ -140,7 +140,8 @@ def markdown_table() -> str:
     rows: List[str] = ["| long name | short name | type | bounds | meaning |", "|---|---|---|---|---|"]
     for lp, sp, f in walk():
         bounds = "" if f.minimum is None else f"{f.minimum}–{f.maximum}"
-        rows.append(f"| `{lp}` | `{sp}` | {f.kind} | {bounds} | {f.doc} |")
+        doc = f.doc.replace("|", "\\|")  # a bare "|" would split the Markdown cell
+        rows.append(f"| `{lp}` | `{sp}` | {f.kind} | {bounds} | {doc} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,274 @@
+"""Validate a decoded Device Defender report and normalize it to long names.
+
+Every check is derived from `agent.schema` (kinds, bounds, required fields); nothing about the
+report's fields is declared here. Liberal where real agents differ (long and short keys mixed at
+any level, since-boot totals in a first report, an interface of "0.0.0.0" or null, duplicate
+entries, floats in custom numbers); strict where AWS rejects (missing header, bad report id,
+version other than "1.0", no metrics at all, a custom metric that is not a one-element array,
+negative counts, ports out of range, wrong types, NaN/Infinity, booleans for integers, custom
+metric names starting with "aws:").
+
+Keys the schema does not declare are dropped, so the engine only ever sees declared fields.
+"""
+import math
+import re
+import socket
+from typing import Any, Dict, List
+
+from agent import schema
+
+INVALID_PAYLOAD = "InvalidPayload"  # AWS's code for any malformed report
+
+# AWS CreateCustomMetric: metricName is 1-128 of [a-zA-Z0-9:_-] and must not begin with "aws:".
+_CUSTOM_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_MAX_STRING = 1024           # no declared string (address, interface) is legitimately longer
+_NUMBER_MIN, _NUMBER_MAX = -schema.MAX_INT - 1, schema.MAX_INT
+
+
+class Invalid(ValueError):
+    """A report the engine rejects: `code` is the reply's ErrorCode, `message` its ErrorMessage."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class _Bad(Exception):
+    """A problem found deep in the report; each level on the way out adds its key to `where`,
+    so paths are only built when something is wrong (validation of good reports stays fast)."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+        self.where: List[str] = []
+
+    def path(self) -> str:
+        out = ""
+        for part in reversed(self.where):
+            out += part if part.startswith("[") or not out else "." + part
+        return out
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return _NUMBER_MIN <= value <= _NUMBER_MAX
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _is_ip(text: str) -> bool:
+    """IPv4 dotted quad or IPv6 text (inet_pton: strict, and far faster than ipaddress)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except (OSError, ValueError):  # ValueError: embedded NUL
+            pass
+    return False
+
+
+def _is_text(value: Any) -> bool:
+    """A str of sane length that is valid Unicode (JSON's "\\ud800" escapes decode to lone
+    surrogates, which no database or encoder downstream would take)."""
+    if not isinstance(value, str) or len(value) > _MAX_STRING:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_int(value: Any, field: schema.Field) -> int:
+    if not _is_int(value):
+        raise _Bad(f"expected an integer, got {_type_name(value)}")
+    if field.minimum is not None and value < field.minimum:
+        raise _Bad(f"{value} is below the minimum {field.minimum}")
+    if field.maximum is not None and value > field.maximum:
+        raise _Bad(f"value is above the maximum {field.maximum}")
+    return value
+
+
+def _check_endpoint(value: str) -> None:
+    """ "ip:port", IPv6 as "[addr]:port" (what AWS's agents send)."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (sep and port.isdigit() and len(port) <= 5 and int(port) <= schema.MAX_PORT and _is_ip(host)):
+        raise _Bad('expected "ip:port" (IPv6 as "[addr]:port")')
+
+
+def _check_str(value: Any, field: schema.Field) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a string, got {_type_name(value)}")
+    if not _is_text(value):
+        raise _Bad(f"expected valid Unicode text of at most {_MAX_STRING} characters")
+    if field.long == "remote_addr":
+        _check_endpoint(value)
+    return value
+
+
+_CHILDREN: Dict[int, Dict[str, schema.Field]] = {}
+
+
+def _children(field: schema.Field) -> Dict[str, schema.Field]:
+    """{long or short name: child field}, built once per schema field."""
+    table = _CHILDREN.get(id(field))
+    if table is None:
+        table = {name: sub for sub in field.children for name in (sub.long, sub.short)}
+        _CHILDREN[id(field)] = table
+    return table
+
+
+def _check_object(doc: Any, field: schema.Field) -> Dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise _Bad(f"expected an object, got {_type_name(doc)}")
+    children = _children(field)
+    out: Dict[str, Any] = {}
+    for key, value in doc.items():
+        sub = children.get(key) if isinstance(key, str) else None
+        if sub is None:
+            continue  # undeclared key: ignored
+        try:
+            if sub.long in out:
+                raise _Bad(f"given twice ({sub.long!r} and {sub.short!r})")
+            if value is None and not sub.required:
+                continue  # null optional field (e.g. "interface": null) means absent
+            kind = sub.kind  # scalars inline: most fields are, and calls cost in CPython
+            if kind == "int":
+                out[sub.long] = _check_int(value, sub)
+            elif kind == "str":
+                out[sub.long] = _check_str(value, sub)
+            else:
+                out[sub.long] = _check(value, sub)
+        except _Bad as bad:
+            bad.where.append(sub.long)
+            raise
+    if len(out) < len(field.children):
+        for sub in field.children:
+            if sub.required and sub.long not in out:
+                raise _Bad(f"missing {sub.long!r} ({sub.short!r})")
+    return out
+
+
+def _check_list(doc: Any, field: schema.Field) -> List[Dict[str, Any]]:
+    if not isinstance(doc, list):
+        raise _Bad(f"expected a list, got {_type_name(doc)}")
+    out = []
+    for i, entry in enumerate(doc):
+        try:
+            out.append(_check_object(entry, field))
+        except _Bad as bad:
+            bad.where.append(f"[{i}]")
+            raise
+    return out
+
+
+def _check_custom_item(kind: str, item: Any) -> None:
+    if kind == "number_list":
+        if not _is_number(item):
+            raise _Bad("expected a finite number")
+    elif not _is_text(item):
+        raise _Bad("expected a string")
+    elif kind == "ip_list" and not _is_ip(item):
+        raise _Bad("expected an IP address")
+
+
+def _check_custom_value(kind: str, value: Any) -> Any:
+    if kind == "number":
+        if not _is_number(value):
+            raise _Bad("expected a finite number")
+        return value
+    if not isinstance(value, list):
+        raise _Bad(f"expected a list, got {_type_name(value)}")
+    for i, item in enumerate(value):
+        try:
+            _check_custom_item(kind, item)
+        except _Bad as bad:
+            bad.where.append(f"[{i}]")
+            raise
+    return list(value)
+
+
+def _check_custom(doc: Any) -> Dict[str, List[Dict[str, Any]]]:
+    if not isinstance(doc, dict):
+        raise _Bad(f"expected an object, got {_type_name(doc)}")
+    out = {}
+    for name, value in doc.items():
+        if not isinstance(name, str) or not _CUSTOM_NAME.fullmatch(name):
+            raise _Bad("custom metric names are 1-128 of [a-zA-Z0-9:_-]")
+        try:
+            if name.startswith("aws:"):
+                raise _Bad('custom metric names must not start with "aws:"')
+            if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
+                raise _Bad('expected a one-element array such as [{"number": 1}]')
+            entry = value[0]
+            kind = next(iter(entry), None)
+            if len(entry) != 1 or kind not in schema.CUSTOM_METRIC_TYPES:
+                raise _Bad(f"expected exactly one of {', '.join(schema.CUSTOM_METRIC_TYPES)}")
+            try:
+                out[name] = [{kind: _check_custom_value(kind, entry[kind])}]
+            except _Bad as bad:
+                bad.where += [kind, "[0]"]
+                raise
+        except _Bad as bad:
+            bad.where.append(name)
+            raise
+    return out
+
+
+def _check(value: Any, field: schema.Field) -> Any:
+    kind = field.kind
+    if kind == "int":
+        return _check_int(value, field)
+    if kind == "str":
+        return _check_str(value, field)
+    if kind == "object":
+        return _check_object(value, field)
+    if kind == "list":
+        return _check_list(value, field)
+    if kind == "custom":
+        return _check_custom(value)
+    raise AssertionError(f"schema kind {kind!r} has no validator")  # a schema change
+
+
+def validate(doc: Any) -> Dict[str, Any]:
+    """The report in long names, or raise `Invalid(code, message)`."""
+    try:
+        report = _check_object(doc, schema.REPORT)
+        if report["header"]["version"] != schema.VERSION:
+            bad = _Bad(f'expected "{schema.VERSION}"')
+            bad.where = ["version", "header"]
+            raise bad
+        if not report.get("metrics") and not report.get("custom_metrics"):
+            raise _Bad("a report needs metrics or custom_metrics")
+    except _Bad as bad:
+        path = bad.path()
+        raise Invalid(INVALID_PAYLOAD, f"{path}: {bad.problem}" if path else bad.problem) from None
+    return report
+
+
+def report_id_of(doc: Any) -> Any:
+    """The report id of a decoded (not necessarily valid) report, or None: for the reply."""
+    if not isinstance(doc, dict):
+        return None
+    for header_key in ("header", "hed"):
+        header = doc.get(header_key)
+        if isinstance(header, dict):
+            for key in ("report_id", "rid"):
+                rid = header.get(key)
+                if _is_int(rid) and 0 < rid <= schema.MAX_INT:
+                    return rid
+    return None
