@@ -1,0 +1,344 @@
+"""Alert delivery through real parts: an HTTP server on loopback, the Mosquitto fixture."""
+import http.server
+import json
+import logging
+import queue
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from detect.alerts import (AlertConfigError, AlertDispatcher, AlertMessage, LogTarget, MqttTarget, WebhookTarget,
+                           targets_from_config)
+from fixtures import free_port
+
+T0 = 1_700_000_000_000
+
+
+def message(thing="sensor-1", event="in-alarm", vid="v-1"):
+    return AlertMessage("sensor-1" if thing is None else thing, "gateways", "ListeningPorts", {"ports": [22, 4444]},
+                        vid, event, T0, threshold=None)
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+class Hook:
+    """A real HTTP server on loopback that answers `fail_first` requests with `fail_status`."""
+
+    def __init__(self, fail_first=0, fail_status=503):
+        self.requests = []
+        self.fail_first = fail_first
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.requests.append((dict(self.headers), body))
+                status = fail_status if len(hook.requests) <= hook.fail_first else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_factory():
+    made = []
+
+    def make(**kwargs):
+        made.append(Hook(**kwargs))
+        return made[-1]
+    yield make
+    for hook in made:
+        hook.close()
+
+
+def test_alert_message_shape():
+    msg = AlertMessage("t", "p", "b", {"count": 3}, "vid", "alarm-cleared", 123.0, threshold=7.5, extra=None)
+    assert msg == {"thingName": "t", "securityProfileName": "p", "behavior": {"name": "b"}, "metricValue": {"count": 3},
+                   "violationId": "vid", "violationEventType": "alarm-cleared", "violationEventTime": 123,
+                   "threshold": 7.5}
+    with pytest.raises(ValueError, match="violationEventType"):
+        AlertMessage("t", "p", "b", None, "v", "exploded", 1)
+
+
+def test_alert_message_takes_a_behavior_object():
+    from detect.profiles import load_profile
+    behavior = load_profile({"securityProfileName": "p", "behaviors": [{
+        "name": "b", "metric": "aws:num-listening-tcp-ports",
+        "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}]}).behaviors[0]
+    msg = AlertMessage("t", "p", behavior, {"count": 9}, "v", "in-alarm", 1)
+    assert msg["behavior"] == {"name": "b", "metric": "aws:num-listening-tcp-ports",
+                               "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}
+
+
+def test_webhook_delivers_json_with_headers(hook_factory):
+    hook = hook_factory()
+    target = WebhookTarget(hook.url, headers={"Authorization": "Bearer s3cret"})
+    target.deliver(message())
+    assert target.flush(15)
+    target.close()
+    headers, body = hook.requests[0]
+    assert json.loads(body) == message()
+    assert headers["Content-Type"] == "application/json" and headers["Authorization"] == "Bearer s3cret"
+    assert target.stats == {"delivered": 1, "dropped": 0, "failed": 0}
+
+
+def test_webhook_retries_server_errors_then_delivers(hook_factory):
+    hook = hook_factory(fail_first=2, fail_status=503)
+    target = WebhookTarget(hook.url, retries=3, backoff=0.01)
+    target.deliver(message())
+    assert target.flush(15)
+    target.close()
+    assert len(hook.requests) == 3
+    assert all(json.loads(body)["violationId"] == "v-1" for _, body in hook.requests)
+    assert target.stats["delivered"] == 1 and target.stats["failed"] == 0
+
+
+def test_webhook_gives_up_after_the_retries(hook_factory, caplog):
+    hook = hook_factory(fail_first=100, fail_status=500)
+    target = WebhookTarget(hook.url, retries=2, backoff=0.01)
+    with caplog.at_level(logging.ERROR, logger="garrison.alerts"):
+        target.deliver(message())
+        assert target.flush(15)
+    target.close()
+    assert len(hook.requests) == 3
+    assert target.stats == {"delivered": 0, "dropped": 0, "failed": 1}
+    assert "failed after 3 attempts: HTTP 500" in caplog.text
+
+
+def test_webhook_does_not_retry_client_errors(hook_factory):
+    hook = hook_factory(fail_first=100, fail_status=400)
+    target = WebhookTarget(hook.url, retries=3, backoff=0.01)
+    target.deliver(message())
+    assert target.flush(15)
+    target.close()
+    assert len(hook.requests) == 1 and target.stats["failed"] == 1
+
+
+def test_webhook_retries_connection_refused_until_the_server_comes_up():
+    port = free_port()
+    target = WebhookTarget(f"http://127.0.0.1:{port}/a", retries=10, backoff=0.05, timeout=2)
+    target.deliver(message())
+    assert wait_for(lambda: target._queue.unfinished_tasks == 1)
+    time.sleep(0.1)   # let the first attempt (refused) happen
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert target.flush(30)
+        assert len(received) == 1 and target.stats["delivered"] == 1
+    finally:
+        target.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_full_queue_drops_and_never_blocks(hook_factory, caplog):
+    gate = threading.Event()
+
+    class Slow(WebhookTarget):
+        def send(self, msg):
+            gate.wait(15)
+
+    target = Slow("http://127.0.0.1:9/", queue_size=2, retries=0)
+    with caplog.at_level(logging.WARNING, logger="garrison.alerts"):
+        producer = threading.Thread(target=lambda: [target.deliver(message(vid=f"v-{i}")) for i in range(10)])
+        producer.start()
+        producer.join(10)
+        assert not producer.is_alive()                    # done while the sender is still stuck
+    gate.set()
+    assert target.flush(15)
+    target.close()
+    assert target.stats["dropped"] >= 7
+    assert target.stats["delivered"] + target.stats["dropped"] == 10
+    assert "queue full (2), alert dropped" in caplog.text
+
+
+def test_mqtt_target_publishes_to_the_real_broker(mosquitto):
+    got = queue.Queue()
+    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2} if hasattr(mqtt, "CallbackAPIVersion") else {}
+    sub = mqtt.Client(client_id="alert-sub", **kwargs)
+    sub.on_message = lambda c, u, m: got.put((m.topic, json.loads(m.payload)))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.loop_start()
+    sub.subscribe("garrison/alerts/#", qos=1)
+    assert subscribed.wait(10)
+
+    pub = mqtt.Client(client_id="engine", **kwargs)
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    target = MqttTarget(pub)
+    custom = MqttTarget(pub, topic="garrison/alerts/{profile}/{behavior}/{event}", qos=0)
+    try:
+        target.deliver(message(thing="sensor-9"))
+        custom.deliver(message(event="alarm-cleared"))
+        seen = {}
+        for _ in range(2):
+            topic, body = got.get(timeout=15)
+            seen[topic] = body
+        assert seen["garrison/alerts/sensor-9"]["thingName"] == "sensor-9"
+        assert seen["garrison/alerts/gateways/ListeningPorts/alarm-cleared"]["violationEventType"] == "alarm-cleared"
+        assert target.flush(10) and target.stats["delivered"] == 1
+    finally:
+        target.close()
+        custom.close()
+        for client in (pub, sub):
+            client.loop_stop()
+            client.disconnect()
+
+
+def test_mqtt_target_with_a_publish_callable():
+    sent = []
+    target = MqttTarget(lambda topic, payload: sent.append((topic, json.loads(payload))))
+    target.deliver(message(thing="t-1"))
+    assert target.flush(10)
+    target.close()
+    assert sent == [("garrison/alerts/t-1", message(thing="t-1"))]
+
+
+def test_mqtt_target_retries_a_failing_publish():
+    calls = []
+
+    def flaky(topic, payload):
+        calls.append(topic)
+        if len(calls) < 3:
+            raise ConnectionError("broker away")
+    target = MqttTarget(flaky, retries=5, backoff=0.01)
+    target.deliver(message())
+    assert target.flush(10)
+    target.close()
+    assert len(calls) == 3 and target.stats["delivered"] == 1
+
+
+def test_log_target(caplog):
+    with caplog.at_level(logging.INFO, logger="garrison.alerts"):
+        LogTarget().deliver(message())
+        LogTarget().deliver(message(event="alarm-cleared"))
+    levels = [r.levelname for r in caplog.records]
+    assert levels == ["WARNING", "INFO"]
+    assert '"violationId": "v-1"' in caplog.records[0].getMessage()
+
+
+def test_dispatcher_fans_out_and_survives_a_broken_target(caplog):
+    sent = []
+
+    class Broken:
+        def deliver(self, msg):
+            raise RuntimeError("boom")
+
+        def flush(self, timeout):
+            return True
+
+        def close(self, timeout):
+            pass
+
+    mqtt_target = MqttTarget(lambda t, p: sent.append(t))
+    dispatcher = AlertDispatcher([Broken(), mqtt_target])
+    dispatcher.deliver(message())
+    assert dispatcher.flush(10)
+    dispatcher.close()
+    assert sent == ["garrison/alerts/sensor-1"]
+    assert "alert target" in caplog.text
+
+
+def test_targets_from_config_mapping(hook_factory):
+    hook = hook_factory()
+    targets = targets_from_config({"log": True, "mqtt": {"topic": "a/{thing}", "qos": 0},
+                                   "webhooks": [hook.url, {"url": hook.url, "retries": 1, "backoff_seconds": 0.5,
+                                                           "timeout_seconds": 2, "headers": {"X-K": "v"}}]},
+                                  mqtt_publish=lambda t, p: None)
+    try:
+        assert [type(t).__name__ for t in targets] == ["LogTarget", "MqttTarget", "WebhookTarget", "WebhookTarget"]
+        assert (targets[1].topic, targets[1].qos) == ("a/{thing}", 0)
+        assert (targets[3].retries, targets[3].backoff, targets[3].timeout) == (1, 0.5, 2)
+        assert targets[3].headers["X-K"] == "v"
+    finally:
+        AlertDispatcher(targets).close()
+
+
+def test_targets_from_config_list_and_default():
+    targets = targets_from_config([{"type": "log"}, {"type": "webhook", "url": "https://example.invalid/h"}])
+    assert [type(t).__name__ for t in targets] == ["LogTarget", "WebhookTarget"]
+    AlertDispatcher(targets).close()
+    assert [type(t).__name__ for t in targets_from_config(None)] == ["LogTarget"]
+
+
+@pytest.mark.parametrize("config, error", [
+    ({"email": "x"}, "unknown setting(s) email"),
+    ({"webhooks": ["ftp://x"]}, "webhook url must start with http:// or https://"),
+    ({"webhooks": [{"url": "http://x", "retry": 3}]}, "alerts.webhooks[0]: unknown setting(s) retry"),
+    ({"webhooks": [{"url": "http://x", "retries": -1}]}, "alerts.webhooks[0].retries must be a non-negative"),
+    ({"webhooks": [{"url": "http://x", "headers": {"a": 1}}]}, "headers must map header names to strings"),
+    ({"mqtt": {"topic": "a/{nope}"}}, "bad mqtt alert topic"),
+    ({"mqtt": {"qos": 3}}, "mqtt qos must be 0, 1 or 2"),
+    ([{"type": "pager"}], "alerts[0]: type must be log, mqtt or webhook"),
+    ("yes", "alerts must be an object or a list"),
+])
+def test_bad_configs_are_one_line_errors(config, error):
+    with pytest.raises(AlertConfigError) as info:
+        targets_from_config(config, mqtt_publish=lambda t, p: None)
+    assert error in str(info.value)
+
+
+def test_mqtt_config_without_a_connection_is_refused():
+    with pytest.raises(AlertConfigError, match="need the engine's MQTT connection"):
+        targets_from_config({"mqtt": True})
+
+
+def test_mqtt_alert_published_while_disconnected_arrives_after_connect(mosquitto):
+    got = queue.Queue()
+    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2} if hasattr(mqtt, "CallbackAPIVersion") else {}
+    sub = mqtt.Client(client_id="alert-sub-2", **kwargs)
+    sub.on_message = lambda c, u, m: got.put(json.loads(m.payload))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.loop_start()
+    sub.subscribe("garrison/alerts/#", qos=1)
+    assert subscribed.wait(10)
+    pub = mqtt.Client(client_id="engine-2", **kwargs)   # not connected yet
+    target = MqttTarget(pub, qos=1)
+    try:
+        target.deliver(message(vid="queued-in-paho"))
+        assert target.flush(10) and target.stats["delivered"] == 1
+        pub.connect(mosquitto.host, mosquitto.port)
+        pub.loop_start()
+        assert got.get(timeout=15)["violationId"] == "queued-in-paho"
+    finally:
+        target.close()
+        for client in (pub, sub):
+            client.loop_stop()
+            client.disconnect()
