@@ -27,7 +27,8 @@ class TransportError(Exception):
 
 
 class Transport:
-    """Base class: subclasses implement `_connect_loop`-free `start/publish/stop`."""
+    """Base class with the connected flag and safe reply delivery; subclasses implement
+    `start`, `publish` and `stop`."""
 
     name = "transport"
 

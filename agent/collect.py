@@ -1,0 +1,88 @@
+"""Run the enabled collectors and gather their results into one report.
+
+Each collector runs on its own: a failed one (or one that raises) omits its metric group, is
+logged, and never stops the others. Every run's duration and success are logged at debug and
+returned to the caller as `CollectorResult`s.
+"""
+import logging
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from agent import report
+from agent.deltas import NetworkDeltas
+from collectors.base import CollectorResult
+
+log = logging.getLogger(__name__)
+
+# Config names of the collectors (agent.config.COLLECTORS) -> the report group each one fills.
+GROUPS = {
+    "listening_tcp": "listening_tcp",
+    "listening_udp": "listening_udp",
+    "connections": "connections",
+    "network_stats": "network_stats",
+}
+
+
+def make_collectors(enabled: Iterable[str], socket_backend: str = "auto",
+                    interfaces: Optional[List[str]] = None, include_loopback: bool = False) -> Dict[str, Any]:
+    """Collector objects by config name (collectors imported here, so a broken one is contained)."""
+    from collectors import interfaces as ifaces
+    from collectors import sockets
+
+    factories: Dict[str, Callable[[], Any]] = {
+        "listening_tcp": lambda: sockets.ListeningTcpCollector(socket_backend),
+        "listening_udp": lambda: sockets.ListeningUdpCollector(socket_backend),
+        "connections": lambda: sockets.EstablishedConnectionsCollector(socket_backend),
+        "network_stats": lambda: ifaces.InterfaceCountersCollector(
+            include=interfaces or None, include_loopback=include_loopback),
+    }
+    return {name: factories[name]() for name in enabled}
+
+
+def run_collector(name: str, collector: Any) -> CollectorResult:
+    """One collector's run; exceptions become an unsuccessful result."""
+    try:
+        result = collector.collect()
+    except Exception as exc:  # collectors should not raise; if one does, it costs only its group
+        result = CollectorResult(name, None, 0.0, False, f"{type(exc).__name__}: {exc}")
+    if result.success:
+        log.debug("collector %s ok in %.1f ms", name, result.duration_s * 1000)
+    else:
+        log.warning("collector %s failed after %.1f ms: %s; its metrics are left out of this report",
+                    name, result.duration_s * 1000, result.error)
+    return result
+
+
+class ReportCollector:
+    """Collects one report per call; keeps the network-delta baseline in `state_dir`."""
+
+    def __init__(self, state_dir: Path, enabled: Iterable[str], socket_backend: str = "auto",
+                 interfaces: Optional[List[str]] = None, include_loopback: bool = False,
+                 max_list_items: int = report.DEFAULT_MAX_LIST_ITEMS, persist: bool = True):
+        self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback)
+        self.deltas = NetworkDeltas(Path(state_dir), persist=persist) if "network_stats" in self.collectors else None
+        self.max_list_items = max_list_items
+        self.last_results: List[CollectorResult] = []
+
+    def collect(self, report_id: int,
+                custom_metrics: Optional[Mapping[str, Any]] = None) -> Tuple[Dict[str, Any], List[CollectorResult]]:
+        """(long-name report, collector results). Raises ReportError only if nothing at all was collected."""
+        groups: Dict[str, Any] = {}
+        results = []
+        for name, collector in self.collectors.items():
+            result = run_collector(name, collector)
+            results.append(result)
+            if not result.success:
+                continue
+            if name == "network_stats":
+                try:
+                    groups["network_stats"] = self.deltas.update(result.data)
+                except Exception as exc:   # e.g. the state directory became read-only
+                    result.success, result.error = False, f"deltas: {type(exc).__name__}: {exc}"
+                    log.warning("network deltas failed: %s; network_stats left out of this report", exc)
+            else:
+                groups[GROUPS[name]] = result.data
+        self.last_results = results
+        built = report.build(report_id, custom_metrics=custom_metrics, max_list_items=self.max_list_items,
+                             **groups)
+        return built, results

@@ -1,0 +1,276 @@
+"""The agent's main loop: collect, spool, publish, hear replies, repeat; systemd-aware.
+
+Every report goes through the on-disk spool: it is written there before publishing and removed
+once the broker acknowledges it, so nothing is lost to a dead link or a kill -9.
+"""
+import logging
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from agent import report, sdnotify
+from agent.collect import ReportCollector
+from agent.config import Config, ConfigError
+from agent.replies import Reply
+from agent.spool import Spool
+from agent.statefile import ReportIds
+from agent.transports.base import Transport
+from collectors.base import CollectorResult
+
+log = logging.getLogger(__name__)
+SPOOL_DROPPED_METRIC = "garrison:spool_dropped"
+MAX_SLICE = 1.0   # seconds; the loop wakes this often to flush a backlog and feed the watchdog
+
+
+def make_transport(config: Config) -> Transport:
+    """The transport named in the configuration."""
+    host, port, tls = config.broker_address
+    if config.transport == "greengrass":
+        from agent.transports.greengrass import GreengrassTransport
+        return GreengrassTransport(config.thing, config.format)
+    if config.transport == "awsiot":
+        from agent.transports.awsiot import AwsIotTransport
+        return AwsIotTransport(config.thing, config.format, endpoint=host, port=port, cert=config.cert,
+                               key=config.key, ca=config.ca, client_id=config.client_id,
+                               keepalive=config.keepalive)
+    from agent.transports.mqtt import MqttTransport
+    return MqttTransport(config.thing, config.format, host, port, tls=tls, ca=config.ca, cert=config.cert,
+                         key=config.key, client_id=config.client_id, username=config.username,
+                         password=config.password, mqtt_version=config.mqtt_version,
+                         keepalive=config.keepalive)
+
+
+def warn_if_key_exposed(key_path: Optional[str]) -> None:
+    """Say so when the private key is readable by others than its owner (it should be 0600)."""
+    if not key_path:
+        return
+    try:
+        mode = os.stat(key_path).st_mode & 0o777
+    except OSError:
+        return  # the transport reports a missing key with its own clear error
+    if mode & 0o077:
+        log.warning("private key %s is readable by others (mode %04o): chmod 600 it", key_path, mode)
+
+
+class Daemon:
+    """The agent. `persist_state=False` (for `garrison-agent collect`) reads the state directory
+    but never writes into it, so a look at the next report does not steal the running agent's
+    deltas or report id (it still creates the directory when it can, with the caller's owner)."""
+
+    def __init__(self, config: Config, transport: Optional[Transport] = None,
+                 custom_metrics: Optional[Mapping[str, Callable[[], Any]]] = None, persist_state: bool = True):
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            if persist_state and not os.access(self.state_dir, os.W_OK | os.X_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as exc:
+            if persist_state:   # a look (collect) works without a usable state directory
+                raise ConfigError(f"state directory {str(self.state_dir)!r} is unusable: "
+                                  f"{exc.strerror or exc}") from None
+        self.ids = ReportIds(self.state_dir, persist=persist_state)
+        self.collector = ReportCollector(self.state_dir, config.enabled_collectors, config.socket_backend,
+                                         config.interfaces, config.include_loopback, config.max_list_items,
+                                         persist=persist_state)
+        self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
+                           config.spool_max_age) if persist_state else None
+        self._transport = transport
+        self.custom_metrics: Dict[str, Callable[[], Any]] = dict(custom_metrics or {})
+        self.topic = report.topic(config.thing, config.format)
+        self.last_results: List[CollectorResult] = []
+        self._stop = threading.Event()
+        self._started = False
+        self._replies: Dict[int, Reply] = {}
+        self._reply_cond = threading.Condition()
+        self._watchdog = sdnotify.watchdog_interval()
+        self._last_ping = 0.0
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = make_transport(self.config)
+        return self._transport
+
+    # -- one report ------------------------------------------------------------------------------
+
+    def _custom_values(self) -> Dict[str, Any]:
+        values = {}
+        for name, callback in self.custom_metrics.items():
+            try:
+                value = callback()
+                if value is not None:
+                    report.custom_metric(value)   # validate now, so one bad metric costs only itself
+                    values[name] = value
+            except Exception as exc:
+                log.warning("custom metric %s failed: %s; left out of this report", name, exc)
+        return values
+
+    def build(self) -> Tuple[Dict[str, Any], List[CollectorResult]]:
+        """A new report (long names) with a fresh id, and the collector results behind it."""
+        custom = self._custom_values()
+        dropped = self.spool.take_unreported_drops() if self.spool else 0
+        if dropped:
+            custom[SPOOL_DROPPED_METRIC] = dropped
+        try:
+            built, results = self.collector.collect(self.ids.next(), custom)
+        except Exception:
+            if self.spool:
+                self.spool.give_back_drops(dropped)
+            raise
+        self.last_results = results
+        return built, results
+
+    def encode(self, built: Dict[str, Any]) -> bytes:
+        return report.encode(built, self.config.format, self.config.short_names)
+
+    def cycle(self) -> Optional[int]:
+        """Collect a report, spool it, and send the spool; returns the report id (None if none built)."""
+        try:
+            built, _ = self.build()
+            report_id = built["header"]["report_id"]
+            self.spool.add(report_id, self.config.format, self.encode(built))
+        except Exception as exc:   # a broken cycle must not end the agent; the next one may work
+            log.error("could not build a report this cycle: %s", exc)
+            return None
+        self.flush()
+        return report_id
+
+    def flush(self) -> int:
+        """Publish spooled reports oldest first until one is not acknowledged; returns how many went."""
+        self.spool.enforce_bounds()
+        sent = 0
+        for entry in self.spool.entries():
+            if self._stop.is_set() or not self.transport.connected:
+                break
+            payload = self.spool.read(entry)
+            if payload is None:
+                continue
+            topic = report.topic(self.config.thing, entry.fmt)
+            if not self.transport.publish(topic, payload, self.config.publish_timeout):
+                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id,
+                         len(self.spool))
+                break
+            self.spool.remove(entry)
+            sent += 1
+            log.debug("report %d published (%d bytes)", entry.report_id, len(payload))
+            self._ping_watchdog()
+        if sent > 1:
+            log.info("sent %d spooled reports", sent)
+        return sent
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _on_reply(self, reply: Reply) -> None:
+        if reply.accepted:
+            log.info("report %s accepted by %s", reply.report_id, reply.thing)
+        else:
+            log.warning("report %s rejected: %s: %s", reply.report_id, reply.error_code, reply.error_message)
+        with self._reply_cond:
+            if reply.report_id is not None:
+                self._replies[reply.report_id] = reply
+                while len(self._replies) > 100:
+                    self._replies.pop(next(iter(self._replies)))
+            self._reply_cond.notify_all()
+
+    def wait_reply(self, report_id: int, timeout: float) -> Optional[Reply]:
+        deadline = time.monotonic() + timeout
+        with self._reply_cond:
+            while report_id not in self._replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._reply_cond.wait(min(remaining, MAX_SLICE))
+            return self._replies.pop(report_id)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._started:
+            warn_if_key_exposed(self.config.key)
+            self.transport.start(self._on_reply)
+            self._started = True
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler); `close()` releases the connection."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._started:
+            self.transport.stop()
+            self._started = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog and time.monotonic() - self._last_ping >= min(MAX_SLICE, self._watchdog / 4):
+            sdnotify.notify("WATCHDOG=1")
+            self._last_ping = time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep until `seconds` pass or stop; feed the watchdog and send a backlog once the link returns."""
+        step = MAX_SLICE if not self._watchdog else min(MAX_SLICE, self._watchdog / 2)
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(step, remaining))
+            self._ping_watchdog()
+            if self.transport.connected and self.spool.entries():
+                self._guarded(self.flush)
+
+    @staticmethod
+    def _guarded(step: Callable[[], Any]) -> None:
+        """Run one step of the loop; whatever goes wrong is logged and the agent carries on."""
+        try:
+            step()
+        except Exception:
+            log.exception("unexpected error in the agent loop; continuing")
+
+    def next_interval(self) -> float:
+        spread = self.config.jitter
+        return self.config.interval * random.uniform(1 - spread, 1 + spread)
+
+    def run_forever(self) -> None:
+        """Report every interval until stop(); tells systemd READY, WATCHDOG and STOPPING."""
+        self.start()
+        sdnotify.notify("READY=1")
+        log.info("agent started: thing %s, broker %s, every %.0f s, %s%s", self.config.thing,
+                 self.config.broker, self.config.interval, self.config.format,
+                 " (short names)" if self.config.short_names else "")
+        # a moment for the first connection, so the first report goes out at once rather than spooled
+        self.transport.wait_connected(min(5.0, self.config.publish_timeout))
+        try:
+            while not self._stop.is_set():
+                self._guarded(self.cycle)
+                self._ping_watchdog()
+                self.sleep(self.next_interval())
+        finally:
+            sdnotify.notify("STOPPING=1")
+            log.info("agent stopping (%d report(s) waiting in the spool)", len(self.spool))
+            self.close()
+
+    def publish_once(self, timeout: Optional[float] = None) -> Tuple[Optional[int], Optional[Reply]]:
+        """One report: collect, publish (after any backlog), wait for its reply.
+
+        (report id, reply); reply is None if unreachable or unanswered within `timeout`.
+        """
+        timeout = self.config.reply_timeout if timeout is None else timeout
+        self.start()
+        if not self.transport.wait_connected(timeout):
+            log.warning("broker %s unreachable within %.0f s", self.config.broker, timeout)
+        report_id = self.cycle()
+        if report_id is None:
+            return None, None
+        if any(entry.report_id == report_id for entry in self.spool.entries()):
+            return report_id, None    # not acknowledged; it waits in the spool
+        reply = self.wait_reply(report_id, timeout)
+        if reply is None:
+            log.warning("no reply to report %d within %.0f s", report_id, timeout)
+        return report_id, reply

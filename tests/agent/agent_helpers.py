@@ -1,0 +1,103 @@
+"""Agent test helpers: a tiny Device Defender responder and an agent-subprocess runner."""
+import json
+import os
+import subprocess
+import threading
+import time
+from typing import List, Optional
+
+import cbor2
+import paho.mqtt.client as mqtt
+
+PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
+AGENT = ["garrison-agent"]
+
+
+def paho_client(client_id: str) -> mqtt.Client:
+    if PAHO_2:
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    return mqtt.Client(client_id=client_id)
+
+
+class Responder:
+    """Subscribes to every thing's metrics topics and answers like AWS IoT Device Defender.
+
+    Things whose name starts with "reject" get a REJECTED reply (InvalidPayload); "silent"
+    things get none. Every received (thing, fmt, decoded report) is kept in `received`.
+    """
+
+    def __init__(self, host: str, port: int, tls=None, auth=None):
+        self.received: List[tuple] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho_client(f"responder-{os.getpid()}-{time.monotonic_ns()}")
+        if tls:
+            self.client.tls_set_context(tls)
+        if auth:
+            self.client.username_pw_set(*auth)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "responder could not subscribe"
+
+    def _on_connect(self, client, userdata, flags, rc, *rest):
+        client.subscribe([("$aws/things/+/defender/metrics/json", 1), ("$aws/things/+/defender/metrics/cbor", 1)])
+
+    def _on_message(self, client, userdata, msg):
+        parts = msg.topic.split("/")
+        thing, fmt = parts[2], parts[5]
+        doc = json.loads(msg.payload) if fmt == "json" else cbor2.loads(msg.payload)
+        with self.lock:
+            self.received.append((thing, fmt, doc))
+        if thing.startswith("silent"):
+            return
+        header = doc.get("header") or doc.get("hed")
+        rid = header.get("report_id", header.get("rid"))
+        reply = {"thingName": thing, "reportId": rid, "timestamp": int(time.time() * 1000)}
+        if thing.startswith("reject"):
+            reply.update(status="REJECTED", statusDetails={"ErrorCode": "InvalidPayload",
+                                                           "ErrorMessage": "test responder says no"})
+            outcome = "rejected"
+        else:
+            reply["status"] = "ACCEPTED"
+            outcome = "accepted"
+        body = json.dumps(reply).encode() if fmt == "json" else cbor2.dumps(reply)
+        client.publish(f"{msg.topic}/{outcome}", body, qos=1)
+
+    def report_ids(self, thing: str) -> List[int]:
+        with self.lock:
+            docs = [doc for t, _, doc in self.received if t == thing]
+        return [(d.get("header") or d.get("hed")).get("report_id", (d.get("header") or d.get("hed")).get("rid"))
+                for d in docs]
+
+    def wait_for(self, thing: str, count: int, timeout: float = 20.0) -> List[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ids = self.report_ids(thing)
+            if len(ids) >= count:
+                return ids
+            time.sleep(0.05)
+        return self.report_ids(thing)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def run_agent(*args: str, timeout: float = 60, env: Optional[dict] = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed `garrison-agent` CLI as a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
+    full_env.update(env or {})
+    return subprocess.run(AGENT + list(args), capture_output=True, timeout=timeout, env=full_env, **kwargs)
+
+
+def wait_until(predicate, timeout: float = 20.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
