@@ -25,6 +25,7 @@ from detect.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
 log = logging.getLogger("garrison.ingest")
 
 # Reply codes. AWS's own first; the rest are Garrison extensions (docs/wire-format.md).
+BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # older spooled reports are dated by their arrival
 THROTTLED = "Throttled"                  # AWS: a second report within the interval
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"    # over max_payload (AWS IoT drops these at the broker)
 STALE_REPORT_ID = "StaleReportId"        # a report id lower than the last accepted one
@@ -226,17 +227,35 @@ class Ingestor:
             if report_id < last_id:
                 return self._rejected(thing, fmt, report_id, now_ms, STALE_REPORT_ID,
                                       f"Report id is lower than the last accepted one ({last_id})")
+        at_ms = self.datapoint_time(report_id, now_ms)
+        if last is not None:
             wait_ms = (self.min_interval_s - self.grace_s) * 1000
-            if 0 <= now_ms - last_ms < wait_ms:
+            since_ms = at_ms - last_ms
+            # a live report older than the last one means the engine's clock stepped back: let it in
+            if since_ms < wait_ms and (since_ms >= 0 or at_ms != now_ms):
                 return self._rejected(thing, fmt, report_id, now_ms, THROTTLED,
                                       f"Reports are limited to one per {self.min_interval_s:g} s per thing")
         try:
-            self.sink.accept(thing, report, now_ms)
+            self.sink.accept(thing, report, at_ms)
         except Exception:
             log.exception("the engine failed to accept report %s from %s", report_id, thing)
             return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR,
                                   "The engine could not process the report; send it again later")
         return self._accepted(thing, fmt, report_id, now_ms)
+
+    def datapoint_time(self, report_id: int, now_ms: int) -> int:
+        """When the report was made: its arrival, unless it is a spooled backlog.
+
+        Agents send reports they spooled while the broker was away in order when it returns;
+        their ids are epoch ms (ours, and what DESIGN.md recommends). A report whose id is such
+        a timestamp clearly in the past is dated by its id, so a backlog is evaluated at the
+        times it describes and is not Throttled. Ids cannot be in the future, so the rate limit
+        still bounds what a device can send: one report per interval of elapsed time.
+        """
+        backlog_after_ms = max(2 * self.min_interval_s, 60) * 1000
+        if now_ms - BACKLOG_MAX_AGE_MS <= report_id <= now_ms - backlog_after_ms:
+            return report_id
+        return now_ms
 
     def _accepted(self, thing, fmt, report_id, now_ms) -> Reply:
         self.stats["accepted"] += 1

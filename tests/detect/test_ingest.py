@@ -191,6 +191,22 @@ def test_clock_stepping_back_does_not_throttle(ingestor):
     assert ingestor.handle(topic, payload(2), T0 - 3_600_000).accepted
 
 
+def test_a_spooled_backlog_is_dated_by_its_ids_and_not_throttled(ingestor, ledger):
+    topic = "$aws/things/t/defender/metrics/json"
+    now = T0 + 3_600_000
+    assert ingestor.handle(topic, payload(T0), T0).accepted
+    # the broker was away for an hour: the agent sends what it spooled every 300 s, in order
+    backlog = [T0 + k * 300_000 for k in range(1, 10)]
+    assert all(ingestor.handle(topic, payload(rid), now).accepted for rid in backlog)
+    assert ledger.last["t"] == (backlog[-1], backlog[-1])
+    # ...but a device cannot use old ids to send faster than one report per interval
+    squeezed = backlog[-1] + 60_000
+    assert ingestor.handle(topic, payload(squeezed), now).error_code == THROTTLED
+    # and a live report right after the backlog is dated by its arrival, as usual
+    assert ingestor.handle(topic, payload(now), now).accepted
+    assert ledger.last["t"] == (now, now)
+
+
 def test_duplicate_report_is_accepted_again_without_reprocessing(ingestor, ledger):
     topic = "$aws/things/t/defender/metrics/json"
     first = ingestor.handle(topic, payload(10), T0)

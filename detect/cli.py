@@ -1,0 +1,489 @@
+"""`garrison-detect`: run the detect engine and manage its state.
+
+    garrison-detect serve --broker mqtt://HOST:PORT --db PATH [--config FILE] [--min-report-interval S]
+    garrison-detect profiles apply FILE [--attach all|group:NAME|thing:NAME]
+    garrison-detect profiles list | show NAME | delete NAME | attach NAME TARGET | detach NAME TARGET
+    garrison-detect violations list [--active] [--thing T] [--json]
+    garrison-detect violations verify ID STATE [--description TEXT]
+    garrison-detect violations events [--thing T] [--json]
+    garrison-detect things list | add NAME | delete NAME
+    garrison-detect groups create NAME | delete NAME | add GROUP THING | remove GROUP THING | list
+    garrison-detect actions list
+    garrison-detect demo ... | pki ... | broker-config ...   (each with its own --help)
+
+Every command but `demo` works on the SQLite file given by --db (default $GARRISON_DB, else
+./garrison-detect.db); WAL mode lets them run while `serve` uses the same file. --json prints
+AWS-shaped records; otherwise a table. Bad input: one line on stderr, exit status 2.
+"""
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import Any, List, Optional, Sequence
+
+from detect import config as configuration
+from detect.actions import ActionError
+from detect.alerts import AlertConfigError
+from detect.clock import SystemClock, from_environment
+from detect.profiles import ProfileError
+from detect.store import Store, StoreError
+from detect.violations import VERIFICATION_STATES
+
+PROG = "garrison-detect"
+DEFAULT_DB = "garrison-detect.db"
+DB_ENV = "GARRISON_DB"
+TOKEN_ENV = "GARRISON_API_TOKEN"
+EXIT_USAGE = 2
+
+log = logging.getLogger("garrison.detect")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------------------------- output
+
+def _when(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict) and len(value) == 1:
+        value = next(iter(value.values()))
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _table(headers: Sequence[str], rows: List[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _print(args, records: Any, headers: Sequence[str], rows: List[Sequence[Any]], empty: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(records, indent=2))
+    elif rows:
+        print(_table(headers, rows))
+    else:
+        print(empty)
+
+
+# ---------------------------------------------------------------------------------- commands
+
+def _engine(args):
+    from detect.engine import Engine
+    return Engine(Store(args.db), SystemClock())
+
+
+def cmd_profiles(args) -> int:
+    engine = _engine(args)
+    if args.action == "apply":
+        profile, created = engine.apply_profile(args.file, attach=args.attach)
+        targets = engine.store.attachments_of(profile.name)
+        print(f"{'created' if created else 'updated'} security profile {profile.name} "
+              f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})")
+    elif args.action == "list":
+        items = engine.list_profiles()
+        _print(args, items, ("PROFILE", "BEHAVIORS", "TARGETS"),
+               [(p["securityProfileName"], len(p["behaviors"]), ", ".join(p["targets"])) for p in items],
+               "no security profiles")
+    elif args.action == "show":
+        print(json.dumps(engine.describe_profile(args.name), indent=2))
+    elif args.action == "delete":
+        engine.delete_profile(args.name)
+        print(f"deleted security profile {args.name}")
+    elif args.action == "attach":
+        done = engine.attach(args.name, args.target)
+        print(f"{'attached' if done else 'already attached:'} {args.name} to {args.target}")
+    elif args.action == "detach":
+        done = engine.detach(args.name, args.target)
+        print(f"{'detached' if done else 'was not attached:'} {args.name} from {args.target}")
+    return 0
+
+
+def cmd_violations(args) -> int:
+    engine = _engine(args)
+    if args.action == "verify":
+        record = engine.verify(args.id, args.state, args.description)
+        if args.json:
+            print(json.dumps(record, indent=2))
+        else:
+            print(f"violation {args.id}: {args.state}")
+    elif args.action == "list":
+        records = (engine.active_violations(args.thing, args.profile) if args.active
+                   else engine.all_violations(args.thing, args.profile))
+        _print(args, records, ("VIOLATION ID", "THING", "PROFILE", "BEHAVIOR", "LAST VALUE", "STARTED",
+                               "STATUS", "VERIFICATION"),
+               [(r["violationId"], r["thingName"], r["securityProfileName"], r["behavior"].get("name"),
+                 _value(r["lastViolationValue"]), _when(r["violationStartTime"]),
+                 "active" if r.get("active", True) else r.get("violationEndType"), r["verificationState"])
+                for r in records], "no active violations" if args.active else "no violations")
+    elif args.action == "events":
+        records = engine.violation_events(args.thing, args.profile, args.since, args.until)
+        _print(args, records, ("TIME", "EVENT", "THING", "PROFILE", "BEHAVIOR", "VALUE", "VIOLATION ID"),
+               [(_when(r["violationEventTime"]), r["violationEventType"], r["thingName"],
+                 r["securityProfileName"], r["behavior"].get("name"), _value(r["metricValue"]), r["violationId"])
+                for r in records], "no violation events")
+    return 0
+
+
+def cmd_things(args) -> int:
+    engine = _engine(args)
+    if args.action == "list":
+        things = engine.store.list_things()
+        _print(args, things, ("THING", "REPORTS", "LAST REPORT", "GROUPS"),
+               [(t["thingName"], t["reports"], _when(t["lastReportTime"]), ", ".join(t["groups"])) for t in things],
+               "no things")
+    elif args.action == "add":
+        created = engine.add_thing(args.name)
+        print(f"{'registered' if created else 'already registered:'} thing {args.name}")
+    elif args.action == "delete":
+        engine.delete_thing(args.name)
+        print(f"deleted thing {args.name}")
+    return 0
+
+
+def cmd_groups(args) -> int:
+    engine = _engine(args)
+    if args.action == "list":
+        groups = engine.store.list_groups()
+        _print(args, groups, ("GROUP", "THINGS", "MEMBERS"),
+               [(g["groupName"], len(g["things"]), _value(g["things"])) for g in groups], "no thing groups")
+    elif args.action == "create":
+        created = engine.create_group(args.name, args.description)
+        print(f"{'created' if created else 'already exists:'} thing group {args.name}")
+    elif args.action == "delete":
+        engine.delete_group(args.name)
+        print(f"deleted thing group {args.name}")
+    elif args.action == "add":
+        added = engine.add_to_group(args.group, args.thing)
+        print(f"{'added' if added else 'already in the group:'} {args.thing} to {args.group}")
+    elif args.action == "remove":
+        removed = engine.remove_from_group(args.group, args.thing)
+        print(f"{'removed' if removed else 'was not in the group:'} {args.thing} from {args.group}")
+    return 0
+
+
+def cmd_actions(args) -> int:
+    entries = Store(args.db).list_actions(args.thing)
+    _print(args, entries, ("TIME", "THING", "ACTION", "GROUP", "OUTCOME", "VIOLATION ID"),
+           [(_when(e["time"]), e["thingName"], e["action"]["type"], e["action"].get("group"),
+             e["outcome"], e["violationId"]) for e in entries], "no mitigation actions")
+    return 0
+
+
+# Commands whose module has its own parser: `garrison-detect NAME ...` runs MODULE.main([...]).
+DELEGATED = {
+    "demo": ("detect.demo", "run a self-contained demo (local broker, engine, agent); see demo --help"),
+    "pki": ("detect.pki", "fleet certificates: CA, devices, broker, engine; see pki --help"),
+    "broker-config": ("detect.brokerconf", "write a mutual-TLS Mosquitto config with per-thing ACLs"),
+}
+
+
+def cmd_delegated(args) -> int:
+    import importlib
+    return importlib.import_module(DELEGATED[args.command][0]).main(list(args.rest))
+
+
+# ---------------------------------------------------------------------------------- serve
+
+def _serve_config(args) -> configuration.Config:
+    config = configuration.load(args.config) if args.config else configuration.Config()
+    if args.min_report_interval is not None:
+        config.min_report_interval_s = args.min_report_interval
+    if args.invalidation_period is not None:
+        config.invalidation_period_s = configuration.duration(args.invalidation_period, "--invalidation-period")
+    if args.strict:
+        config.strict = True
+    if args.dry_run:
+        config.dry_run = True
+    if args.client_id:
+        config.client_id = args.client_id
+    if args.api_bind:
+        configuration.parse_bind(args.api_bind, "--api-bind")
+        config.api_bind = args.api_bind
+    token = args.api_token or os.environ.get(TOKEN_ENV)
+    if token:
+        config.api_token = token
+    if args.api_token_file:
+        config.api_token_file = args.api_token_file
+    return config
+
+
+def _alert_client(broker: str, client_id: str, tls):
+    """The engine's own MQTT connection for alerts (connects and reconnects in the background)."""
+    import paho.mqtt.client as mqtt
+    from detect.ingest import parse_broker_url
+    host, port, url_tls, user, password = parse_broker_url(broker)
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    else:
+        client = mqtt.Client(client_id=client_id)
+    if tls or url_tls:
+        ca, cert, key = tls or (None, None, None)
+        client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+    if user:
+        client.username_pw_set(user, password)
+    client.reconnect_delay_set(1, 30)
+    client.connect_async(host, port, keepalive=60)
+    client.loop_start()
+    return client
+
+
+def _tls_files(args):
+    files = (args.ca, args.cert, args.key)
+    for path in files:
+        if path and not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+    if bool(args.cert) != bool(args.key):
+        raise UsageError("--cert and --key go together")
+    return files if any(files) else None
+
+
+def _start_api(engine, config, db: str):
+    """The HTTP API when configured; a token is generated into a 0600 file when none is given."""
+    from detect.api import ApiServer, load_or_create_token
+    if not config.api_enabled:
+        return None
+    token = config.api_token
+    if not token:
+        token_file = config.api_token_file or f"{db}.api-token"
+        token, created = load_or_create_token(token_file)
+        if created:
+            log.warning("generated an API token in %s (mode 0600)", token_file)
+    host, port = configuration.parse_bind(config.api_bind or configuration.DEFAULT_API_BIND)
+    try:
+        return ApiServer(engine, token, host, port).start()
+    except OSError as exc:
+        raise UsageError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _lock_database(db: str):
+    """Refuse a second `serve` on the same database: two engines would fight over one MQTT session."""
+    import fcntl
+    lock = open(f"{db}.serve-lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UsageError(f"another garrison-detect serve is running on {db}") from None
+    return lock  # held until the process exits
+
+
+def cmd_serve(args) -> int:
+    from detect.alerts import AlertDispatcher, targets_from_config
+    from detect.engine import Engine
+    from detect.ingest import Ingestor, MqttIngest, parse_broker_url
+
+    # everything that can be wrong with the command line or the config fails here, in one line,
+    # before any thread or connection starts
+    config = _serve_config(args)
+    parse_broker_url(args.broker)
+    tls = _tls_files(args)
+    store = Store(args.db)
+    lock = _lock_database(args.db)
+    engine = Engine(store, from_environment(args.clock_offset), config)
+    for path, target in config.profiles:
+        profile, created = engine.apply_profile(path, attach=target)
+        log.info("%s security profile %s from %s%s", "created" if created else "replaced", profile.name, path,
+                 f", attached to {target}" if target else "")
+    alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
+    alert_client = _alert_client(args.broker, f"{config.client_id}-alerts", tls) if _wants_mqtt_alerts(alert_conf) else None
+    engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=alert_client))
+    api = _start_api(engine, config, args.db)
+    ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
+                                              strict=config.strict), client_id=config.client_id, tls=tls)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingest.start()
+    if not ingest.connected.wait(10):
+        log.warning("broker %s not reachable yet; retrying in the background", args.broker)
+    log.info("serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
+             args.broker, args.db, config.min_report_interval_s, config.invalidation_period_s,
+             ", strict" if config.strict else "", f", API {api.url}" if api else "")
+    try:
+        while not stop.wait(0.5):
+            try:
+                engine.tick()
+            except Exception:  # periodic work must never stop the engine
+                log.exception("periodic work failed; retrying on the next tick")
+    finally:
+        log.info("stopping")
+        ingest.stop()
+        if api:
+            api.stop()
+        engine.dispatch_alerts()
+        engine.alerts.close(5.0)
+        if alert_client is not None:
+            alert_client.disconnect()
+            alert_client.loop_stop()
+        store.close()
+        lock.close()
+    return 0
+
+
+def _wants_mqtt_alerts(conf: Any) -> bool:
+    if isinstance(conf, dict):
+        return bool(conf.get("mqtt"))
+    return isinstance(conf, list) and any(isinstance(e, dict) and e.get("type") == "mqtt" for e in conf)
+
+
+# ---------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    db_help = f"SQLite database (default ${DB_ENV} or ./{DEFAULT_DB})"
+    default_db = os.environ.get(DB_ENV) or DEFAULT_DB
+    parser = _Parser(prog=PROG, description="Garrison detect engine: judge Device Defender reports against "
+                     "security profiles, keep violations, alert and act.")
+    parser.add_argument("--db", default=default_db, help=db_help)
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # --db is accepted anywhere on the line: `garrison-detect violations list --db x.db` too
+    db_anywhere = argparse.ArgumentParser(add_help=False)
+    db_anywhere.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[db_anywhere])
+
+    def actions_of(command_parser: argparse.ArgumentParser):
+        actions = command_parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+        actions.required = True
+        return actions
+
+    def action(actions, name: str, help_text: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=help_text, parents=[db_anywhere])
+
+    serve = command("serve", "Run the engine: ingest reports from the broker, evaluate, alert, act.")
+    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT (user:pass@ allowed)")
+    serve.add_argument("--config", help="engine configuration file (TOML or JSON; see docs/detect.md)")
+    serve.add_argument("--min-report-interval", type=float, metavar="SECONDS",
+                       help="accept one report per thing per this many seconds (default 300, as AWS)")
+    serve.add_argument("--invalidation-period", metavar="DURATION",
+                       help='silence after which violations are invalidated (default "2d")')
+    serve.add_argument("--strict", action="store_true", help="accept reports only from pre-registered things")
+    serve.add_argument("--dry-run", action="store_true", help="mitigation actions only log what they would do")
+    serve.add_argument("--client-id", help="MQTT client id (default garrison-detect)")
+    serve.add_argument("--ca", help="CA certificate for the broker's TLS")
+    serve.add_argument("--cert", help="client certificate (mutual TLS)")
+    serve.add_argument("--key", help="client private key (mutual TLS)")
+    serve.add_argument("--api-bind", metavar="HOST:PORT", help="serve the HTTP API here (default 127.0.0.1:8765 "
+                       "when a token is configured)")
+    serve.add_argument("--api-token", metavar="TOKEN", help=f"API bearer token; ${TOKEN_ENV} or --api-token-file "
+                       "keep it out of `ps`. Without a token the API uses --api-token-file, generating it "
+                       "(mode 0600) if missing")
+    serve.add_argument("--api-token-file", metavar="FILE", help="file holding the API token (default DB.api-token)")
+    serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
+    serve.set_defaults(func=cmd_serve)
+
+    profiles = command("profiles", "Security profiles (AWS CreateSecurityProfile JSON).")
+    psub = actions_of(profiles)
+    p = action(psub, "apply", "create or replace a profile from a JSON file")
+    p.add_argument("file")
+    p.add_argument("--attach", metavar="TARGET", help="all | group:NAME | thing:NAME")
+    p = action(psub, "list", "list profiles")
+    p.add_argument("--json", action="store_true")
+    action(psub, "show", "show a profile, its targets and statuses").add_argument("name")
+    action(psub, "delete", "delete a profile (its violations are invalidated)").add_argument("name")
+    for verb in ("attach", "detach"):
+        p = action(psub, verb, f"{verb} a profile to/from all | group:NAME | thing:NAME")
+        p.add_argument("name")
+        p.add_argument("target")
+    profiles.set_defaults(func=cmd_profiles)
+
+    viol = command("violations", "Violations and their events.")
+    vsub = actions_of(viol)
+    p = action(vsub, "list", "list violations (all episodes, or --active)")
+    p.add_argument("--active", action="store_true", help="only active violations (ListActiveViolations)")
+    p.add_argument("--thing")
+    p.add_argument("--profile")
+    p.add_argument("--json", action="store_true")
+    p = action(vsub, "events", "list violation events (ListViolationEvents)")
+    p.add_argument("--thing")
+    p.add_argument("--profile")
+    p.add_argument("--since", type=float, metavar="EPOCH_SECONDS")
+    p.add_argument("--until", type=float, metavar="EPOCH_SECONDS")
+    p.add_argument("--json", action="store_true")
+    p = action(vsub, "verify", "set a violation's verification state")
+    p.add_argument("id")
+    p.add_argument("state", choices=VERIFICATION_STATES, metavar="STATE", help=" | ".join(VERIFICATION_STATES))
+    p.add_argument("--description", help="why (up to 1000 characters)")
+    p.add_argument("--json", action="store_true")
+    viol.set_defaults(func=cmd_violations)
+
+    things = command("things", "Things (registered on their first report, or with `add`).")
+    tsub = actions_of(things)
+    action(tsub, "list", "list things").add_argument("--json", action="store_true")
+    action(tsub, "add", "pre-register a thing (strict mode)").add_argument("name")
+    action(tsub, "delete", "forget a thing").add_argument("name")
+    things.set_defaults(func=cmd_things)
+
+    groups = command("groups", "Thing groups (profiles can be attached to a group).")
+    gsub = actions_of(groups)
+    p = action(gsub, "create", "create a group")
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+    action(gsub, "delete", "delete a group").add_argument("name")
+    for verb in ("add", "remove"):
+        p = action(gsub, verb, f"{verb} a thing to/from a group")
+        p.add_argument("group")
+        p.add_argument("thing")
+    action(gsub, "list", "list groups and members").add_argument("--json", action="store_true")
+    groups.set_defaults(func=cmd_groups)
+
+    actions = command("actions", "The audit log of mitigation actions.")
+    asub = actions_of(actions)
+    p = action(asub, "list", "list action executions")
+    p.add_argument("--thing")
+    p.add_argument("--json", action="store_true")
+    actions.set_defaults(func=cmd_actions)
+
+    for name, (_, help_text) in DELEGATED.items():
+        delegated = sub.add_parser(name, help=help_text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
+        delegated.set_defaults(func=cmd_delegated)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in DELEGATED:  # everything after the name is the module's own
+        return cmd_delegated(argparse.Namespace(command=argv[0], rest=argv[1:]))
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return args.func(args)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+    except (StoreError, ProfileError, configuration.ConfigError, ActionError, AlertConfigError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+    except ValueError as exc:  # e.g. a bad broker URL, an unreadable token file
+        print(f"{PROG}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"{PROG}: {exc.strerror or exc}{': ' + exc.filename if getattr(exc, 'filename', None) else ''}",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""The detect engine: validated reports in, evaluation state, violations, alerts and actions out.
+
+`Engine` is the `Sink` that detect.ingest hands accepted reports to, and the one facade the CLI
+and the HTTP API use for things, groups, profiles and violations, so every path applies the
+same rules. One report is one SQLite transaction: the report id is recorded, every behavior
+of every profile that applies to the thing is stepped (detect.evaluate), evaluation states
+and violations are saved, mitigation actions run and their audit entries are written, or
+nothing is (a kill -9 never half-applies a report; a redelivered report is a no-op).
+
+Alerts leave through an outbox: events are stored with the report and handed to the alert
+targets after the commit, so an engine that dies in between sends them on its next start, and
+events written by another process (the CLI deleting a profile) reach the targets too.
+
+Periodic work (`tick`): the invalidation sweep (silent devices, behaviors that no longer apply)
+and the recomputation of fleet thresholds for statisticalThreshold behaviors. All state is
+keyed by thing name (see docs/detect.md on partitioning).
+"""
+import json
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from detect import evaluate, fleetstats, metrics, mlbridge, violations
+from detect.actions import Actions
+from detect.alerts import AlertMessage
+from detect.clock import SystemClock
+from detect.config import Config
+from detect.ingest import valid_thing_name
+from detect.profiles import ProfileError, SecurityProfile, load_profile
+from detect.store import NotFound, Store, StoreError
+from detect.violations import Event
+
+log = logging.getLogger("garrison.engine")
+
+# Why an episode was invalidated (violationEventAdditionalInfo.invalidationReason).
+DEVICE_SILENT = "device-silent"
+THING_DELETED = "thing-deleted"
+PROFILE_DELETED = "profile-deleted"
+PROFILE_DETACHED = "profile-detached"
+BEHAVIOR_CHANGED = "behavior-changed"
+BEHAVIOR_DELETED = "behavior-deleted"
+
+PENDING_BUILD = "PENDING_BUILD"
+
+
+class Engine:
+    """Evaluates reports and owns the engine's state in `store`.
+
+    clock: detect.clock (now() / now_ms()); alerts: something with `deliver(message)` (an
+    detect.alerts.AlertDispatcher) or None, in which case events stay in the outbox for the
+    process that has targets (`serve`). ml: the ML Detect hook (detect.mlbridge.MlRegistry:
+    `judge(thing, profile, behavior, value, received_ms) -> {"anomalous", "explanation"} | None`,
+    `status(profile, behavior, now_ms)`, `rebuild_priors(pairs, now_ms)`); "auto" makes one
+    when detect.ml is available, None disables it: ML behaviors then stay PENDING_BUILD with no verdict.
+    """
+
+    def __init__(self, store: Store, clock: Any = None, config: Optional[Config] = None,
+                 alerts: Any = None, ml: Any = "auto"):
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.config = config or Config()
+        self.actions = Actions(self.config.actions, dry_run=self.config.dry_run)
+        self.alerts = alerts
+        self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
+        self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
+        self._dispatch_lock = threading.Lock()
+        # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
+        # first, so devices that did report are not taken for silent ones
+        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0}
+        for group in self.actions.groups():  # a quarantine group exists before it is needed
+            store.create_group(group, self.clock.now_ms())
+
+    # ---- the Sink detect.ingest calls ---------------------------------------------------------
+
+    def last_report(self, thing: str) -> Optional[Tuple[int, int]]:
+        last = self.store.last_report(thing)
+        return None if last is None or last[0] is None else (last[0], last[1])
+
+    def is_registered(self, thing: str) -> bool:
+        return self.store.last_report(thing) is not None
+
+    def accept(self, thing: str, report_long: Mapping[str, Any], received_ms: int) -> List[Event]:
+        """Record and evaluate one validated report atomically; returns the events it caused."""
+        report_id = report_long["header"]["report_id"]
+        with self.store.transaction():
+            last = self.store.last_report(thing)
+            if last is None:
+                self.store.register_thing(thing, received_ms)
+                log.info("registered thing %s on its first report", thing)
+            elif last[0] is not None and report_id <= last[0]:
+                return []  # already applied (QoS 1 redelivery) or older: never apply twice
+            self.store.record_report(thing, report_id, received_ms)
+            events = self._evaluate(thing, report_long, received_ms)
+        self.dispatch_alerts()
+        return events
+
+    def _evaluate(self, thing: str, report: Mapping[str, Any], received_ms: int) -> List[Event]:
+        events = []
+        states = self.store.states_of_thing(thing)
+        for name in self.store.profiles_for_thing(thing):
+            profile = self._profile(name)
+            if profile is None:
+                continue
+            for behavior in profile.behaviors:
+                event = self._step(thing, name, behavior, report, received_ms, states.get((name, behavior.name)))
+                if event is not None:
+                    events.append(event)
+                    self.actions.run(self.store, event, received_ms)
+        return events
+
+    def _step(self, thing: str, profile: str, behavior, report: Mapping[str, Any], received_ms: int,
+              state: Optional[Dict[str, Any]]) -> Optional[Event]:
+        if behavior.kind == "retain":
+            return None
+        value = metrics.extract(report, behavior.metric, behavior.spec)
+        if value is None:
+            return None
+        threshold = verdict = judgement = None
+        if behavior.kind == "statistical":
+            known = self.store.get_threshold(profile, behavior.name)
+            threshold = known["value"] if known else None
+        elif behavior.kind == "ml" and self.ml is not None:
+            judgement = self.ml.judge(thing, profile, behavior, value, received_ms)
+            verdict = judgement["anomalous"] if judgement else None
+        outcome = evaluate.step(behavior, state, value, received_ms, threshold=threshold, verdict=verdict)
+        self.store.put_state(thing, profile, behavior.name, outcome.state, received_ms)
+        if behavior.kind == "statistical" and isinstance(outcome.value, (int, float)):
+            self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
+        if outcome.violating is None:
+            return None
+        return violations.record_datapoint(
+            self.store, thing, profile, behavior.doc, transition=outcome.transition,
+            violating=outcome.violating, metric_value=evaluate.violation_value(behavior.spec, outcome.value),
+            time_ms=received_ms, additional_info=self._additional_info(behavior, outcome, judgement))
+
+    @staticmethod
+    def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """AWS's violationEventAdditionalInfo, plus the threshold a statistical behavior used and
+        an ML model's explanation."""
+        info: Dict[str, Any] = {}
+        if behavior.kind == "statistical":
+            info["statisticalThreshold"] = {"statistic": behavior.statistic}
+            info["thresholdValue"] = outcome.detail.get("threshold")
+        if behavior.kind == "ml":
+            info["confidenceLevel"] = behavior.confidence_level
+            if judgement and judgement.get("explanation"):
+                info["explanation"] = judgement["explanation"]
+        return info
+
+    def _profile(self, name: str) -> Optional[SecurityProfile]:
+        """The parsed profile, re-read when another process changed it."""
+        text = self.store.get_profile_text(name)
+        if text is None:
+            self._profiles.pop(name, None)
+            return None
+        cached = self._profiles.get(name)
+        if cached is None or cached[0] != text:
+            try:
+                cached = (text, load_profile(json.loads(text)))
+            except ProfileError as exc:  # stored by an older version with other rules: skip it, loudly
+                log.error("stored security profile %s no longer loads: %s", name, exc)
+                return None
+            self._profiles[name] = cached
+        return cached[1]
+
+    # ---- alerts -------------------------------------------------------------------------------
+
+    def dispatch_alerts(self) -> int:
+        """Hand events still in the outbox to the alert targets; returns how many."""
+        if self.alerts is None:
+            return 0
+        sent = 0
+        with self._dispatch_lock:
+            for row in self.store.pending_alerts():
+                event = Event.from_row(row)
+                info = event.additional_info or {}
+                message = AlertMessage(event.thing, event.profile, event.behavior, event.metric_value,
+                                       event.violation_id, event.event_type, event.time_ms,
+                                       threshold=info.get("thresholdValue"),
+                                       confidenceLevel=info.get("confidenceLevel"),
+                                       invalidationReason=info.get("invalidationReason"))
+                self.alerts.deliver(message)
+                self.store.mark_alerted(event.seq, self.clock.now_ms())
+                sent += 1
+        return sent
+
+    # ---- periodic work ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Run what is due: the sweep, the fleet statistics, the outbox. Call it every second or so."""
+        now = time.monotonic()
+        if now >= self._due["fleet"]:
+            self._due["fleet"] = now + self.config.fleet_stats_interval_s
+            self.recompute_fleet_stats()
+        if now >= self._due["sweep"]:
+            self._due["sweep"] = now + self.config.sweep_interval_s
+            self.sweep()
+        self.dispatch_alerts()
+
+    def sweep(self, now_ms: Optional[int] = None) -> List[Event]:
+        """Invalidate episodes of silent devices and of behaviors that no longer apply."""
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        events = self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
+        self.dispatch_alerts()
+        return events
+
+    def _invalidate_stale(self, now_ms: int, silent_before_ms: Optional[int] = None) -> List[Event]:
+        events = []
+        applies: Dict[str, List[str]] = {}
+        with self.store.transaction():
+            for row in self.store.list_violations(active_only=True):
+                thing = row["thing"]
+                if thing not in applies:
+                    applies[thing] = self.store.profiles_for_thing(thing)
+                reason = self._stale_reason(row, applies[thing], silent_before_ms)
+                if reason:
+                    event = violations.invalidate(self.store, row, now_ms, reason)
+                    if event is not None:
+                        log.info("violation %s of %s (%s/%s) invalidated: %s", event.violation_id, thing,
+                                 event.profile, row["behavior_name"], reason)
+                        events.append(event)
+                        self.actions.run(self.store, event, now_ms)
+        return events
+
+    def _stale_reason(self, row, applicable: List[str], silent_before_ms: Optional[int]) -> Optional[str]:
+        last = self.store.last_report(row["thing"])
+        if last is None:
+            return THING_DELETED
+        if silent_before_ms is not None and (last[1] or 0) < silent_before_ms:
+            return DEVICE_SILENT
+        profile = self._profile(row["profile"])
+        if profile is None:
+            return PROFILE_DELETED
+        if row["profile"] not in applicable:
+            return PROFILE_DETACHED
+        try:
+            behavior = profile.behavior(row["behavior_name"])
+        except KeyError:
+            return BEHAVIOR_DELETED
+        if behavior.to_dict() != json.loads(row["behavior"]):
+            return BEHAVIOR_CHANGED
+        return None
+
+    def recompute_fleet_stats(self, now_ms: Optional[int] = None) -> Dict[Tuple[str, str], Optional[float]]:
+        """Recompute every statistical threshold from each device's latest value in the window
+        (and rebuild ML fleet priors when their retrain period has passed)."""
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        thresholds = {}
+        with self.store.transaction():
+            for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
+                profile = self._profile(name)
+                behaviors = profile.behaviors if profile else ()
+                if self.ml is not None:
+                    self.ml.rebuild_priors([(name, b.name) for b in behaviors if b.kind == "ml"], now_ms)
+                statistical = [b for b in behaviors if b.kind == "statistical"]
+                if not statistical:
+                    continue
+                members = set(self.store.things_under_profile(name))
+                for behavior in statistical:
+                    window_ms = (behavior.duration_seconds or fleetstats.DEFAULT_DURATION_SECONDS) * 1000
+                    values = [value for thing, _, value in self.store.samples(name, behavior.name, now_ms - window_ms)
+                              if thing in members]
+                    value = (fleetstats.percentile(values, behavior.statistic)
+                             if len(values) >= self.config.fleet_min_devices else None)
+                    self.store.put_threshold(name, behavior.name, value, len(values), now_ms)
+                    thresholds[(name, behavior.name)] = value
+        return thresholds
+
+    # ---- profiles -----------------------------------------------------------------------------
+
+    def apply_profile(self, source: Any, attach: Optional[str] = None) -> Tuple[SecurityProfile, bool]:
+        """Create or replace a profile (AWS CreateSecurityProfile JSON), optionally attaching it.
+
+        Behaviors that changed or went away lose their evaluation state and statistics, and their
+        open violations are invalidated. Returns (profile, created).
+        """
+        profile = load_profile(source)
+        now = self.clock.now_ms()
+        with self.store.transaction():
+            old = self.store.get_profile(profile.name)
+            created = self.store.put_profile(profile.name, profile.to_dict(), now)
+            if old is not None:
+                new_behaviors = {b.name: b.to_dict() for b in profile.behaviors}
+                for behavior in old.get("behaviors", []):
+                    if new_behaviors.get(behavior.get("name")) != behavior:
+                        self.store.forget_behavior(profile.name, behavior.get("name"))
+            if attach:
+                self.store.attach(profile.name, attach)
+            self._invalidate_stale(now)
+        self.dispatch_alerts()
+        return profile, created
+
+    def delete_profile(self, name: str) -> None:
+        now = self.clock.now_ms()
+        with self.store.transaction():
+            if not self.store.delete_profile(name):
+                raise NotFound(f"no security profile named {name!r}")
+            self._invalidate_stale(now)
+        self.dispatch_alerts()
+
+    def list_profiles(self) -> List[Dict[str, Any]]:
+        """Each profile's name, behavior names and targets."""
+        return [{"securityProfileName": p["securityProfileName"],
+                 "behaviors": [b.get("name") for b in p["doc"].get("behaviors", [])], "targets": p["targets"]}
+                for p in self.store.list_profiles()]
+
+    def describe_profile(self, name: str) -> Dict[str, Any]:
+        """The profile document plus targets and, per statistical / ML behavior, its status."""
+        doc = self.store.get_profile(name)
+        if doc is None:
+            raise NotFound(f"no security profile named {name!r}")
+        out = {"securityProfileName": name, "profile": doc, "targets": self.store.attachments_of(name)}
+        profile = self._profile(name)
+        for behavior in (profile.behaviors if profile else ()):
+            if behavior.kind == "statistical":
+                known = self.store.get_threshold(name, behavior.name)
+                out.setdefault("statisticalThresholds", {})[behavior.name] = {
+                    "statistic": behavior.statistic, "value": known and known["value"],
+                    "devices": known["devices"] if known else 0,
+                    "computedTime": known["computed_ms"] / 1000.0 if known else None}
+            elif behavior.kind == "ml":
+                status = (self.ml.status(name, behavior.name, self.clock.now_ms()) if self.ml is not None
+                          else PENDING_BUILD)
+                out.setdefault("behaviorModelTrainingSummaries", []).append(
+                    {"behaviorName": behavior.name, "modelStatus": status})
+        return out
+
+    def attach(self, profile: str, target: str) -> bool:
+        with self.store.transaction():
+            return self.store.attach(profile, target)
+
+    def detach(self, profile: str, target: str) -> bool:
+        with self.store.transaction():
+            done = self.store.detach(profile, target)
+            self._invalidate_stale(self.clock.now_ms())
+        self.dispatch_alerts()
+        return done
+
+    # ---- things and groups --------------------------------------------------------------------
+
+    def add_thing(self, name: str) -> bool:
+        """Pre-register a thing (needed in strict mode)."""
+        _check_thing_name(name)
+        return self.store.register_thing(name, self.clock.now_ms(), pre_registered=True)
+
+    def delete_thing(self, name: str) -> bool:
+        with self.store.transaction():
+            if not self.store.delete_thing(name):
+                raise NotFound(f"no thing named {name!r}")
+            self._invalidate_stale(self.clock.now_ms())
+        self.dispatch_alerts()
+        return True
+
+    def create_group(self, name: str, description: str = "") -> bool:
+        _check_thing_name(name, "group")
+        return self.store.create_group(name, self.clock.now_ms(), description)
+
+    def delete_group(self, name: str) -> bool:
+        with self.store.transaction():
+            if not self.store.delete_group(name):
+                raise NotFound(f"no thing group named {name!r}")
+            self._invalidate_stale(self.clock.now_ms())
+        self.dispatch_alerts()
+        return True
+
+    def add_to_group(self, group: str, thing: str) -> bool:
+        _check_thing_name(thing)
+        return self.store.add_to_group(group, thing, self.clock.now_ms())
+
+    def remove_from_group(self, group: str, thing: str) -> bool:
+        with self.store.transaction():
+            done = self.store.remove_from_group(group, thing)
+            self._invalidate_stale(self.clock.now_ms())
+        self.dispatch_alerts()
+        return done
+
+    # ---- violations ---------------------------------------------------------------------------
+
+    def active_violations(self, thing: Optional[str] = None, profile: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [violations.active_record(row)
+                for row in self.store.list_violations(active_only=True, thing=thing, profile=profile)]
+
+    def all_violations(self, thing: Optional[str] = None, profile: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [violations.violation_record(row) for row in self.store.list_violations(thing=thing, profile=profile)]
+
+    def violation_events(self, thing: Optional[str] = None, profile: Optional[str] = None,
+                         start_s: Optional[float] = None, end_s: Optional[float] = None) -> List[Dict[str, Any]]:
+        rows = self.store.list_events(thing=thing, profile=profile,
+                                      start_ms=None if start_s is None else int(start_s * 1000),
+                                      end_ms=None if end_s is None else int(end_s * 1000))
+        return [Event.from_row(row).to_record() for row in rows]
+
+    def verify(self, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:
+        return violations.verify(self.store, violation_id, state, description)
+
+
+def _check_thing_name(name: str, what: str = "thing") -> None:
+    if not isinstance(name, str) or not valid_thing_name(name):
+        raise StoreError(f"{what} names are 1-128 characters of [a-zA-Z0-9:_-], got {name!r}")
+

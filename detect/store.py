@@ -1,0 +1,609 @@
+"""The engine's state in one SQLite file (WAL mode).
+
+Everything the engine must not lose lives here: things and their last report, thing groups,
+security profiles and their attachments, per (profile, behavior, thing) evaluation state,
+violations and their event history, fleet-statistics samples and thresholds, the alert outbox
+and the audit log of mitigation actions. Times are stored as epoch milliseconds (integers);
+the AWS-shaped records convert them (see detect.violations).
+
+One connection per Store, shared by the engine's threads behind a re-entrant lock;
+`transaction()` wraps a unit of work in BEGIN IMMEDIATE ... COMMIT so a report is applied
+entirely or not at all (a kill -9 leaves the last committed state). Other processes (the CLI)
+open their own Store on the same file: WAL lets them read and write while `serve` runs.
+
+Every table is keyed by thing name where a thing is involved, so the state can be split across
+workers by thing (see docs/detect.md, "Partitioning").
+"""
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+SCHEMA_VERSION = 1
+MAX_PROFILES_PER_TARGET = 5
+BUSY_TIMEOUT_MS = 15000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS things (
+    name TEXT PRIMARY KEY,
+    registered_ms INTEGER NOT NULL,
+    pre_registered INTEGER NOT NULL DEFAULT 0,
+    last_report_id INTEGER,
+    last_received_ms INTEGER,
+    reports INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS thing_groups (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS group_members (
+    group_name TEXT NOT NULL REFERENCES thing_groups(name) ON DELETE CASCADE,
+    thing TEXT NOT NULL,
+    added_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_name, thing)
+);
+CREATE INDEX IF NOT EXISTS group_members_thing ON group_members(thing);
+CREATE TABLE IF NOT EXISTS profiles (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    profile TEXT NOT NULL REFERENCES profiles(name) ON DELETE CASCADE,
+    target TEXT NOT NULL,
+    PRIMARY KEY (profile, target)
+);
+CREATE INDEX IF NOT EXISTS attachments_target ON attachments(target);
+CREATE TABLE IF NOT EXISTS eval_state (
+    thing TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (thing, profile, behavior)
+);
+CREATE TABLE IF NOT EXISTS violations (
+    violation_id TEXT PRIMARY KEY,
+    thing TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    behavior_name TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    last_value TEXT,
+    last_ms INTEGER NOT NULL,
+    verification_state TEXT,
+    verification_description TEXT,
+    additional_info TEXT,
+    end_ms INTEGER,
+    end_type TEXT
+);
+-- at most one open episode per (thing, profile, behavior)
+CREATE UNIQUE INDEX IF NOT EXISTS violations_open
+    ON violations(thing, profile, behavior_name) WHERE end_ms IS NULL;
+CREATE INDEX IF NOT EXISTS violations_thing ON violations(thing, start_ms);
+CREATE TABLE IF NOT EXISTS violation_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    violation_id TEXT NOT NULL REFERENCES violations(violation_id),
+    event_type TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    thing TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    metric_value TEXT,
+    additional_info TEXT,
+    suppress_alerts INTEGER NOT NULL DEFAULT 0,
+    alerted_ms INTEGER,
+    -- an episode has one start and one end: a replayed report cannot duplicate an event
+    UNIQUE (violation_id, event_type)
+);
+CREATE INDEX IF NOT EXISTS violation_events_time ON violation_events(time_ms);
+CREATE INDEX IF NOT EXISTS violation_events_thing ON violation_events(thing, time_ms);
+CREATE INDEX IF NOT EXISTS violation_events_outbox ON violation_events(alerted_ms) WHERE alerted_ms IS NULL;
+-- each device's latest judged value per statistical behavior (the population of detect.fleetstats)
+CREATE TABLE IF NOT EXISTS fleet_samples (
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    thing TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (profile, behavior, thing)
+);
+CREATE TABLE IF NOT EXISTS fleet_thresholds (
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    value REAL,
+    devices INTEGER NOT NULL,
+    computed_ms INTEGER NOT NULL,
+    PRIMARY KEY (profile, behavior)
+);
+-- ML Detect (detect.ml): one model state per (profile, behavior, thing), one fleet prior per behavior
+CREATE TABLE IF NOT EXISTS ml_models (
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    thing TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (profile, behavior, thing)
+);
+CREATE TABLE IF NOT EXISTS ml_priors (
+    profile TEXT NOT NULL,
+    behavior TEXT NOT NULL,
+    state BLOB,
+    built_ms INTEGER NOT NULL,
+    PRIMARY KEY (profile, behavior)
+);
+CREATE TABLE IF NOT EXISTS action_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    violation_id TEXT,
+    thing TEXT NOT NULL,
+    profile TEXT,
+    behavior TEXT,
+    action TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class StoreError(ValueError):
+    """A request the store refuses (too many profiles on a target, a bad target, ...)."""
+
+
+class NotFound(StoreError):
+    """The named thing, group, profile or violation does not exist."""
+
+
+def _dumps(value: Any) -> Optional[str]:
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(text: Optional[str]) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def parse_target(target: str) -> Tuple[str, Optional[str]]:
+    """ "all" | "group:NAME" | "thing:NAME" -> (kind, name)."""
+    if target == "all":
+        return "all", None
+    kind, sep, name = target.partition(":")
+    if not sep or kind not in ("group", "thing") or not name:
+        raise StoreError(f"bad attachment target {target!r} (use all, group:NAME or thing:NAME)")
+    return kind, name
+
+
+class Store:
+    """The engine's SQLite state. Thread-safe; open one per process."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                         isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a committed transaction survives a process kill; only a power
+            # loss can roll back the last few commits, never corrupt the file.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._create_schema()
+        except (sqlite3.Error, StoreError) as exc:
+            self._conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    def _create_schema(self) -> None:
+        with self._lock:
+            try:
+                self._conn.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path} is not a Garrison database: {exc}") from None
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer Garrison (schema {row[0]})")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """One atomic unit of work; nested calls join the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # the work, or the COMMIT itself (disk full), failed
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params))
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchone()
+
+    # ---- things -------------------------------------------------------------------------------
+
+    def register_thing(self, name: str, now_ms: int, pre_registered: bool = False) -> bool:
+        """Register `name` (no-op if known); True if it is new."""
+        cur = self._exec("INSERT OR IGNORE INTO things (name, registered_ms, pre_registered) VALUES (?, ?, ?)",
+                         (name, now_ms, int(pre_registered)))
+        return cur.rowcount == 1
+
+    def list_things(self) -> List[Dict[str, Any]]:
+        return [self._thing(row) for row in self._rows("SELECT * FROM things ORDER BY name")]
+
+    def delete_thing(self, name: str) -> bool:
+        with self.transaction():
+            self._exec("DELETE FROM group_members WHERE thing = ?", (name,))
+            self._exec("DELETE FROM eval_state WHERE thing = ?", (name,))
+            self._exec("DELETE FROM fleet_samples WHERE thing = ?", (name,))
+            self._exec("DELETE FROM ml_models WHERE thing = ?", (name,))
+            self._exec("DELETE FROM attachments WHERE target = ?", (f"thing:{name}",))
+            return self._exec("DELETE FROM things WHERE name = ?", (name,)).rowcount == 1
+
+    def _thing(self, row: sqlite3.Row) -> Dict[str, Any]:
+        """A thing's record (times in epoch seconds, like the violation records)."""
+        last = row["last_received_ms"]
+        return {"thingName": row["name"], "registeredTime": row["registered_ms"] / 1000.0,
+                "preRegistered": bool(row["pre_registered"]), "lastReportId": row["last_report_id"],
+                "lastReportTime": None if last is None else last / 1000.0, "reports": row["reports"],
+                "groups": self.groups_of(row["name"])}
+
+    def last_report(self, name: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
+        """(last report id, last received ms) of a registered thing (both None before its first
+        report), or None if the thing is unknown."""
+        row = self._one("SELECT last_report_id, last_received_ms FROM things WHERE name = ?", (name,))
+        return None if row is None else (row[0], row[1])
+
+    def record_report(self, name: str, report_id: int, received_ms: int) -> None:
+        self._exec("UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 "
+                   "WHERE name = ?", (report_id, received_ms, name))
+
+    # ---- groups -------------------------------------------------------------------------------
+
+    def create_group(self, name: str, now_ms: int, description: str = "") -> bool:
+        cur = self._exec("INSERT OR IGNORE INTO thing_groups (name, created_ms, description) VALUES (?, ?, ?)",
+                         (name, now_ms, description))
+        return cur.rowcount == 1
+
+    def delete_group(self, name: str) -> bool:
+        with self.transaction():
+            self._exec("DELETE FROM attachments WHERE target = ?", (f"group:{name}",))
+            return self._exec("DELETE FROM thing_groups WHERE name = ?", (name,)).rowcount == 1
+
+    def group_exists(self, name: str) -> bool:
+        return self._one("SELECT 1 FROM thing_groups WHERE name = ?", (name,)) is not None
+
+    def add_to_group(self, group: str, thing: str, now_ms: int) -> bool:
+        """Add `thing` to `group` (the thing need not have reported yet); True if it was not in it."""
+        with self.transaction():
+            if not self.group_exists(group):
+                raise NotFound(f"no thing group named {group!r}")
+            cur = self._exec("INSERT OR IGNORE INTO group_members (group_name, thing, added_ms) VALUES (?, ?, ?)",
+                             (group, thing, now_ms))
+            return cur.rowcount == 1
+
+    def remove_from_group(self, group: str, thing: str) -> bool:
+        with self.transaction():
+            if not self.group_exists(group):
+                raise NotFound(f"no thing group named {group!r}")
+            return self._exec("DELETE FROM group_members WHERE group_name = ? AND thing = ?",
+                              (group, thing)).rowcount == 1
+
+    def list_groups(self) -> List[Dict[str, Any]]:
+        groups = []
+        for row in self._rows("SELECT * FROM thing_groups ORDER BY name"):
+            members = [r[0] for r in self._rows(
+                "SELECT thing FROM group_members WHERE group_name = ? ORDER BY thing", (row["name"],))]
+            groups.append({"groupName": row["name"], "description": row["description"],
+                           "creationTime": row["created_ms"] / 1000.0, "things": members})
+        return groups
+
+    def groups_of(self, thing: str) -> List[str]:
+        return [r[0] for r in self._rows(
+            "SELECT group_name FROM group_members WHERE thing = ? ORDER BY group_name", (thing,))]
+
+    # ---- profiles and attachments -------------------------------------------------------------
+
+    def put_profile(self, name: str, doc: Dict[str, Any], now_ms: int) -> bool:
+        """Create or replace a profile; True if it is new."""
+        with self.transaction():
+            existed = self.get_profile(name) is not None
+            self._exec("INSERT INTO profiles (name, doc, created_ms, updated_ms) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET doc = excluded.doc, updated_ms = excluded.updated_ms",
+                       (name, _dumps(doc), now_ms, now_ms))
+            return not existed
+
+    def get_profile(self, name: str) -> Optional[Dict[str, Any]]:
+        return _loads(self.get_profile_text(name))
+
+    def get_profile_text(self, name: str) -> Optional[str]:
+        """The stored JSON text (the engine's cache key: it changes whenever the profile does)."""
+        row = self._one("SELECT doc FROM profiles WHERE name = ?", (name,))
+        return None if row is None else row[0]
+
+    def list_profiles(self) -> List[Dict[str, Any]]:
+        out = []
+        for row in self._rows("SELECT name, doc, created_ms, updated_ms FROM profiles ORDER BY name"):
+            out.append({"securityProfileName": row["name"], "doc": _loads(row["doc"]),
+                        "created_ms": row["created_ms"], "updated_ms": row["updated_ms"],
+                        "targets": self.attachments_of(row["name"])})
+        return out
+
+    def delete_profile(self, name: str) -> bool:
+        with self.transaction():
+            self._exec("DELETE FROM eval_state WHERE profile = ?", (name,))
+            self._exec("DELETE FROM fleet_samples WHERE profile = ?", (name,))
+            self._exec("DELETE FROM fleet_thresholds WHERE profile = ?", (name,))
+            self._exec("DELETE FROM ml_models WHERE profile = ?", (name,))
+            self._exec("DELETE FROM ml_priors WHERE profile = ?", (name,))
+            return self._exec("DELETE FROM profiles WHERE name = ?", (name,)).rowcount == 1
+
+    def attach(self, profile: str, target: str) -> bool:
+        """Attach a profile to "all", "group:NAME" or "thing:NAME" (at most 5 profiles per target)."""
+        kind, name = parse_target(target)
+        with self.transaction():
+            if self.get_profile(profile) is None:
+                raise NotFound(f"no security profile named {profile!r}")
+            if kind == "group" and not self.group_exists(name):
+                raise NotFound(f"no thing group named {name!r}")
+            attached = [r[0] for r in self._rows("SELECT profile FROM attachments WHERE target = ?", (target,))]
+            if profile in attached:
+                return False
+            if len(attached) >= MAX_PROFILES_PER_TARGET:
+                raise StoreError(f"target {target} already has {MAX_PROFILES_PER_TARGET} security profiles "
+                                 f"({', '.join(sorted(attached))})")
+            self._exec("INSERT INTO attachments (profile, target) VALUES (?, ?)", (profile, target))
+            return True
+
+    def detach(self, profile: str, target: str) -> bool:
+        parse_target(target)
+        return self._exec("DELETE FROM attachments WHERE profile = ? AND target = ?",
+                          (profile, target)).rowcount == 1
+
+    def attachments_of(self, profile: str) -> List[str]:
+        return [r[0] for r in self._rows(
+            "SELECT target FROM attachments WHERE profile = ? ORDER BY target", (profile,))]
+
+    def profiles_for_thing(self, thing: str) -> List[str]:
+        """Profiles that apply to `thing`: attached to all things, one of its groups, or itself."""
+        targets = ["all", f"thing:{thing}"] + [f"group:{g}" for g in self.groups_of(thing)]
+        marks = ",".join("?" * len(targets))
+        return [r[0] for r in self._rows(
+            f"SELECT DISTINCT profile FROM attachments WHERE target IN ({marks}) ORDER BY profile", targets)]
+
+    def things_under_profile(self, profile: str) -> List[str]:
+        """Things the profile applies to now: registered things if it is attached to all, named
+        things, and members of attached groups."""
+        rows = self._rows(
+            "SELECT name FROM things WHERE EXISTS (SELECT 1 FROM attachments WHERE profile = ?1 AND target = 'all') "
+            "UNION SELECT substr(target, 7) FROM attachments WHERE profile = ?1 AND target LIKE 'thing:%' "
+            "UNION SELECT m.thing FROM group_members m JOIN attachments a ON a.target = 'group:' || m.group_name "
+            "WHERE a.profile = ?1 ORDER BY 1", (profile,))
+        return [r[0] for r in rows]
+
+    # ---- evaluation state ---------------------------------------------------------------------
+
+    def get_state(self, thing: str, profile: str, behavior: str) -> Any:
+        row = self._one("SELECT state FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
+                        (thing, profile, behavior))
+        return None if row is None else _loads(row[0])
+
+    def states_of_thing(self, thing: str) -> Dict[Tuple[str, str], Any]:
+        """Every evaluation state of `thing`, keyed (profile, behavior): one query per report."""
+        return {(r[0], r[1]): _loads(r[2]) for r in self._rows(
+            "SELECT profile, behavior, state FROM eval_state WHERE thing = ?", (thing,))}
+
+    def put_state(self, thing: str, profile: str, behavior: str, state: Any, now_ms: int) -> None:
+        self._exec("INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
+                   "updated_ms = excluded.updated_ms", (thing, profile, behavior, _dumps(state), now_ms))
+
+    def delete_state(self, thing: str, profile: str, behavior: str) -> None:
+        self._exec("DELETE FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
+                   (thing, profile, behavior))
+
+    # ---- violations ---------------------------------------------------------------------------
+
+    def open_violation(self, thing: str, profile: str, behavior_name: str) -> Optional[sqlite3.Row]:
+        return self._one("SELECT * FROM violations WHERE thing = ? AND profile = ? AND behavior_name = ? "
+                         "AND end_ms IS NULL", (thing, profile, behavior_name))
+
+    def insert_violation(self, violation_id: str, thing: str, profile: str, behavior: Dict[str, Any],
+                         value: Any, time_ms: int, additional_info: Any) -> None:
+        self._exec("INSERT INTO violations (violation_id, thing, profile, behavior_name, behavior, start_ms, "
+                   "last_value, last_ms, additional_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (violation_id, thing, profile, behavior["name"], _dumps(behavior), time_ms,
+                    _dumps(value), time_ms, _dumps(additional_info)))
+
+    def update_violation_value(self, violation_id: str, value: Any, time_ms: int, additional_info: Any) -> None:
+        self._exec("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? "
+                   "WHERE violation_id = ?", (_dumps(value), time_ms, _dumps(additional_info), violation_id))
+
+    def close_violation(self, violation_id: str, end_type: str, time_ms: int) -> None:
+        self._exec("UPDATE violations SET end_ms = ?, end_type = ? WHERE violation_id = ? AND end_ms IS NULL",
+                   (time_ms, end_type, violation_id))
+
+    def get_violation(self, violation_id: str) -> Optional[sqlite3.Row]:
+        return self._one("SELECT * FROM violations WHERE violation_id = ?", (violation_id,))
+
+    def set_verification(self, violation_id: str, state: str, description: Optional[str]) -> bool:
+        return self._exec("UPDATE violations SET verification_state = ?, verification_description = ? "
+                          "WHERE violation_id = ?", (state, description, violation_id)).rowcount == 1
+
+    def list_violations(self, active_only: bool = False, thing: Optional[str] = None,
+                        profile: Optional[str] = None) -> List[sqlite3.Row]:
+        where, params = self._filters(thing=thing, profile=profile)
+        if active_only:
+            where.append("end_ms IS NULL")
+        sql = "SELECT * FROM violations" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(sql + " ORDER BY start_ms, violation_id", params)
+
+    @staticmethod
+    def _filters(prefix: str = "", **values: Any) -> Tuple[List[str], List[Any]]:
+        where, params = [], []
+        for column, value in values.items():
+            if value is not None:
+                where.append(f"{prefix}{column} = ?")
+                params.append(value)
+        return where, params
+
+    # ---- events and the alert outbox ----------------------------------------------------------
+
+    def insert_event(self, violation_id: str, event_type: str, time_ms: int, thing: str, profile: str,
+                     behavior: Dict[str, Any], metric_value: Any, additional_info: Any,
+                     suppress_alerts: bool) -> Optional[int]:
+        """Record an event; None if this episode already has an event of this type."""
+        cur = self._exec("INSERT OR IGNORE INTO violation_events (violation_id, event_type, time_ms, thing, "
+                         "profile, behavior, metric_value, additional_info, suppress_alerts, alerted_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (violation_id, event_type, time_ms, thing, profile, _dumps(behavior),
+                          _dumps(metric_value), _dumps(additional_info), int(suppress_alerts),
+                          time_ms if suppress_alerts else None))
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def list_events(self, thing: Optional[str] = None, profile: Optional[str] = None,
+                    start_ms: Optional[int] = None, end_ms: Optional[int] = None,
+                    after_seq: Optional[int] = None, limit: Optional[int] = None) -> List[sqlite3.Row]:
+        where, params = self._filters(prefix="e.", thing=thing, profile=profile)
+        for clause, value in (("e.time_ms >= ?", start_ms), ("e.time_ms <= ?", end_ms), ("e.seq > ?", after_seq)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = ("SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
+               "JOIN violations v ON v.violation_id = e.violation_id")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY e.seq"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(sql, params)
+
+    def pending_alerts(self, limit: int = 500) -> List[sqlite3.Row]:
+        """Events whose alert has not been handed to the alert targets yet (oldest first)."""
+        return self._rows("SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
+                          "JOIN violations v ON v.violation_id = e.violation_id "
+                          "WHERE e.alerted_ms IS NULL ORDER BY e.seq LIMIT ?", (limit,))
+
+    def mark_alerted(self, seq: int, now_ms: int) -> None:
+        self._exec("UPDATE violation_events SET alerted_ms = ? WHERE seq = ?", (now_ms, seq))
+
+    # ---- fleet statistics ---------------------------------------------------------------------
+
+    def put_sample(self, profile: str, behavior: str, thing: str, time_ms: int, value: float) -> None:
+        """Keep `thing`'s latest judged value for a statistical behavior."""
+        self._exec("INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
+                   "value = excluded.value", (profile, behavior, thing, time_ms, float(value)))
+
+    def samples(self, profile: str, behavior: str, since_ms: int) -> List[Tuple[str, int, float]]:
+        """(thing, time_ms, value) of the devices whose latest value is newer than `since_ms`."""
+        return [(r[0], r[1], r[2]) for r in self._rows(
+            "SELECT thing, time_ms, value FROM fleet_samples WHERE profile = ? AND behavior = ? AND time_ms > ? "
+            "ORDER BY thing", (profile, behavior, since_ms))]
+
+    def forget_behavior(self, profile: str, behavior: str) -> None:
+        """Drop evaluation state, fleet statistics and models of one behavior (it changed or went away)."""
+        self._exec("DELETE FROM eval_state WHERE profile = ? AND behavior = ?", (profile, behavior))
+        self._exec("DELETE FROM ml_models WHERE profile = ? AND behavior = ?", (profile, behavior))
+        self._exec("DELETE FROM ml_priors WHERE profile = ? AND behavior = ?", (profile, behavior))
+        self._exec("DELETE FROM fleet_samples WHERE profile = ? AND behavior = ?", (profile, behavior))
+        self._exec("DELETE FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
+
+    def put_threshold(self, profile: str, behavior: str, value: Optional[float], devices: int, now_ms: int) -> None:
+        self._exec("INSERT INTO fleet_thresholds (profile, behavior, value, devices, computed_ms) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT(profile, behavior) DO UPDATE SET value = excluded.value, devices = excluded.devices, "
+                   "computed_ms = excluded.computed_ms", (profile, behavior, value, devices, now_ms))
+
+    def get_threshold(self, profile: str, behavior: str) -> Optional[Dict[str, Any]]:
+        row = self._one("SELECT * FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
+        if row is None:
+            return None
+        return {"value": row["value"], "devices": row["devices"], "computed_ms": row["computed_ms"]}
+
+    # ---- ML Detect model states ---------------------------------------------------------------
+
+    def get_model(self, profile: str, behavior: str, thing: str) -> Optional[bytes]:
+        row = self._one("SELECT state FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?",
+                        (profile, behavior, thing))
+        return None if row is None else bytes(row[0])
+
+    def put_model(self, profile: str, behavior: str, thing: str, state: bytes) -> None:
+        self._exec("INSERT INTO ml_models (profile, behavior, thing, state) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(profile, behavior, thing) DO UPDATE SET state = excluded.state",
+                   (profile, behavior, thing, bytes(state)))
+
+    def delete_model(self, profile: str, behavior: str, thing: str) -> bool:
+        return self._exec("DELETE FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?",
+                          (profile, behavior, thing)).rowcount == 1
+
+    def model_things(self, profile: str, behavior: str) -> List[str]:
+        return [r[0] for r in self._rows("SELECT thing FROM ml_models WHERE profile = ? AND behavior = ? "
+                                         "ORDER BY thing", (profile, behavior))]
+
+    def get_prior(self, profile: str, behavior: str) -> Optional[Tuple[Optional[bytes], int]]:
+        row = self._one("SELECT state, built_ms FROM ml_priors WHERE profile = ? AND behavior = ?",
+                        (profile, behavior))
+        return None if row is None else (None if row[0] is None else bytes(row[0]), row[1])
+
+    def put_prior(self, profile: str, behavior: str, state: Optional[bytes], built_ms: int) -> None:
+        self._exec("INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
+                   (profile, behavior, None if state is None else bytes(state), built_ms))
+
+    # ---- mitigation audit log -----------------------------------------------------------------
+
+    def log_action(self, time_ms: int, thing: str, action: Dict[str, Any], dry_run: bool, outcome: str,
+                   detail: str = "", violation_id: Optional[str] = None, profile: Optional[str] = None,
+                   behavior: Optional[str] = None) -> int:
+        cur = self._exec("INSERT INTO action_log (time_ms, violation_id, thing, profile, behavior, action, "
+                         "dry_run, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (time_ms, violation_id, thing, profile, behavior, _dumps(action), int(dry_run),
+                          outcome, detail))
+        return cur.lastrowid
+
+    def list_actions(self, thing: Optional[str] = None) -> List[Dict[str, Any]]:
+        where, params = self._filters(thing=thing)
+        sql = "SELECT * FROM action_log" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
+        return [{"seq": r["seq"], "time": r["time_ms"] / 1000.0, "violationId": r["violation_id"],
+                 "thingName": r["thing"], "securityProfileName": r["profile"], "behaviorName": r["behavior"],
+                 "action": _loads(r["action"]), "dryRun": bool(r["dry_run"]), "outcome": r["outcome"],
+                 "detail": r["detail"]} for r in self._rows(sql, params)]
+
+
+def loads(text: Optional[str]) -> Any:
+    """Decode a JSON column (for detect.violations)."""
+    return _loads(text)

@@ -1,0 +1,141 @@
+"""detect.api over real HTTP on loopback."""
+import json
+import os
+import stat
+import urllib.error
+import urllib.request
+
+import pytest
+
+from detect.api import ROUTES, ApiServer, load_or_create_token, openapi_document
+from detect.clock import ManualClock
+from detect.engine import Engine
+from detect.store import Store
+
+from engine_support import max_connections, validated
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture
+def served(tmp_path):
+    clock = ManualClock()
+    engine = Engine(Store(tmp_path / "api.db"), clock)
+    server = ApiServer(engine, TOKEN, "127.0.0.1", 0).start()
+    yield server, engine, clock
+    server.stop()
+    engine.store.close()
+
+
+def call(server, method, path, body=None, token=TOKEN):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(server.url + path, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_valid_bearer_token_is_required(served):
+    server, _, _ = served
+    for token in (None, "wrong", TOKEN[:-1], TOKEN + "x", ""):
+        status, body = call(server, "GET", "/active-violations", token=token)
+        assert status == 401 and body["error"]["code"] == "Unauthorized"
+    request = urllib.request.Request(server.url + "/things", headers={"Authorization": f"Basic {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 401 and info.value.headers["WWW-Authenticate"].startswith("Bearer")
+    assert call(server, "GET", "/active-violations") == (200, {"activeViolations": []})
+    assert call(server, "GET", "/health", token=None) == (200, {"status": "ok"})
+
+
+def test_the_openapi_document_describes_every_route(served):
+    server, _, _ = served
+    assert call(server, "GET", "/openapi.json", token=None)[0] == 401
+    status, doc = call(server, "GET", "/openapi.json")
+    assert status == 200 and doc == openapi_document()
+    assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert described == {(r.method, r.path) for r in ROUTES}
+
+
+def test_profiles_violations_and_verification_over_http(served):
+    server, engine, clock = served
+    status, body = call(server, "POST", "/security-profiles/Conns?target=all", max_connections(limit=5))
+    assert status == 200 and body == {"securityProfileName": "Conns", "created": True, "targets": ["all"]}
+    status, body = call(server, "GET", "/security-profiles")
+    assert body["securityProfiles"] == [{"securityProfileName": "Conns", "behaviors": ["conns"], "targets": ["all"]}]
+    clock.advance(300)
+    engine.accept("dev1", validated(connections=9), clock.now_ms())
+    status, body = call(server, "GET", "/active-violations?thingName=dev1")
+    [violation] = body["activeViolations"]
+    assert violation["thingName"] == "dev1" and violation["lastViolationValue"] == {"count": 9}
+    assert call(server, "GET", "/active-violations?thingName=dev2")[1] == {"activeViolations": []}
+    vid = violation["violationId"]
+    status, body = call(server, "POST", f"/violations/verification-state/{vid}",
+                        {"verificationState": "TRUE_POSITIVE", "verificationStateDescription": "confirmed"})
+    assert status == 200 and body["verificationState"] == "TRUE_POSITIVE"
+    status, body = call(server, "GET", "/violation-events")
+    [event] = body["violationEvents"]
+    assert (event["violationEventType"], event["verificationState"]) == ("in-alarm", "TRUE_POSITIVE")
+    assert call(server, "GET", f"/violation-events?startTime={event['violationEventTime'] + 1}")[1] == {
+        "violationEvents": []}
+    assert call(server, "GET", "/things")[1]["things"][0]["thingName"] == "dev1"
+
+
+def test_groups_and_attachments_over_http(served):
+    server, engine, _ = served
+    assert call(server, "POST", "/thing-groups/quarantine", {"description": "isolated"})[0] == 200
+    assert call(server, "PUT", "/thing-groups/quarantine/things/dev1")[1] == {"added": True}
+    groups = call(server, "GET", "/thing-groups")[1]["thingGroups"]
+    assert [(g["groupName"], g["description"], g["things"]) for g in groups] == [("quarantine", "isolated", ["dev1"])]
+    call(server, "POST", "/security-profiles/Conns", max_connections())
+    assert call(server, "PUT", "/security-profiles/Conns/targets?target=group:quarantine")[1] == {"attached": True}
+    assert engine.store.profiles_for_thing("dev1") == ["Conns"]
+    assert call(server, "DELETE", "/security-profiles/Conns/targets?target=group:quarantine")[1] == {"detached": True}
+    assert call(server, "DELETE", "/thing-groups/quarantine/things/dev1")[1] == {"removed": True}
+    assert call(server, "DELETE", "/thing-groups/quarantine")[0] == 200
+
+
+def test_errors_are_json_with_the_right_status(served):
+    server, _, _ = served
+    status, body = call(server, "POST", "/security-profiles/Bad", {"behaviors": [
+        {"name": "b", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}}}]})
+    assert status == 400 and "less-than" in body["error"]["message"]
+    assert call(server, "POST", "/security-profiles/A", {"securityProfileName": "B"})[0] == 400
+    assert call(server, "GET", "/security-profiles/missing")[0] == 404
+    assert call(server, "POST", "/violations/verification-state/nope", {"verificationState": "UNKNOWN"})[0] == 404
+    assert call(server, "POST", "/violations/verification-state/nope", {"verificationState": "MAYBE"})[0] in (400, 404)
+    assert call(server, "PUT", "/security-profiles/x/targets")[0] == 400             # target missing
+    assert call(server, "GET", "/no/such/path")[0] == 404
+    assert call(server, "DELETE", "/active-violations")[0] == 405
+    assert call(server, "GET", "/violation-events?startTime=yesterday")[0] == 400
+    request = urllib.request.Request(server.url + "/security-profiles/X", data=b"{not json", method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 400
+
+
+def test_a_generated_token_file_is_private(tmp_path):
+    path = tmp_path / "api-token"
+    token, created = load_or_create_token(str(path))
+    assert created and len(token) >= 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_token(str(path)) == (token, False)
+
+
+def test_the_checked_in_openapi_file_is_current():
+    from pathlib import Path
+    import detect
+    checked_in = json.loads((Path(detect.__file__).parent / "openapi.json").read_text())
+    current = openapi_document()
+    checked_in["info"].pop("version")  # a version bump alone does not make it stale
+    current["info"].pop("version")
+    assert checked_in == current, "regenerate it: python3 -m detect.api > detect/openapi.json"
