@@ -2,7 +2,8 @@
 
 Paths and payloads follow AWS IoT's REST API where it has an equivalent (ListActiveViolations
 is GET /active-violations, PutVerificationStateOnViolation is POST
-/violations/verification-state/{violationId}, ...), with AWS's field names. The OpenAPI 3
+/violations/verification-state/{violationId}, GetBehaviorModelTrainingSummaries is GET
+/behavior-model-training/summaries, ...), with AWS's field names. The OpenAPI 3
 document is generated from the same route table the server dispatches on (GET /openapi.json),
 so the two cannot drift. Every route but GET /health needs `Authorization: Bearer <token>`;
 tokens are compared in constant time. Bind to loopback (the default) or put TLS in front.
@@ -86,6 +87,10 @@ ROUTES = (
           "Set a violation's verification state (PutVerificationStateOnViolation).",
           body='{"verificationState": "' + "|".join(VERIFICATION_STATES) + '", "verificationStateDescription": "..."}'),
     Route("GET", "/mitigation-actions", "actions", "The audit log of mitigation actions.", ("thingName",)),
+    Route("GET", "/behavior-model-training/summaries", "ml_training_summaries",
+          "ML Detect model status (GetBehaviorModelTrainingSummaries): per ML behavior in summaries, "
+          "per thing in thingSummaries (PENDING_BUILD, ACTIVE, EXPIRED).",
+          ("securityProfileName", "behaviorName", "thingName")),
 )
 
 
@@ -214,6 +219,10 @@ class Api:
 
     def actions(self, p, q, b):
         return {"actionExecutions": self.engine.store.list_actions(q.get("thingName"))}
+
+    def ml_training_summaries(self, p, q, b):
+        return self.engine.ml_training_summaries(q.get("securityProfileName") or None,
+                                                 q.get("behaviorName") or None, q.get("thingName") or None)
 
 
 def _required(query: Dict[str, str], name: str) -> str:

@@ -9,6 +9,7 @@
     garrison-detect things list | add NAME | delete NAME
     garrison-detect groups create NAME | delete NAME | add GROUP THING | remove GROUP THING | list
     garrison-detect actions list
+    garrison-detect ml summaries [--profile P] [--behavior B] [--thing T] [--config FILE] [--json]
     garrison-detect demo ... | pki ... | broker-config ...   (each with its own --help)
 
 Every command but `demo` works on the SQLite file given by --db (default $GARRISON_DB, else
@@ -187,6 +188,32 @@ def cmd_actions(args) -> int:
     return 0
 
 
+def cmd_ml(args) -> int:
+    """ML Detect model status, per behavior and per thing (GetBehaviorModelTrainingSummaries)."""
+    from detect.engine import Engine
+    # the [ml] section of the engine's config decides when a model is trained (and so its percentage)
+    config = configuration.load(args.config) if args.config else configuration.Config()
+    engine = Engine(Store(args.db), from_environment(), config)
+    result = engine.ml_training_summaries(args.profile, args.behavior, args.thing)
+    rows = []
+    for s in [] if args.thing else result["summaries"]:
+        counts = s.get("modelStatusCounts") or {}
+        rows.append((s["securityProfileName"], s["behaviorName"], f"({sum(counts.values())} things)",
+                     s["modelStatus"], "-", _percent(s.get("datapointsCollectionPercentage")), "-",
+                     _when(s.get("trainingDataCollectionStartDate")), _when(s.get("lastModelRefreshDate"))))
+    for s in result["thingSummaries"]:
+        rows.append((s["securityProfileName"], s["behaviorName"], s["thingName"], s["modelStatus"],
+                     s["datapoints"], _percent(s["datapointsCollectionPercentage"]), s["basis"],
+                     _when(s["trainingDataCollectionStartDate"]), _when(s["lastModelRefreshDate"])))
+    _print(args, result, ("PROFILE", "BEHAVIOR", "THING", "STATUS", "DATAPOINTS", "COLLECTED", "JUDGED BY",
+                          "TRAINING SINCE", "LAST REFRESH"), rows, "no ML behaviors")
+    return 0
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
 # Commands whose module has its own parser: `garrison-detect NAME ...` runs MODULE.main([...]).
 DELEGATED = {
     "demo": ("detect.demo", "run a self-contained demo (local broker, engine, agent); see demo --help"),
@@ -307,7 +334,8 @@ def cmd_serve(args) -> int:
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=alert_client))
     api = _start_api(engine, config, args.db)
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
-                                              strict=config.strict), client_id=config.client_id, tls=tls)
+                                              strict=config.strict), client_id=config.client_id, tls=tls,
+                        now_ms=engine.clock.now_ms)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -454,6 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thing")
     p.add_argument("--json", action="store_true")
     actions.set_defaults(func=cmd_actions)
+
+    mlc = command("ml", "ML Detect: model status per behavior and per thing.")
+    msub = actions_of(mlc)
+    p = action(msub, "summaries", "model status (PENDING_BUILD, ACTIVE, EXPIRED) per ML behavior and per thing, "
+               "with datapoints collected and what judges the next datapoint")
+    p.add_argument("--profile", help="only this security profile")
+    p.add_argument("--behavior", help="only behaviors of this name")
+    p.add_argument("--thing", help="only this thing's models")
+    p.add_argument("--config", help="the engine's configuration file, for its [ml] training settings")
+    p.add_argument("--json", action="store_true", help='{"summaries": [...], "thingSummaries": [...]}')
+    mlc.set_defaults(func=cmd_ml)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

@@ -1,7 +1,8 @@
 """The engine's configuration file for `garrison-detect serve` (TOML or JSON).
 
     invalidation_period = "2d"     # silence after which violations are alarm-invalidated
-    sweep_interval = "60s"         # how often the invalidation sweep runs
+    sweep_interval = "60s"         # how often the sweep runs (invalidation, aws:disconnect-duration)
+    disconnect_duration_unit = "1m"  # the unit of aws:disconnect-duration values (minutes, as AWS)
     fleet_stats_interval = "60s"   # how often statistical thresholds are recomputed
     fleet_min_devices = 5          # fewer devices in the window: no statistical threshold
     min_report_interval = 300      # AWS's throttle: one report per thing per 300 s
@@ -56,6 +57,7 @@ class ConfigError(ValueError):
 class Config:
     invalidation_period_s: float = DEFAULT_INVALIDATION_S
     sweep_interval_s: float = 60.0
+    disconnect_duration_unit_s: float = 60.0  # aws:disconnect-duration counts minutes, as on AWS
     fleet_stats_interval_s: float = 60.0
     fleet_min_devices: int = 5
     min_report_interval_s: float = 300.0
@@ -101,8 +103,9 @@ def _bool(doc: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-_TOP_KEYS = {"invalidation_period", "sweep_interval", "fleet_stats_interval", "fleet_min_devices",
-             "min_report_interval", "strict", "dry_run", "client_id", "api", "alerts", "actions", "profiles", "ml"}
+_TOP_KEYS = {"invalidation_period", "sweep_interval", "disconnect_duration_unit", "fleet_stats_interval",
+             "fleet_min_devices", "min_report_interval", "strict", "dry_run", "client_id", "api", "alerts",
+             "actions", "profiles", "ml"}
 
 
 def _profiles(items: Any, base: Path) -> List[Tuple[str, Optional[str]]]:
@@ -129,11 +132,12 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
     if unknown:
         raise ConfigError(f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
     config = Config()
-    for key in ("invalidation_period", "sweep_interval", "fleet_stats_interval", "min_report_interval"):
+    for key in ("invalidation_period", "sweep_interval", "disconnect_duration_unit", "fleet_stats_interval",
+                "min_report_interval"):
         if key in doc:
             setattr(config, key + "_s", duration(doc[key], key))
-    if config.sweep_interval_s <= 0 or config.fleet_stats_interval_s <= 0:
-        raise ConfigError("sweep_interval and fleet_stats_interval must be more than 0")
+    if config.sweep_interval_s <= 0 or config.fleet_stats_interval_s <= 0 or config.disconnect_duration_unit_s <= 0:
+        raise ConfigError("sweep_interval, fleet_stats_interval and disconnect_duration_unit must be more than 0")
     devices = doc.get("fleet_min_devices", config.fleet_min_devices)
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise ConfigError(f"fleet_min_devices: expected a positive integer, got {devices!r}")

@@ -11,9 +11,18 @@ Alerts leave through an outbox: events are stored with the report and handed to 
 targets after the commit, so an engine that dies in between sends them on its next start, and
 events written by another process (the CLI deleting a profile) reach the targets too.
 
-Periodic work (`tick`): the invalidation sweep (silent devices, behaviors that no longer apply)
-and the recomputation of fleet thresholds for statisticalThreshold behaviors. All state is
-keyed by thing name (see docs/detect.md on partitioning).
+Periodic work (`tick`): the sweep (a datapoint of `aws:disconnect-duration` for every silent
+thing under a profile that has such a behavior, then the invalidation of episodes of silent
+devices and of behaviors that no longer apply) and the recomputation of fleet thresholds for
+statisticalThreshold behaviors. All state is keyed by thing name (see docs/detect.md on
+partitioning).
+
+`aws:disconnect-duration` is a cloud-side metric on AWS (how long the MQTT connection has been
+down). The engine cannot see connections, so it measures the time since the thing's last
+accepted report, in whole `disconnect_duration_unit`s (minutes by default, as AWS): a device
+that stays connected but stops reporting counts as disconnected, which is what "the device went
+silent" should mean. Its violations are exempt from the device-silent invalidation: silence is
+what they report.
 """
 import json
 import logging
@@ -50,8 +59,9 @@ class Engine:
     clock: detect.clock (now() / now_ms()); alerts: something with `deliver(message)` (an
     detect.alerts.AlertDispatcher) or None, in which case events stay in the outbox for the
     process that has targets (`serve`). ml: the ML Detect hook (detect.mlbridge.MlRegistry:
-    `judge(thing, profile, behavior, value, received_ms) -> {"anomalous", "explanation"} | None`,
-    `status(profile, behavior, now_ms)`, `rebuild_priors(pairs, now_ms)`); "auto" makes one
+    `judge(thing, profile, behavior, value, received_ms) -> {"anomalous", "explanation", ...} | None`,
+    `status(profile, behavior, now_ms)`, `training_summaries(profile, behavior, now_ms, members,
+    thing)`, `rebuild_priors(pairs, now_ms)`); "auto" makes one
     when detect.ml is available, None disables it: ML behaviors then stay PENDING_BUILD with no verdict.
     """
 
@@ -116,6 +126,15 @@ class Engine:
         value = metrics.extract(report, behavior.metric, behavior.spec)
         if value is None:
             return None
+        if behavior.metric == metrics.DISCONNECT_DURATION:
+            # the sweep measures silence from the report's arrival: a spooled backlog dated in the
+            # past still shows the device is connected now
+            state = dict(state or {}, seen_ms=max(received_ms, self.clock.now_ms()))
+        return self._judge(thing, profile, behavior, value, received_ms, state)
+
+    def _judge(self, thing: str, profile: str, behavior, value: Any, received_ms: int,
+               state: Optional[Dict[str, Any]]) -> Optional[Event]:
+        """Step one datapoint of `behavior` and record what it does to the thing's violation."""
         threshold = verdict = judgement = None
         if behavior.kind == "statistical":
             known = self.store.get_threshold(profile, behavior.name)
@@ -137,15 +156,15 @@ class Engine:
     @staticmethod
     def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """AWS's violationEventAdditionalInfo, plus the threshold a statistical behavior used and
-        an ML model's explanation."""
+        an ML model's whole judgement (metric, value, band low / high, expected, basis, modelStatus,
+        explanation: detect.mlbridge.additional_info)."""
         info: Dict[str, Any] = {}
         if behavior.kind == "statistical":
             info["statisticalThreshold"] = {"statistic": behavior.statistic}
             info["thresholdValue"] = outcome.detail.get("threshold")
         if behavior.kind == "ml":
             info["confidenceLevel"] = behavior.confidence_level
-            if judgement and judgement.get("explanation"):
-                info["explanation"] = judgement["explanation"]
+            info.update(judgement or {})
         return info
 
     def _profile(self, name: str) -> Optional[SecurityProfile]:
@@ -179,7 +198,9 @@ class Engine:
                                        event.violation_id, event.event_type, event.time_ms,
                                        threshold=info.get("thresholdValue"),
                                        confidenceLevel=info.get("confidenceLevel"),
-                                       invalidationReason=info.get("invalidationReason"))
+                                       invalidationReason=info.get("invalidationReason"),
+                                       explanation=info.get("explanation"),
+                                       violationEventAdditionalInfo=info or None)
                 self.alerts.deliver(message)
                 self.store.mark_alerted(event.seq, self.clock.now_ms())
                 sent += 1
@@ -199,10 +220,42 @@ class Engine:
         self.dispatch_alerts()
 
     def sweep(self, now_ms: Optional[int] = None) -> List[Event]:
-        """Invalidate episodes of silent devices and of behaviors that no longer apply."""
+        """Measure the disconnect duration of silent things, then invalidate episodes of silent
+        devices and of behaviors that no longer apply."""
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
-        events = self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
+        events = self._measure_disconnects(now_ms)
+        events += self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
         self.dispatch_alerts()
+        return events
+
+    def _measure_disconnects(self, now_ms: int) -> List[Event]:
+        """One aws:disconnect-duration datapoint per thing under each profile with such a behavior:
+        whole units since its last accepted report (things that never reported have none)."""
+        events = []
+        unit_ms = self.config.disconnect_duration_unit_s * 1000
+        with self.store.transaction():
+            last_seen = None
+            for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
+                profile = self._profile(name)
+                behaviors = [b for b in (profile.behaviors if profile else ())
+                             if b.metric == metrics.DISCONNECT_DURATION and b.kind == "rule"]
+                if not behaviors:
+                    continue
+                if last_seen is None:
+                    last_seen = self.store.last_received_times()
+                things = [thing for thing in self.store.things_under_profile(name) if thing in last_seen]
+                for behavior in behaviors:
+                    states = self.store.states_of_behavior(name, behavior.name)
+                    for thing in things:
+                        state = states.get(thing)
+                        since = max(last_seen[thing], (state or {}).get("seen_ms", 0))
+                        value = max(0, int((now_ms - since) // unit_ms))
+                        if _changes_nothing(behavior, state, value):
+                            continue
+                        event = self._judge(thing, name, behavior, value, now_ms, state)
+                        if event is not None:
+                            events.append(event)
+                            self.actions.run(self.store, event, now_ms)
         return events
 
     def _invalidate_stale(self, now_ms: int, silent_before_ms: Optional[int] = None) -> List[Event]:
@@ -227,8 +280,9 @@ class Engine:
         last = self.store.last_report(row["thing"])
         if last is None:
             return THING_DELETED
-        if silent_before_ms is not None and (last[1] or 0) < silent_before_ms:
-            return DEVICE_SILENT
+        if (silent_before_ms is not None and (last[1] or 0) < silent_before_ms
+                and json.loads(row["behavior"]).get("metric") != metrics.DISCONNECT_DURATION):
+            return DEVICE_SILENT  # (a disconnect-duration violation is about that very silence)
         profile = self._profile(row["profile"])
         if profile is None:
             return PROFILE_DELETED
@@ -326,6 +380,42 @@ class Engine:
                     {"behaviorName": behavior.name, "modelStatus": status})
         return out
 
+    def ml_training_summaries(self, profile: Optional[str] = None, behavior: Optional[str] = None,
+                              thing: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
+        """GetBehaviorModelTrainingSummaries: `summaries`, one per ML behavior (AWS's fields), and
+        `thingSummaries`, one per (ML behavior, thing) (our extension; see
+        detect.mlbridge.MlRegistry.training_summaries). Filters: profile, behavior name, thing."""
+        if profile is not None and self.store.get_profile(profile) is None:
+            raise NotFound(f"no security profile named {profile!r}")
+        if thing is not None and self.store.last_report(thing) is None:
+            raise NotFound(f"no thing named {thing!r}")
+        now_ms = self.clock.now_ms()
+        out: Dict[str, List[Dict[str, Any]]] = {"summaries": [], "thingSummaries": []}
+        found = False
+        names = [profile] if profile is not None else [p["securityProfileName"] for p in self.store.list_profiles()]
+        for name in names:
+            parsed = self._profile(name)
+            for item in (parsed.behaviors if parsed else ()):
+                if behavior is not None and item.name != behavior:
+                    continue
+                found = True
+                if item.kind != "ml":
+                    if profile is not None and behavior is not None:
+                        raise StoreError(f"behavior {behavior!r} of {profile!r} has no mlDetectionConfig")
+                    continue
+                if self.ml is None:
+                    out["summaries"].append({"securityProfileName": name, "behaviorName": item.name,
+                                             "modelStatus": PENDING_BUILD})
+                    continue
+                overall, per_thing = self.ml.training_summaries(
+                    name, item, now_ms, self.store.things_under_profile(name), thing)
+                if thing is None or per_thing:
+                    out["summaries"].append(overall)
+                    out["thingSummaries"].extend(per_thing)
+        if behavior is not None and not found:
+            raise NotFound(f"no behavior named {behavior!r}" + (f" in {profile!r}" if profile else ""))
+        return out
+
     def attach(self, profile: str, target: str) -> bool:
         with self.store.transaction():
             return self.store.attach(profile, target)
@@ -393,6 +483,14 @@ class Engine:
 
     def verify(self, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:
         return violations.verify(self.store, violation_id, state, description)
+
+
+def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> bool:
+    """Whether a sweep datapoint would change nothing: it conforms, and there is neither an alarm
+    to clear nor a violating streak to break (so a fleet that reports costs the sweep no writes)."""
+    state = state or {}
+    return (evaluate.conforms(behavior.operator, value, behavior.criterion)
+            and not state.get("alarm") and not state.get("violating"))
 
 
 def _check_thing_name(name: str, what: str = "thing") -> None:

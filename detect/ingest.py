@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 from urllib.parse import unquote, urlsplit
 
 import cbor2
@@ -298,6 +298,10 @@ def parse_broker_url(url: str) -> Tuple[str, int, bool, Optional[str], Optional[
     return parts.hostname, port, tls, user, password
 
 
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _new_paho_client(client_id: str):
     import paho.mqtt.client as mqtt
     if hasattr(mqtt, "CallbackAPIVersion"):  # paho 2.x
@@ -313,15 +317,19 @@ class MqttIngest:
     through a bounded queue; when it is full the network thread waits (TCP backpressure), so
     memory never grows without bound. Where paho supports it (2.x) a report is acknowledged
     only after it was handled, so an engine crash loses nothing the broker still holds.
+    now_ms: the clock that dates arrivals (epoch ms); `serve` passes the engine's, so
+    `--clock-offset` shifts report times too.
     """
 
     def __init__(self, broker_url: str, ingestor: Ingestor, client_id: str = "garrison-detect",
                  tls: Optional[Tuple[str, str, str]] = None, username: Optional[str] = None,
                  password: Optional[str] = None, queue_size: int = 100,
-                 reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60):
+                 reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
+                 now_ms: Callable[[], int] = _wall_clock_ms):
         host, port, url_tls, url_user, url_password = parse_broker_url(broker_url)
         self.url, self.host, self.port = broker_url, host, port
         self.ingestor = ingestor
+        self.now_ms = now_ms
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.replies_sent = 0
@@ -388,7 +396,7 @@ class MqttIngest:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = None  # not UTF-8: not a topic we can answer on; handle() drops it
-        reply = self.ingestor.handle(topic, msg.payload, int(time.time() * 1000))
+        reply = self.ingestor.handle(topic, msg.payload, self.now_ms())
         if reply is not None:
             self._client.publish(reply.topic, reply.payload, qos=1)
             self.replies_sent += 1

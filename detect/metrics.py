@@ -178,15 +178,28 @@ def _never(report: Mapping[str, Any]) -> None:
     return None
 
 
+def _connected(report: Mapping[str, Any]) -> int:
+    return 0  # a device that reports is connected: no disconnect duration
+
+
+# aws:disconnect-duration, the one cloud-side metric the engine measures itself: whole units
+# (minutes, as on AWS) since the thing's last accepted report. Every accepted report is a
+# datapoint of 0; the engine's periodic sweep adds one per silent thing (detect.engine).
+DISCONNECT_DURATION = "aws:disconnect-duration"
+DISCONNECT_OPERATORS = ("less-than", "less-than-equals")  # AWS: a maximum time disconnected
+
 # AWS's cloud-side metrics: measured by AWS IoT Core, never by a device. Profiles naming them
-# load unchanged (so AWS profiles import as they are) but their behaviors get no datapoints.
+# load unchanged (so AWS profiles import as they are); apart from aws:disconnect-duration their
+# behaviors get no datapoints.
 CLOUD_METRICS: Dict[str, MetricSpec] = {spec.id: spec for spec in (
-    _spec(metric_id, value_type, False, _never) for metric_id, value_type in (
+    *(_spec(metric_id, value_type, False, _never) for metric_id, value_type in (
         ("aws:num-messages-received", "count"), ("aws:num-messages-sent", "count"),
         ("aws:message-byte-size", "count"), ("aws:num-authorization-failures", "count"),
         ("aws:num-connection-attempts", "count"), ("aws:num-disconnects", "count"),
-        ("aws:disconnect-duration", "count"), ("aws:source-ip-address", "cidrs"),
-    ))}
+        ("aws:source-ip-address", "cidrs"),
+    )),
+    MetricSpec(DISCONNECT_DURATION, "count", DISCONNECT_OPERATORS, False, _connected),
+)}
 
 
 def _custom(name: str, value_type: str) -> Callable[[Mapping[str, Any]], Any]:

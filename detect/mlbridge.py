@@ -4,11 +4,15 @@ One model per (profile, behavior, thing), one fleet prior per (profile, behavior
 same SQLite file (tables ml_models, ml_priors) and written in the report's transaction, so a
 model never learns a datapoint the engine did not commit. The engine asks `judge` for a verdict
 on each datapoint of an mlDetectionConfig behavior and `rebuild_priors` on its fleet-statistics
-schedule; `status` is the behavior's modelStatus (ACTIVE once any device's model is).
+schedule; `status` is the behavior's modelStatus (ACTIVE once any device's model is);
+`training_summaries` is GetBehaviorModelTrainingSummaries for one behavior, per thing too.
+A verdict carries the whole judgement (`additional_info`), for violationEventAdditionalInfo.
 """
 import logging
+import math
+from collections import Counter
 from collections.abc import MutableMapping
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from detect.store import Store
 
@@ -70,18 +74,52 @@ class MlRegistry:
             thing, float(value), received_ms, behavior.confidence_level, behavior.metric)
         if judgement.basis == "none":
             return None
-        return {"anomalous": bool(judgement.anomalous), "explanation": judgement.explanation,
-                "modelStatus": judgement.status}
+        return additional_info(judgement)
 
     def status(self, profile: str, behavior: str, now_ms: int) -> str:
         """ACTIVE when any device's model is, EXPIRED when all are, else PENDING_BUILD."""
-        statuses = {summary.get("modelStatus") for summary in
-                    self._models(profile, behavior).training_summaries(now_ms).values()}
-        if ml.ACTIVE in statuses:
-            return ml.ACTIVE
-        if statuses == {ml.EXPIRED}:
-            return ml.EXPIRED
-        return ml.PENDING_BUILD
+        return _behavior_status(summary.get("modelStatus") for summary in
+                                self._models(profile, behavior).training_summaries(now_ms).values())
+
+    def training_summaries(self, profile: str, behavior, now_ms: int, members: Collection[str] = (),
+                           thing: Optional[str] = None) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+        """(the behavior's BehaviorModelTrainingSummary, one summary per thing).
+
+        The behavior's summary has AWS's fields, aggregated over its device models (status as
+        `status`; collection start: the earliest; collection percentage and last refresh: the
+        highest), plus `modelStatusCounts` and `fleetPrior`. Per-thing summaries (our extension)
+        cover the things with a model and the `members` the profile applies to (no model yet:
+        PENDING_BUILD, 0 datapoints), or only `thing`; each adds `thingName`, `datapoints`,
+        `seededFromFleet` and `basis`: what would judge the thing's next datapoint ("device",
+        "device+fleet", "fleet", or "none": no verdict). Times in epoch seconds, as records."""
+        models = self._models(profile, behavior.name)
+        modelled = models.training_summaries(now_ms)
+        names = sorted(set(modelled) | set(members))
+        if thing is not None:
+            names = [thing] if thing in names else []
+        head = {"securityProfileName": profile, "behaviorName": behavior.name}
+        per_thing = []
+        for name in names:
+            model = models.model(name)
+            summary = _seconds_summary(model.training_summary(now_ms))
+            basis = model.judge(0.0, now_ms, behavior.confidence_level, prior=models.prior).basis
+            per_thing.append(dict(head, thingName=name, **summary, basis=basis))
+        summaries = list(modelled.values())
+        starts = [s["trainingDataCollectionStartDate"] for s in summaries if s["trainingDataCollectionStartDate"]]
+        refreshes = [s["lastModelRefreshDate"] for s in summaries if s["lastModelRefreshDate"]]
+        counts = Counter(s["modelStatus"] for s in summaries)
+        prior = models.prior
+        overall = dict(head, **{
+            "trainingDataCollectionStartDate": min(starts) / 1000.0 if starts else None,
+            "modelStatus": _behavior_status(counts),
+            "datapointsCollectionPercentage": max((s["datapointsCollectionPercentage"] for s in summaries),
+                                                  default=0.0),
+            "lastModelRefreshDate": max(refreshes) / 1000.0 if refreshes else None,
+            "metric": behavior.metric, "confidenceLevel": behavior.confidence_level,
+            "modelStatusCounts": {status: counts.get(status, 0) for status in ml.MODEL_STATUSES},
+            "fleetPrior": ({"models": prior.models, "lastBuildDate": models.prior_built_ms / 1000.0}
+                           if prior is not None else None)})
+        return overall, per_thing
 
     def rebuild_priors(self, behaviors: Iterable[Tuple[str, str]], now_ms: int) -> None:
         """Rebuild each (profile, behavior)'s fleet prior when its retrain period has passed."""
@@ -90,6 +128,38 @@ class MlRegistry:
             if models.maybe_rebuild_prior(now_ms):
                 self.store.put_prior(profile, behavior, models.prior.to_state() if models.prior else None, now_ms)
                 log.info("rebuilt the fleet prior of %s/%s from %d models", profile, behavior, len(models.states))
+
+
+def additional_info(judgement: "ml.Judgement") -> Dict[str, Any]:
+    """The whole judgement for violationEventAdditionalInfo, with AWS's names where AWS has them
+    (confidenceLevel, modelStatus): metric, value, the learned band low / high, expected, basis,
+    kind, score, shift, limit, when, explanation. Non-finite numbers become null (JSON)."""
+    data = judgement.as_dict()
+    data["confidenceLevel"] = data.pop("confidence")
+    data["modelStatus"] = data.pop("status")
+    if not data.get("note"):
+        data.pop("note", None)
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in data.items()}
+
+
+def _behavior_status(statuses: Iterable[str]) -> str:
+    """ACTIVE when any device's model is, EXPIRED when all are, else PENDING_BUILD."""
+    statuses = set(statuses)
+    if ml.ACTIVE in statuses:
+        return ml.ACTIVE
+    if statuses == {ml.EXPIRED}:
+        return ml.EXPIRED
+    return ml.PENDING_BUILD
+
+
+def _seconds_summary(summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """A model's training summary with its dates in epoch seconds (records' unit)."""
+    out = dict(summary)
+    for key in ("trainingDataCollectionStartDate", "lastModelRefreshDate"):
+        if out.get(key) is not None:
+            out[key] = out[key] / 1000.0
+    return out
 
 
 def registry(store: Store, config: Optional[Mapping[str, Any]] = None) -> Optional[MlRegistry]:

@@ -314,6 +314,9 @@ def parse_behavior(doc: Any, custom_metric_types: Optional[Mapping[str, str]] = 
         if not spec.numeric:
             raise ProfileError(f"statistical thresholds need a numeric metric; {spec.id} is a "
                                f"{spec.value_type} metric", name, "criteria.statisticalThreshold")
+        if spec.id == metrics.DISCONNECT_DURATION:  # AWS: Rules Detect only
+            raise ProfileError(f"{spec.id} takes only a comparisonOperator and a value (a rule)",
+                               name, "criteria.statisticalThreshold")
         if operator is None:
             raise ProfileError("is required with statisticalThreshold", name, "criteria.comparisonOperator")
     elif operator is not None or value is not None:
@@ -381,14 +384,15 @@ def _read(source: Union[Mapping[str, Any], str, Path]) -> Dict[str, Any]:
         raise ProfileError(f"a profile must be a JSON object (a CreateSecurityProfile request), "
                            f"got {type(source).__name__}")
     path = Path(str(source)[len("file://"):] if str(source).startswith("file://") else source)
+    shown = str(path) if str(path).isprintable() else repr(str(path))  # errors stay one line
     try:
         doc = json.loads(path.read_text())
     except OSError as exc:
-        raise ProfileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ProfileError(f"cannot read {shown}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise ProfileError(f"{path} is not valid JSON: {exc}") from None
+        raise ProfileError(f"{shown} is not valid JSON: {exc}") from None
     if not isinstance(doc, Mapping):
-        raise ProfileError(f"{path} must hold a JSON object (a CreateSecurityProfile request)")
+        raise ProfileError(f"{shown} must hold a JSON object (a CreateSecurityProfile request)")
     return dict(doc)
 
 

@@ -288,6 +288,11 @@ class Store:
         row = self._one("SELECT last_report_id, last_received_ms FROM things WHERE name = ?", (name,))
         return None if row is None else (row[0], row[1])
 
+    def last_received_times(self) -> Dict[str, int]:
+        """Every thing that has reported -> when its last accepted report was dated (ms)."""
+        return {r[0]: r[1] for r in self._rows(
+            "SELECT name, last_received_ms FROM things WHERE last_received_ms IS NOT NULL")}
+
     def record_report(self, name: str, report_id: int, received_ms: int) -> None:
         self._exec("UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 "
                    "WHERE name = ?", (report_id, received_ms, name))
@@ -426,6 +431,11 @@ class Store:
         """Every evaluation state of `thing`, keyed (profile, behavior): one query per report."""
         return {(r[0], r[1]): _loads(r[2]) for r in self._rows(
             "SELECT profile, behavior, state FROM eval_state WHERE thing = ?", (thing,))}
+
+    def states_of_behavior(self, profile: str, behavior: str) -> Dict[str, Any]:
+        """Every thing's evaluation state of one behavior, keyed by thing: one query per sweep."""
+        return {r[0]: _loads(r[1]) for r in self._rows(
+            "SELECT thing, state FROM eval_state WHERE profile = ? AND behavior = ?", (profile, behavior))}
 
     def put_state(self, thing: str, profile: str, behavior: str, state: Any, now_ms: int) -> None:
         self._exec("INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "

@@ -75,8 +75,8 @@ def parser() -> argparse.ArgumentParser:
                           description="Create network namespaces (root), run the real garrison-agent in each, "
                           "perform each attack with real sockets and traffic, and print which behavior of the fleet "
                           "profile fired, after how many reports and seconds.")
-    scen.add_argument("--only", default=None, help="comma-separated scenarios: backdoor, ddos, c2, scan, exfil "
-                      "(the default set) and silent (opt-in: a known gap)")
+    scen.add_argument("--only", default=None, help="comma-separated scenarios (default: all of backdoor, ddos, "
+                      "c2, scan, exfil, silent)")
     scen.add_argument("--workdir", default=None, help="keep engine database and logs here (default: a temp dir)")
     scen.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the clean baseline, then for the detections (default 60)")
     scen.add_argument("--json", action="store_true", help="print the matrix as JSON")

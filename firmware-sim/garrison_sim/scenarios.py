@@ -34,6 +34,10 @@ BROKER_PORT = 1883
 AGENT_INTERVAL = 2.0
 BASELINE_REPORTS = 3
 CONTROL = "clean"
+# The engine's sweep runs every second, and aws:disconnect-duration counts seconds instead of
+# AWS's minutes: the fleet profile's "at most 10 minutes without a report" becomes 10 seconds
+# (five missed reports at AGENT_INTERVAL), so `silent` is caught within the run.
+ENGINE_CONFIG = 'sweep_interval = "1s"\ndisconnect_duration_unit = "1s"\n'
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Row:
     detected: bool = False
     behaviors: List[str] = field(default_factory=list)   # every behavior that went in-alarm, in order
     reports: Optional[int] = None      # accepted reports from the attack's start to the first alarm
+                                       # (0 for a device that went silent)
     seconds: Optional[float] = None    # from the attack's start to the first alarm
 
 
@@ -192,8 +197,11 @@ class Run:
         self._wait_broker(broker)
         self.sinks = Sinks(cloud)
         self._detect("profiles", "apply", str(self.profile), "--attach", "all")
+        engine_config = self.workdir / "engine.toml"
+        engine_config.write_text(ENGINE_CONFIG)
         self._spawn(cloud, [sys.executable, "-m", "detect.cli", "--db", str(self.db), "serve",
-                            "--broker", f"mqtt://127.0.0.1:{BROKER_PORT}", "--min-report-interval", "0"],
+                            "--broker", f"mqtt://127.0.0.1:{BROKER_PORT}", "--min-report-interval", "0",
+                            "--config", str(engine_config)],
                     "engine.log")
         self.observer = Observer(cloud)
         for name, thing in self.things.items():
@@ -272,7 +280,9 @@ class Run:
                     row.detected = True
                     begun = started.get(row.scenario, when)
                     row.seconds = when - begun
-                    row.reports = sum(1 for t in accepted.get(row.thing, ()) if begun <= t <= when) or 1
+                    reports = sum(1 for t in accepted.get(row.thing, ()) if begun <= t <= when)
+                    silenced = row.scenario in self.attacks and self.attacks[row.scenario].silences
+                    row.reports = reports if silenced else max(reports, 1)
             seen_alerts = len(alerts)
             if all(rows[n].detected and set(rows[n].expected) <= set(rows[n].behaviors) for n in self.scenarios):
                 # one more report interval, so the control and the other behaviors have their say

@@ -1,7 +1,8 @@
 """End to end: `garrison-detect serve` on a real Mosquitto, reports published with paho.
 
-One engine process serves the whole module (things are unique per test); the last test restarts
-it with the hidden --clock-offset to see two days of silence invalidate the open violations.
+One engine process serves the whole module (things are unique per test); the last tests restart
+it with the hidden --clock-offset to see two days of silence invalidate the open violations, and
+an hour of silence raise aws:disconnect-duration until the device reports again.
 """
 import json
 import os
@@ -337,6 +338,40 @@ def test_restart_keeps_everything_and_silence_invalidates(world):
         [alert] = wait_for(lambda: device.alerts(thing, "alarm-invalidated"), 15, f"the invalidation alert of {thing}")
         assert alert["violationId"] == violation["violationId"]
         assert alert["invalidationReason"] == "device-silent"
+    engine.stop()
+
+
+def test_a_silent_device_raises_disconnect_duration_until_it_reports_again(world):
+    engine, device = world
+    if engine.proc.poll() is not None:
+        engine.start()
+    engine.api_post("/security-profiles/Gone?target=thing:gone-1", profile(
+        "Gone", behavior("silent", "aws:disconnect-duration", "less-than-equals", {"count": 30})))
+    accepted(device.send("gone-1", build(tcp_ports=[22])))
+    assert active(engine, "gone-1") == []
+    engine.stop()
+    engine.start("--clock-offset", "3600")                             # an hour without a report
+    [alarm] = wait_for(lambda: device.alerts("gone-1", "in-alarm"), 30, "the disconnect-duration alarm")
+    assert 60 <= alarm["metricValue"]["count"] <= 65                  # minutes
+    engine.stop()
+    engine.start("--clock-offset", "7200")                             # restarted, still silent
+
+    def grown():
+        found = active(engine, "gone-1")
+        return found if found and found[0]["lastViolationValue"]["count"] >= 120 else None
+    [violation] = wait_for(grown, 30, "a sweep after the restart")
+    assert violation["violationId"] == alarm["violationId"]            # the same episode, not a new one
+    events = json.loads(cli(engine.db, "violations", "events", "--thing", "gone-1", "--json"))
+    assert [e["violationEventType"] for e in events] == ["in-alarm"]
+    sent = time.time()
+    accepted(device.send("gone-1", build(tcp_ports=[22])))              # back
+    assert active(engine, "gone-1") == []
+    [cleared] = wait_for(lambda: device.alerts("gone-1", "alarm-cleared"), 15, "the alarm-cleared alert")
+    assert cleared["violationId"] == alarm["violationId"] and cleared["metricValue"] == {"count": 0}
+    assert len(device.alerts("gone-1", "in-alarm")) == 1
+    # the ingest dates reports with the engine's clock, so --clock-offset moves them too
+    [thing] = [t for t in json.loads(cli(engine.db, "things", "list", "--json")) if t["thingName"] == "gone-1"]
+    assert thing["lastReportTime"] >= sent + 7200 - 5
     engine.stop()
 
 

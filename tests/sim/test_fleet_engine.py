@@ -14,9 +14,13 @@ pytest.importorskip("detect.cli")
 
 EXPECTED = {"camera-0001": "backdoor-tcp-ports", "gateway-0001": "c2-destinations",
             "camera-0002": "ddos-bytes-out", "sensor-0001": "scan-connections",
-            "gateway-0002": "exfil-sustained-bytes-out"}
+            "gateway-0002": "exfil-sustained-bytes-out", "sensor-0002": "silent-device",
+            "probe": "silent-device"}         # the probe reports once, then is silent too
 SCENARIO = {"camera-0001": "backdoor", "gateway-0001": "c2", "camera-0002": "ddos", "sensor-0001": "scan",
-            "gateway-0002": "exfil"}
+            "gateway-0002": "exfil", "sensor-0002": "silent"}
+# Reports come every 0.2 s of wall time (10 simulated seconds at 50x); aws:disconnect-duration
+# counts half seconds, so the profile's 10 units without a report are 5 s (25 missed reports).
+ENGINE_CONFIG = 'sweep_interval = "1s"\ndisconnect_duration_unit = "0.5s"\n'
 
 
 def detect(db, *argv):
@@ -29,12 +33,14 @@ def detect(db, *argv):
 def test_engine_flags_every_attacked_device_and_no_other(mosquitto, tmp_path):
     db = tmp_path / "engine.db"
     detect(db, "profiles", "apply", str(FLEET_PROFILE), "--attach", "all")
+    config = tmp_path / "engine.toml"
+    config.write_text(ENGINE_CONFIG)
     with open(tmp_path / "engine.log", "wb") as out:
         engine = subprocess.Popen([sys.executable, "-m", "detect.cli", "--db", str(db), "serve", "--broker",
-                                   mosquitto.url, "--min-report-interval", "0"], stdout=out, stderr=out)
+                                   mosquitto.url, "--min-report-interval", "0", "--config", str(config)],
+                                  stdout=out, stderr=out)
     try:
         attacks = [AttackSpec.parse(f"{s}@{d}@60") for d, s in SCENARIO.items()]
-        attacks.append(AttackSpec.parse("silent@sensor-0002@60"))
         # Engine windows run on the wall clock: a short simulated interval at a modest acceleration
         # keeps a 300 s window's worth of normal traffic realistic (see docs/firmware-sim.md).
         fleet = Fleet(30, seed=11, interval=10, attacks=attacks)
@@ -58,5 +64,5 @@ def test_engine_flags_every_attacked_device_and_no_other(mosquitto, tmp_path):
     for device, behavior in EXPECTED.items():
         assert behavior in fired.get(device, set()), (device, fired.get(device))
     innocent = set(fired) - set(EXPECTED)
-    assert not innocent, {d: fired[d] for d in innocent}          # no false alarm on 25 clean devices
-    assert "sensor-0002" not in fired      # silence: aws:disconnect-duration is cloud-side, no datapoints here
+    assert not innocent, {d: fired[d] for d in innocent}          # no false alarm on 24 clean devices
+    assert fired["sensor-0002"] == {"silent-device"}              # silence, and nothing else, on the silent one
