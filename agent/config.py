@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+
+from agent.transports.paho_compat import parse_broker_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,16 +81,10 @@ def _check_collectors(value: List[str]) -> None:
 def parse_broker(url: str) -> Tuple[str, int, bool]:
     """(host, port, tls) from mqtt://HOST[:PORT] or mqtts://HOST[:PORT]."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        host, port, tls, _, _ = parse_broker_url(url, credentials=False)
     except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r} is invalid: {exc}") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} is invalid: use mqtt://HOST:PORT or mqtts://HOST:PORT")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"broker URL {url!r} is invalid: only scheme, host and port are allowed")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, port or (8883 if tls else 1883), tls
+        raise ConfigError(str(exc)) from None
+    return host, port, tls
 
 
 def default_thing() -> str:

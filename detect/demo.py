@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from agent import replies
 from detect.broker import BrokerError, start_local_broker
-from detect.ingest import parse_broker_url
+from agent.transports.paho_compat import new_client, parse_broker_url
 
 PROFILE = Path(__file__).resolve().parent / "examples" / "demo-profile.json"
 TRIP_BEHAVIOR = "NoBackdoorListener"
@@ -96,11 +96,9 @@ class Watcher:
     """An MQTT client that passes replies and alerts to the main thread."""
 
     def __init__(self, url: str, thing: str):
-        import paho.mqtt.client as mqtt
         host, port, _, _, _ = parse_broker_url(url)
         self.events: "queue.Queue" = queue.Queue()
-        args = (mqtt.CallbackAPIVersion.VERSION2,) if hasattr(mqtt, "CallbackAPIVersion") else ()
-        self.client = mqtt.Client(*args, client_id=f"garrison-demo-watcher-{thing}")
+        self.client = new_client(f"garrison-demo-watcher-{thing}")
         self.client.on_message = lambda client, userdata, msg: self.events.put((msg.topic, msg.payload))
         self.client.connect(host, port)
         self.client.subscribe([(ALERTS_TOPIC, 1), (f"$aws/things/{thing}/defender/metrics/+/+", 1)])

@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
-from urllib.parse import unquote, urlsplit
 
 import cbor2
 
 from agent import report as wire
+from agent.transports.paho_compat import new_client, parse_broker_url
 from detect.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
 
 log = logging.getLogger("garrison.ingest")
@@ -283,30 +283,8 @@ def _shorten(text: Any, limit: int = 160) -> str:
 
 # --------------------------------------------------------------------------------------- MQTT
 
-def parse_broker_url(url: str) -> Tuple[str, int, bool, Optional[str], Optional[str]]:
-    """(host, port, tls, username, password) of mqtt://[user:pass@]host[:port] or mqtts://."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl", "tls") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
-    tls = parts.scheme in ("mqtts", "ssl", "tls")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise ValueError(f"broker URL {url!r} has an invalid port") from None
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, tls, user, password
-
-
 def _wall_clock_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _new_paho_client(client_id: str):
-    import paho.mqtt.client as mqtt
-    if hasattr(mqtt, "CallbackAPIVersion"):  # paho 2.x
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    return mqtt.Client(client_id=client_id, clean_session=False)  # paho 1.6
 
 
 class MqttIngest:
@@ -338,7 +316,7 @@ class MqttIngest:
         self._log_behind = _RateLimitedLog(every_s=30)
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
-        self._client = _new_paho_client(client_id)
+        self._client = new_client(client_id, clean_session=False)
         self._manual_ack = hasattr(self._client, "manual_ack_set")
         if self._manual_ack:
             self._client.manual_ack_set(True)

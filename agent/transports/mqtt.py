@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 
 from agent import replies
 from agent.transports.base import ReplyHandler, Transport, TransportError
+from agent.transports.paho_compat import new_client
 
 log = logging.getLogger(__name__)
-PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 
 
 def _code(value) -> int:
@@ -77,12 +77,7 @@ class MqttTransport(Transport):
         self._connected.clear()
 
     def _new_client(self) -> mqtt.Client:
-        kwargs = {"client_id": self.client_id, "protocol": self.protocol}
-        if PAHO_2:
-            kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
-        if self.protocol != mqtt.MQTTv5:
-            kwargs["clean_session"] = True
-        client = mqtt.Client(**kwargs)
+        client = new_client(self.client_id, clean_session=True, protocol=self.protocol)
         if self.ssl_context is not None:
             client.tls_set_context(self.ssl_context)
         if self.username:

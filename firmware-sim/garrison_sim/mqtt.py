@@ -2,9 +2,9 @@
 import threading
 import uuid
 from typing import Optional, Tuple
-from urllib.parse import urlparse
-
 import paho.mqtt.client as mqtt
+
+from agent.transports import paho_compat
 
 
 class BrokerError(RuntimeError):
@@ -13,22 +13,15 @@ class BrokerError(RuntimeError):
 
 def parse_broker(url: str) -> Tuple[str, int, bool]:
     """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-        raise BrokerError(f"bad broker URL {url!r} (expected mqtt://HOST:PORT)")
-    tls = parsed.scheme == "mqtts"
     try:
-        port = parsed.port or (8883 if tls else 1883)
-    except ValueError:
-        raise BrokerError(f"bad port in broker URL {url!r}") from None
-    return parsed.hostname, port, tls
+        host, port, tls, _, _ = paho_compat.parse_broker_url(url if "://" in url else f"mqtt://{url}")
+    except ValueError as exc:
+        raise BrokerError(str(exc)) from None
+    return host, port, tls
 
 
 def new_client(client_id: Optional[str] = None) -> mqtt.Client:
-    client_id = client_id or f"garrison-sim-{uuid.uuid4().hex[:10]}"
-    if hasattr(mqtt, "CallbackAPIVersion"):
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    return mqtt.Client(client_id=client_id)
+    return paho_compat.new_client(client_id or f"garrison-sim-{uuid.uuid4().hex[:10]}")
 
 
 def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0,

@@ -8,15 +8,13 @@ from typing import List, Optional
 
 import cbor2
 import paho.mqtt.client as mqtt
+from agent.transports.paho_compat import new_client
 
-PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 AGENT = ["garrison-agent"]
 
 
 def paho_client(client_id: str) -> mqtt.Client:
-    if PAHO_2:
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    return mqtt.Client(client_id=client_id)
+    return new_client(client_id)
 
 
 class Responder:

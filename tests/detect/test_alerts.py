@@ -6,9 +6,9 @@ import queue
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 
+from agent.transports.paho_compat import new_client
 from detect.alerts import (AlertConfigError, AlertDispatcher, AlertMessage, LogTarget, MqttTarget, WebhookTarget,
                            targets_from_config)
 from fixtures import free_port
@@ -187,8 +187,7 @@ def test_a_full_queue_drops_and_never_blocks(hook_factory, caplog):
 
 def test_mqtt_target_publishes_to_the_real_broker(mosquitto):
     got = queue.Queue()
-    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2} if hasattr(mqtt, "CallbackAPIVersion") else {}
-    sub = mqtt.Client(client_id="alert-sub", **kwargs)
+    sub = new_client("alert-sub")
     sub.on_message = lambda c, u, m: got.put((m.topic, json.loads(m.payload)))
     subscribed = threading.Event()
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -197,7 +196,7 @@ def test_mqtt_target_publishes_to_the_real_broker(mosquitto):
     sub.subscribe("garrison/alerts/#", qos=1)
     assert subscribed.wait(10)
 
-    pub = mqtt.Client(client_id="engine", **kwargs)
+    pub = new_client("engine")
     pub.connect(mosquitto.host, mosquitto.port)
     pub.loop_start()
     target = MqttTarget(pub)
@@ -320,8 +319,7 @@ def test_mqtt_config_without_a_connection_is_refused():
 
 def test_mqtt_alert_published_while_disconnected_arrives_after_connect(mosquitto):
     got = queue.Queue()
-    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2} if hasattr(mqtt, "CallbackAPIVersion") else {}
-    sub = mqtt.Client(client_id="alert-sub-2", **kwargs)
+    sub = new_client("alert-sub-2")
     sub.on_message = lambda c, u, m: got.put(json.loads(m.payload))
     subscribed = threading.Event()
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -329,7 +327,7 @@ def test_mqtt_alert_published_while_disconnected_arrives_after_connect(mosquitto
     sub.loop_start()
     sub.subscribe("garrison/alerts/#", qos=1)
     assert subscribed.wait(10)
-    pub = mqtt.Client(client_id="engine-2", **kwargs)   # not connected yet
+    pub = new_client("engine-2")   # not connected yet
     target = MqttTarget(pub, qos=1)
     try:
         target.deliver(message(vid="queued-in-paho"))

@@ -7,6 +7,7 @@ import pytest
 from agent import replies, report
 from detect.broker import BrokerError, start_local_broker
 from detect.ingest import Ingestor, MemoryLedger, MqttIngest
+from agent.transports.paho_compat import new_client
 from fixtures import free_port
 
 KINDS = ["amqtt"] + (["mosquitto"] if shutil.which("mosquitto") else [])
@@ -16,13 +17,10 @@ def round_trip(broker, thing):
     """A device publishes a report; MqttIngest answers; the device sees ACCEPTED."""
     import threading
 
-    import paho.mqtt.client as mqtt
-
     ledger = MemoryLedger()
     engine = MqttIngest(broker.url, Ingestor(ledger), client_id=f"engine-{thing}").start()
     got, done = [], threading.Event()
-    args = (mqtt.CallbackAPIVersion.VERSION2,) if hasattr(mqtt, "CallbackAPIVersion") else ()
-    device = mqtt.Client(*args, client_id=thing)
+    device = new_client(thing)
     device.on_message = lambda c, u, msg: (got.append(replies.parse(msg.topic, msg.payload)), done.set())
     device.connect(broker.host, broker.port)
     device.loop_start()

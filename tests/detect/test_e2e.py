@@ -15,10 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent import report as wire
+from agent.transports.paho_compat import new_client
 from fixtures import free_port
 
 from engine_support import behavior, build, profile
@@ -102,10 +102,7 @@ class Device:
     def __init__(self, broker):
         self.messages = []
         self.lock = threading.Lock()
-        if hasattr(mqtt, "CallbackAPIVersion"):
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"e2e-{os.getpid()}")
-        else:
-            self.client = mqtt.Client(client_id=f"e2e-{os.getpid()}")
+        self.client = new_client(f"e2e-{os.getpid()}")
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.subscribe([("$aws/things/+/defender/metrics/+/accepted", 1),
@@ -386,8 +383,7 @@ def test_serve_over_mutual_tls(tls_mosquitto, certs, tmp_path):
         wait_for(lambda: "serving:" in log_path.read_text() or proc.poll() is not None, 30, "serve to start")
         assert "not reachable" not in log_path.read_text(), log_path.read_text()
         device_cert, device_key = certs.client("tls-dev")
-        client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-dev")
-                  if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client(client_id="tls-dev"))
+        client = new_client("tls-dev")
         client.tls_set(ca_certs=str(certs.ca), certfile=str(device_cert), keyfile=str(device_key))
         replies = []
         client.on_message = lambda c, u, m: replies.append(json.loads(m.payload))

@@ -4,7 +4,6 @@ import threading
 import time
 
 import cbor2
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent import replies, report
@@ -12,6 +11,7 @@ from detect.ingest import (INTERNAL_ERROR, INVALID_THING_NAME, PAYLOAD_TOO_LARGE
                            THROTTLED, UNREGISTERED_THING, Ingestor, MemoryLedger, MqttIngest,
                            parse_broker_url, parse_topic)
 from detect.validate import INVALID_PAYLOAD
+from agent.transports.paho_compat import new_client
 
 FIXTURES = [  # (file, topic format, report id)
     ("aws-docs-example-long.json", "json", 1530304554),
@@ -297,10 +297,7 @@ class Device:
 
     def __init__(self, broker, thing, client_id=None):
         self.replies, self.got = [], threading.Condition()
-        if hasattr(mqtt, "CallbackAPIVersion"):
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"dev-{thing}")
-        else:
-            self.client = mqtt.Client(client_id=client_id or f"dev-{thing}")
+        self.client = new_client(client_id or f"dev-{thing}")
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
@@ -434,8 +431,7 @@ def test_mqtt_ingest_over_mutual_tls(tls_mosquitto, certs):
     engine = MqttIngest(tls_mosquitto.url, Ingestor(ledger), client_id="engine-tls",
                         tls=(str(certs.ca), str(cert), str(key))).start()
     dev_cert, dev_key = certs.client("tls-dev")
-    args = (mqtt.CallbackAPIVersion.VERSION2,) if hasattr(mqtt, "CallbackAPIVersion") else ()
-    device = mqtt.Client(*args, client_id="tls-dev")
+    device = new_client("tls-dev")
     device.tls_set(ca_certs=str(certs.ca), certfile=str(dev_cert), keyfile=str(dev_key),
                    tls_version=ssl.PROTOCOL_TLS_CLIENT)
     got, done = [], threading.Event()

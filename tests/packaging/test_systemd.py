@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent import report
+from agent.transports.paho_compat import new_client
 from pkg_units import AGENT_UNIT, DETECT_UNIT, PACKAGING, environment, exec_argv, read_unit, setting
 
 MAX_EXPOSURE = 2.0
@@ -162,7 +162,7 @@ def test_agent_runs_as_the_unit_runs_it(tmp_path, tls_mosquitto, certs):
     argv[argv.index("--config") + 1] = str(config_path)
 
     received = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2) if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client()
+    sub = new_client("observer")
     sub_cert, sub_key = certs.client("observer")
     sub.tls_set(ca_certs=str(certs.ca), certfile=str(sub_cert), keyfile=str(sub_key))
     sub.on_message = lambda client, userdata, msg: received.append(msg.payload)
