@@ -252,26 +252,6 @@ def _serve_config(args) -> configuration.Config:
     return config
 
 
-def _alert_client(broker: str, client_id: str, tls):
-    """The engine's own MQTT connection for alerts (connects and reconnects in the background)."""
-    import paho.mqtt.client as mqtt
-    from detect.ingest import parse_broker_url
-    host, port, url_tls, user, password = parse_broker_url(broker)
-    if hasattr(mqtt, "CallbackAPIVersion"):
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    else:
-        client = mqtt.Client(client_id=client_id)
-    if tls or url_tls:
-        ca, cert, key = tls or (None, None, None)
-        client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-    if user:
-        client.username_pw_set(user, password)
-    client.reconnect_delay_set(1, 30)
-    client.connect_async(host, port, keepalive=60)
-    client.loop_start()
-    return client
-
-
 def _tls_files(args):
     files = (args.ca, args.cert, args.key)
     for path in files:
@@ -329,13 +309,13 @@ def cmd_serve(args) -> int:
         profile, created = engine.apply_profile(path, attach=target)
         log.info("%s security profile %s from %s%s", "created" if created else "replaced", profile.name, path,
                  f", attached to {target}" if target else "")
-    alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
-    alert_client = _alert_client(args.broker, f"{config.client_id}-alerts", tls) if _wants_mqtt_alerts(alert_conf) else None
-    engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=alert_client))
-    api = _start_api(engine, config, args.db)
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         now_ms=engine.clock.now_ms)
+    alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
+    # alerts leave over the ingest connection: one MQTT session per engine identity
+    engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
+    api = _start_api(engine, config, args.db)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -354,23 +334,15 @@ def cmd_serve(args) -> int:
                 log.exception("periodic work failed; retrying on the next tick")
     finally:
         log.info("stopping")
-        ingest.stop()
+        ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
         if api:
             api.stop()
         engine.dispatch_alerts()
         engine.alerts.close(5.0)
-        if alert_client is not None:
-            alert_client.disconnect()
-            alert_client.loop_stop()
+        ingest.disconnect()
         store.close()
         lock.close()
     return 0
-
-
-def _wants_mqtt_alerts(conf: Any) -> bool:
-    if isinstance(conf, dict):
-        return bool(conf.get("mqtt"))
-    return isinstance(conf, list) and any(isinstance(e, dict) and e.get("type") == "mqtt" for e in conf)
 
 
 # ---------------------------------------------------------------------------------- parser

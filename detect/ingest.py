@@ -376,7 +376,10 @@ class MqttIngest:
             topic = None  # not UTF-8: not a topic we can answer on; handle() drops it
         reply = self.ingestor.handle(topic, msg.payload, self.now_ms())
         if reply is not None:
-            self._client.publish(reply.topic, reply.payload, qos=1)
+            # QoS 0: a QoS 1 reply waits in paho's memory for a PUBACK that the network thread,
+            # busy holding back a burst, reads late; replies then piled up by the thousand
+            # (docs/bench-burst.md). The report itself is what must not be lost, and it is not.
+            self._client.publish(reply.topic, reply.payload, qos=0)
             self.replies_sent += 1
         if self._manual_ack and msg.qos > 0:
             self._client.ack(msg.mid, msg.qos)
@@ -390,11 +393,20 @@ class MqttIngest:
         self._client.loop_start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish what is queued, disconnect, stop the threads."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
+        """Publish on the engine's connection (alerts): one session per engine identity, since a
+        broker that ties client ids to certificates lets one connection take over the other."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, timeout: float = 10.0, disconnect: bool = True) -> None:
+        """Finish what is queued and stop the worker; then (unless told not to) disconnect."""
         self._stopping.set()
         if self._worker:
             self._worker.join(timeout)
+        if disconnect:
+            self.disconnect()
+
+    def disconnect(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()

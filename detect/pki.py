@@ -232,6 +232,11 @@ def _not_after(cert) -> datetime.datetime:
     return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
+def _not_before(cert) -> datetime.datetime:
+    value = getattr(cert, "not_valid_before_utc", None)  # cryptography >= 42
+    return value if value is not None else cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+
+
 # -------------------------------------------------------------------------------------- CLI
 
 def _days(text: str) -> int:

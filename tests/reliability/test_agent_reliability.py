@@ -152,12 +152,16 @@ def _answer(client, topic, payload):
         client.client.publish(topic + "/accepted", json.dumps(body).encode(), qos=1)
 
 
-def test_the_agent_warns_when_its_key_is_readable_by_others(tls_mosquitto, certs, tmp_path):
+@pytest.mark.parametrize("mode, warns", [(0o644, True), (0o640, True), (0o600, False), (0o400, False)])
+def test_the_agent_warns_when_its_key_is_readable_by_others(tls_mosquitto, certs, tmp_path, mode, warns):
     cert, key = certs.client("loose-key")
-    loose = tmp_path / "loose.key"
+    loose = tmp_path / "device.key"
     shutil.copy(key, loose)
-    loose.chmod(0o644)
+    loose.chmod(mode)
     proc = _agent("run", "--once", "--thing", "loose-key", "--broker", f"mqtts://localhost:{tls_mosquitto.port}",
                   "--ca", str(certs.ca), "--cert", str(cert), "--key", str(loose),
                   "--state-dir", str(tmp_path / "state"), "--reply-timeout", "1")
-    assert "readable" in proc.stderr and str(loose) in proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "readable by others" in line]
+    assert bool(warning) == warns, proc.stderr
+    if warns:
+        assert str(loose) in warning[0] and f"{mode:04o}" in warning[0]
