@@ -178,16 +178,12 @@ def main(argv=None) -> int:
         "persistent session (bounded by `max_queued_messages`, docs/security.md). A report is "
         "acknowledged only after it is stored, and none is lost or answered twice.",
         "",
-        f"What does not (yet): the engine's peak grows with the size of a burst "
-        f"(+{(small['engine_peak'] - idle) / mib:.0f} MiB for {small['reports']:,} reports, "
-        f"+{(big['engine_peak'] - idle) / mib:.0f} MiB for {big['reports']:,}; the same burst again: "
-        f"+{(again['engine_peak'] - idle) / mib:.0f} MiB). Measured in-process (an `MqttIngest` with "
-        "`len(client._out_messages)` sampled): the replies pile up in paho's outgoing queue, 9,853 of "
-        "them at the peak of a 10,000-report burst: paho keeps each QoS 1 reply until the broker's "
-        "PUBACK for it is read, and the network thread that reads PUBACKs is busy or blocked feeding "
-        "the worker. Verified with this benchmark: the same engine publishing its replies at QoS 0 "
-        "peaks at +2.9 MiB for every burst size (4,000, 20,000, 20,000 again), every report answered. "
-        "The fix belongs in detect/ingest.py (docs/security.md, section 3).",
+        f"Peak growth by burst size: +{(small['engine_peak'] - idle) / mib:.1f} MiB for "
+        f"{small['reports']:,} reports, +{(big['engine_peak'] - idle) / mib:.1f} MiB for {big['reports']:,}, "
+        f"+{(again['engine_peak'] - idle) / mib:.1f} MiB for the same burst again: flat, because replies "
+        "go at QoS 0. With QoS 1 replies (before 2026-11-25) the peak grew with the burst, +42 MiB for "
+        "20,000 reports: paho kept each reply until the broker's PUBACK for it was read, by a network "
+        "thread busy holding the broker back (9,853 replies waiting at the peak of a 10,000-report burst).",
         "",
     ])
     print(text)

@@ -25,7 +25,7 @@ from detect.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
 log = logging.getLogger("garrison.ingest")
 
 # Reply codes. AWS's own first; the rest are Garrison extensions (docs/wire-format.md).
-BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # older spooled reports are dated by their arrival
+BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # an id older than this is no time: dated by its arrival
 THROTTLED = "Throttled"                  # AWS: a second report within the interval
 PAYLOAD_TOO_LARGE = "PayloadTooLarge"    # over max_payload (AWS IoT drops these at the broker)
 STALE_REPORT_ID = "StaleReportId"        # a report id lower than the last accepted one
@@ -244,16 +244,16 @@ class Ingestor:
         return self._accepted(thing, fmt, report_id, now_ms)
 
     def datapoint_time(self, report_id: int, now_ms: int) -> int:
-        """When the report was made: its arrival, unless it is a spooled backlog.
+        """When the report was made: its id when that is an epoch-ms time in the past, else now.
 
-        Agents send reports they spooled while the broker was away in order when it returns;
-        their ids are epoch ms (ours, and what DESIGN.md recommends). A report whose id is such
-        a timestamp clearly in the past is dated by its id, so a backlog is evaluated at the
-        times it describes and is not Throttled. Ids cannot be in the future, so the rate limit
-        still bounds what a device can send: one report per interval of elapsed time.
+        Agents send the reports they spooled while the broker was away in order when it comes
+        back; their ids are epoch ms (ours, and what DESIGN.md recommends). Dated by their ids,
+        such a backlog is evaluated at the times it describes and is not Throttled for arriving
+        all at once. A device cannot use this to report faster: ids only increase and are never
+        dated in the future, so its reports stay one per interval of elapsed time. Other ids
+        (counters, seconds, a clock running ahead) are dated by their arrival.
         """
-        backlog_after_ms = max(2 * self.min_interval_s, 60) * 1000
-        if now_ms - BACKLOG_MAX_AGE_MS <= report_id <= now_ms - backlog_after_ms:
+        if now_ms - BACKLOG_MAX_AGE_MS <= report_id <= now_ms:
             return report_id
         return now_ms
 

@@ -113,10 +113,11 @@ class Mosquitto:
     """A real Mosquitto broker on a free loopback port, optionally TLS (and mutual TLS).
 
     `extra_config` lines are appended to the listener's configuration (e.g. an ACL file).
+    `persistent` keeps sessions and queued messages across a restart, as production brokers do.
     """
 
     def __init__(self, workdir: Path, certs: Optional[Certs] = None, require_certificate: bool = False,
-                 extra_config: str = ""):
+                 extra_config: str = "", persistent: bool = False):
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.workdir = Path(workdir)
@@ -124,7 +125,9 @@ class Mosquitto:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.certs = certs
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", "persistence false",
+        persistence = ["persistence true", f"persistence_location {self.workdir}/"] if persistent else \
+            ["persistence false"]
+        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", *persistence,
                  "log_dest stderr", "log_type error", "log_type warning", "max_queued_messages 100000"]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to its own user and cannot read our temp files
