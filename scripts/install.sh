@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Garrison needs on a fresh Debian machine (idempotent):
 # the OS packages (as root, through apt), then the project and its extras in ./.venv.
-# Usage: scripts/install.sh [EXTRAS]   (default: detect; the tests use dev,detect)
+# Usage: scripts/install.sh [EXTRAS]   (default: detect; the tests use dev,detect,aws)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-detect}"
