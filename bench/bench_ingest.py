@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 
 from agent import report  # noqa: E402
+from agent.transports.paho_compat import new_client  # noqa: E402
 from collectors.base import Connection, ListeningSocket  # noqa: E402
 from detect.ingest import Ingestor, MemoryLedger  # noqa: E402
 from detect.validate import validate  # noqa: E402
@@ -84,12 +84,6 @@ def bench_front_door(seconds):
     return rows
 
 
-def _client(client_id):
-    if hasattr(mqtt, "CallbackAPIVersion"):
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    return mqtt.Client(client_id=client_id)
-
-
 def bench_broker(broker, payload, qos, messages):
     """Messages/s from the first publish to the last delivery, paho -> Mosquitto -> paho."""
     received, done = [0], threading.Event()
@@ -99,7 +93,7 @@ def bench_broker(broker, payload, qos, messages):
         if received[0] >= messages:
             done.set()
 
-    sub, pub = _client(f"bench-sub-{qos}"), _client(f"bench-pub-{qos}")
+    sub, pub = new_client(f"bench-sub-{qos}"), new_client(f"bench-pub-{qos}")
     sub.on_message = on_message
     sub.max_inflight_messages_set(1000)
     pub.max_inflight_messages_set(1000)

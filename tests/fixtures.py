@@ -22,6 +22,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", step: float = 0.05):
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    A generous bound against a stuck test, not a timing check: raises AssertionError on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

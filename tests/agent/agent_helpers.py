@@ -91,11 +91,3 @@ def run_agent(*args: str, timeout: float = 60, env: Optional[dict] = None, **kwa
     return subprocess.run(AGENT + list(args), capture_output=True, timeout=timeout, env=full_env, **kwargs)
 
 
-def wait_until(predicate, timeout: float = 20.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()

@@ -10,9 +10,9 @@ import pytest
 
 from agent import config as cfg, report
 from agent.daemon import Daemon
-from agent_helpers import AGENT, Responder, wait_until
+from agent_helpers import AGENT, Responder
 from detect.validate import validate
-from fixtures import free_port
+from fixtures import free_port, wait_for
 
 
 def test_broker_outage_spools_then_delivers_in_order_exactly_once(tmp_path, mosquitto):
@@ -27,7 +27,7 @@ def test_broker_outage_spools_then_delivers_in_order_exactly_once(tmp_path, mosq
         responder.close()
 
         mosquitto.stop()
-        assert wait_until(lambda: not daemon.transport.connected)
+        assert wait_for(lambda: not daemon.transport.connected)
         spooled = [daemon.cycle() for _ in range(3)]
         assert [e.report_id for e in daemon.spool.entries()] == spooled
 
@@ -35,7 +35,7 @@ def test_broker_outage_spools_then_delivers_in_order_exactly_once(tmp_path, mosq
         responder = Responder(mosquitto.host, mosquitto.port)
         assert daemon.transport.wait_connected(30)
         daemon.sleep(0.1)                           # the loop sends the backlog once the link is back
-        assert wait_until(lambda: len(responder.report_ids("outage")) >= 3) and daemon.spool.entries() == []
+        assert wait_for(lambda: len(responder.report_ids("outage")) >= 3) and daemon.spool.entries() == []
         last = daemon.cycle()
         assert responder.wait_for("outage", 4) == spooled + [last]
     finally:
@@ -67,7 +67,7 @@ def test_kill_9_leaves_a_readable_spool(tmp_path):
     proc = _spawn(["run", "--thing", "crashy", "--broker", f"mqtt://127.0.0.1:{free_port()}",
                    "--interval", "0.02", "--jitter", "0", "--state-dir", str(state), "--format", "cbor"], tmp_path)
     try:
-        assert wait_until(lambda: len(list((state / "spool").glob("*.cbor"))) >= 5, timeout=30)
+        assert wait_for(lambda: len(list((state / "spool").glob("*.cbor"))) >= 5, timeout=30)
     finally:
         proc.kill()
         proc.wait(10)

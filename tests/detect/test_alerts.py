@@ -11,7 +11,7 @@ import pytest
 from agent.transports.paho_compat import new_client
 from detect.alerts import (AlertConfigError, AlertDispatcher, AlertMessage, LogTarget, MqttTarget, WebhookTarget,
                            targets_from_config)
-from fixtures import free_port
+from fixtures import free_port, wait_for
 
 T0 = 1_700_000_000_000
 
@@ -19,15 +19,6 @@ T0 = 1_700_000_000_000
 def message(thing="sensor-1", event="in-alarm", vid="v-1"):
     return AlertMessage("sensor-1" if thing is None else thing, "gateways", "ListeningPorts", {"ports": [22, 4444]},
                         vid, event, T0, threshold=None)
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class Hook:

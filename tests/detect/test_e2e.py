@@ -19,7 +19,7 @@ import pytest
 
 from agent import report as wire
 from agent.transports.paho_compat import new_client
-from fixtures import free_port
+from fixtures import free_port, wait_for
 
 from engine_support import behavior, build, profile
 
@@ -43,16 +43,6 @@ def cli(db, *argv):
     proc = subprocess.run(CLI + list(argv) + ["--db", str(db)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Engine:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent import replies, report, schema
+from agent.transports.paho_compat import new_client
 from detect.ingest import ERROR_CODES, Ingestor, MemoryLedger, MqttIngest, parse_topic
 from detect.validate import Invalid, validate
 
@@ -219,8 +220,6 @@ def bad_payloads(count, seed=7):
 def test_flood_of_bad_payloads_then_a_good_report_is_accepted(mosquitto):
     import threading
 
-    import paho.mqtt.client as mqtt
-
     ledger = MemoryLedger()
     engine = MqttIngest(mosquitto.url, Ingestor(ledger, min_interval_s=300), client_id="engine-flood").start()
     received, done = [], threading.Event()
@@ -230,8 +229,7 @@ def test_flood_of_bad_payloads_then_a_good_report_is_accepted(mosquitto):
         if received[-1].accepted:
             done.set()
 
-    args = (mqtt.CallbackAPIVersion.VERSION2,) if hasattr(mqtt, "CallbackAPIVersion") else ()
-    device = mqtt.Client(*args, client_id="flooder")
+    device = new_client("flooder")
     device.on_message = on_message
     device.connect(mosquitto.host, mosquitto.port)
     device.loop_start()

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from agent import report
+from agent.transports.paho_compat import new_client
 from collectors.base import ListeningSocket
-from fixtures import free_port
+from fixtures import free_port, wait_for
 from pkg_units import DETECT_UNIT, PACKAGING, environment, exec_argv, read_unit
 
 pytest.importorskip("detect.cli", reason="the detect engine is not there yet")
@@ -55,16 +54,6 @@ def _detect(db, *argv):
     return json.loads(done.stdout)
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_the_unit_command_serves_with_the_shipped_config(mosquitto, tmp_path):
     unit = read_unit(DETECT_UNIT)
     api_port = free_port()
@@ -78,7 +67,7 @@ def test_the_unit_command_serves_with_the_shipped_config(mosquitto, tmp_path):
         proc = subprocess.Popen(argv, stdout=log, stderr=log)
     db = tmp_path / "garrison.db"
     try:
-        _wait(lambda: "serving:" in log_path.read_text() or proc.poll() is not None, 30, "serve to start")
+        wait_for(lambda: "serving:" in log_path.read_text() or proc.poll() is not None, 30, "serve to start")
         assert proc.poll() is None, log_path.read_text()
         [profile] = _detect(db, "profiles", "list", "--json")
         assert profile["securityProfileName"] == "baseline" and profile["targets"] == ["all"]
@@ -87,14 +76,13 @@ def test_the_unit_command_serves_with_the_shipped_config(mosquitto, tmp_path):
         assert token.stat().st_mode & 0o777 == 0o600
 
         # a device opens a backdoor port: the quarantine rule runs, as a dry run
-        client = (mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cfg-dev")
-                  if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client(client_id="cfg-dev"))
+        client = new_client("cfg-dev")
         client.connect(mosquitto.host, mosquitto.port)
         client.loop_start()
         try:
             backdoor = report.build(1, listening_tcp=[ListeningSocket("tcp", 4, "0.0.0.0", 4444)])
             client.publish(report.topic("cfg-dev", "json"), report.encode(backdoor), qos=1).wait_for_publish(10)
-            [entry] = _wait(lambda: _detect(db, "actions", "list", "--json"), 30, "the quarantine rule")
+            [entry] = wait_for(lambda: _detect(db, "actions", "list", "--json"), 30, "the quarantine rule")
         finally:
             client.loop_stop()
             client.disconnect()

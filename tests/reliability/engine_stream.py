@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import paho.mqtt.client as mqtt
-
 from agent import report as wire
+from agent.transports.paho_compat import new_client
 from collectors.base import Connection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,10 +92,7 @@ class Replies:
         self.lock = threading.Lock()
         self.ready = threading.Event()
         client_id = f"replies-{os.getpid()}-{time.monotonic_ns()}"
-        if hasattr(mqtt, "CallbackAPIVersion"):
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        else:
-            self.client = mqtt.Client(client_id=client_id)
+        self.client = new_client(client_id)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.connect(host, port)
@@ -128,10 +124,7 @@ class Publisher:
         self.plan, self.rate = plan, rate
         self.published = 0
         client_id = f"publisher-{os.getpid()}-{time.monotonic_ns()}"
-        if hasattr(mqtt, "CallbackAPIVersion"):
-            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        else:
-            self.client = mqtt.Client(client_id=client_id)
+        self.client = new_client(client_id)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.connect(host, port)

@@ -7,25 +7,11 @@ from typing import List, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 
-PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
-
+from agent.transports import paho_compat
+from fixtures import wait_for  # noqa: F401 - the reliability tests take it from here
 
 def new_client(client_id: str = "", clean_session: bool = True) -> mqtt.Client:
-    client_id = client_id or f"t-{os.getpid()}-{time.monotonic_ns()}"
-    if PAHO_2:
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
-    return mqtt.Client(client_id=client_id, clean_session=clean_session)
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy (a generous bound, not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return paho_compat.new_client(client_id or f"t-{os.getpid()}-{time.monotonic_ns()}", clean_session)
 
 
 class Client:

@@ -10,18 +10,9 @@ import signal
 import subprocess
 import time
 
-from fixtures import Mosquitto
+from fixtures import Mosquitto, wait_for
 
 CLI_ENV = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def accepted_ids(log_path):

@@ -2,9 +2,6 @@
 nothing: the broker keeps the engine's persistent session, the engine acknowledges a report
 only after it is stored, and a redelivered report id is never applied twice."""
 import json
-import time
-
-import pytest
 
 from engine_stream import LIMIT, PROFILE, Engine, Publisher, Replies, cli, report
 from mqtt_clients import wait_for
