@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from agent import config as cfg
+from agent import config as cfg, report
 from agent.daemon import Daemon
 from agent.replies import Reply
 from agent.transports.base import Transport
@@ -39,8 +39,7 @@ class Agent:
     def add_custom_metric(self, name: str, callback: Callable[[], Any]) -> None:
         """Report `callback()` as custom metric `name` (number, list of numbers or strings, or
         {"ip_list": [...]}); None skips it for that report. Names must not start with "aws:"."""
-        if not isinstance(name, str) or not name or name.startswith("aws:"):
-            raise ValueError(f"invalid custom metric name {name!r}")
+        report.check_custom_metric_name(name)   # a ValueError now, not at the next report
         self._daemon.custom_metrics[name] = callback
 
     def remove_custom_metric(self, name: str) -> None:

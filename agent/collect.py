@@ -14,15 +14,6 @@ from collectors.base import CollectorResult
 
 log = logging.getLogger(__name__)
 
-# Config names of the collectors (agent.config.COLLECTORS) -> the report group each one fills.
-GROUPS = {
-    "listening_tcp": "listening_tcp",
-    "listening_udp": "listening_udp",
-    "connections": "connections",
-    "network_stats": "network_stats",
-}
-
-
 def make_collectors(enabled: Iterable[str], socket_backend: str = "auto",
                     interfaces: Optional[List[str]] = None, include_loopback: bool = False) -> Dict[str, Any]:
     """Collector objects by config name (collectors imported here, so a broken one is contained)."""
@@ -81,7 +72,7 @@ class ReportCollector:
                     result.success, result.error = False, f"deltas: {type(exc).__name__}: {exc}"
                     log.warning("network deltas failed: %s; network_stats left out of this report", exc)
             else:
-                groups[GROUPS[name]] = result.data
+                groups[name] = result.data   # config names are report.build's keywords
         self.last_results = results
         built = report.build(report_id, custom_metrics=custom_metrics, max_list_items=self.max_list_items,
                              **groups)

@@ -70,6 +70,12 @@ def _connection_entries(connections: Iterable[Any]) -> List[Dict[str, Any]]:
     return entries
 
 
+def check_custom_metric_name(name: Any) -> None:
+    """Custom metric names are non-empty strings outside AWS's reserved "aws:" namespace."""
+    if not isinstance(name, str) or not name or name.startswith("aws:"):
+        raise ReportError(f"invalid custom metric name {name!r}")
+
+
 def custom_metric(value: Any) -> List[Dict[str, Any]]:
     """The one-element-array form of a custom metric value.
 
@@ -130,8 +136,7 @@ def build(
         report["metrics"] = metrics
     if custom_metrics:
         for name in custom_metrics:
-            if not isinstance(name, str) or not name or name.startswith("aws:"):
-                raise ReportError(f"invalid custom metric name {name!r}")
+            check_custom_metric_name(name)
         report["custom_metrics"] = {name: custom_metric(v) for name, v in custom_metrics.items()}
     if "metrics" not in report and "custom_metrics" not in report:
         raise ReportError("a report needs metrics or custom metrics")
