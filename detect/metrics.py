@@ -37,8 +37,6 @@ _CUSTOM_VALUE_TYPE_BY_DECLARED = {
     "number": "number", "number-list": "numbers", "string-list": "strings", "ip-address-list": "cidrs",
     "number_list": "numbers", "string_list": "strings", "ip_list": "cidrs",
 }
-_REPORT_KEY_BY_VALUE_TYPE = {v: k for k, v in {"number": "number", "number_list": "numbers",
-                                               "string_list": "strings", "ip_list": "cidrs"}.items()}
 
 
 class MetricError(ValueError):
@@ -203,7 +201,7 @@ CLOUD_METRICS: Dict[str, MetricSpec] = {spec.id: spec for spec in (
 
 
 def _custom(name: str, value_type: str) -> Callable[[Mapping[str, Any]], Any]:
-    report_key = _REPORT_KEY_BY_VALUE_TYPE[value_type]
+    report_key = CUSTOM_TYPE_BY_VALUE_KEY[value_type]   # value type "numbers" -> report key "number_list"
 
     def extract(report):
         entries = _dig(report, "custom_metrics", name)
