@@ -1,6 +1,6 @@
 """Library API for firmware that embeds the agent.
 
-    from agent.api import Agent
+    from garrison.agent.api import Agent
 
     agent = Agent(thing="pump-17", broker="mqtts://broker.local:8883", ca="ca.crt",
                   cert="pump-17.crt", key="pump-17.key", state_dir="/data/garrison")
@@ -9,19 +9,19 @@
     print(reply.describe() if reply else "no reply")
     agent.close()
 
-Options are those of `garrison-agent run` (agent.config.OPTIONS) as keyword arguments; they win
+Options are those of `garrison-agent run` (garrison.agent.config.OPTIONS) as keyword arguments; they win
 over the optional TOML `config_file`. GARRISON_* variables are ignored unless you pass
-`environ=os.environ`. Invalid options raise `agent.config.ConfigError` at construction.
+`environ=os.environ`. Invalid options raise `garrison.agent.config.ConfigError` at construction.
 """
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from agent import config as cfg, report
-from agent.daemon import Daemon
-from agent.replies import Reply
-from agent.transports.base import Transport
-from collectors.base import CollectorResult
+from garrison.agent import config as cfg, report
+from garrison.agent.daemon import Daemon
+from garrison.wire.replies import Reply
+from garrison.agent.transports.base import Transport
+from garrison.collectors.base import CollectorResult
 
 
 class Agent:

@@ -6,7 +6,7 @@ import signal
 import sys
 from typing import List, Optional
 
-from agent import __version__, config as cfg, report
+from garrison.agent import __version__, config as cfg, report
 
 EXIT_OK, EXIT_REJECTED, EXIT_CONFIG, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -53,7 +53,7 @@ def setup_logging(level: str) -> None:
 
 
 def _collect(config: cfg.Config) -> int:
-    from agent.daemon import Daemon
+    from garrison.agent.daemon import Daemon
     daemon = Daemon(config, persist_state=False)   # a look: the running agent keeps its deltas
     built, results = daemon.build()
     payload = daemon.encode(built)
@@ -66,7 +66,7 @@ def _collect(config: cfg.Config) -> int:
 
 
 def _run(config: cfg.Config, once: bool) -> int:
-    from agent.daemon import Daemon
+    from garrison.agent.daemon import Daemon
     daemon = Daemon(config)
 
     def on_signal(signum, frame):
@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"garrison-agent: error: {exc}\n")
         return EXIT_CONFIG
     except Exception as exc:
-        from agent.transports.base import TransportError
+        from garrison.agent.transports.base import TransportError
         if isinstance(exc, (TransportError, report.ReportError, OSError)):
             sys.stderr.write(f"garrison-agent: error: {exc}\n")
             return EXIT_CONFIG if isinstance(exc, TransportError) else 1

@@ -8,17 +8,17 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from agent import report
-from agent.deltas import NetworkDeltas
-from collectors.base import CollectorResult
+from garrison.agent import report
+from garrison.agent.deltas import NetworkDeltas
+from garrison.collectors.base import CollectorResult
 
 log = logging.getLogger(__name__)
 
 def make_collectors(enabled: Iterable[str], socket_backend: str = "auto",
                     interfaces: Optional[List[str]] = None, include_loopback: bool = False) -> Dict[str, Any]:
     """Collector objects by config name (collectors imported here, so a broken one is contained)."""
-    from collectors import interfaces as ifaces
-    from collectors import sockets
+    from garrison.collectors import interfaces as ifaces
+    from garrison.collectors import sockets
 
     factories: Dict[str, Callable[[], Any]] = {
         "listening_tcp": lambda: sockets.ListeningTcpCollector(socket_backend),

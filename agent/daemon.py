@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from agent import report, sdnotify
-from agent.collect import ReportCollector
-from agent.config import Config, ConfigError
-from agent.replies import Reply
-from agent.spool import Spool
-from agent.statefile import ReportIds
-from agent.transports.base import Transport
-from collectors.base import CollectorResult
+from garrison.agent import report, sdnotify
+from garrison.agent.collect import ReportCollector
+from garrison.agent.config import Config, ConfigError
+from garrison.wire.replies import Reply
+from garrison.agent.spool import Spool
+from garrison.agent.statefile import ReportIds
+from garrison.agent.transports.base import Transport
+from garrison.collectors.base import CollectorResult
 
 log = logging.getLogger(__name__)
 SPOOL_DROPPED_METRIC = "garrison:spool_dropped"
@@ -29,14 +29,14 @@ def make_transport(config: Config) -> Transport:
     """The transport named in the configuration."""
     host, port, tls = config.broker_address
     if config.transport == "greengrass":
-        from agent.transports.greengrass import GreengrassTransport
+        from garrison.agent.transports.greengrass import GreengrassTransport
         return GreengrassTransport(config.thing, config.format)
     if config.transport == "awsiot":
-        from agent.transports.awsiot import AwsIotTransport
+        from garrison.agent.transports.awsiot import AwsIotTransport
         return AwsIotTransport(config.thing, config.format, endpoint=host, port=port, cert=config.cert,
                                key=config.key, ca=config.ca, client_id=config.client_id,
                                keepalive=config.keepalive)
-    from agent.transports.mqtt import MqttTransport
+    from garrison.agent.transports.mqtt import MqttTransport
     return MqttTransport(config.thing, config.format, host, port, tls=tls, ca=config.ca, cert=config.cert,
                          key=config.key, client_id=config.client_id, username=config.username,
                          password=config.password, mqtt_version=config.mqtt_version,

@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from agent.schema import NETWORK_STATS_KEYS
-from agent.statefile import read_json, write_json
+from garrison.wire.schema import NETWORK_STATS_KEYS
+from garrison.agent.statefile import read_json, write_json
 
 log = logging.getLogger(__name__)
 KEYS = tuple(NETWORK_STATS_KEYS)   # bytes_in, bytes_out, packets_in, packets_out

@@ -1,7 +1,7 @@
 """Build, cap, encode and decode Device Defender metric reports.
 
 Reports are built in long names (the in-memory form); `encode` derives the short form from
-`agent.schema`. This module is the wire format: the detect engine imports it, the device
+`garrison.wire.schema`. This module is the wire format: the detect engine imports it, the device
 collectors never do.
 """
 import json
@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import cbor2
 
-from agent import schema
+from garrison.wire import schema
 
 MAX_PAYLOAD_BYTES = 128 * 1024   # AWS IoT's limit for one report
 DEFAULT_MAX_LIST_ITEMS = 500     # per list; with the size guard the report stays under 128 KB
@@ -178,7 +178,7 @@ def encode(report: Dict[str, Any], fmt: str = "json", short_names: bool = False,
 
 
 def decode(payload: bytes, fmt: str) -> Any:
-    """Parse a payload into Python objects (no validation: see detect.validate)."""
+    """Parse a payload into Python objects (no validation: see garrison.detect.ingest.validate)."""
     try:
         if fmt == "json":
             return json.loads(payload)

@@ -1,7 +1,7 @@
 """A bounded on-disk spool of encoded reports, oldest first.
 
 One file per report, named by its zero-padded report id and format (`00000001732550000000.json`),
-written atomically (agent.statefile.atomic_write), so a kill -9 at any moment leaves only
+written atomically (garrison.agent.statefile.atomic_write), so a kill -9 at any moment leaves only
 complete reports (stray temporary files are removed at start). Reports leave the spool only
 once the broker acknowledged them. When a bound (count, bytes, age) is hit the oldest reports
 are dropped; drops are counted and logged.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from agent.statefile import atomic_write
+from garrison.agent.statefile import atomic_write
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{20})\.(json|cbor)$")

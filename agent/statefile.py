@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from agent import report
+from garrison.agent import report
 
 log = logging.getLogger(__name__)
 

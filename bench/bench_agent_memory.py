@@ -33,8 +33,8 @@ BASELINE = RSS + "import json; print(json.dumps({'rss_kb': rss_kb()}))"
 
 AGENT = RSS + """
 import json, sys, time
-from agent import config
-from agent.daemon import Daemon
+from garrison.agent import config
+from garrison.agent.daemon import Daemon
 cycles, broker, state, fmt, short = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
 daemon = Daemon(config.load(environ={}, thing="bench-memory", broker=broker or "mqtt://127.0.0.1:1",
                             state_dir=state, format=fmt, short_names=short, interval=0.01))

@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import psutil  # noqa: E402
 
-from agent import report as wire  # noqa: E402
+from garrison.agent import report as wire  # noqa: E402
 from bench_ingest import bench_broker, typical_report  # noqa: E402
 from engine_stream import Engine, Publisher, Replies, cli  # noqa: E402
 from fixtures import Mosquitto  # noqa: E402
 
-PROFILE = ROOT / "detect" / "examples" / "aws-rule-based.json"
+PROFILE = ROOT / "detect" / "ops" / "examples" / "aws-rule-based.json"
 
 
 class PeakRss:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d', time.gmtime())}, load average {load:.1f} at the end "
         "(a shared machine: compare the ratios).",
         "",
-        "A real Mosquitto and `garrison-detect serve` (SQLite, `detect/examples/aws-rule-based.json` "
+        "A real Mosquitto and `garrison-detect serve` (SQLite, `detect/ops/examples/aws-rule-based.json` "
         "attached to all things, `--min-report-interval 0`), fed by one paho publisher at full speed "
         f"(QoS 1) with gateway-sized JSON reports ({len(payload):,} bytes). Steady state for "
         f"{args.things:,} things at one report per 300 s is {args.things / 300:.0f} reports/s.",

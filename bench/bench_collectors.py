@@ -10,8 +10,8 @@ namespace, so peak RSS (ru_maxrss, imports included) is comparable; time is the 
 `--runs` collections after one warm-up. Results go to docs/bench-collectors.md.
 
 Approaches:
-- netlink / procfs: collectors.sockets with that backend (no process owners).
-- netlink+owners: the same plus collectors.processes.attach (pid and name of every socket).
+- netlink / procfs: garrison.collectors.sockets with that backend (no process owners).
+- netlink+owners: the same plus garrison.collectors.processes.attach (pid and name of every socket).
 - psutil (baseline): one psutil.net_connections("inet") plus one psutil.net_if_addrs() map,
   filtered to the same three lists. psutil always resolves owners (it scans every /proc/*/fd).
 - aws-sample: the AWS sample agent's algorithm as published (net_connections("inet") for the
@@ -38,7 +38,7 @@ BASELINE = "psutil"
 # --- the approaches, each returning (listening tcp, listening udp, established) counts ----------
 
 def _ours(backend, owners=False):
-    from collectors import processes, sockets
+    from garrison.collectors import processes, sockets
 
     def collect():
         tcp = sockets.listening("tcp", backend)
@@ -216,7 +216,7 @@ def _markdown(results, total, where, bare_rss):
         "Notes: `netlink` asks the kernel for LISTEN, unconnected-UDP and ESTABLISHED sockets only, so"
         " it never formats or parses the other sockets; `procfs` reads every socket as text and filters"
         " in Python. psutil always maps sockets to processes by scanning every `/proc/*/fd`; the"
-        " `netlink+owners` row does the same work (`collectors.processes`) for a like-for-like"
+        " `netlink+owners` row does the same work (`garrison.collectors.processes`) for a like-for-like"
         " comparison. `aws-sample` is the published AWS sample agent's algorithm (it re-reads all"
         " interface addresses for every socket).",
         "",

@@ -2,7 +2,7 @@
 """Reports per second per core through Engine.accept (SQLite state), beside in-memory evaluation.
 
 The baseline, measured in the same run on the same reports, is the evaluation alone: every
-behavior of the profile extracted and stepped (detect.evaluate) with states in a dict, as
+behavior of the profile extracted and stepped (garrison.detect.judge.evaluate) with states in a dict, as
 bench_evaluate.py measures it. Engine.accept adds what makes it durable: one SQLite transaction
 per report (WAL, synchronous=NORMAL) recording the report id, reading and writing each
 (thing, behavior) state, violations, events and the alert outbox. The ratio is the price of
@@ -10,7 +10,7 @@ per report (WAL, synchronous=NORMAL) recording the report id, reading and writin
 on a shared, busy machine.
 
 Workload: bench_evaluate.make_payloads (1,000 things, realistic reports), decoded and validated
-beforehand; the 10-behavior profile detect/examples/aws-rule-based.json attached to all things.
+beforehand; the 10-behavior profile detect/ops/examples/aws-rule-based.json attached to all things.
 
 Usage: python3 bench/bench_engine.py [--things 1000] [--per-thing 5] [--record docs/bench-engine.md]
 """
@@ -25,16 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from agent import report as wire  # noqa: E402
+from garrison.agent import report as wire  # noqa: E402
 from bench_evaluate import make_payloads  # noqa: E402
-from detect import evaluate, metrics  # noqa: E402
-from detect.clock import ManualClock  # noqa: E402
-from detect.engine import Engine  # noqa: E402
-from detect.profiles import load_profile  # noqa: E402
-from detect.store import Store  # noqa: E402
-from detect.validate import validate  # noqa: E402
+from garrison.detect.judge import evaluate
+from garrison.detect import metrics  # noqa: E402
+from garrison.detect.clock import ManualClock  # noqa: E402
+from garrison.detect.engine import Engine  # noqa: E402
+from garrison.detect.judge.profiles import load_profile  # noqa: E402
+from garrison.detect.state.store import Store  # noqa: E402
+from garrison.detect.ingest.validate import validate  # noqa: E402
 
-PROFILE = ROOT / "detect" / "examples" / "aws-rule-based.json"
+PROFILE = ROOT / "detect" / "ops" / "examples" / "aws-rule-based.json"
 
 
 def in_memory(reports, profile):

@@ -9,9 +9,9 @@ publisher to a paho subscriber on loopback: the engine should keep up with its b
 Workload: 1,000 things, realistic reports (5 TCP + 3 UDP listening ports, 12 established
 connections: 11 to a fleet-wide pool of 500 servers, 1 to a never-seen address; network stats,
 a custom metric) in short names as the agent sends them, the
-10-behavior rule profile detect/examples/aws-rule-based.json, one evaluation state per
+10-behavior rule profile detect/ops/examples/aws-rule-based.json, one evaluation state per
 (thing, behavior) kept in memory as the engine keeps it (JSON-able dicts). A second line runs the
-statistical profile (fleet percentiles through detect.fleetstats.FleetWindow).
+statistical profile (fleet percentiles through garrison.detect.judge.fleetstats.FleetWindow).
 
 Usage: python3 bench/bench_evaluate.py [--things 1000] [--reports 20000] [--relay 20000]
        [--record docs/bench-evaluate.md]
@@ -31,20 +31,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from agent import report, schema  # noqa: E402
-from collectors.base import Connection, ListeningSocket  # noqa: E402
-from detect import evaluate, fleetstats  # noqa: E402
-from detect.profiles import load_profile  # noqa: E402
+from garrison.agent import report, schema  # noqa: E402
+from garrison.collectors.base import Connection, ListeningSocket  # noqa: E402
+from garrison.detect.judge import evaluate
+from garrison.detect import fleetstats  # noqa: E402
+from garrison.detect.judge.profiles import load_profile  # noqa: E402
 
 try:
-    from detect.validate import validate as _validate
-    VALIDATOR = "detect.validate.validate"
+    from garrison.detect.ingest.validate import validate as _validate
+    VALIDATOR = "garrison.detect.ingest.validate.validate"
 except ImportError:  # H3's validator not there yet: name normalisation only
     _validate = schema.to_long
-    VALIDATOR = "agent.schema.to_long (detect.validate missing: no validation measured)"
+    VALIDATOR = "garrison.wire.schema.to_long (garrison.detect.ingest.validate missing: no validation measured)"
 
 BUDGET = 20_000  # reports/s/core for evaluation
-EXAMPLES = ROOT / "detect" / "examples"
+EXAMPLES = ROOT / "detect" / "ops" / "examples"
 T0 = 1_700_000_000_000
 
 
@@ -211,8 +212,8 @@ def main(argv=None):
                 lines.append(f"| {label} | {behaviors} | {stage} | {cpu_rate:,.0f} | {wall_rate:,.0f} |")
         lines += [
             "",
-            "Stages: `decode` = agent.report.decode; `validate` = the validator on decoded reports; "
-            "`evaluate` = metric extraction + detect.evaluate.step for every behavior (plus FleetWindow "
+            "Stages: `decode` = garrison.agent.report.decode; `validate` = the validator on decoded reports; "
+            "`evaluate` = metric extraction + garrison.detect.judge.evaluate.step for every behavior (plus FleetWindow "
             "threshold/add for the statistical profile); `pipeline` = all three per report.",
             "",
             f"Baseline in the same run: Mosquitto relays {relay_rate:,.0f} msg/s (best of {REPEATS}) of the same "

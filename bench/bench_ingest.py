@@ -22,11 +22,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-from agent import report  # noqa: E402
-from agent.transports.paho_compat import new_client  # noqa: E402
-from collectors.base import Connection, ListeningSocket  # noqa: E402
-from detect.ingest import Ingestor, MemoryLedger  # noqa: E402
-from detect.validate import validate  # noqa: E402
+from garrison.agent import report  # noqa: E402
+from garrison.agent.transports.paho_compat import new_client  # noqa: E402
+from garrison.collectors.base import Connection, ListeningSocket  # noqa: E402
+from garrison.detect.ingest.frontdoor import Ingestor  # noqa: E402
+from ledger import MemoryLedger  # noqa: E402
+from garrison.detect.ingest.validate import validate  # noqa: E402
 from fixtures import Mosquitto  # noqa: E402
 
 

@@ -18,7 +18,7 @@ the other half (and all new devices) stay clean and give the false-alarm rate.
 Printed per confidence level (consecutiveDatapointsToAlarm = 1): detection rate per anomaly
 type, detection delay (datapoints and minutes, median), false alarms per device-day (alarm
 events = runs of violating datapoints on clean devices), for
-  ml         detect.ml models (per device, seasonal, fleet prior for new devices)
+  ml         garrison.detect.judge.ml models (per device, seasonal, fleet prior for new devices)
   zscore     non-seasonal per-device z-score in log space, mean/sd from weeks 1-2, same sigmas
   static     one fleet-wide static threshold per metric: the p99.9 / p99.99 / p100 of weeks 1-2
              values over the fleet (AWS statisticalThreshold style), upper side only
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detect.ml import CONFIDENCE_LEVELS, STATE_SIZE, FleetPrior, MLConfig, Model  # noqa: E402
+from garrison.detect.judge.ml import CONFIDENCE_LEVELS, STATE_SIZE, FleetPrior, MLConfig, Model  # noqa: E402
 
 STEP_S = 300
 PER_DAY = 86400 // STEP_S
@@ -261,7 +261,7 @@ def main():
           f"{STEP_S} s reports, {len(METRICS)} metrics, {len(episodes)} anomalies, seed {args.seed}")
     verdicts, basis, ups, jps, fleet_models = run_ml(values, new, start, config, levels)
     results = {
-        "ml (detect.ml)": score(verdicts, episodes, new, start, bursts),
+        "ml (garrison.detect.judge.ml)": score(verdicts, episodes, new, start, bursts),
         "zscore (non-seasonal per device)": score(run_zscore(values, start, levels, config.bands),
                                                   episodes, new, start, bursts, judged_new=False),
         "static (fleet percentile)": score(run_static(values, new, start, levels),

@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Callable, Iterable, Iterator, List, Tuple
 
-from collectors.base import RawSocket
+from garrison.collectors.base import RawSocket
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20

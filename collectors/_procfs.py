@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, List
 
-from collectors.base import RawSocket
+from garrison.collectors.base import RawSocket
 
 _FILES = {"tcp": (("tcp", 4), ("tcp6", 6)), "udp": (("udp", 4), ("udp6", 6))}
 

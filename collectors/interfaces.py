@@ -4,8 +4,8 @@ import socket
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
-from collectors import _netlink
-from collectors.base import CollectorResult, InterfaceCounters, timed
+from garrison.collectors import _netlink
+from garrison.collectors.base import CollectorResult, InterfaceCounters, timed
 
 log = logging.getLogger(__name__)
 LOOPBACK = "lo"   # Linux's loopback device is always "lo"

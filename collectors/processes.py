@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from collectors.base import CollectorResult, timed
+from garrison.collectors.base import CollectorResult, timed
 
 Owners = Dict[int, Tuple[int, str]]
 _PREFIX = "socket:["

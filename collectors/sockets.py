@@ -17,8 +17,8 @@ import logging
 import threading
 from typing import Callable, List
 
-from collectors import _netlink, _procfs, interfaces
-from collectors.base import CollectorResult, Connection, ListeningSocket, record_factory, timed
+from garrison.collectors import _netlink, _procfs, interfaces
+from garrison.collectors.base import CollectorResult, Connection, ListeningSocket, record_factory, timed
 
 log = logging.getLogger(__name__)
 

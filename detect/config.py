@@ -14,15 +14,15 @@
     bind = "127.0.0.1:8765"
     token_file = "/etc/garrison/api-token"   # or token = "..."
 
-    [alerts]                       # detect.alerts.targets_from_config
+    [alerts]                       # garrison.detect.respond.alerts.targets_from_config
     log = true
     mqtt = {topic = "garrison/alerts/{thing}", qos = 1}
     webhooks = ["https://ops.example/hooks/garrison"]
 
-    [actions]                      # detect.actions
+    [actions]                      # garrison.detect.respond.actions
     "SmartLock/no-new-ports" = {type = "add-thing-to-group", group = "quarantine"}
 
-    [ml]                           # detect.ml.MLConfig (training_days, min_datapoints, ...)
+    [ml]                           # garrison.detect.judge.ml.MLConfig (training_days, min_datapoints, ...)
     training_days = 7
 
     [[profiles]]                   # applied (created or replaced) and attached at every start
@@ -70,7 +70,7 @@ class Config:
     alerts: Any = None                      # None: log + MQTT on the engine's own connection
     actions: Dict[str, Any] = field(default_factory=dict)
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
-    ml: Dict[str, Any] = field(default_factory=dict)                          # detect.ml.MLConfig settings
+    ml: Dict[str, Any] = field(default_factory=dict)                          # garrison.detect.judge.ml.MLConfig settings
 
     @property
     def api_enabled(self) -> bool:

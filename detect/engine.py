@@ -1,9 +1,9 @@
 """The detect engine: validated reports in, evaluation state, violations, alerts and actions out.
 
-`Engine` is the `Sink` that detect.ingest hands accepted reports to, and the one facade the CLI
+`Engine` is the `Sink` that garrison.detect.ingest.frontdoor hands accepted reports to, and the one facade the CLI
 and the HTTP API use for things, groups, profiles and violations, so every path applies the
 same rules. One report is one SQLite transaction: the report id is recorded, every behavior
-of every profile that applies to the thing is stepped (detect.evaluate), evaluation states
+of every profile that applies to the thing is stepped (garrison.detect.judge.evaluate), evaluation states
 and violations are saved, mitigation actions run and their audit entries are written, or
 nothing is (a kill -9 never half-applies a report; a redelivered report is a no-op).
 
@@ -30,15 +30,16 @@ import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from detect import evaluate, fleetstats, metrics, mlbridge, violations
-from detect.actions import Actions
-from detect.alerts import AlertMessage
-from detect.clock import SystemClock
-from detect.config import Config
-from detect.ingest import valid_thing_name
-from detect.profiles import ProfileError, SecurityProfile, load_profile
-from detect.store import NotFound, Store, StoreError
-from detect.violations import Event
+from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
+from garrison.detect.respond import violations
+from garrison.detect.respond.actions import Actions
+from garrison.detect.respond.alerts import AlertMessage
+from garrison.detect.clock import SystemClock
+from garrison.detect.config import Config
+from garrison.detect.ingest.frontdoor import valid_thing_name
+from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
+from garrison.detect.state.store import NotFound, Store, StoreError
+from garrison.detect.respond.violations import Event
 
 log = logging.getLogger("garrison.engine")
 
@@ -56,13 +57,13 @@ PENDING_BUILD = "PENDING_BUILD"
 class Engine:
     """Evaluates reports and owns the engine's state in `store`.
 
-    clock: detect.clock (now() / now_ms()); alerts: something with `deliver(message)` (an
-    detect.alerts.AlertDispatcher) or None, in which case events stay in the outbox for the
-    process that has targets (`serve`). ml: the ML Detect hook (detect.mlbridge.MlRegistry:
+    clock: garrison.detect.clock (now() / now_ms()); alerts: something with `deliver(message)` (an
+    garrison.detect.respond.alerts.AlertDispatcher) or None, in which case events stay in the outbox for the
+    process that has targets (`serve`). ml: the ML Detect hook (garrison.detect.judge.mlbridge.MlRegistry:
     `judge(thing, profile, behavior, value, received_ms) -> {"anomalous", "explanation", ...} | None`,
     `status(profile, behavior, now_ms)`, `training_summaries(profile, behavior, now_ms, members,
     thing)`, `rebuild_priors(pairs, now_ms)`); "auto" makes one
-    when detect.ml is available, None disables it: ML behaviors then stay PENDING_BUILD with no verdict.
+    when garrison.detect.judge.ml is available, None disables it: ML behaviors then stay PENDING_BUILD with no verdict.
     """
 
     def __init__(self, store: Store, clock: Any = None, config: Optional[Config] = None,
@@ -81,7 +82,7 @@ class Engine:
         for group in self.actions.groups():  # a quarantine group exists before it is needed
             store.create_group(group, self.clock.now_ms())
 
-    # ---- the Sink detect.ingest calls ---------------------------------------------------------
+    # ---- the Sink garrison.detect.ingest.frontdoor calls ---------------------------------------------------------
 
     def last_report(self, thing: str) -> Optional[Tuple[int, int]]:
         last = self.store.last_report(thing)
@@ -157,7 +158,7 @@ class Engine:
     def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """AWS's violationEventAdditionalInfo, plus the threshold a statistical behavior used and
         an ML model's whole judgement (metric, value, band low / high, expected, basis, modelStatus,
-        explanation: detect.mlbridge.additional_info)."""
+        explanation: garrison.detect.judge.mlbridge.additional_info)."""
         info: Dict[str, Any] = {}
         if behavior.kind == "statistical":
             info["statisticalThreshold"] = {"statistic": behavior.statistic}
@@ -384,7 +385,7 @@ class Engine:
                               thing: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
         """GetBehaviorModelTrainingSummaries: `summaries`, one per ML behavior (AWS's fields), and
         `thingSummaries`, one per (ML behavior, thing) (our extension; see
-        detect.mlbridge.MlRegistry.training_summaries). Filters: profile, behavior name, thing."""
+        garrison.detect.judge.mlbridge.MlRegistry.training_summaries). Filters: profile, behavior name, thing."""
         if profile is not None and self.store.get_profile(profile) is None:
             raise NotFound(f"no security profile named {profile!r}")
         if thing is not None and self.store.last_report(thing) is None:

@@ -56,7 +56,7 @@ class Greenhouse:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Example firmware embedding the Garrison agent (agent.api).")
+    parser = argparse.ArgumentParser(description="Example firmware embedding the Garrison agent (garrison.agent.api).")
     parser.add_argument("--thing", required=True, help="thing name of this device")
     parser.add_argument("--broker", default="mqtt://localhost:1883", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     parser.add_argument("--interval", type=float, default=300.0, help="seconds between reports (default 300)")
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from agent.api import Agent          # the only Garrison import the firmware needs
-    from agent.config import ConfigError
+    from garrison.agent.api import Agent          # the only Garrison import the firmware needs
+    from garrison.agent.config import ConfigError
 
     tls = {k: v for k, v in (("ca", args.ca), ("cert", args.cert), ("key", args.key)) if v}
     try:

@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fixtures import Mosquitto, NetNamespace, make_certs, netns_supported  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-AWS_REPORTS = SHARED / "fixtures" / "aws-reports"
+# Real Device Defender payloads (AWS docs, AWS sample agent): protocol data, kept in the repository.
+AWS_REPORTS = Path(__file__).resolve().parent / "data" / "aws-reports"
 _NETNS = None
 
 
@@ -58,7 +58,6 @@ def netns():
 
 @pytest.fixture(scope="session")
 def aws_reports():
-    """The directory of real Device Defender payloads (shared/fixtures/aws-reports)."""
-    if not AWS_REPORTS.is_dir():
-        pytest.skip(f"{AWS_REPORTS} is missing")
+    """The directory of real Device Defender payloads (tests/data/aws-reports). Missing is a failure."""
+    assert (AWS_REPORTS / "README.md").is_file(), f"{AWS_REPORTS} is missing: the AWS fixtures are part of the tests"
     return AWS_REPORTS

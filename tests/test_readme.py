@@ -4,7 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from detect.ingest import Ingestor, MemoryLedger, MqttIngest
+from garrison.detect.ingest.frontdoor import Ingestor
+from garrison.detect.ingest.mqtt import MqttIngest
+from ledger import MemoryLedger
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

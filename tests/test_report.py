@@ -4,8 +4,9 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent import report, schema
-from collectors.base import Connection, ListeningSocket
+from garrison.agent import report
+from garrison.wire import schema
+from garrison.collectors.base import Connection, ListeningSocket
 
 
 def tcp(port, interface=None, family=4):

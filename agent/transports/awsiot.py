@@ -9,8 +9,8 @@ import logging
 import threading
 from typing import Optional
 
-from agent import replies
-from agent.transports.base import ReplyHandler, Transport, TransportError
+from garrison.wire import replies
+from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
 MISSING_EXTRA = ("the awsiot transport needs the AWS IoT Device SDK: "

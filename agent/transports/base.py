@@ -5,7 +5,7 @@ daemon never knows which one it talks to (paho-mqtt, AWS IoT SDK, Greengrass IPC
 
 Contract:
 - `start(on_reply)`: begin connecting (may return before connected); subscribe to the reply
-  topics of `thing` in `fmt` (see agent.replies.reply_topics); call `on_reply(Reply)` from any
+  topics of `thing` in `fmt` (see garrison.wire.replies.reply_topics); call `on_reply(Reply)` from any
   thread for each reply. Reconnects on its own, with backoff, until `stop()`.
 - `publish(topic, payload, timeout) -> bool`: True only once the broker acknowledged the
   message (QoS 1 PUBACK). False on timeout or when not connected; never raises for network
@@ -17,7 +17,7 @@ Contract:
 import threading
 from typing import Callable, Optional
 
-from agent.replies import Reply
+from garrison.wire.replies import Reply
 
 ReplyHandler = Callable[[Reply], None]
 

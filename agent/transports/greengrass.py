@@ -13,8 +13,9 @@ import os
 import threading
 from typing import Any, Callable, Optional
 
-from agent import replies, report
-from agent.transports.base import ReplyHandler, Transport, TransportError
+from garrison.wire import replies
+from garrison.agent import report
+from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
 

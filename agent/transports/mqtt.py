@@ -14,9 +14,9 @@ from typing import Dict, Optional
 
 import paho.mqtt.client as mqtt
 
-from agent import replies
-from agent.transports.base import ReplyHandler, Transport, TransportError
-from agent.transports.paho_compat import new_client
+from garrison.wire import replies
+from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
+from garrison.agent.transports.paho_compat import new_client
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Garrison firmware-sim: simulated fleets, attack scenarios on namespaced devices, a QEMU device.
 
-Everything here produces reports with the agent's own wire-format code (`agent.report`),
+Everything here produces reports with the agent's own wire-format code (`garrison.agent.report`),
 so what the simulator sends is exactly what a real agent would send.
 """
 from pathlib import Path

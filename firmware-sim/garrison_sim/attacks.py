@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from collectors.base import Connection, ListeningSocket
+from garrison.collectors.base import Connection, ListeningSocket
 
 C2_RANGE = "203.0.113.0/24"
 EXFIL_SINK = ("192.0.2.77", 443)

@@ -3,7 +3,7 @@
 Each device type has stable listening ports, a few cloud endpoints it keeps connections to and a
 daily traffic rhythm. A `VirtualDevice` turns the simulated time since its previous report into
 an `Observation` (the same records the real collectors return), which attacks may then alter
-before `agent.report.build` makes the report.
+before `garrison.agent.report.build` makes the report.
 """
 import math
 import random
@@ -11,9 +11,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from agent import report as wire
-from agent import schema
-from collectors.base import Connection, ListeningSocket
+from garrison.agent import report as wire
+from garrison.wire import schema
+from garrison.collectors.base import Connection, ListeningSocket
 
 # Cloud endpoints live in TEST-NET-2 (RFC 5737): they appear in simulated reports only.
 CLOUD_MQTT = ("198.51.100.10", 8883)

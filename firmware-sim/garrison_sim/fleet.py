@@ -16,13 +16,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import paho.mqtt.client as paho
 
-from agent import report as wire
+from garrison.agent import report as wire
 
 from . import mqtt
 from .attacks import AttackSpec
 from .devices import DEFAULT_INTERVAL, DEVICE_TYPES, VirtualDevice
 
-log = logging.getLogger("garrison_sim.fleet")
+log = logging.getLogger("garrison.sim.fleet")
 
 
 class SimClock:

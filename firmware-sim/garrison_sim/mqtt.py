@@ -4,7 +4,7 @@ import uuid
 from typing import Optional, Tuple
 import paho.mqtt.client as mqtt
 
-from agent.transports import paho_compat
+from garrison.agent.transports import paho_compat
 
 
 class BrokerError(RuntimeError):

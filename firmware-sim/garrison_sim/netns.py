@@ -17,7 +17,7 @@ import subprocess
 import uuid
 from typing import Dict, List
 
-log = logging.getLogger("garrison_sim.netns")
+log = logging.getLogger("garrison.sim.netns")
 
 CLONE_NEWNET = 0x40000000
 CLOUD_ADDRESS = "10.213.{i}.1"

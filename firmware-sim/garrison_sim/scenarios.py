@@ -28,7 +28,7 @@ from . import FLEET_PROFILE, mqtt
 from .live_attacks import DEFAULT_SCENARIOS, LIVE_ATTACKS, LiveAttack
 from .netns import NetnsError, Topology, inside, supported
 
-log = logging.getLogger("garrison_sim.scenarios")
+log = logging.getLogger("garrison.sim.scenarios")
 
 BROKER_PORT = 1883
 AGENT_INTERVAL = 2.0
@@ -177,7 +177,7 @@ class Run:
         raise RuntimeError("mosquitto did not start in the cloud namespace")
 
     def _detect(self, *argv: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "detect.cli", "--db", str(self.db), *argv],
+        done = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(self.db), *argv],
                               capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"garrison-detect {' '.join(argv)}: {done.stderr.strip()[-500:]}")
@@ -199,7 +199,7 @@ class Run:
         self._detect("profiles", "apply", str(self.profile), "--attach", "all")
         engine_config = self.workdir / "engine.toml"
         engine_config.write_text(ENGINE_CONFIG)
-        self._spawn(cloud, [sys.executable, "-m", "detect.cli", "--db", str(self.db), "serve",
+        self._spawn(cloud, [sys.executable, "-m", "garrison.detect.cli", "--db", str(self.db), "serve",
                             "--broker", f"mqtt://127.0.0.1:{BROKER_PORT}", "--min-report-interval", "0",
                             "--config", str(engine_config)],
                     "engine.log")
@@ -208,7 +208,7 @@ class Run:
             state = self.workdir / "agents" / thing
             state.mkdir(parents=True, exist_ok=True)
             self._spawn(self.topology.devices[name],
-                        [sys.executable, "-m", "agent.cli", "run", "--thing", thing,
+                        [sys.executable, "-m", "garrison.agent.cli", "run", "--thing", thing,
                          "--broker", f"mqtt://{self.topology.addresses[name]}:{BROKER_PORT}",
                          "--interval", str(AGENT_INTERVAL), "--format", "json", "--state-dir", str(state)],
                         f"agent-{thing}.log")

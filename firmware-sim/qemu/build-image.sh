@@ -80,7 +80,7 @@ mkdir -p "$ROOT/usr/local/bin"
 cat >"$ROOT/usr/local/bin/garrison-agent" <<'PYEOF'
 #!/usr/bin/python3
 import sys
-from agent.cli import main
+from garrison.agent.cli import main
 sys.exit(main())
 PYEOF
 chmod 755 "$ROOT/usr/local/bin/garrison-agent"

@@ -14,12 +14,13 @@ trap 'rm -rf "$stage"' EXIT
 
 wheel=$("$packaging/build-wheel.sh" "$stage/wheel")
 version=$(basename "$wheel" | sed -E 's/^garrison-([^-]+)-.*/\1/')
-# Only the device side: agent/ and collectors/ (the detect engine never runs on the device).
+# Only the device side: garrison.agent, garrison.collectors and the wire contract (the detect
+# engine never runs on the device).
 python3 - "$wheel" "$stage/lib" <<'PY'
 import sys, zipfile
 wheel, dest = sys.argv[1:]
 with zipfile.ZipFile(wheel) as zf:
-    members = [n for n in zf.namelist() if n.split("/")[0] in ("agent", "collectors")]
+    members = [n for n in zf.namelist() if n.split("/")[:2] in (["garrison", "agent"], ["garrison", "collectors"], ["garrison", "wire"])]
     zf.extractall(dest, members)
 PY
 mkdir -p "$stage/bin" "$stage/systemd" "$stage/etc" "$stage/doc" "$stage/scripts"

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import cbor2
 import paho.mqtt.client as mqtt
-from agent.transports.paho_compat import new_client
+from garrison.agent.transports.paho_compat import new_client
 
 AGENT = ["garrison-agent"]
 

@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from agent import config as cfg
-from agent.api import Agent
-from agent.transports.base import TransportError
+from garrison.agent import config as cfg
+from garrison.agent.api import Agent
+from garrison.agent.transports.base import TransportError
 
 
 def test_publish_once_with_custom_metrics(tmp_path, shared_mosquitto, responder):
@@ -61,7 +61,7 @@ def test_invalid_options_raise_config_error(tmp_path):
 
 
 def test_awsiot_transport_without_the_extra_says_how_to_install(monkeypatch):
-    from agent.transports import awsiot
+    from garrison.agent.transports import awsiot
     monkeypatch.setitem(sys.modules, "awsiot", None)      # import awsiot -> ImportError
     with pytest.raises(TransportError, match=r"pip install 'garrison\[aws\]'"):
         awsiot.AwsIotTransport("t", "json", endpoint="example.iot", cert="c.pem", key="k.pem")
@@ -69,7 +69,7 @@ def test_awsiot_transport_without_the_extra_says_how_to_install(monkeypatch):
 
 def test_awsiot_transport_construction(certs):
     pytest.importorskip("awsiot")
-    from agent.transports.awsiot import AwsIotTransport
+    from garrison.agent.transports.awsiot import AwsIotTransport
     cert, key = certs.client("aws-thing")
     transport = AwsIotTransport("aws-thing", "cbor", endpoint="abc-ats.iot.eu-west-1.amazonaws.com",
                                 cert=str(cert), key=str(key), ca=str(certs.ca))

@@ -5,9 +5,9 @@ import socket
 import cbor2
 import pytest
 
-from agent import schema
+from garrison.wire import schema
 from agent_helpers import run_agent
-from detect.validate import validate
+from garrison.detect.ingest.validate import validate
 
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
@@ -58,5 +58,5 @@ def test_disabled_collectors_leave_their_groups_out(tmp_path):
 def test_version_flag():
     result = run_agent("--version")
     assert result.returncode == 0
-    from agent import __version__
+    from garrison.agent import __version__
     assert result.stdout.decode().strip() == f"garrison-agent {__version__}"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as cfg
+from garrison.agent import config as cfg
 from agent_helpers import run_agent
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-configuration.md"
@@ -39,7 +39,7 @@ def test_disable_collector_wins_over_collectors():
 
 
 def test_docs_are_generated_from_the_declaration():
-    assert DOCS.read_text() == cfg.markdown(), "run: python3 -m agent.config > docs/agent-configuration.md"
+    assert DOCS.read_text() == cfg.markdown(), "run: python3 -m garrison.agent.config > docs/agent-configuration.md"
 
 
 def test_help_explains_every_option():

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from agent import config as cfg, report
-from agent.daemon import Daemon
+from garrison.agent import config as cfg, report
+from garrison.agent.daemon import Daemon
 from agent_helpers import AGENT, Responder
-from detect.validate import validate
+from garrison.detect.ingest.validate import validate
 from fixtures import free_port, wait_for
 
 
@@ -121,7 +121,7 @@ def test_signal_stops_cleanly_with_systemd_notifications(tmp_path, shared_mosqui
 
 
 def test_sd_notify_abstract_socket():
-    from agent import sdnotify
+    from garrison.agent import sdnotify
     name = f"garrison-test-{os.getpid()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name)

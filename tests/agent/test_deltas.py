@@ -5,8 +5,8 @@ import sys
 
 from hypothesis import given, settings, strategies as st
 
-from agent.deltas import NetworkDeltas
-from collectors.base import InterfaceCounters
+from garrison.agent.deltas import NetworkDeltas
+from garrison.collectors.base import InterfaceCounters
 
 ZERO = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
 
@@ -44,8 +44,8 @@ def test_reboot_detected_by_boot_id_gives_zero(tmp_path):
 
 SCRIPT = """
 import json, sys
-from agent.deltas import NetworkDeltas
-from collectors.base import InterfaceCounters
+from garrison.agent.deltas import NetworkDeltas
+from garrison.collectors.base import InterfaceCounters
 values = json.loads(sys.argv[2])
 print(json.dumps(NetworkDeltas(sys.argv[1]).update({"eth0": InterfaceCounters("eth0", *values)})))
 """

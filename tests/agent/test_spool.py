@@ -2,7 +2,7 @@
 import os
 import time
 
-from agent.spool import Spool
+from garrison.agent.spool import Spool
 
 
 def test_entries_come_back_oldest_first(tmp_path):

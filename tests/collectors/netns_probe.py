@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 
-from collectors import processes, sockets
+from garrison.collectors import processes, sockets
 
 
 def family_of(address):

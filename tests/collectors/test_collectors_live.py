@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from agent.report import endpoint
-from collectors import _netlink, interfaces, processes, sockets
-from collectors.base import CollectorResult, Connection, ListeningSocket
+from garrison.agent.report import endpoint
+from garrison.collectors import _netlink, interfaces, processes, sockets
+from garrison.collectors.base import CollectorResult, Connection, ListeningSocket
 
 from collector_helpers import BACKENDS
 
@@ -175,7 +175,7 @@ def reconfigure():
 @pytest.mark.parametrize("factory", [_no_netlink, _wrong_netlink])
 def test_fallback_to_procfs_is_logged_once(live, reconfigure, caplog, factory):
     reconfigure(socket_factory=factory)
-    with caplog.at_level(logging.WARNING, logger="collectors.sockets"):
+    with caplog.at_level(logging.WARNING, logger="garrison.collectors.sockets"):
         assert sockets.backend_name() == "procfs"
         found = by_inode(sockets.listening("tcp"))
         sockets.listening("udp")
@@ -183,7 +183,7 @@ def test_fallback_to_procfs_is_logged_once(live, reconfigure, caplog, factory):
         result = sockets.ListeningTcpCollector().collect()
     assert found[inode(live["tcp4"])].port == live["tcp4"].getsockname()[1]
     assert result.success and result.details["backend"] == "procfs"
-    warnings = [r for r in caplog.records if r.name == "collectors.sockets"]
+    warnings = [r for r in caplog.records if r.name == "garrison.collectors.sockets"]
     assert len(warnings) == 1
     assert "sock_diag unavailable" in warnings[0].getMessage() and "/proc/net" in warnings[0].getMessage()
 
@@ -233,7 +233,7 @@ def test_silent_kernel_times_out_into_procfs(live, reconfigure, monkeypatch, cap
     # NETLINK_KOBJECT_UEVENT never answers requests: a kernel (or emulator) that stays silent
     monkeypatch.setattr(_netlink, "_TIMEOUT_S", 0.3)
     reconfigure(socket_factory=lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15))
-    with caplog.at_level(logging.WARNING, logger="collectors.sockets"):
+    with caplog.at_level(logging.WARNING, logger="garrison.collectors.sockets"):
         assert sockets.backend_name() == "procfs"
     assert "timed out" in caplog.text
     assert inode(live["udp4"]) in by_inode(sockets.listening("udp"))

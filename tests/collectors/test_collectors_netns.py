@@ -60,7 +60,7 @@ def test_interface_attribution(netns):
 
 COUNT_TRAFFIC = """
 import json, socket, sys
-from collectors import interfaces
+from garrison.collectors import interfaces
 before = interfaces.counters()
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
     for _ in range(200):
@@ -84,7 +84,7 @@ def test_traffic_shows_in_counters(netns):
         netns.run("ip", "neigh", "replace", "10.99.0.2", "lladdr", mac, "dev", "gv0")
         seen = json.loads(netns.run(sys.executable, "-c", COUNT_TRAFFIC, timeout=60).stdout)
         # peer's counters, read through its own /proc/net/dev
-        received = json.loads(peer.run(sys.executable, "-c", "import json; from collectors import interfaces; "
+        received = json.loads(peer.run(sys.executable, "-c", "import json; from garrison.collectors import interfaces; "
                                        "print(json.dumps(interfaces.counters()['gv1'].__dict__))").stdout)
     finally:
         peer.close()

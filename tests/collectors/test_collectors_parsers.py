@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from collectors import _netlink, _procfs, interfaces, sockets
-from collectors.base import InterfaceCounters
+from garrison.collectors import _netlink, _procfs, interfaces, sockets
+from garrison.collectors.base import InterfaceCounters
 
 from collector_helpers import DATA
 
@@ -189,7 +189,7 @@ def test_mapped_addresses_are_unmapped():
 
 
 def test_record_factory_builds_equal_records():
-    from collectors.base import Connection, ListeningSocket, record_factory
+    from garrison.collectors.base import Connection, ListeningSocket, record_factory
     listening = ListeningSocket("udp", 6, "::1", 53, "lo", 7, 100, "dnsd")
     assert record_factory(ListeningSocket)("udp", 6, "::1", 53, "lo", 7, 100, "dnsd") == listening
     conn = record_factory(Connection)(4, "10.0.0.2", 5000, "10.0.0.1", 443, "eth0", 9, None, None)

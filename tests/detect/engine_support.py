@@ -1,10 +1,10 @@
-"""Helpers for the engine's tests: real reports (agent.report.build + detect.validate) and profiles."""
+"""Helpers for the engine's tests: real reports (garrison.agent.report.build + garrison.detect.ingest.validate) and profiles."""
 import itertools
 from typing import Any, Dict, Iterable, Optional
 
-from agent import report
-from collectors.base import Connection, ListeningSocket
-from detect.validate import validate
+from garrison.agent import report
+from garrison.collectors.base import Connection, ListeningSocket
+from garrison.detect.ingest.validate import validate
 
 _ids = itertools.count(1)
 
@@ -28,7 +28,7 @@ def build(*, tcp_ports: Optional[Iterable[int]] = None, udp_ports: Optional[Iter
 
 
 def validated(**kwargs) -> Dict[str, Any]:
-    """A report as the engine receives it from detect.ingest: validated, long names."""
+    """A report as the engine receives it from garrison.detect.ingest.frontdoor: validated, long names."""
     return validate(build(**kwargs))
 
 
@@ -52,7 +52,7 @@ def max_connections(limit: int = 5, to_alarm: int = 1, to_clear: int = 1, name: 
 
 
 class Collect:
-    """An alert target that keeps what it is given (the engine's side of detect.alerts)."""
+    """An alert target that keeps what it is given (the engine's side of garrison.detect.respond.alerts)."""
 
     def __init__(self):
         self.messages = []

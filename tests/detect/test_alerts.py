@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from agent.transports.paho_compat import new_client
-from detect.alerts import (AlertConfigError, AlertDispatcher, AlertMessage, LogTarget, MqttTarget, WebhookTarget,
+from garrison.agent.transports.paho_compat import new_client
+from garrison.detect.respond.alerts import (AlertConfigError, AlertDispatcher, AlertMessage, LogTarget, MqttTarget, WebhookTarget,
                            targets_from_config)
 from fixtures import free_port, wait_for
 
@@ -73,7 +73,7 @@ def test_alert_message_shape():
 
 
 def test_alert_message_takes_a_behavior_object():
-    from detect.profiles import load_profile
+    from garrison.detect.judge.profiles import load_profile
     behavior = load_profile({"securityProfileName": "p", "behaviors": [{
         "name": "b", "metric": "aws:num-listening-tcp-ports",
         "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}]}).behaviors[0]

@@ -1,13 +1,16 @@
-"""detect.broker: Mosquitto and the amqtt fallback, each carrying a real report round trip."""
+"""garrison.detect.ops.broker: Mosquitto and the amqtt fallback, each carrying a real report round trip."""
 import shutil
 import socket
 
 import pytest
 
-from agent import replies, report
-from detect.broker import BrokerError, start_local_broker
-from detect.ingest import Ingestor, MemoryLedger, MqttIngest
-from agent.transports.paho_compat import new_client
+from garrison.wire import replies
+from garrison.agent import report
+from garrison.detect.ops.broker import BrokerError, start_local_broker
+from garrison.detect.ingest.frontdoor import Ingestor
+from garrison.detect.ingest.mqtt import MqttIngest
+from ledger import MemoryLedger
+from garrison.agent.transports.paho_compat import new_client
 from fixtures import free_port
 
 KINDS = ["amqtt"] + (["mosquitto"] if shutil.which("mosquitto") else [])

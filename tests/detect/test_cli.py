@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from detect.engine import Engine
-from detect.store import Store
+from garrison.detect.engine import Engine
+from garrison.detect.state.store import Store
 
 from engine_support import max_connections, profile, behavior, validated
 
-CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "detect.cli"]
+CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "garrison.detect.cli"]
 
 
 def run(*argv, db=None, env=None, expect=0):
@@ -158,8 +158,8 @@ def test_help_explains_the_commands():
     assert "--clock-offset" not in run("serve", "--help").stdout  # a hidden test hook
 
 
-@pytest.mark.parametrize("command, module", [("demo", "detect.demo"), ("pki", "detect.pki"),
-                                             ("broker-config", "detect.brokerconf")])
+@pytest.mark.parametrize("command, module", [("demo", "garrison.detect.ops.demo"), ("pki", "garrison.detect.ops.pki"),
+                                             ("broker-config", "garrison.detect.ops.brokerconf")])
 def test_commands_with_their_own_parser_are_delegated(command, module):
     pytest.importorskip(module)
     proc = subprocess.run(CLI + [command, "--help"], capture_output=True, text=True, timeout=60)

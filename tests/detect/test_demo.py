@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from detect import demo
+from garrison.detect.ops import demo
 
 
 def test_demo_raises_and_clears_the_alarm(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "detect.demo", "--duration", "30", "--interval", "6",
+    proc = subprocess.run([sys.executable, "-m", "garrison.detect.ops.demo", "--duration", "30", "--interval", "6",
                            "--trip-after", "1", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     out = proc.stdout
@@ -19,7 +19,7 @@ def test_demo_raises_and_clears_the_alarm(tmp_path):
         assert "CLEARED demo-device: demo/NoBackdoorListener alarm-cleared" in out, out
         assert "alarms: 1 raised, 1 cleared" in out
     # the engine stored it: the violation history survives the demo
-    events = subprocess.run([sys.executable, "-m", "detect.cli", "violations", "events", "--json",
+    events = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "violations", "events", "--json",
                              "--db", str(tmp_path / "garrison.db")], capture_output=True, text=True)
     assert events.returncode == 0 and "NoBackdoorListener" in events.stdout
     # and every child is gone
@@ -36,7 +36,7 @@ def test_demo_refuses_bad_arguments(capsys, argv, message):
 
 
 def test_demo_profile_is_an_aws_profile_that_the_engine_loads(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "detect.cli", "profiles", "apply", str(demo.PROFILE),
+    proc = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "profiles", "apply", str(demo.PROFILE),
                            "--attach", "all", "--db", str(tmp_path / "g.db")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert demo._trip_port() == 4444

@@ -3,12 +3,12 @@ report's datapoint of 0, alarms across restarts, and the device-silent invalidat
 A manual clock and a real SQLite file."""
 import pytest
 
-from detect import metrics
-from detect.clock import ManualClock
-from detect.config import Config, ConfigError, from_dict
-from detect.engine import Engine
-from detect.profiles import ProfileError, load_profile
-from detect.store import Store
+from garrison.detect.judge import metrics
+from garrison.detect.clock import ManualClock
+from garrison.detect.config import Config, ConfigError, from_dict
+from garrison.detect.engine import Engine
+from garrison.detect.judge.profiles import ProfileError, load_profile
+from garrison.detect.state.store import Store
 
 from engine_support import Collect, behavior, max_connections, profile, validated
 

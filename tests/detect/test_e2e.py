@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import report as wire
-from agent.transports.paho_compat import new_client
+from garrison.agent import report as wire
+from garrison.agent.transports.paho_compat import new_client
 from fixtures import free_port, wait_for
 
 from engine_support import behavior, build, profile
 
-CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "detect.cli"]
+CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "garrison.detect.cli"]
 TOKEN = "e2e-token"
 CONFIG = """
 sweep_interval = "1s"

@@ -1,14 +1,14 @@
-"""detect.engine fed validated reports, with a manual clock and a real SQLite file."""
+"""garrison.detect.engine fed validated reports, with a manual clock and a real SQLite file."""
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detect.alerts import AlertDispatcher, LogTarget
-from detect.clock import ManualClock
-from detect.config import Config
-from detect.engine import Engine
-from detect.profiles import ProfileError
-from detect.store import NotFound, Store, StoreError
+from garrison.detect.respond.alerts import AlertDispatcher, LogTarget
+from garrison.detect.clock import ManualClock
+from garrison.detect.config import Config
+from garrison.detect.engine import Engine
+from garrison.detect.judge.profiles import ProfileError
+from garrison.detect.state.store import NotFound, Store, StoreError
 
 from engine_support import Collect, behavior, max_connections, profile, validated
 
@@ -355,7 +355,7 @@ def test_ml_behaviors_wait_for_a_model(engine, clock):
 
 
 def test_ml_behaviors_alarm_on_what_the_device_model_learned(db, clock):
-    pytest.importorskip("detect.ml")
+    pytest.importorskip("garrison.detect.judge.ml")
     engine, alerts = make_engine(db, clock, ml={"training_days": 0, "min_datapoints": 30, "retrain_every_s": 0})
     engine.apply_profile(profile("ML", behavior("conns", "aws:num-established-tcp-connections",
                                                 mlDetectionConfig={"confidenceLevel": "HIGH"})), attach="all")
@@ -378,8 +378,8 @@ def test_ml_behaviors_alarm_on_what_the_device_model_learned(db, clock):
 
 
 def test_the_ingestor_drives_the_engine_strict_mode_and_redelivery(engine, clock):
-    from agent import report as wire
-    from detect.ingest import Ingestor
+    from garrison.agent import report as wire
+    from garrison.detect.ingest.frontdoor import Ingestor
     from engine_support import build
     engine.apply_profile(max_connections(), attach="all")
     ingestor = Ingestor(engine, min_interval_s=300, strict=True)

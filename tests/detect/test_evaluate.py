@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from detect.evaluate import ALARM_CLEARED, IN_ALARM, new_state, step, violation_value
-from detect.metrics import spec_for
-from detect.profiles import load_profile
+from garrison.detect.judge.evaluate import ALARM_CLEARED, IN_ALARM, new_state, step, violation_value
+from garrison.detect.judge.metrics import spec_for
+from garrison.detect.judge.profiles import load_profile
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -271,7 +271,7 @@ def test_violation_value_custom_shapes():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 import ipaddress  # noqa: E402
 
-from detect.profiles import CidrSet  # noqa: E402
+from garrison.detect.judge.profiles import CidrSet  # noqa: E402
 
 _v4_nets = st.builds(lambda a, p: str(ipaddress.ip_network((a, p), strict=False)),
                      st.integers(0, 2**32 - 1), st.integers(0, 32))

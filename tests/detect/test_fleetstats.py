@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from detect.fleetstats import FleetStats, FleetWindow, percentile
+from garrison.detect.judge.fleetstats import FleetStats, FleetWindow, percentile
 
 T0 = 1_700_000_000_000
 S = 1000

@@ -13,10 +13,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agent import replies, report, schema
-from agent.transports.paho_compat import new_client
-from detect.ingest import ERROR_CODES, Ingestor, MemoryLedger, MqttIngest, parse_topic
-from detect.validate import Invalid, validate
+from garrison.wire import replies, schema
+from garrison.agent import report
+from garrison.agent.transports.paho_compat import new_client
+from garrison.detect.ingest.frontdoor import ERROR_CODES, Ingestor, parse_topic
+from garrison.detect.ingest.mqtt import MqttIngest
+from ledger import MemoryLedger
+from garrison.detect.ingest.validate import Invalid, validate
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T0 = 1_800_000_000_000

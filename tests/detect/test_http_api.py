@@ -1,4 +1,4 @@
-"""detect.api over real HTTP on loopback."""
+"""garrison.detect.api.http over real HTTP on loopback."""
 import json
 import os
 import stat
@@ -7,10 +7,10 @@ import urllib.request
 
 import pytest
 
-from detect.api import ROUTES, ApiServer, load_or_create_token, openapi_document
-from detect.clock import ManualClock
-from detect.engine import Engine
-from detect.store import Store
+from garrison.detect.api.http import ROUTES, ApiServer, load_or_create_token, openapi_document
+from garrison.detect.clock import ManualClock
+from garrison.detect.engine import Engine
+from garrison.detect.state.store import Store
 
 from engine_support import max_connections, validated
 
@@ -133,9 +133,9 @@ def test_a_generated_token_file_is_private(tmp_path):
 
 def test_the_checked_in_openapi_file_is_current():
     from pathlib import Path
-    import detect
-    checked_in = json.loads((Path(detect.__file__).parent / "openapi.json").read_text())
+    import garrison.detect.api
+    checked_in = json.loads((Path(garrison.detect.api.__file__).parent / "openapi.json").read_text())
     current = openapi_document()
     checked_in["info"].pop("version")  # a version bump alone does not make it stale
     current["info"].pop("version")
-    assert checked_in == current, "regenerate it: python3 -m detect.api > detect/openapi.json"
+    assert checked_in == current, "regenerate it: python3 -m garrison.detect.api.http > detect/api/openapi.json"

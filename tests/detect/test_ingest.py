@@ -1,4 +1,4 @@
-"""detect.ingest: the Ingestor's replies for every path, and MqttIngest on a real Mosquitto."""
+"""garrison.detect.ingest.frontdoor: the Ingestor's replies for every path, and MqttIngest on a real Mosquitto."""
 import json
 import threading
 import time
@@ -6,12 +6,14 @@ import time
 import cbor2
 import pytest
 
-from agent import replies, report
-from detect.ingest import (INTERNAL_ERROR, INVALID_THING_NAME, PAYLOAD_TOO_LARGE, STALE_REPORT_ID,
-                           THROTTLED, UNREGISTERED_THING, Ingestor, MemoryLedger, MqttIngest,
-                           parse_broker_url, parse_topic)
-from detect.validate import INVALID_PAYLOAD
-from agent.transports.paho_compat import new_client
+from garrison.wire import replies
+from garrison.agent import report
+from garrison.detect.ingest.frontdoor import INTERNAL_ERROR, INVALID_THING_NAME, PAYLOAD_TOO_LARGE, STALE_REPORT_ID, THROTTLED, UNREGISTERED_THING, Ingestor, parse_topic
+from garrison.detect.ingest.mqtt import MqttIngest
+from garrison.agent.transports.paho_compat import parse_broker_url
+from ledger import MemoryLedger
+from garrison.detect.ingest.validate import INVALID_PAYLOAD
+from garrison.agent.transports.paho_compat import new_client
 
 FIXTURES = [  # (file, topic format, report id)
     ("aws-docs-example-long.json", "json", 1530304554),
@@ -413,8 +415,8 @@ def test_bounded_queue_applies_backpressure(mosquitto, caplog):
 def test_wire_format_doc_lists_every_code_and_field():
     from pathlib import Path
 
-    from agent import schema
-    from detect.ingest import ERROR_CODES
+    from garrison.wire import schema
+    from garrison.detect.ingest.frontdoor import ERROR_CODES
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "wire-format.md").read_text()
     for code in ERROR_CODES:
@@ -451,9 +453,9 @@ def test_mqtt_ingest_over_mutual_tls(tls_mosquitto, certs):
 
 
 def test_the_real_engine_is_a_sink(aws_reports, tmp_path):
-    """The contract with detect.engine: every AWS fixture through Ingestor into the real engine."""
-    from detect.engine import Engine
-    from detect.store import Store
+    """The contract with garrison.detect.engine: every AWS fixture through Ingestor into the real engine."""
+    from garrison.detect.engine import Engine
+    from garrison.detect.state.store import Store
 
     store = Store(str(tmp_path / "engine.db"))
     try:

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from agent import report, schema
-from collectors.base import Connection, ListeningSocket
-from detect import metrics
-from detect.metrics import CATALOGUE, MetricError, extract, spec_for
+from garrison.agent import report
+from garrison.wire import schema
+from garrison.collectors.base import Connection, ListeningSocket
+from garrison.detect.judge import metrics
+from garrison.detect.judge.metrics import CATALOGUE, MetricError, extract, spec_for
 
 
 def _long(aws_reports, name):

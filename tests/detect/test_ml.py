@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from detect.ml import (ACTIVE, EXPIRED, PENDING_BUILD, STATE_SIZE, BehaviorModels, FleetPrior,
+from garrison.detect.judge.ml import (ACTIVE, EXPIRED, PENDING_BUILD, STATE_SIZE, BehaviorModels, FleetPrior,
                        FleetPriorBuilder, MLConfig, MLConfigError, Model, supports)
 
 STEP_MS = 300_000

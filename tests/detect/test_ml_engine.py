@@ -1,4 +1,4 @@
-"""ML Detect in the engine with real detect.ml models: a device learns its daily rhythm, a step
+"""ML Detect in the engine with real garrison.detect.judge.ml models: a device learns its daily rhythm, a step
 change raises an alarm that explains itself, and model status (per behavior and per thing) is
 visible through the engine, the CLI (subprocess on a real SQLite file) and the HTTP API."""
 import json
@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-pytest.importorskip("detect.ml")
+pytest.importorskip("garrison.detect.judge.ml")
 
-from detect.api import ApiServer  # noqa: E402
-from detect.clock import ManualClock  # noqa: E402
-from detect.config import Config  # noqa: E402
-from detect.engine import Engine  # noqa: E402
-from detect.store import NotFound, Store, StoreError  # noqa: E402
+from garrison.detect.api.http import ApiServer  # noqa: E402
+from garrison.detect.clock import ManualClock  # noqa: E402
+from garrison.detect.config import Config  # noqa: E402
+from garrison.detect.engine import Engine  # noqa: E402
+from garrison.detect.state.store import NotFound, Store, StoreError  # noqa: E402
 
 from engine_support import Collect, behavior, profile, validated  # noqa: E402
 from test_cli import run  # noqa: E402

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from detect.metrics import spec_for
-from detect.profiles import CidrSet, ProfileError, load_profile
+from garrison.detect.judge.metrics import spec_for
+from garrison.detect.judge.profiles import CidrSet, ProfileError, load_profile
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "detect" / "examples").glob("*.json"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "detect" / "ops" / "examples").glob("*.json"))
 
 
 def _profile(*behaviors, **top):

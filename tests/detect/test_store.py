@@ -1,9 +1,9 @@
-"""detect.store on real SQLite files."""
+"""garrison.detect.state.store on real SQLite files."""
 import sqlite3
 
 import pytest
 
-from detect.store import MAX_PROFILES_PER_TARGET, NotFound, Store, StoreError
+from garrison.detect.state.store import MAX_PROFILES_PER_TARGET, NotFound, Store, StoreError
 
 T0 = 1_700_000_000_000
 

@@ -1,11 +1,12 @@
-"""detect.validate on real AWS payloads and on every rejection rule."""
+"""garrison.detect.ingest.validate on real AWS payloads and on every rejection rule."""
 import copy
 import json
 
 import pytest
 
-from agent import report, schema
-from detect.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
+from garrison.agent import report
+from garrison.wire import schema
+from garrison.detect.ingest.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
 
 ACCEPTED_FIXTURES = [
     ("aws-docs-example-long.json", "json"),
@@ -195,7 +196,7 @@ def test_validate_does_not_modify_its_input():
 
 
 def test_validator_covers_every_schema_kind():
-    """A new kind in agent.schema must get a validator (else validate() would fail loudly)."""
+    """A new kind in garrison.wire.schema must get a validator (else validate() would fail loudly)."""
     kinds = {field.kind for _, _, field in schema.walk()}
     assert kinds <= {"object", "list", "int", "str", "custom"}
 

@@ -1,8 +1,8 @@
-"""detect.violations: episodes, events and AWS-shaped records, on a real SQLite file."""
+"""garrison.detect.respond.violations: episodes, events and AWS-shaped records, on a real SQLite file."""
 import pytest
 
-from detect import violations
-from detect.store import NotFound, Store, StoreError
+from garrison.detect.respond import violations
+from garrison.detect.state.store import NotFound, Store, StoreError
 
 T0 = 1_700_000_000_000
 BEHAVIOR = {"name": "conns", "metric": "aws:num-established-tcp-connections",

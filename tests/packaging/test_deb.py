@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import agent
-from agent import config, report
+import garrison.agent
+from garrison.agent import config, report
 from pkg_debroot import Chroot, deb_field, make_root, unpack
 from pkg_units import AGENT_UNIT, PACKAGING
 
@@ -60,7 +60,7 @@ def _contents(deb: Path):
 
 
 def test_package_metadata(deb):
-    assert deb.name == f"garrison-agent_{agent.__version__}-1_all.deb"
+    assert deb.name == f"garrison-agent_{garrison.agent.__version__}-1_all.deb"
     assert deb_field(deb, "Architecture") == "all"
     depends = deb_field(deb, "Depends")
     for name in ("python3-paho-mqtt", "python3-cbor2", "python3-psutil"):
@@ -72,8 +72,8 @@ def test_package_metadata(deb):
 def test_package_contents(deb, tmp_path):
     files = _contents(deb)
     for path in ("/usr/bin/garrison-agent", "/lib/systemd/system/garrison-agent.service",
-                 "/etc/garrison/agent.toml", "/usr/lib/garrison-agent/agent/cli.py",
-                 "/usr/lib/garrison-agent/collectors/sockets.py", "/usr/share/doc/garrison-agent/copyright"):
+                 "/etc/garrison/agent.toml", "/usr/lib/garrison-agent/garrison/agent/cli.py",
+                 "/usr/lib/garrison-agent/garrison/collectors/sockets.py", "/usr/share/doc/garrison-agent/copyright"):
         assert path in files
     assert not any("/detect/" in f or "/tests/" in f or f.endswith(".pyc") for f in files)
     unpack(deb, tmp_path)
@@ -91,7 +91,7 @@ def test_shipped_config_has_only_real_options():
 def test_version_in_clean_root(root):
     proc = root.run("/usr/bin/garrison-agent", "--version", text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"garrison-agent {agent.__version__}"
+    assert proc.stdout.strip() == f"garrison-agent {garrison.agent.__version__}"
 
 
 def test_collect_in_clean_root_prints_a_report(root):
@@ -131,7 +131,7 @@ def test_maintainer_scripts_in_clean_root(root, deb):
     subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True)
     proc = root.run("/bin/sh", "/tmp/control/postinst", "configure", "", text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    pycache = root.root / "usr/lib/garrison-agent/agent/__pycache__"
+    pycache = root.root / "usr/lib/garrison-agent/garrison/agent/__pycache__"
     assert any(p.suffix == ".pyc" for p in pycache.iterdir())
     proc = root.run("/bin/sh", "/tmp/control/prerm", "remove", text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

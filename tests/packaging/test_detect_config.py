@@ -9,16 +9,16 @@ import sys
 
 import pytest
 
-from agent import report
-from agent.transports.paho_compat import new_client
-from collectors.base import ListeningSocket
+from garrison.agent import report
+from garrison.agent.transports.paho_compat import new_client
+from garrison.collectors.base import ListeningSocket
 from fixtures import free_port, wait_for
 from pkg_units import DETECT_UNIT, PACKAGING, environment, exec_argv, read_unit
 
-pytest.importorskip("detect.cli", reason="the detect engine is not there yet")
-from detect import config as configuration  # noqa: E402
-from detect.actions import Actions  # noqa: E402
-from detect.profiles import load_profile  # noqa: E402
+pytest.importorskip("garrison.detect.cli", reason="the detect engine is not there yet")
+from garrison.detect import config as configuration  # noqa: E402
+from garrison.detect.respond.actions import Actions  # noqa: E402
+from garrison.detect.judge.profiles import load_profile  # noqa: E402
 
 DETECT_TOML = PACKAGING / "config" / "detect.toml"
 INSTALLED_AT = "/etc/garrison/detect.toml"
@@ -48,7 +48,7 @@ def test_the_shipped_config_loads_with_every_file_it_names():
 
 
 def _detect(db, *argv):
-    done = subprocess.run([sys.executable, "-m", "detect.cli", "--db", str(db), *argv],
+    done = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(db), *argv],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -61,7 +61,7 @@ def test_the_unit_command_serves_with_the_shipped_config(mosquitto, tmp_path):
                             "GARRISON_BROKER": mosquitto.url,
                             "GARRISON_DETECT_OPTS": f"--api-bind 127.0.0.1:{api_port}"})
     assert argv[0] == "/usr/bin/garrison-detect"
-    argv = [sys.executable, "-m", "detect.cli"] + [str(DETECT_TOML) if a == INSTALLED_AT else a for a in argv[1:]]
+    argv = [sys.executable, "-m", "garrison.detect.cli"] + [str(DETECT_TOML) if a == INSTALLED_AT else a for a in argv[1:]]
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log)

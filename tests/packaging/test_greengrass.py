@@ -19,10 +19,11 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read the recipe (dev extra)")
 
-import agent  # noqa: E402
-from agent import config, replies, report  # noqa: E402
-from agent.transports import greengrass  # noqa: E402
-from agent.transports.base import TransportError  # noqa: E402
+import garrison.agent  # noqa: E402
+from garrison.agent import config, report  # noqa: E402
+from garrison.wire import replies
+from garrison.agent.transports import greengrass  # noqa: E402
+from garrison.agent.transports.base import TransportError  # noqa: E402
 
 RECIPE_PATH = Path(__file__).resolve().parents[2] / "packaging" / "greengrass" / "recipe.yaml"
 THING_VAR = "{iot:thingName}"
@@ -43,12 +44,12 @@ def _linux_manifest(recipe):
 def test_recipe_has_the_required_fields(recipe):
     assert recipe["RecipeFormatVersion"] == "2020-01-25"
     assert re.fullmatch(r"[A-Za-z0-9.]+", recipe["ComponentName"])
-    assert recipe["ComponentVersion"] == agent.__version__
+    assert recipe["ComponentVersion"] == garrison.agent.__version__
     lifecycle = _linux_manifest(recipe)["Lifecycle"]
     assert "exec " in lifecycle["run"]["Script"] and lifecycle["run"]["RequiresPrivilege"] is False
     (artifact,) = _linux_manifest(recipe)["Artifacts"]
-    wheel = f"garrison-{agent.__version__}-py3-none-any.whl"
-    assert artifact["URI"].endswith(f"/{recipe['ComponentName']}/{agent.__version__}/{wheel}")
+    wheel = f"garrison-{garrison.agent.__version__}-py3-none-any.whl"
+    assert artifact["URI"].endswith(f"/{recipe['ComponentName']}/{garrison.agent.__version__}/{wheel}")
     assert f"{{artifacts:path}}/{wheel}[aws]" in lifecycle["install"]["Script"]
 
 
@@ -124,7 +125,7 @@ def test_build_script_lays_out_recipe_and_artifact(tmp_path, recipe):
     proc = subprocess.run(["sh", str(script), str(tmp_path), "my-bucket"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr
-    version = agent.__version__
+    version = garrison.agent.__version__
     built = yaml.safe_load((tmp_path / "recipes" / f"io.garrison.Agent-{version}.yaml").read_text())
     wheel = tmp_path / "artifacts" / "io.garrison.Agent" / version / f"garrison-{version}-py3-none-any.whl"
     assert wheel.is_file()
@@ -132,14 +133,14 @@ def test_build_script_lays_out_recipe_and_artifact(tmp_path, recipe):
         f"s3://my-bucket/io.garrison.Agent/{version}/{wheel.name}"
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    assert "agent/transports/greengrass.py" in names and "collectors/sockets.py" in names
+    assert "garrison/agent/transports/greengrass.py" in names and "garrison/collectors/sockets.py" in names
 
 
 # -- the transport --------------------------------------------------------------------------------
 
 
 def test_importing_the_transport_does_not_import_awsiotsdk():
-    code = "import sys, agent.transports.greengrass; print('awsiot' in sys.modules)"
+    code = "import sys, garrison.agent.transports.greengrass; print('awsiot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -279,7 +280,7 @@ def test_a_lost_stream_reconnects_and_stop_closes_everything():
 def test_cli_outside_greengrass_fails_with_one_line(tmp_path):
     """`garrison-agent run --transport greengrass` off a core device: exit 2, one clear line."""
     env = {k: v for k, v in os.environ.items() if k not in greengrass.NUCLEUS_ENV}
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--transport", "greengrass", "--thing",
+    proc = subprocess.run([sys.executable, "-m", "garrison.agent.cli", "run", "--transport", "greengrass", "--thing",
                            "gg-core-1", "--state-dir", str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 2

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import report
-from agent.transports.paho_compat import new_client
+from garrison.agent import report
+from garrison.agent.transports.paho_compat import new_client
 from pkg_units import AGENT_UNIT, DETECT_UNIT, PACKAGING, environment, exec_argv, read_unit, setting
 
 MAX_EXPOSURE = 2.0
@@ -76,7 +76,7 @@ def test_agent_unit_hardening_essentials():
 
 def test_agent_exec_start_flags_exist():
     """Every flag in ExecStart is one `garrison-agent run` accepts (no silent typo)."""
-    from agent import config
+    from garrison.agent import config
     argv = exec_argv(read_unit(AGENT_UNIT), {"CREDENTIALS_DIRECTORY": "/c", "STATE_DIRECTORY": "/s"})
     assert argv[:2] == ["/usr/bin/garrison-agent", "run"]
     flags = [word for word in argv if word.startswith("--")]
@@ -87,11 +87,11 @@ def test_agent_exec_start_flags_exist():
 
 
 def test_detect_exec_start_matches_engine_cli():
-    pytest.importorskip("detect.cli", reason="the detect engine CLI is not there yet")
+    pytest.importorskip("garrison.detect.cli", reason="the detect engine CLI is not there yet")
     unit = read_unit(DETECT_UNIT)
     argv = exec_argv(unit, {**environment(unit), "STATE_DIRECTORY": "/s"})
     assert argv[:2] == ["/usr/bin/garrison-detect", "serve"]
-    helptext = subprocess.run([sys.executable, "-m", "detect.cli", "serve", "--help"], capture_output=True,
+    helptext = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "serve", "--help"], capture_output=True,
                               text=True, timeout=60)
     assert helptext.returncode == 0, helptext.stderr
     for flag in (word for word in argv if word.startswith("--")):
@@ -158,7 +158,7 @@ def test_agent_runs_as_the_unit_runs_it(tmp_path, tls_mosquitto, certs):
     _render_shipped_config(config_path, tls_mosquitto.url, certs.ca, cert, thing)
 
     argv = exec_argv(unit, {"CREDENTIALS_DIRECTORY": str(credentials), "STATE_DIRECTORY": str(state)})
-    argv[0:1] = [sys.executable, "-m", "agent.cli"]   # /usr/bin/garrison-agent, from this checkout
+    argv[0:1] = [sys.executable, "-m", "garrison.agent.cli"]   # /usr/bin/garrison-agent, from this checkout
     argv[argv.index("--config") + 1] = str(config_path)
 
     received = []

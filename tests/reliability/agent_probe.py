@@ -13,7 +13,7 @@ import threading
 
 import psutil
 
-from agent.api import Agent
+from garrison.agent.api import Agent
 
 
 def main(broker, state_dir, thing, warmup, rounds, per_round):

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from agent import report as wire
-from agent.transports.paho_compat import new_client
-from collectors.base import Connection
+from garrison.agent import report as wire
+from garrison.agent.transports.paho_compat import new_client
+from garrison.collectors.base import Connection
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "detect.cli"]
+CLI = [shutil.which("garrison-detect")] if shutil.which("garrison-detect") else [sys.executable, "-m", "garrison.detect.cli"]
 LIMIT = 5  # the profile: fewer than LIMIT established connections is normal
 PROFILE = {"securityProfileName": "Crash", "behaviors": [{
     "name": "conns", "metric": "aws:num-established-tcp-connections",

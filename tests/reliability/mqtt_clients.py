@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 
 import paho.mqtt.client as mqtt
 
-from agent.transports import paho_compat
+from garrison.agent.transports import paho_compat
 from fixtures import wait_for  # noqa: F401 - the reliability tests take it from here
 
 def new_client(client_id: str = "", clean_session: bool = True) -> mqtt.Client:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import report as wire
+from garrison.agent import report as wire
 from mqtt_clients import Client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def _python_for(uid: int):
     for candidate in dict.fromkeys([sys.executable, shutil.which("python3"), "/usr/bin/python3"]):
         if not candidate:
             continue
-        probe = subprocess.run(_as_user(uid, candidate, "-c", "import paho.mqtt.client, cbor2, psutil, agent.cli"),
+        probe = subprocess.run(_as_user(uid, candidate, "-c", "import paho.mqtt.client, cbor2, psutil, garrison.agent.cli"),
                                capture_output=True, env=env, cwd="/")
         if probe.returncode == 0:
             return candidate
@@ -94,7 +94,7 @@ def test_collect_needs_no_root_and_sees_roots_sockets(netns, backend):
         whoami = "import os; print(os.getuid(), os.geteuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
         proc = netns.run(*_as_user(NOBODY, python, "-c", whoami), env=dict(os.environ, PYTHONPATH=str(REPO)), cwd="/")
         assert proc.stdout.split() == [str(NOBODY), str(NOBODY), "0000000000000000"]  # no capabilities at all
-        proc = netns.run(*_as_user(NOBODY, python, "-m", "agent.cli", "collect", "--state-dir", str(state),
+        proc = netns.run(*_as_user(NOBODY, python, "-m", "garrison.agent.cli", "collect", "--state-dir", str(state),
                                    "--socket-backend", backend, "--include-loopback"),
                          env=dict(os.environ, PYTHONPATH=str(REPO)), cwd="/", check=False)
         assert proc.returncode == 0, proc.stderr
@@ -114,7 +114,7 @@ def test_collect_needs_no_root_and_sees_roots_sockets(netns, backend):
 # ------------------------------------------------------------------------------ secrets
 
 def _agent(*argv, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "agent.cli", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "garrison.agent.cli", *argv], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=dict(os.environ, **(env or {})))
 
 

@@ -1,5 +1,5 @@
-"""Nobody reports as someone else: the fleet PKI (detect.pki), the generated Mosquitto
-configuration (detect.brokerconf) on a real Mosquitto, and `garrison-detect serve --strict`.
+"""Nobody reports as someone else: the fleet PKI (garrison.detect.ops.pki), the generated Mosquitto
+configuration (garrison.detect.ops.brokerconf) on a real Mosquitto, and `garrison-detect serve --strict`.
 
 Negative checks ("the message never arrives") are made deterministic with a marker: after the
 forbidden message, an allowed one goes the same way; once the marker has arrived, the
@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from detect import brokerconf, pki
+from garrison.detect.ops import brokerconf, pki
 from fixtures import free_port, wait_for_port
 from mqtt_clients import Client, wait_for
 
@@ -39,8 +39,8 @@ def run(*argv, check_rc=0):
 
 def test_pki_cli_makes_a_ca_and_device_certificates_with_private_keys(tmp_path):
     d = tmp_path / "pki"
-    run("detect.pki", "init", "--dir", str(d))
-    run("detect.pki", "issue", "--dir", str(d), "--thing", "pump-17", "--days", "30")
+    run("garrison.detect.ops.pki", "init", "--dir", str(d))
+    run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", "pump-17", "--days", "30")
     for key in (d / "ca.key", d / "things" / "pump-17.key"):
         assert key.stat().st_mode & 0o777 == 0o600
     ca = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
@@ -58,22 +58,22 @@ def test_pki_cli_makes_a_ca_and_device_certificates_with_private_keys(tmp_path):
 
 def test_pki_refuses_overwrites_bad_names_and_the_engine_identity(tmp_path):
     d = tmp_path / "pki"
-    run("detect.pki", "init", "--dir", str(d))
+    run("garrison.detect.ops.pki", "init", "--dir", str(d))
     ca_before = (d / "ca.key").read_bytes()
-    again = run("detect.pki", "init", "--dir", str(d), check_rc=2)
+    again = run("garrison.detect.ops.pki", "init", "--dir", str(d), check_rc=2)
     assert "refusing to overwrite" in again.stderr and (d / "ca.key").read_bytes() == ca_before
     for bad in ("a/b", "+", "#", "", "x" * 129, "pump 1", "pümp"):
-        result = run("detect.pki", "issue", "--dir", str(d), "--thing", bad, check_rc=2)
+        result = run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", bad, check_rc=2)
         assert result.stderr.count("\n") == 1 and "invalid" in result.stderr
-    run("detect.pki", "issue", "--dir", str(d), "--thing", "x" * 128)
-    run("detect.pki", "issue", "--dir", str(d), "--thing", "a:B_9-z")
+    run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", "x" * 128)
+    run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", "a:B_9-z")
     key = (d / "things" / "a:B_9-z.key").read_bytes()
-    assert "refusing" in run("detect.pki", "issue", "--dir", str(d), "--thing", "a:B_9-z", check_rc=2).stderr
+    assert "refusing" in run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", "a:B_9-z", check_rc=2).stderr
     assert (d / "things" / "a:B_9-z.key").read_bytes() == key
-    run("detect.pki", "engine", "--dir", str(d))
-    assert "engine's identity" in run("detect.pki", "issue", "--dir", str(d), "--thing", "garrison-detect",
+    run("garrison.detect.ops.pki", "engine", "--dir", str(d))
+    assert "engine's identity" in run("garrison.detect.ops.pki", "issue", "--dir", str(d), "--thing", "garrison-detect",
                                       check_rc=2).stderr
-    missing = run("detect.pki", "issue", "--dir", str(tmp_path / "nope"), "--thing", "t", check_rc=2)
+    missing = run("garrison.detect.ops.pki", "issue", "--dir", str(tmp_path / "nope"), "--thing", "t", check_rc=2)
     assert "no fleet CA" in missing.stderr
 
 
@@ -102,10 +102,10 @@ def test_broker_config_has_no_plain_listener_and_no_anonymous(tmp_path):
         assert expected in lines
     unlocked, _ = brokerconf.write(tmp_path / "unlocked", ca.cert_path, cert, key, lock_client_ids=False)
     assert "use_username_as_clientid false" in unlocked.read_text().splitlines()
-    result = run("detect.brokerconf", "--dir", str(tmp_path / "out"), "--ca", str(ca.cert_path), "--cert",
+    result = run("garrison.detect.ops.brokerconf", "--dir", str(tmp_path / "out"), "--ca", str(ca.cert_path), "--cert",
                  str(cert), "--key", str(key), check_rc=2)
     assert "already exists" in result.stderr
-    result = run("detect.brokerconf", "--dir", str(tmp_path / "o2"), "--ca", str(tmp_path / "missing.crt"),
+    result = run("garrison.detect.ops.brokerconf", "--dir", str(tmp_path / "o2"), "--ca", str(tmp_path / "missing.crt"),
                  "--cert", str(cert), "--key", str(key), check_rc=2)
     assert "no such file" in result.stderr and result.stderr.count("\n") == 1
 
@@ -259,11 +259,11 @@ def test_clients_without_a_fleet_certificate_cannot_connect(fleet, tmp_path):
 # ------------------------------------------------------------ the engine on this broker
 
 def test_serve_strict_over_mutual_tls_rejects_unregistered_things(fleet, tmp_path):
-    from agent import report as wire
+    from garrison.agent import report as wire
     db = tmp_path / "engine.db"
     config = tmp_path / "engine.toml"
     config.write_text("[alerts]\nlog = true\nmqtt = false\n")  # one MQTT connection: see docs/security.md
-    cli = [PY, "-m", "detect.cli"]
+    cli = [PY, "-m", "garrison.detect.cli"]
     subprocess.run(cli + ["things", "add", "pump-1", "--db", str(db)], check=True, capture_output=True)
     cert, key = fleet.engine_files
     log_path = tmp_path / "serve.log"
@@ -298,12 +298,12 @@ def test_serve_strict_over_mutual_tls_rejects_unregistered_things(fleet, tmp_pat
 
 
 def test_serve_with_mqtt_alerts_keeps_one_session_under_the_client_id_lock(fleet, tmp_path):
-    from agent import report as wire
+    from garrison.agent import report as wire
     cert, key = fleet.engine_files
     log_path = tmp_path / "serve.log"
     takeovers_before = fleet.log.read_text().count("already connected")
     with open(log_path, "wb") as log:   # the default configuration: alerts to the log and over MQTT
-        serve = subprocess.Popen([PY, "-m", "detect.cli", "serve", "--broker", f"mqtts://localhost:{fleet.port}",
+        serve = subprocess.Popen([PY, "-m", "garrison.detect.cli", "serve", "--broker", f"mqtts://localhost:{fleet.port}",
                                   "--db", str(tmp_path / "engine.db"), "--min-report-interval", "0",
                                   "--ca", str(fleet.ca.cert_path), "--cert", str(cert), "--key", str(key)],
                                  stdout=log, stderr=log)

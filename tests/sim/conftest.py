@@ -1,4 +1,4 @@
-"""firmware-sim is not a package of the distribution: make `garrison_sim` importable for its tests."""
+"""firmware-sim is not a package of the distribution: make `garrison.sim` importable for its tests."""
 import sys
 from pathlib import Path
 

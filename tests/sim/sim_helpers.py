@@ -5,10 +5,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from agent import report as wire
-from agent import schema
+from garrison.agent import report as wire
+from garrison.wire import schema
 
-from garrison_sim import mqtt
+from garrison.sim import mqtt
 
 FIRMWARE_SIM = Path(__file__).resolve().parents[2] / "firmware-sim"
 

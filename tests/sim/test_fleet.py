@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from sim_helpers import FIRMWARE_SIM, ReportLog
-from garrison_sim import FLEET_PROFILE
-from garrison_sim.attacks import BACKDOOR_PORTS, C2_RANGE, AttackSpec, parse_duration
-from garrison_sim.devices import DEVICE_TYPES, VirtualDevice
-from garrison_sim.fleet import Fleet, Publisher
+from garrison.sim import FLEET_PROFILE
+from garrison.sim.attacks import BACKDOOR_PORTS, C2_RANGE, AttackSpec, parse_duration
+from garrison.sim.devices import DEVICE_TYPES, VirtualDevice
+from garrison.sim.fleet import Fleet, Publisher
 
 START = 1_764_028_800.0   # 2025-11-25 00:00 UTC: a fixed simulated start, so ids are predictable
 HOUR = 3600.0
@@ -129,7 +129,7 @@ def test_attack_spec_syntax():
 
 
 def _sim(*argv, timeout=60):
-    return subprocess.run([sys.executable, "-m", "garrison_sim", *argv], cwd=FIRMWARE_SIM,
+    return subprocess.run([sys.executable, "-m", "garrison.sim", *argv], cwd=FIRMWARE_SIM,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -168,7 +168,7 @@ def test_cli_says_when_the_broker_is_unreachable():
 
 
 def test_fleet_profile_loads_in_the_engine():
-    profiles = pytest.importorskip("detect.profiles")
+    profiles = pytest.importorskip("garrison.detect.judge.profiles")
     profile = profiles.load_profile(FLEET_PROFILE)
     names = {b.name for b in profile.behaviors}
     assert {"ddos-bytes-out", "exfil-sustained-bytes-out", "backdoor-tcp-ports", "c2-destinations",

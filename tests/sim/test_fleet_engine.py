@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from garrison_sim import FLEET_PROFILE
-from garrison_sim.attacks import AttackSpec
-from garrison_sim.fleet import Fleet, Publisher
+from garrison.sim import FLEET_PROFILE
+from garrison.sim.attacks import AttackSpec
+from garrison.sim.fleet import Fleet, Publisher
 
-pytest.importorskip("detect.cli")
+pytest.importorskip("garrison.detect.cli")
 
 EXPECTED = {"camera-0001": "backdoor-tcp-ports", "gateway-0001": "c2-destinations",
             "camera-0002": "ddos-bytes-out", "sensor-0001": "scan-connections",
@@ -24,7 +24,7 @@ ENGINE_CONFIG = 'sweep_interval = "1s"\ndisconnect_duration_unit = "0.5s"\n'
 
 
 def detect(db, *argv):
-    done = subprocess.run([sys.executable, "-m", "detect.cli", "--db", str(db), *argv],
+    done = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(db), *argv],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -36,7 +36,7 @@ def test_engine_flags_every_attacked_device_and_no_other(mosquitto, tmp_path):
     config = tmp_path / "engine.toml"
     config.write_text(ENGINE_CONFIG)
     with open(tmp_path / "engine.log", "wb") as out:
-        engine = subprocess.Popen([sys.executable, "-m", "detect.cli", "--db", str(db), "serve", "--broker",
+        engine = subprocess.Popen([sys.executable, "-m", "garrison.detect.cli", "--db", str(db), "serve", "--broker",
                                    mosquitto.url, "--min-report-interval", "0", "--config", str(config)],
                                   stdout=out, stderr=out)
     try:

@@ -1,5 +1,5 @@
 """The detection matrix's verdict: every attack caught with its expected behavior, the control silent."""
-from garrison_sim.scenarios import Matrix, Row
+from garrison.sim.scenarios import Matrix, Row
 
 
 def row(name, expected=(), fired=()):

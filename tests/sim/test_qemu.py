@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from sim_helpers import FIRMWARE_SIM, ReportLog
-from garrison_sim import FLEET_PROFILE
+from garrison.sim import FLEET_PROFILE
 
 QEMU = FIRMWARE_SIM / "qemu"
 CACHE = os.environ.get("CACHE", "/var/tmp/garrison-qemu")
@@ -34,7 +34,7 @@ def guest_image():
 
 def test_emulated_arm64_device_reports_reach_the_engine(guest_image, mosquitto, tmp_path):
     db = tmp_path / "engine.db"
-    detect = [sys.executable, "-m", "detect.cli", "--db", str(db)]
+    detect = [sys.executable, "-m", "garrison.detect.cli", "--db", str(db)]
     subprocess.run(detect + ["profiles", "apply", str(FLEET_PROFILE), "--attach", "all"], check=True,
                    capture_output=True, timeout=60)
     log = ReportLog(mosquitto.url, topics=("$aws/things/+/defender/metrics/+",

@@ -3,9 +3,9 @@ import subprocess
 
 import pytest
 
-from garrison_sim import netns as sim_netns
-from garrison_sim import scenarios
-from garrison_sim.live_attacks import DEFAULT_SCENARIOS, LIVE_ATTACKS
+from garrison.sim import netns as sim_netns
+from garrison.sim import scenarios
+from garrison.sim.live_attacks import DEFAULT_SCENARIOS, LIVE_ATTACKS
 
 pytestmark = pytest.mark.skipif(not sim_netns.supported(), reason="network namespaces need root and iproute2")
 
@@ -60,5 +60,5 @@ def test_namespaces_are_removed_when_setup_fails(tmp_path):
 
 
 def test_scenarios_cli_rejects_unknown_scenarios():
-    from garrison_sim.cli import main
+    from garrison.sim.cli import main
     assert main(["scenarios", "--only", "meteor"]) == 2

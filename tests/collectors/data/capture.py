@@ -32,7 +32,7 @@ def _record(sock, kind):
 
 
 def _inside():
-    from collectors import _netlink
+    from garrison.collectors import _netlink
     keep, expected = [], []
 
     def tcp_listener(family, address):

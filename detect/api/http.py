@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from agent import __version__
-from detect.engine import Engine
-from detect.profiles import ProfileError
-from detect.store import NotFound, StoreError
-from detect.violations import VERIFICATION_STATES
+from garrison.agent import __version__
+from garrison.detect.engine import Engine
+from garrison.detect.judge.profiles import ProfileError
+from garrison.detect.state.store import NotFound, StoreError
+from garrison.detect.respond.violations import VERIFICATION_STATES
 
 log = logging.getLogger("garrison.api")
 
@@ -374,5 +374,5 @@ def load_or_create_token(path: str) -> Tuple[str, bool]:
     return token, True
 
 
-if __name__ == "__main__":  # python3 -m detect.api > detect/openapi.json
+if __name__ == "__main__":  # python3 -m garrison.detect.api.http > detect/api/openapi.json
     print(json.dumps(openapi_document(), indent=2))

@@ -4,7 +4,7 @@ Everything the engine must not lose lives here: things and their last report, th
 security profiles and their attachments, per (profile, behavior, thing) evaluation state,
 violations and their event history, fleet-statistics samples and thresholds, the alert outbox
 and the audit log of mitigation actions. Times are stored as epoch milliseconds (integers);
-the AWS-shaped records convert them (see detect.violations).
+the AWS-shaped records convert them (see garrison.detect.respond.violations).
 
 One connection per Store, shared by the engine's threads behind a re-entrant lock;
 `transaction()` wraps a unit of work in BEGIN IMMEDIATE ... COMMIT so a report is applied
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS violation_events (
 CREATE INDEX IF NOT EXISTS violation_events_time ON violation_events(time_ms);
 CREATE INDEX IF NOT EXISTS violation_events_thing ON violation_events(thing, time_ms);
 CREATE INDEX IF NOT EXISTS violation_events_outbox ON violation_events(alerted_ms) WHERE alerted_ms IS NULL;
--- each device's latest judged value per statistical behavior (the population of detect.fleetstats)
+-- each device's latest judged value per statistical behavior (the population of garrison.detect.judge.fleetstats)
 CREATE TABLE IF NOT EXISTS fleet_samples (
     profile TEXT NOT NULL,
     behavior TEXT NOT NULL,
@@ -120,7 +120,7 @@ CREATE TABLE IF NOT EXISTS fleet_thresholds (
     computed_ms INTEGER NOT NULL,
     PRIMARY KEY (profile, behavior)
 );
--- ML Detect (detect.ml): one model state per (profile, behavior, thing), one fleet prior per behavior
+-- ML Detect (garrison.detect.judge.ml): one model state per (profile, behavior, thing), one fleet prior per behavior
 CREATE TABLE IF NOT EXISTS ml_models (
     profile TEXT NOT NULL,
     behavior TEXT NOT NULL,
@@ -615,5 +615,5 @@ class Store:
 
 
 def loads(text: Optional[str]) -> Any:
-    """Decode a JSON column (for detect.violations)."""
+    """Decode a JSON column (for garrison.detect.respond.violations)."""
     return _loads(text)

@@ -7,7 +7,7 @@ rejected adds {"statusDetails": {"ErrorCode", "ErrorMessage"}} and may lack "rep
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from agent import report
+from garrison.agent import report
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The metric catalogue, declared once: id, value type, operators, delta or not, where it comes from.
 
-Reports reach the engine already validated and in long names (`agent.schema`), so each
+Reports reach the engine already validated and in long names (`garrison.wire.schema`), so each
 extractor reads long keys only. An extractor returns None when the report does not carry the
 metric: that is "no datapoint", not zero.
 
@@ -108,7 +108,7 @@ def remote_ip(remote_addr: str) -> Optional[str]:
 
     The validator has checked the endpoint already; this strips the port cheaply (it runs for
     every connection of every report). Anything unparsable that still gets here is never inside
-    a CIDR (detect.evaluate).
+    a CIDR (garrison.detect.judge.evaluate).
     """
     if not remote_addr:
         return None
@@ -182,7 +182,7 @@ def _connected(report: Mapping[str, Any]) -> int:
 
 # aws:disconnect-duration, the one cloud-side metric the engine measures itself: whole units
 # (minutes, as on AWS) since the thing's last accepted report. Every accepted report is a
-# datapoint of 0; the engine's periodic sweep adds one per silent thing (detect.engine).
+# datapoint of 0; the engine's periodic sweep adds one per silent thing (garrison.detect.engine).
 DISCONNECT_DURATION = "aws:disconnect-duration"
 DISCONNECT_OPERATORS = ("less-than", "less-than-equals")  # AWS: a maximum time disconnected
 

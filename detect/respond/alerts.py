@@ -36,7 +36,7 @@ class AlertConfigError(ValueError):
 def AlertMessage(thingName: str, securityProfileName: str, behavior: Any, metricValue: Optional[Dict[str, Any]],
                  violationId: str, violationEventType: str, violationEventTime: int,
                  **extras: Any) -> Dict[str, Any]:
-    """An alert in the SNS-like shape. `behavior` may be a detect.profiles.Behavior, its AWS
+    """An alert in the SNS-like shape. `behavior` may be a garrison.detect.judge.profiles.Behavior, its AWS
     dict, or a behavior name; extras (e.g. threshold=...) are added as they are."""
     if violationEventType not in EVENT_TYPES:
         raise ValueError(f"violationEventType must be one of {EVENT_TYPES}, got {violationEventType!r}")

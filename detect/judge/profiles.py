@@ -3,7 +3,7 @@
 `load_profile(doc)` takes the request JSON unchanged (or a path to a file holding it, as given to
 `aws iot create-security-profile --cli-input-json file://...`) and returns a `SecurityProfile`
 whose behaviors carry their resolved metric spec and parsed criterion, ready for
-`detect.evaluate.step`. Anything AWS would refuse raises `ProfileError` naming the behavior and
+`garrison.detect.judge.evaluate.step`. Anything AWS would refuse raises `ProfileError` naming the behavior and
 field. Fields we do not use (alertTargets, tags, metricDimension, exportMetric, ...) are kept,
 and `SecurityProfile.to_dict()` gives the document back as it was given.
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from detect import metrics
-from detect.metrics import MetricError, MetricSpec
+from garrison.detect.judge import metrics
+from garrison.detect.judge.metrics import MetricError, MetricSpec
 
 NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 MAX_BEHAVIORS = 100
@@ -109,7 +109,7 @@ class Behavior:
     """One behavior, its raw AWS form kept in `doc`.
 
     kind: "rule" (operator and value), "statistical" (operator and fleet percentile),
-    "ml" (mlDetectionConfig; verdicts come from detect.ml) or "retain" (no criteria: the metric is
+    "ml" (mlDetectionConfig; verdicts come from garrison.detect.judge.ml) or "retain" (no criteria: the metric is
     only recorded).
     criterion: the value parsed for evaluation: a number (count/number), a frozenset (ports,
     numbers, strings) or a `CidrSet` (cidrs); None without a value.

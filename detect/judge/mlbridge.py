@@ -1,4 +1,4 @@
-"""ML Detect behaviors in the engine: detect.ml's models, their states kept in the engine's store.
+"""ML Detect behaviors in the engine: garrison.detect.judge.ml's models, their states kept in the engine's store.
 
 One model per (profile, behavior, thing), one fleet prior per (profile, behavior), both in the
 same SQLite file (tables ml_models, ml_priors) and written in the report's transaction, so a
@@ -14,13 +14,13 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from detect.store import Store
+from garrison.detect.state.store import Store
 
 log = logging.getLogger("garrison.ml")
 
 try:
-    from detect import ml
-except ImportError:  # pragma: no cover - detect.ml ships with the engine; tolerate a partial tree
+    from garrison.detect.judge import ml
+except ImportError:  # pragma: no cover - garrison.detect.judge.ml ships with the engine; tolerate a partial tree
     ml = None
 
 
@@ -51,7 +51,7 @@ class _StoredStates(MutableMapping):
 
 
 class MlRegistry:
-    """The engine's `ml` hook (see detect.engine.Engine)."""
+    """The engine's `ml` hook (see garrison.detect.engine.Engine)."""
 
     def __init__(self, store: Store, config: Optional[Mapping[str, Any]] = None):
         self.store = store
@@ -163,7 +163,7 @@ def _seconds_summary(summary: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def registry(store: Store, config: Optional[Mapping[str, Any]] = None) -> Optional[MlRegistry]:
-    """An MlRegistry, or None when detect.ml is not available (ML behaviors stay PENDING_BUILD)."""
+    """An MlRegistry, or None when garrison.detect.judge.ml is not available (ML behaviors stay PENDING_BUILD)."""
     if ml is None or not hasattr(ml, "BehaviorModels"):
         return None
     return MlRegistry(store, config)

@@ -26,13 +26,13 @@ import threading
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Sequence
 
-from detect import config as configuration
-from detect.actions import ActionError
-from detect.alerts import AlertConfigError
-from detect.clock import SystemClock, from_environment
-from detect.profiles import ProfileError
-from detect.store import Store, StoreError
-from detect.violations import VERIFICATION_STATES
+from garrison.detect import config as configuration
+from garrison.detect.respond.actions import ActionError
+from garrison.detect.respond.alerts import AlertConfigError
+from garrison.detect.clock import SystemClock, from_environment
+from garrison.detect.judge.profiles import ProfileError
+from garrison.detect.state.store import Store, StoreError
+from garrison.detect.respond.violations import VERIFICATION_STATES
 
 PROG = "garrison-detect"
 DEFAULT_DB = "garrison-detect.db"
@@ -87,7 +87,7 @@ def _print(args, records: Any, headers: Sequence[str], rows: List[Sequence[Any]]
 # ---------------------------------------------------------------------------------- commands
 
 def _engine(args):
-    from detect.engine import Engine
+    from garrison.detect.engine import Engine
     return Engine(Store(args.db), SystemClock())
 
 
@@ -190,7 +190,7 @@ def cmd_actions(args) -> int:
 
 def cmd_ml(args) -> int:
     """ML Detect model status, per behavior and per thing (GetBehaviorModelTrainingSummaries)."""
-    from detect.engine import Engine
+    from garrison.detect.engine import Engine
     # the [ml] section of the engine's config decides when a model is trained (and so its percentage)
     config = configuration.load(args.config) if args.config else configuration.Config()
     engine = Engine(Store(args.db), from_environment(), config)
@@ -216,9 +216,9 @@ def _percent(value: Optional[float]) -> str:
 
 # Commands whose module has its own parser: `garrison-detect NAME ...` runs MODULE.main([...]).
 DELEGATED = {
-    "demo": ("detect.demo", "run a self-contained demo (local broker, engine, agent); see demo --help"),
-    "pki": ("detect.pki", "fleet certificates: CA, devices, broker, engine; see pki --help"),
-    "broker-config": ("detect.brokerconf", "write a mutual-TLS Mosquitto config with per-thing ACLs"),
+    "demo": ("garrison.detect.ops.demo", "run a self-contained demo (local broker, engine, agent); see demo --help"),
+    "pki": ("garrison.detect.ops.pki", "fleet certificates: CA, devices, broker, engine; see pki --help"),
+    "broker-config": ("garrison.detect.ops.brokerconf", "write a mutual-TLS Mosquitto config with per-thing ACLs"),
 }
 
 
@@ -264,7 +264,7 @@ def _tls_files(args):
 
 def _start_api(engine, config, db: str):
     """The HTTP API when configured; a token is generated into a 0600 file when none is given."""
-    from detect.api import ApiServer, load_or_create_token
+    from garrison.detect.api.http import ApiServer, load_or_create_token
     if not config.api_enabled:
         return None
     token = config.api_token
@@ -293,9 +293,11 @@ def _lock_database(db: str):
 
 
 def cmd_serve(args) -> int:
-    from detect.alerts import AlertDispatcher, targets_from_config
-    from detect.engine import Engine
-    from detect.ingest import Ingestor, MqttIngest, parse_broker_url
+    from garrison.detect.respond.alerts import AlertDispatcher, targets_from_config
+    from garrison.detect.engine import Engine
+    from garrison.detect.ingest.frontdoor import Ingestor
+    from garrison.detect.ingest.mqtt import MqttIngest
+    from garrison.agent.transports.paho_compat import parse_broker_url
 
     # everything that can be wrong with the command line or the config fails here, in one line,
     # before any thread or connection starts

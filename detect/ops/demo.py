@@ -1,7 +1,7 @@
 """garrison-detect demo: the whole system on this machine, and an alarm you can watch.
 
 Starts a local broker (Mosquitto, or the embedded amqtt), applies the example security profile
-(detect/examples/demo-profile.json), runs the detect engine and the device agent as child
+(detect/ops/examples/demo-profile.json), runs the detect engine and the device agent as child
 processes, and prints every reply and alert as it happens. After a few accepted reports it
 opens TCP port 4444 on 127.0.0.1, a port the profile forbids (NoBackdoorListener): the next
 report raises an alarm; then it closes the port and the alarm clears. Ctrl-C (or --duration)
@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from agent import replies
-from detect.broker import BrokerError, start_local_broker
-from agent.transports.paho_compat import new_client, parse_broker_url
+from garrison.wire import replies
+from garrison.detect.ops.broker import BrokerError, start_local_broker
+from garrison.agent.transports.paho_compat import new_client, parse_broker_url
 
 PROFILE = Path(__file__).resolve().parent / "examples" / "demo-profile.json"
 TRIP_BEHAVIOR = "NoBackdoorListener"
@@ -128,7 +128,7 @@ class Demo:
         db = self.workdir / "garrison.db"
         self.broker = start_local_broker(self.workdir / "broker", kind=self.args.broker)
         self.say(f"broker: {self.broker.kind} on {self.broker.url}")
-        detect = [sys.executable, "-m", "detect.cli"]
+        detect = [sys.executable, "-m", "garrison.detect.cli"]
         applied = subprocess.run(detect + ["profiles", "apply", str(PROFILE), "--attach", "all", "--db", str(db)],
                                  capture_output=True, text=True)
         if applied.returncode != 0:
@@ -140,7 +140,7 @@ class Demo:
         self.children.append(engine)
         engine.wait_for_log(ENGINE_READY, 30)
         self.say(f"engine: running (log: {engine.log_path})")
-        agent = Child("agent", [sys.executable, "-m", "agent.cli", "run", "--broker", self.broker.url,
+        agent = Child("agent", [sys.executable, "-m", "garrison.agent.cli", "run", "--broker", self.broker.url,
                                 "--thing", self.args.thing, "--interval", f"{self.args.interval:g}",
                                 "--state-dir", str(self.workdir / "agent-state")],
                       self.workdir / "agent.log")

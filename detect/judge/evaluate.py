@@ -17,7 +17,7 @@ State (all JSON types): {"alarm": bool, "violating": int, "conforming": int,
 """
 from typing import Any, Dict, NamedTuple, Optional
 
-from detect.metrics import MetricSpec
+from garrison.detect.judge.metrics import MetricSpec
 
 IN_ALARM = "in-alarm"
 ALARM_CLEARED = "alarm-cleared"
@@ -65,13 +65,13 @@ def _accumulate(behavior, state: Dict[str, Any], value: Any, received_ms: int):
 
 def step(behavior, state: Optional[Dict[str, Any]], value: Any, received_ms: int,
          threshold: Optional[float] = None, verdict: Optional[bool] = None) -> Outcome:
-    """Judge one datapoint of `behavior` (a detect.profiles.Behavior).
+    """Judge one datapoint of `behavior` (a garrison.detect.judge.profiles.Behavior).
 
     value: the extracted metric value; None means no datapoint (a copy of the state comes back).
-    threshold: for statistical behaviors, the fleet percentile (detect.fleetstats); None while
+    threshold: for statistical behaviors, the fleet percentile (garrison.detect.judge.fleetstats); None while
       there are too few devices: no verdict, alarm counters unchanged (the window still grows,
       and `value` is the judged value the engine should add to the fleet window).
-    verdict: True/False from an ML model (detect.ml), overriding the comparison; None: no verdict.
+    verdict: True/False from an ML model (garrison.detect.judge.ml), overriding the comparison; None: no verdict.
     """
     state = dict(state) if state else new_state()
     if value is None:

@@ -1,6 +1,6 @@
 """Validate a decoded Device Defender report and normalize it to long names.
 
-Every check is derived from `agent.schema` (kinds, bounds, required fields); nothing about the
+Every check is derived from `garrison.wire.schema` (kinds, bounds, required fields); nothing about the
 report's fields is declared here. Liberal where real agents differ (long and short keys mixed at
 any level, since-boot totals in a first report, an interface of "0.0.0.0" or null, duplicate
 entries, floats in custom numbers); strict where AWS rejects (missing header, bad report id,
@@ -15,7 +15,7 @@ import re
 import socket
 from typing import Any, Dict, List
 
-from agent import schema
+from garrison.wire import schema
 
 INVALID_PAYLOAD = "InvalidPayload"  # AWS's code for any malformed report
 

@@ -6,7 +6,7 @@
     garrison-detect pki engine --dir DIR [--name garrison-detect]
 
 A device's identity is its certificate's common name, which is its thing name: the broker
-(detect.brokerconf) takes the CN as the MQTT user name and lets each device publish only its
+(garrison.detect.ops.brokerconf) takes the CN as the MQTT user name and lets each device publish only its
 own reports. Keys are EC P-256, created with mode 0600 (never readable by others, not even for a
 moment) and never overwritten. The engine's identity is recorded in DIR/engine.name so that no
 device can be issued a certificate carrying it.

@@ -101,7 +101,7 @@ def _amqtt_argv(workdir: Path, port: int):
     }
     path = workdir / "amqtt.yaml"
     path.write_text(json.dumps(config, indent=2) + "\n")
-    return [sys.executable, "-m", "detect.broker", "--serve-amqtt", str(path)]
+    return [sys.executable, "-m", "garrison.detect.ops.broker", "--serve-amqtt", str(path)]
 
 
 def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto",
@@ -188,4 +188,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-amqtt":
         _serve_amqtt(sys.argv[2])
     else:
-        sys.exit("usage: python -m detect.broker --serve-amqtt CONFIG")
+        sys.exit("usage: python -m garrison.detect.ops.broker --serve-amqtt CONFIG")

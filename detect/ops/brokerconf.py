@@ -12,7 +12,7 @@ writes DIR/mosquitto.conf and DIR/acl. The rules they enforce:
 - A device may publish only `$aws/things/{its CN}/defender/metrics/json|cbor` and subscribe
   only to its own `/accepted` and `/rejected` replies (ACL `pattern` lines with %u).
 - The engine's identity may read every thing's reports and publish the replies and
-  `garrison/alerts/#`. It must be distinct from every thing name (detect.pki enforces that).
+  `garrison/alerts/#`. It must be distinct from every thing name (garrison.detect.ops.pki enforces that).
 """
 import argparse
 import os
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from detect.pki import DEFAULT_ENGINE_IDENTITY, NAME_RULE, valid_name
+from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY, NAME_RULE, valid_name
 
 PROG = "garrison-detect broker-config"
 REPORT_TOPIC = "$aws/things/{thing}/defender/metrics/{fmt}"

@@ -4,7 +4,7 @@ AWS: "Metrics are collected over the specified period (durationSeconds) from all
 devices and statistical ranks are calculated." Here the population of a (profile, behavior) is
 every device under the profile that reported a datapoint within the last `durationSeconds`
 (300 s when the behavior names none), each counted once with its latest judged value (for delta
-metrics the sum over its window, as detect.evaluate computes it). Below `min_devices` devices
+metrics the sum over its window, as garrison.detect.judge.evaluate computes it). Below `min_devices` devices
 (default 5) there is no threshold: a percentile of two devices says nothing about a fleet.
 
 Percentiles use linear interpolation between closest ranks (numpy's default, Hyndman & Fan

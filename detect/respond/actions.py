@@ -19,8 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from detect.store import Store, StoreError
-from detect.violations import EVENT_TYPES, IN_ALARM, Event
+from garrison.detect.state.store import Store, StoreError
+from garrison.detect.respond.violations import EVENT_TYPES, IN_ALARM, Event
 
 log = logging.getLogger("garrison.actions")
 

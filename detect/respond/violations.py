@@ -6,7 +6,7 @@ one violation id from start to end. While it lasts, further violating datapoints
 `lastViolationValue` / `lastViolationTime` without new events. An operator can set a
 verification state on it at any time.
 
-This module turns evaluation outcomes into rows in detect.store (inside the caller's
+This module turns evaluation outcomes into rows in garrison.detect.state.store (inside the caller's
 transaction) and rows into AWS-shaped records: ActiveViolation (ListActiveViolations) and
 ViolationEvent (ListViolationEvents), times in epoch seconds as floats like AWS's CLI output.
 """
@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from detect.store import NotFound, Store, StoreError, loads
+from garrison.detect.state.store import NotFound, Store, StoreError, loads
 
 IN_ALARM = "in-alarm"
 ALARM_CLEARED = "alarm-cleared"

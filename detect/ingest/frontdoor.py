@@ -1,14 +1,14 @@
 """The detect engine's front door: MQTT in, decode, validate, throttle, reply.
 
 `Ingestor.handle(topic, payload, now_ms)` is the whole protocol, free of MQTT: it parses the
-topic, decodes JSON or CBOR, validates (detect.validate), applies AWS's limits (payload size,
+topic, decodes JSON or CBOR, validates (garrison.detect.ingest.validate), applies AWS's limits (payload size,
 one report per thing per interval) and hands accepted reports to a `Sink` (the engine). It
 returns the reply to publish, encoded like the request, or None when no reply is possible.
-`MqttIngest` connects it to a broker. Error codes are documented in docs/wire-format.md.
+`garrison.detect.ingest.mqtt.MqttIngest` connects it to a broker. Error codes are documented in
+docs/wire-format.md.
 """
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -18,9 +18,8 @@ from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 import cbor2
 
-from agent import report as wire
-from agent.transports.paho_compat import new_client, parse_broker_url
-from detect.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
+from garrison.agent import report as wire
+from garrison.detect.ingest.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
 
 log = logging.getLogger("garrison.ingest")
 
@@ -57,28 +56,6 @@ class Sink(Protocol):
 
     def accept(self, thing: str, report_long: Dict[str, Any], received_ms: int) -> None:
         """Record the report id and process the report, atomically."""
-
-
-class MemoryLedger:
-    """A Sink in memory: what tests and benchmarks use in place of the engine."""
-
-    def __init__(self, registered=None):
-        self.registered = set(registered or ())
-        self.last: Dict[str, Tuple[int, int]] = {}
-        self.reports: Dict[str, list] = {}
-        self._lock = threading.Lock()
-
-    def last_report(self, thing):
-        with self._lock:
-            return self.last.get(thing)
-
-    def is_registered(self, thing):
-        return thing in self.registered
-
-    def accept(self, thing, report_long, received_ms):
-        with self._lock:
-            self.last[thing] = (report_long["header"]["report_id"], received_ms)
-            self.reports.setdefault(thing, []).append(report_long)
 
 
 @dataclass(frozen=True)
@@ -279,145 +256,3 @@ class Ingestor:
 def _shorten(text: Any, limit: int = 160) -> str:
     text = text if isinstance(text, str) else repr(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------------- MQTT
-
-def _wall_clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class MqttIngest:
-    """Run an Ingestor on an MQTT broker.
-
-    A persistent session (clean_session=False, fixed client id) so the broker queues QoS 1
-    reports while the engine is down. Messages pass from paho's network thread to one worker
-    through a bounded queue; when it is full the network thread waits (TCP backpressure), so
-    memory never grows without bound. Where paho supports it (2.x) a report is acknowledged
-    only after it was handled, so an engine crash loses nothing the broker still holds.
-    now_ms: the clock that dates arrivals (epoch ms); `serve` passes the engine's, so
-    `--clock-offset` shifts report times too.
-    """
-
-    def __init__(self, broker_url: str, ingestor: Ingestor, client_id: str = "garrison-detect",
-                 tls: Optional[Tuple[str, str, str]] = None, username: Optional[str] = None,
-                 password: Optional[str] = None, queue_size: int = 100,
-                 reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
-                 now_ms: Callable[[], int] = _wall_clock_ms):
-        host, port, url_tls, url_user, url_password = parse_broker_url(broker_url)
-        self.url, self.host, self.port = broker_url, host, port
-        self.ingestor = ingestor
-        self.now_ms = now_ms
-        self.keepalive = keepalive
-        self.connected = threading.Event()
-        self.replies_sent = 0
-        # bounded in messages; at 128 KB each the default holds at most ~13 MB
-        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
-        self._log_behind = _RateLimitedLog(every_s=30)
-        self._stopping = threading.Event()
-        self._worker: Optional[threading.Thread] = None
-        self._client = new_client(client_id, clean_session=False)
-        self._manual_ack = hasattr(self._client, "manual_ack_set")
-        if self._manual_ack:
-            self._client.manual_ack_set(True)
-        if tls or url_tls:
-            ca, cert, key = tls if tls else (None, None, None)
-            self._client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-        if username or url_user:
-            self._client.username_pw_set(username or url_user, password or url_password)
-        self._client.reconnect_delay_set(*reconnect_delay)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-
-    # paho callbacks: signatures differ between paho 1.6 and 2.x, hence *rest.
-    def _on_connect(self, client, userdata, flags, rc, *rest):
-        if getattr(rc, "is_failure", rc != 0):
-            log.error("broker %s refused the connection: %s", self.url, rc)
-            return
-        client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
-        log.info("connected to %s; listening for Device Defender reports", self.url)
-        self.connected.set()
-
-    def _on_disconnect(self, client, userdata, *rest):
-        self.connected.clear()
-        if not self._stopping.is_set():
-            log.warning("lost the broker %s; reconnecting", self.url)
-
-    def _on_message(self, client, userdata, msg):
-        try:
-            self._queue.put_nowait(msg)
-            return
-        except queue.Full:
-            self._log_behind(logging.WARNING, "behind", "the engine is behind: %d reports queued; "
-                             "holding the broker back until it catches up", self._queue.maxsize)
-        while not self._stopping.is_set():
-            try:
-                self._queue.put(msg, timeout=0.5)  # waits while the worker is behind
-                return
-            except queue.Full:
-                continue
-
-    def _work(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()):
-            try:
-                msg = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self._process(msg)
-            except Exception:  # the worker must outlive any one message
-                log.exception("failed to answer a message on %r", getattr(msg, "topic", "?"))
-
-    def _process(self, msg) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = None  # not UTF-8: not a topic we can answer on; handle() drops it
-        reply = self.ingestor.handle(topic, msg.payload, self.now_ms())
-        if reply is not None:
-            # QoS 0: a QoS 1 reply waits in paho's memory for a PUBACK that the network thread,
-            # busy holding back a burst, reads late; replies then piled up by the thousand
-            # (docs/bench-burst.md). The report itself is what must not be lost, and it is not.
-            self._client.publish(reply.topic, reply.payload, qos=0)
-            self.replies_sent += 1
-        if self._manual_ack and msg.qos > 0:
-            self._client.ack(msg.mid, msg.qos)
-
-    def start(self) -> "MqttIngest":
-        """Connect (retrying in the background until the broker answers) and start serving."""
-        self._stopping.clear()
-        self._worker = threading.Thread(target=self._work, name="garrison-ingest", daemon=True)
-        self._worker.start()
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive)
-        self._client.loop_start()
-        return self
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
-        """Publish on the engine's connection (alerts): one session per engine identity, since a
-        broker that ties client ids to certificates lets one connection take over the other."""
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
-
-    def stop(self, timeout: float = 10.0, disconnect: bool = True) -> None:
-        """Finish what is queued and stop the worker; then (unless told not to) disconnect."""
-        self._stopping.set()
-        if self._worker:
-            self._worker.join(timeout)
-        if disconnect:
-            self.disconnect()
-
-    def disconnect(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-        self.connected.clear()
-
-    def run_forever(self) -> None:
-        """Serve until Ctrl-C / SIGTERM (as KeyboardInterrupt) or stop() from another thread."""
-        self.start()
-        try:
-            while not self._stopping.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            log.info("stopping")
-        finally:
-            self.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from garrison.detect.cli import main
+
+sys.exit(main())

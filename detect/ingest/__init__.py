@@ -1,0 +1,1 @@
+"""The front door: MQTT (or NATS) in, decode, validate, throttle, reply."""

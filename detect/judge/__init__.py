@@ -1,0 +1,1 @@
+"""Judging a report: the metric catalogue, security profiles, evaluation, fleet statistics, ML."""

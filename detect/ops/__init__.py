@@ -1,0 +1,1 @@
+"""Operating a fleet: PKI, production broker config, the local broker launcher, the demo."""

@@ -1,0 +1,1 @@
+"""What the engine does about a verdict: violations, alerts, mitigation actions."""

@@ -1,0 +1,1 @@
+"""The engine's state: the store (SQL only) and its schema migrations."""

@@ -1,0 +1,1 @@
+"""The wire contract: what device and engine must agree on (report fields, names, topics, replies, limits, codecs)."""
