@@ -13,6 +13,9 @@ command -v openssl >/dev/null || apt_packages+=(openssl)
 if [[ "$extras" == *dev* ]]; then
   command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
   # the Debian package's test installs it into a clean root holding its Debian dependencies
+  # scale-out tests: a NATS JetStream cluster (devices' MQTT broker) and PostgreSQL (shared store)
+  command -v nats-server >/dev/null || apt_packages+=(nats-server)
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
   for pkg in python3-paho-mqtt python3-cbor2 python3-psutil; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_packages+=("$pkg")
   done

@@ -3,6 +3,6 @@
 # Extra arguments go to pytest (e.g. scripts/test.sh -m slow for the opt-in QEMU checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh dev,detect,aws   # aws: the AWS IoT and Greengrass transports are tested too
+bash scripts/install.sh dev,detect,aws,scaleout   # aws: the AWS IoT and Greengrass transports are tested too
 export PATH="$PWD/.venv/bin:$PATH"   # the tests run garrison-agent / garrison-detect as commands
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"
