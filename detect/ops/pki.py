@@ -8,8 +8,10 @@
 A device's identity is its certificate's common name, which is its thing name: the broker
 (garrison.detect.ops.brokerconf) takes the CN as the MQTT user name and lets each device publish only its
 own reports. Keys are EC P-256, created with mode 0600 (never readable by others, not even for a
-moment) and never overwritten. The engine's identity is recorded in DIR/engine.name so that no
-device can be issued a certificate carrying it.
+moment) and never overwritten. The engine's identity is recorded in DIR/engine.name, and every
+name ever issued in DIR/issued-names (garrison.detect.ops.pki_names), so that no device can be issued a
+certificate carrying the engine's name (the default one included) or a name issued before.
+The directory is kept at mode 0700 whatever mode it had.
 """
 import argparse
 import datetime
@@ -20,6 +22,8 @@ import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
+
+from garrison.detect.ops import pki_names
 
 PROG = "garrison-detect pki"
 NAME_RULE = "1-128 characters of A-Z a-z 0-9 : _ -"
@@ -49,6 +53,14 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(path, mode)  # umask may have narrowed it further, never widened; make it exact
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700 even if it existed with a wider mode."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise PkiError(f"{path} is not a directory")
+    os.chmod(path, 0o700)
 
 
 def _refuse_existing(*paths: Path) -> None:
@@ -92,7 +104,7 @@ class FleetCA:
         from cryptography.x509.oid import NameOID
 
         _refuse_existing(self.cert_path, self.key_path)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(self.dir)
         key = _new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = _now()
@@ -124,13 +136,19 @@ class FleetCA:
             raise PkiError(f"cannot read the fleet CA in {self.dir}: {exc}") from None
         return cert, key
 
-    def _issue(self, cn: str, days: int, cert_path: Path, key_path: Path, server_hosts: Sequence[str] = ()) -> Path:
+    def _issue(self, cn: str, days: int, cert_path: Path, key_path: Path, server_hosts: Sequence[str] = (),
+               kind: str = "thing") -> Path:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID
 
         ca_cert, ca_key = self._load()
         _refuse_existing(cert_path, key_path)
+        _private_dir(self.dir)
+        try:  # recorded before the certificate exists: a name is never free again
+            pki_names.claim(self.dir, kind, cn, DEFAULT_ENGINE_IDENTITY)
+        except pki_names.NameTaken as exc:
+            raise PkiError(str(exc)) from None
         key = _new_key()
         now = _now()
         not_after = min(now + datetime.timedelta(days=days), _not_after(ca_cert))  # never outlive the CA
@@ -154,21 +172,16 @@ class FleetCA:
         else:
             usage = ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(cert_path.parent)
         _save(builder.sign(ca_key, hashes.SHA256()), key, cert_path, key_path)
         return cert_path
 
     def engine_identity(self) -> str:
-        try:
-            return self.engine_name_path.read_text().strip() or DEFAULT_ENGINE_IDENTITY
-        except FileNotFoundError:
-            return DEFAULT_ENGINE_IDENTITY
+        return pki_names.recorded_engine_identity(self.dir) or DEFAULT_ENGINE_IDENTITY
 
     def issue_thing(self, thing: str, days: int = LEAF_DAYS) -> Tuple[Path, Path]:
         """A device certificate whose CN is the thing name."""
         _check_name(thing, "thing name")
-        if thing == self.engine_identity():
-            raise PkiError(f"{thing!r} is the detect engine's identity; a device cannot have it")
         cert_path, key_path = self.thing_paths(thing)
         self._issue(thing, days, cert_path, key_path)
         return cert_path, key_path
@@ -180,16 +193,14 @@ class FleetCA:
         for host in hosts:
             _san(host)  # validates
         cert_path, key_path = self.dir / "server.crt", self.dir / "server.key"
-        self._issue(hosts[0], days, cert_path, key_path, server_hosts=hosts)
+        self._issue(hosts[0], days, cert_path, key_path, server_hosts=hosts, kind="server")
         return cert_path, key_path
 
     def issue_engine(self, name: str = DEFAULT_ENGINE_IDENTITY, days: int = LEAF_DAYS) -> Tuple[Path, Path]:
         """The engine's client certificate; its CN is the engine's MQTT identity."""
         _check_name(name, "engine identity")
-        if self.thing_paths(name)[0].exists():
-            raise PkiError(f"a device certificate for {name!r} exists; the engine needs an identity of its own")
         cert_path, key_path = self.dir / "engine.crt", self.dir / "engine.key"
-        self._issue(name, days, cert_path, key_path)
+        self._issue(name, days, cert_path, key_path, kind="engine")
         self.engine_name_path.write_text(name + "\n")
         return cert_path, key_path
 
@@ -261,12 +272,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return sub
 
     action("init", "Create the fleet CA (EC P-256) in DIR: ca.crt, ca.key (mode 0600).", CA_DAYS)
-    sub = action("issue", "Issue a device certificate (CN = thing name) into DIR/things/.", LEAF_DAYS)
+    sub = action("issue", "Issue a device certificate (CN = thing name) into DIR/things/. Refuses a name "
+                 f"issued before (recorded in DIR/{pki_names.INDEX_NAME}, even if its files were deleted) "
+                 f"and the engine's names ({DEFAULT_ENGINE_IDENTITY} is always reserved).", LEAF_DAYS)
     sub.add_argument("--thing", required=True, help=f"the thing name: {NAME_RULE}")
     sub = action("server", "Issue the broker's server certificate: DIR/server.crt, server.key.", LEAF_DAYS)
     sub.add_argument("--host", action="append", required=True, metavar="NAME_OR_IP",
                      help="a DNS name or IP address devices use to reach the broker (repeatable)")
-    sub = action("engine", "Issue the detect engine's client certificate: DIR/engine.crt, engine.key.", LEAF_DAYS)
+    sub = action("engine", "Issue the detect engine's client certificate: DIR/engine.crt, engine.key; the name "
+                 "is recorded in DIR/engine.name, which broker-config reads.", LEAF_DAYS)
     sub.add_argument("--name", default=DEFAULT_ENGINE_IDENTITY,
                      help=f"the engine's MQTT identity, distinct from every thing (default {DEFAULT_ENGINE_IDENTITY})")
 
