@@ -18,6 +18,7 @@ from garrison.wire.replies import Reply
 from garrison.agent.spool import Spool
 from garrison.agent.statefile import ReportIds
 from garrison.agent.transports.base import Transport
+from garrison.agent.transports.paho_compat import redact_broker_url
 from garrison.collectors.base import CollectorResult
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class Daemon:
         self.start()
         sdnotify.notify("READY=1")
         log.info("agent started: thing %s, broker %s, every %.0f s, %s%s", self.config.thing,
-                 self.config.broker, self.config.interval, self.config.format,
+                 redact_broker_url(self.config.broker), self.config.interval, self.config.format,
                  " (short names)" if self.config.short_names else "")
         # a moment for the first connection, so the first report goes out at once rather than spooled
         self.transport.wait_connected(min(5.0, self.config.publish_timeout))
@@ -264,7 +265,7 @@ class Daemon:
         timeout = self.config.reply_timeout if timeout is None else timeout
         self.start()
         if not self.transport.wait_connected(timeout):
-            log.warning("broker %s unreachable within %.0f s", self.config.broker, timeout)
+            log.warning("broker %s unreachable within %.0f s", redact_broker_url(self.config.broker), timeout)
         report_id = self.cycle()
         if report_id is None:
             return None, None

@@ -19,6 +19,22 @@ class BrokerURL(NamedTuple):
     password: Optional[str] = None
 
 
+def redact_broker_url(url: str) -> str:
+    """`url` fit for a log line or an error: the password of a user:pass@ part becomes ***.
+
+    Plain string work (no URL parsing), so that even a malformed URL, or a password with a '/'
+    or an '@' in it, never leaks: everything up to the last '@' after the scheme is user info.
+    """
+    scheme, sep, rest = str(url).partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return str(url)
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
+
+
 def parse_broker_url(url: str, credentials: bool = True) -> BrokerURL:
     """mqtt://[user:pass@]HOST[:PORT] or mqtts://... (default ports 1883 / 8883).
 
@@ -29,11 +45,13 @@ def parse_broker_url(url: str, credentials: bool = True) -> BrokerURL:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"broker URL {url!r} is invalid: {exc}") from None
+        # not `exc`: it can quote the password ("Port could not be cast to integer value as 'S3cret'")
+        raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: its host or port cannot be read") from None
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r} is invalid: use mqtt://HOST:PORT or mqtts://HOST:PORT")
+        raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: "
+                         "use mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.path not in ("", "/") or parts.query or parts.fragment or (parts.username and not credentials):
-        raise ValueError(f"broker URL {url!r} is invalid: only scheme, host and port are allowed")
+        raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: only scheme, host and port are allowed")
     tls = parts.scheme == "mqtts"
     return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls,
                      unquote(parts.username) if parts.username else None,

@@ -297,12 +297,13 @@ def cmd_serve(args) -> int:
     from garrison.detect.engine import Engine
     from garrison.detect.ingest.frontdoor import Ingestor
     from garrison.detect.ingest.mqtt import MqttIngest
-    from garrison.agent.transports.paho_compat import parse_broker_url
+    from garrison.agent.transports.paho_compat import redact_broker_url
+    from garrison.detect.ops.broker_credentials import broker_credentials
 
     # everything that can be wrong with the command line or the config fails here, in one line,
     # before any thread or connection starts
     config = _serve_config(args)
-    parse_broker_url(args.broker)
+    user, password = broker_credentials(args.broker, args.broker_user, args.broker_password_file)
     tls = _tls_files(args)
     store = Store(args.db)
     lock = _lock_database(args.db)
@@ -313,7 +314,7 @@ def cmd_serve(args) -> int:
                  f", attached to {target}" if target else "")
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
-                        now_ms=engine.clock.now_ms)
+                        username=user, password=password, now_ms=engine.clock.now_ms)
     alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
@@ -324,9 +325,9 @@ def cmd_serve(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     ingest.start()
     if not ingest.connected.wait(10):
-        log.warning("broker %s not reachable yet; retrying in the background", args.broker)
+        log.warning("broker %s not reachable yet; retrying in the background", redact_broker_url(args.broker))
     log.info("serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
-             args.broker, args.db, config.min_report_interval_s, config.invalidation_period_s,
+             redact_broker_url(args.broker), args.db, config.min_report_interval_s, config.invalidation_period_s,
              ", strict" if config.strict else "", f", API {api.url}" if api else "")
     try:
         while not stop.wait(0.5):
@@ -374,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         return actions.add_parser(name, help=help_text, parents=[db_anywhere])
 
     serve = command("serve", "Run the engine: ingest reports from the broker, evaluate, alert, act.")
-    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT (user:pass@ allowed)")
+    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT (user@ or user:pass@ "
+                       "allowed; a password there is visible in `ps`: prefer --broker-password-file)")
+    serve.add_argument("--broker-user", metavar="NAME", help="MQTT user name (default: the one in --broker)")
+    serve.add_argument("--broker-password-file", metavar="FILE", help="file whose first line is the MQTT password "
+                       "(else $GARRISON_BROKER_PASSWORD, else the URL's); never logged")
     serve.add_argument("--config", help="engine configuration file (TOML or JSON; see docs/detect.md)")
     serve.add_argument("--min-report-interval", type=float, metavar="SECONDS",
                        help="accept one report per thing per this many seconds (default 300, as AWS)")

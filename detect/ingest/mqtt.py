@@ -5,7 +5,7 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from garrison.agent.transports.paho_compat import new_client, parse_broker_url
+from garrison.agent.transports.paho_compat import new_client, parse_broker_url, redact_broker_url
 from garrison.detect.ingest.frontdoor import SUBSCRIPTIONS, Ingestor, _RateLimitedLog
 
 log = logging.getLogger("garrison.ingest")
@@ -33,7 +33,7 @@ class MqttIngest:
                  reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
                  now_ms: Callable[[], int] = _wall_clock_ms):
         host, port, url_tls, url_user, url_password = parse_broker_url(broker_url)
-        self.url, self.host, self.port = broker_url, host, port
+        self.url, self.host, self.port = redact_broker_url(broker_url), host, port  # self.url is for logs
         self.ingestor = ingestor
         self.now_ms = now_ms
         self.keepalive = keepalive

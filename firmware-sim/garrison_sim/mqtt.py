@@ -44,11 +44,11 @@ def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0,
     try:
         client.connect(host, port, keepalive=60)
     except OSError as exc:
-        raise BrokerError(f"cannot reach broker {url}: {exc}") from None
+        raise BrokerError(f"cannot reach broker {paho_compat.redact_broker_url(url)}: {exc}") from None
     client.loop_start()
     if not connected.wait(timeout) or _failed(result.get("rc")):
         client.loop_stop()
-        raise BrokerError(f"broker {url} refused or did not answer the connection ({result.get('rc')})")
+        raise BrokerError(f"broker {paho_compat.redact_broker_url(url)} refused or did not answer the connection ({result.get('rc')})")
     return client
 
 
