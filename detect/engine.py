@@ -38,7 +38,7 @@ from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.detect.ingest.frontdoor import valid_thing_name
 from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
-from garrison.detect.state.store import NotFound, Store, StoreError
+from garrison.detect.state.store import NotFound, Store, StoreError, parse_target
 from garrison.detect.respond.violations import Event
 
 log = logging.getLogger("garrison.engine")
@@ -331,6 +331,8 @@ class Engine:
         open violations are invalidated. Returns (profile, created).
         """
         profile = load_profile(source)
+        if attach:
+            _check_target(attach)
         now = self.clock.now_ms()
         with self.store.transaction():
             old = self.store.get_profile(profile.name)
@@ -418,6 +420,7 @@ class Engine:
         return out
 
     def attach(self, profile: str, target: str) -> bool:
+        _check_target(target)
         with self.store.transaction():
             return self.store.attach(profile, target)
 
@@ -497,4 +500,14 @@ def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> b
 def _check_thing_name(name: str, what: str = "thing") -> None:
     if not isinstance(name, str) or not valid_thing_name(name):
         raise StoreError(f"{what} names are 1-128 characters of [a-zA-Z0-9:_-], got {name!r}")
+
+
+def _check_target(target: str) -> None:
+    """An attach target names a thing or group by the naming rule (no MQTT wildcards or '/').
+    Detaching is not checked, so a bad target stored by an older version can still be removed."""
+    if not isinstance(target, str):
+        raise StoreError(f"bad attachment target {target!r} (use all, group:NAME or thing:NAME)")
+    kind, name = parse_target(target)
+    if name is not None:
+        _check_thing_name(name, kind)
 
