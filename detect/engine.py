@@ -76,6 +76,8 @@ class Engine:
         self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
         self._dispatch_lock = threading.Lock()
+        self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
+        self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
         # first, so devices that did report are not taken for silent ones
         self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0}
@@ -187,12 +189,23 @@ class Engine:
     # ---- alerts -------------------------------------------------------------------------------
 
     def dispatch_alerts(self) -> int:
-        """Hand events still in the outbox to the alert targets; returns how many."""
+        """Hand events still in the outbox to the alert targets; returns how many.
+
+        With targets that report outcomes (detect.alerts.AlertDispatcher), an event leaves the
+        outbox only when its alert was delivered or finally failed (kept in alert_failures);
+        targets get no more than they have room for, so nothing is dropped, and what is still
+        pending when the engine stops is sent after its restart."""
         if self.alerts is None:
             return 0
+        tracked = getattr(self.alerts, "tracks_delivery", False)
         sent = 0
         with self._dispatch_lock:
             for row in self.store.pending_alerts():
+                with self._in_flight_lock:
+                    if row["seq"] in self._alerts_in_flight:
+                        continue
+                if tracked and not self.alerts.has_room():
+                    break  # the rest waits in the outbox for the next tick
                 event = Event.from_row(row)
                 info = event.additional_info or {}
                 message = AlertMessage(event.thing, event.profile, event.behavior, event.metric_value,
@@ -202,10 +215,31 @@ class Engine:
                                        invalidationReason=info.get("invalidationReason"),
                                        explanation=info.get("explanation"),
                                        violationEventAdditionalInfo=info or None)
-                self.alerts.deliver(message)
-                self.store.mark_alerted(event.seq, self.clock.now_ms())
+                if tracked:
+                    with self._in_flight_lock:
+                        self._alerts_in_flight.add(event.seq)
+                    self.alerts.deliver(message, done=self._alert_outcome_recorder(event.seq))
+                else:  # a plain deliver(message): handing it over is all there is
+                    self.alerts.deliver(message)
+                    self.store.mark_alerted(event.seq, self.clock.now_ms())
                 sent += 1
         return sent
+
+    def _alert_outcome_recorder(self, seq: int):
+        def done(outcome: str, detail: str) -> None:  # called on an alert worker's thread
+            try:
+                if outcome == "delivered":
+                    self.store.mark_alerted(seq, self.clock.now_ms())
+                elif outcome == "failed":
+                    self.store.mark_alerted(seq, self.clock.now_ms(), failure=detail or "failed")
+                    log.error("alert for event %d given up: %s", seq, detail)
+                # "dropped": not sent; it stays in the outbox and is handed over again
+            except Exception:
+                log.exception("could not record the outcome of alert %d; it will be sent again", seq)
+            finally:
+                with self._in_flight_lock:
+                    self._alerts_in_flight.discard(seq)
+        return done
 
     # ---- periodic work ------------------------------------------------------------------------
 

@@ -8,16 +8,25 @@ plus our extras when known (e.g. "threshold" for statistical behaviors).
 
 Delivery never blocks the engine: each remote target owns a bounded queue and one worker thread;
 when the queue is full the alert is dropped and the drop logged (and counted in `stats`).
-Webhooks retry 5xx, 429 and connection errors with exponential backoff.
+Webhooks retry 5xx, 429 and connection errors with exponential backoff; each attempt has an
+overall deadline (connect, send, headers: a server that answers one byte at a time is cut off
+when it passes) and reads at most MAX_RESPONSE_BYTES of the answer.
+
+Whoever hands an alert over may pass `done(outcome, detail)`: it is called once the alert was
+delivered ("delivered"), given up after its last attempt ("failed"), or not taken ("dropped": a
+full queue, a closed target). The engine (garrison.detect.engine) marks its outbox from these outcomes,
+and hands a target no more than it has room for, so an alert is never marked sent that was not.
 """
+import http.client
+import io
 import json
 import logging
 import queue
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+import urllib.parse
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 log = logging.getLogger("garrison.alerts")
 
@@ -27,6 +36,9 @@ EVENT_TYPES = ("in-alarm", "alarm-cleared", "alarm-invalidated")
 DEFAULT_TOPIC = "garrison/alerts/{thing}"
 DEFAULT_QUEUE_SIZE = 1000
 MAX_BACKOFF_SECONDS = 60.0
+MAX_RESPONSE_BYTES = 64 * 1024   # a webhook's status line, headers and the start of its body
+DELIVERED, FAILED, DROPPED = "delivered", "failed", "dropped"
+Done = Callable[[str, str], None]   # done(outcome, detail)
 
 
 class AlertConfigError(ValueError):
@@ -67,10 +79,16 @@ class LogTarget:
         self.logger = logger or log
         self.stats = {"delivered": 0, "dropped": 0, "failed": 0}
 
-    def deliver(self, message: Mapping[str, Any]) -> None:
+    def deliver(self, message: Mapping[str, Any], done: Optional[Done] = None) -> bool:
         level = logging.WARNING if message.get("violationEventType") == "in-alarm" else logging.INFO
         self.logger.log(level, "alert %s", json.dumps(message, sort_keys=True, default=str))
         self.stats["delivered"] += 1
+        if done is not None:
+            done(DELIVERED, "")
+        return True
+
+    def has_room(self) -> bool:
+        return True
 
     def flush(self, timeout: float = 0) -> bool:
         return True
@@ -92,23 +110,29 @@ class QueuedTarget:
         self.retries = retries
         self.backoff = backoff
         self.stats = {"delivered": 0, "dropped": 0, "failed": 0}
-        self._queue: "queue.Queue[Optional[Mapping[str, Any]]]" = queue.Queue(queue_size)
+        self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"garrison-alerts-{self.name}", daemon=True)
         self._thread.start()
 
-    def deliver(self, message: Mapping[str, Any]) -> None:
-        """Queue `message`; never blocks. A full queue drops it (logged)."""
+    def deliver(self, message: Mapping[str, Any], done: Optional[Done] = None) -> bool:
+        """Queue `message`; never blocks. A full queue drops it (logged, `done(DROPPED)`); False then."""
         if self._stop.is_set():
-            self.stats["dropped"] += 1
-            log.warning("%s: closed, alert dropped (violation %s)", self, message.get("violationId"))
-            return
-        try:
-            self._queue.put_nowait(message)
-        except queue.Full:
-            self.stats["dropped"] += 1
-            log.warning("%s: queue full (%d), alert dropped (violation %s)", self, self._queue.maxsize,
-                        message.get("violationId"))
+            reason = "closed"
+        else:
+            try:
+                self._queue.put_nowait((message, done))
+                return True
+            except queue.Full:
+                reason = f"queue full ({self._queue.maxsize})"
+        self.stats["dropped"] += 1
+        log.warning("%s: %s, alert dropped (violation %s)", self, reason, message.get("violationId"))
+        _call(done, DROPPED, reason)
+        return False
+
+    def has_room(self) -> bool:
+        """Whether `deliver` would queue a message now (the engine asks before handing one over)."""
+        return not self._stop.is_set() and not self._queue.full()
 
     def send(self, message: Mapping[str, Any]) -> None:
         """Send once; raise RetryableError to be retried, any other exception to give up."""
@@ -116,34 +140,41 @@ class QueuedTarget:
 
     def _run(self) -> None:
         while True:
-            message = self._queue.get()
+            item = self._queue.get()
             try:
-                if message is None:
+                if item is None:
                     return
-                self._send_with_retries(message)
+                message, done = item
+                outcome, detail = self._send_with_retries(message)
+                _call(done, outcome, detail)
             finally:
                 self._queue.task_done()
 
-    def _send_with_retries(self, message: Mapping[str, Any]) -> None:
+    def _send_with_retries(self, message: Mapping[str, Any]):
+        """(DELIVERED | FAILED | DROPPED, detail): DROPPED when closing cut the retries short."""
         for attempt in range(self.retries + 1):
             try:
                 self.send(message)
                 self.stats["delivered"] += 1
-                return
+                return DELIVERED, ""
             except RetryableError as exc:
-                if attempt == self.retries or self._stop.is_set():
+                if attempt == self.retries:
                     log.error("%s: alert for violation %s failed after %d attempts: %s", self,
                               message.get("violationId"), attempt + 1, exc)
-                    break
+                    self.stats["failed"] += 1
+                    return FAILED, f"{self}: {exc} (after {attempt + 1} attempts)"
                 delay = min(self.backoff * (2 ** attempt), MAX_BACKOFF_SECONDS)
                 log.info("%s: %s; retrying in %.1fs", self, exc, delay)
-                if self._stop.wait(delay):
-                    log.error("%s: closing, alert for violation %s abandoned", self, message.get("violationId"))
-                    break
+                if self._stop.is_set() or self._stop.wait(delay):
+                    log.error("%s: closing, alert for violation %s not sent (%s); it stays pending", self,
+                              message.get("violationId"), exc)
+                    self.stats["dropped"] += 1
+                    return DROPPED, f"closing: {exc}"
             except Exception as exc:  # a permanent failure (4xx, bad payload): do not retry
                 log.error("%s: alert for violation %s failed: %s", self, message.get("violationId"), exc)
-                break
-        self.stats["failed"] += 1
+                self.stats["failed"] += 1
+                return FAILED, f"{self}: {exc}"
+        raise AssertionError("unreachable")
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued was sent or given up; False on timeout."""
@@ -163,10 +194,27 @@ class QueuedTarget:
         except queue.Full:
             pass
         self._thread.join(timeout=1.0)
-        left = self._queue.qsize()
+        left = 0
+        while True:  # what the worker did not reach: not sent, so not marked (it stays pending)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                left += 1
+                _call(item[1], DROPPED, "closed before it was sent")
         if left:
             self.stats["dropped"] += left
             log.warning("%s: closed with %d alerts unsent", self, left)
+
+
+def _call(done: Optional[Done], outcome: str, detail: str) -> None:
+    if done is None:
+        return
+    try:
+        done(outcome, detail)
+    except Exception:  # the caller's bookkeeping must not kill a worker
+        log.exception("alert outcome callback failed")
 
 
 class RetryableError(Exception):
@@ -227,13 +275,19 @@ class WebhookTarget(QueuedTarget):
     name = "webhook"
 
     def __init__(self, url: str, retries: int = 3, backoff: float = 1.0, timeout: float = 5.0,
-                 headers: Optional[Mapping[str, str]] = None, queue_size: int = DEFAULT_QUEUE_SIZE):
+                 headers: Optional[Mapping[str, str]] = None, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise AlertConfigError(f"webhook url must start with http:// or https://, got {url!r}")
         if timeout <= 0:
             raise AlertConfigError("webhook timeout must be positive")
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname:
+            raise AlertConfigError(f"webhook url has no host: {url!r}")
         self.url = url
-        self.timeout = timeout
+        self._parts = parts
+        self.timeout = timeout   # the whole attempt: connect, send, status and headers
+        self.max_response_bytes = max_response_bytes
         self.headers = {"Content-Type": "application/json", "User-Agent": "garrison-detect"}
         self.headers.update(headers or {})
         super().__init__(queue_size, retries, backoff)
@@ -243,16 +297,99 @@ class WebhookTarget(QueuedTarget):
 
     def send(self, message: Mapping[str, Any]) -> None:
         body = json.dumps(message, separators=(",", ":"), default=str).encode()
-        request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
+        deadline = time.monotonic() + self.timeout
+        parts = self._parts
+        https = parts.scheme == "https"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection = (_DeadlineHTTPS if https else _DeadlineHTTP)(
+            parts.hostname, parts.port, timeout=self.timeout, deadline=deadline, cap=self.max_response_bytes)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code >= 500 or exc.code == 429:
-                raise RetryableError(f"HTTP {exc.code}") from None
-            raise RuntimeError(f"HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout
-            raise RetryableError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+            connection.request("POST", path, body=body, headers=self.headers)
+            response = connection.getresponse()
+            status, reason = response.status, response.reason  # the answer; its body is not read
+        except _ResponseTooLarge:
+            raise RetryableError(f"{self.url} answered more than {self.max_response_bytes} bytes") from None
+        except (socket.timeout, TimeoutError):
+            raise RetryableError(f"{self.url} did not answer within {self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, DNS, TLS, garbage
+            raise RetryableError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        finally:
+            connection.close()
+        if 200 <= status < 300:
+            return
+        if status >= 500 or status == 429:
+            raise RetryableError(f"HTTP {status}")
+        raise RuntimeError(f"HTTP {status} {reason}")  # 3xx are not followed, 4xx not retried
+
+
+class _ResponseTooLarge(Exception):
+    pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as http.client reads it: each read waits at most until `deadline`, and the
+    whole answer is capped at `cap` bytes (a socket timeout alone restarts with every byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, cap: int):
+        self.sock, self.deadline, self.left = sock, deadline, cap
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        if self.left <= 0:
+            raise _ResponseTooLarge()
+        self.sock.settimeout(remaining)
+        view = memoryview(buffer)[:self.left]
+        n = self.sock.recv_into(view)
+        self.left -= n
+        return n
+
+
+class _DeadlineSocket:
+    """Wraps the connected socket so that sends and reads share one deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float, cap: int):
+        self._sock, self._deadline, self._cap = sock, deadline, cap
+
+    def sendall(self, data) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        self._sock.settimeout(remaining)  # since Python 3.5: the total for the whole sendall
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline, self._cap))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _DeadlineHTTP(http.client.HTTPConnection):
+    def __init__(self, host, port, timeout: float, deadline: float, cap: int):
+        super().__init__(host, port, timeout=timeout)
+        self._deadline, self._cap = deadline, cap
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline, self._cap)
+
+
+class _DeadlineHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host, port, timeout: float, deadline: float, cap: int):
+        super().__init__(host, port, timeout=timeout)
+        self._deadline, self._cap = deadline, cap
+
+    def connect(self) -> None:
+        super().connect()  # TCP connect and TLS handshake, each step within `timeout`
+        self.sock = _DeadlineSocket(self.sock, self._deadline, self._cap)
 
 
 class AlertDispatcher:
@@ -261,12 +398,32 @@ class AlertDispatcher:
     def __init__(self, targets: Iterable[Any] = ()):
         self.targets: List[Any] = list(targets)
 
-    def deliver(self, message: Mapping[str, Any]) -> None:
+    tracks_delivery = True   # the engine may pass done= and ask has_room()
+
+    def deliver(self, message: Mapping[str, Any], done: Optional[Done] = None) -> None:
+        """Hand `message` to every target. `done(outcome, detail)` is called once all of them
+        have finished with it: DELIVERED if all delivered, DROPPED if any did not take it (it is
+        to be handed over again), else FAILED with the failures' details."""
+        collect = _AllDone(len(self.targets), done) if done is not None else None
         for target in self.targets:
             try:
-                target.deliver(message)
-            except Exception:  # a broken target must not stop the others, nor the engine
+                if collect is None:
+                    target.deliver(message)
+                elif hasattr(target, "has_room"):  # ours: reports its outcome when it has one
+                    target.deliver(message, collect.one)
+                else:                              # a plain deliver(message): handed over is done
+                    target.deliver(message)
+                    collect.one(DELIVERED, "")
+            except Exception as exc:  # a broken target must not stop the others, nor the engine
                 log.exception("alert target %s failed", target)
+                if collect is not None:
+                    collect.one(FAILED, f"{target}: {exc}")
+        if collect is not None and not self.targets:
+            done(DELIVERED, "")
+
+    def has_room(self) -> bool:
+        """Whether every target can take one more alert now."""
+        return all(getattr(target, "has_room", lambda: True)() for target in self.targets)
 
     def flush(self, timeout: float = 10.0) -> bool:
         return all(target.flush(timeout) for target in self.targets)
@@ -274,6 +431,29 @@ class AlertDispatcher:
     def close(self, timeout: float = 5.0) -> None:
         for target in self.targets:
             target.close(timeout)
+
+
+class _AllDone:
+    """Calls `done` once, when `count` targets have reported their outcome."""
+
+    def __init__(self, count: int, done: Done):
+        self.left, self.done = count, done
+        self.outcomes: List[tuple] = []
+        self.lock = threading.Lock()
+
+    def one(self, outcome: str, detail: str) -> None:
+        with self.lock:
+            self.outcomes.append((outcome, detail))
+            self.left -= 1
+            if self.left:
+                return
+        kinds = {o for o, _ in self.outcomes}
+        if DROPPED in kinds:
+            _call(self.done, DROPPED, "; ".join(d for o, d in self.outcomes if o == DROPPED))
+        elif FAILED in kinds:
+            _call(self.done, FAILED, "; ".join(d for o, d in self.outcomes if o == FAILED))
+        else:
+            _call(self.done, DELIVERED, "")
 
 
 _WEBHOOK_KEYS = {"url", "retries", "backoff_seconds", "timeout_seconds", "headers", "queue_size"}

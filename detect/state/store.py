@@ -103,6 +103,12 @@ CREATE TABLE IF NOT EXISTS violation_events (
 CREATE INDEX IF NOT EXISTS violation_events_time ON violation_events(time_ms);
 CREATE INDEX IF NOT EXISTS violation_events_thing ON violation_events(thing, time_ms);
 CREATE INDEX IF NOT EXISTS violation_events_outbox ON violation_events(alerted_ms) WHERE alerted_ms IS NULL;
+-- alerts given up after their last attempt (alerted_ms is set too: they leave the outbox)
+CREATE TABLE IF NOT EXISTS alert_failures (
+    seq INTEGER PRIMARY KEY REFERENCES violation_events(seq) ON DELETE CASCADE,
+    failed_ms INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
 -- each device's latest judged value per statistical behavior (the population of garrison.detect.judge.fleetstats)
 CREATE TABLE IF NOT EXISTS fleet_samples (
     profile TEXT NOT NULL,
@@ -528,8 +534,18 @@ class Store:
                           "JOIN violations v ON v.violation_id = e.violation_id "
                           "WHERE e.alerted_ms IS NULL ORDER BY e.seq LIMIT ?", (limit,))
 
-    def mark_alerted(self, seq: int, now_ms: int) -> None:
-        self._exec("UPDATE violation_events SET alerted_ms = ? WHERE seq = ?", (now_ms, seq))
+    def mark_alerted(self, seq: int, now_ms: int, failure: Optional[str] = None) -> None:
+        """The alert of event `seq` was delivered, or (with `failure`) given up after its last
+        attempt: either way it leaves the outbox; a failure is kept in alert_failures."""
+        with self.transaction():
+            self._exec("UPDATE violation_events SET alerted_ms = ? WHERE seq = ?", (now_ms, seq))
+            if failure is not None:
+                self._exec("INSERT OR REPLACE INTO alert_failures (seq, failed_ms, detail) VALUES (?, ?, ?)",
+                           (seq, now_ms, failure[:2000]))
+
+    def alert_failures(self) -> List[sqlite3.Row]:
+        """Alerts given up after their last attempt: seq, failed_ms, detail (oldest first)."""
+        return self._rows("SELECT seq, failed_ms, detail FROM alert_failures ORDER BY seq")
 
     # ---- fleet statistics ---------------------------------------------------------------------
 

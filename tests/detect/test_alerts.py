@@ -126,12 +126,15 @@ def test_webhook_does_not_retry_client_errors(hook_factory):
     assert len(hook.requests) == 1 and target.stats["failed"] == 1
 
 
-def test_webhook_retries_connection_refused_until_the_server_comes_up():
+def test_webhook_retries_connection_refused_until_the_server_comes_up(caplog):
     port = free_port()
     target = WebhookTarget(f"http://127.0.0.1:{port}/a", retries=10, backoff=0.05, timeout=2)
-    target.deliver(message())
-    assert wait_for(lambda: target._queue.unfinished_tasks == 1)
-    time.sleep(0.1)   # let the first attempt (refused) happen
+    with caplog.at_level(logging.INFO, logger="garrison.alerts"):
+        target.deliver(message())
+        # the first attempt really was refused (and is being retried) before the server exists
+        wait_for(lambda: "Connection refused" in caplog.text and "retrying in" in caplog.text, 15,
+                 "a refused first attempt")
+    assert target.stats == {"delivered": 0, "dropped": 0, "failed": 0}
     received = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -331,3 +334,179 @@ def test_mqtt_alert_published_while_disconnected_arrives_after_connect(mosquitto
         for client in (pub, sub):
             client.loop_stop()
             client.disconnect()
+
+
+# ---------------------------------------------------- slow webhooks, outcomes, the outbox (issue 10)
+
+class SlowHook:
+    """A real TCP server on loopback that reads a request and then answers one byte every
+    `every` seconds (for at most 60 s), or, once `fast` is set, answers 204 at once."""
+
+    def __init__(self, every=0.3):
+        import socket
+        self.every = every
+        self.fast = threading.Event()
+        self.stop = threading.Event()
+        self.requests = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")][0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if self.fast.is_set():
+                    self.requests.append(json.loads(body))
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                    return
+                answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                deadline = time.monotonic() + 60
+                for i in range(len(answer)):
+                    if self.stop.wait(self.every) or time.monotonic() > deadline:
+                        return
+                    conn.sendall(answer[i:i + 1])
+            except OSError:
+                return
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def slow_hook():
+    hook = SlowHook()
+    yield hook
+    hook.close()
+
+
+def test_a_webhook_answering_one_byte_at_a_time_is_cut_off_at_the_deadline(slow_hook, caplog):
+    target = WebhookTarget(slow_hook.url, retries=0, timeout=1.0)
+    outcomes = []
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="garrison.alerts"):
+        target.deliver(message(), done=lambda outcome, detail: outcomes.append((outcome, detail)))
+        assert target.flush(15), "the worker is still stuck on the slow webhook"
+    elapsed = time.monotonic() - started
+    target.close()
+    assert elapsed < 4, f"one attempt took {elapsed:.1f} s with a 1 s deadline"
+    assert target.stats == {"delivered": 0, "dropped": 0, "failed": 1}
+    assert outcomes == [("failed", f"webhook {slow_hook.url}: {slow_hook.url} did not answer within 1 s "
+                                   "(after 1 attempts)")]
+
+
+def test_a_webhook_answer_is_read_up_to_a_size_cap():
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    sent = []
+
+    def flood():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for i in range(200):   # 200 KB of headers: http.client alone would read 100 of them
+                    conn.sendall(f"X-Filler-{i}: {'a' * 1000}\r\n".encode())
+                    sent.append(i)
+                conn.sendall(b"\r\n")
+            except OSError:
+                pass
+    threading.Thread(target=flood, daemon=True).start()
+    target = WebhookTarget(f"http://127.0.0.1:{server.getsockname()[1]}/", retries=0, timeout=10,
+                           max_response_bytes=16 * 1024)
+    outcomes = []
+    try:
+        target.deliver(message(), done=lambda outcome, detail: outcomes.append((outcome, detail)))
+        assert target.flush(15)
+    finally:
+        target.close()
+        server.close()
+    assert outcomes and outcomes[0][0] == "failed"
+    assert "answered more than 16384 bytes" in outcomes[0][1]
+
+
+def _alarming_engine(db, dispatcher, things):
+    from garrison.detect.clock import ManualClock
+    from garrison.detect.config import Config
+    from garrison.detect.engine import Engine
+    from garrison.detect.state.store import Store
+    from engine_support import max_connections, validated
+    clock = ManualClock()
+    engine = Engine(Store(db), clock, Config(), alerts=dispatcher, ml=None)
+    engine.apply_profile(max_connections(limit=5), attach="all")
+    for i in range(things):
+        clock.advance(1)
+        assert len(engine.accept(f"dev-{i}", validated(connections=9), clock.now_ms())) == 1  # in-alarm
+    return engine
+
+
+def test_alerts_a_slow_webhook_holds_up_stay_pending_and_none_is_marked_sent_unsent(slow_hook, tmp_path):
+    # the issue's case, scaled: 20 alerts, a queue of 5, a webhook that answers one byte at a time
+    target = WebhookTarget(slow_hook.url, retries=0, timeout=0.5, queue_size=5)
+    engine = _alarming_engine(tmp_path / "e.db", AlertDispatcher([target]), 20)
+    try:
+        assert len(engine.store.pending_alerts()) == 20       # none delivered yet: none marked
+        assert target.stats["dropped"] == 0                   # the engine gave it only what fits
+        wait_for(lambda: target.stats["failed"] >= 2, 15, "two deliveries to time out")
+        slow_hook.fast.set()                                  # the webhook recovers
+        wait_for(lambda: engine.dispatch_alerts() >= 0 and not engine.store.pending_alerts()
+                 and target._queue.unfinished_tasks == 0, 30, "the outbox to empty")
+        failed = {row["seq"] for row in engine.store.alert_failures()}
+        delivered = {m["violationId"] for m in slow_hook.requests}
+        events = engine.store.list_events()
+        assert len(events) == 20 and target.stats["dropped"] == 0
+        assert len(failed) == target.stats["failed"] >= 2      # given up, recorded as such
+        assert len(delivered) == target.stats["delivered"] == 20 - len(failed)
+        for event in events:                                  # each one either arrived or is a recorded failure
+            assert (event["violation_id"] in delivered) != (event["seq"] in failed)
+        assert all("did not answer within 0.5 s" in row["detail"] for row in engine.store.alert_failures())
+    finally:
+        target.close(0)
+        engine.store.close()
+
+
+def test_alerts_not_delivered_before_a_stop_are_sent_after_the_restart(tmp_path, slow_hook):
+    db = tmp_path / "e.db"
+    first = WebhookTarget(slow_hook.url, retries=0, timeout=30, queue_size=2)
+    engine = _alarming_engine(db, AlertDispatcher([first]), 6)
+    assert len(engine.store.pending_alerts()) == 6
+    first.close(0.2)                                          # stop while the webhook is still answering
+    engine.store.close()
+    from garrison.detect.clock import ManualClock
+    from garrison.detect.config import Config
+    from garrison.detect.engine import Engine
+    from garrison.detect.state.store import Store
+    slow_hook.fast.set()
+    second = WebhookTarget(slow_hook.url, retries=0, timeout=5)
+    engine = Engine(Store(db), ManualClock(), Config(), alerts=AlertDispatcher([second]), ml=None)
+    try:
+        assert len(engine.store.pending_alerts()) == 6        # the restart still knows they are unsent
+        engine.dispatch_alerts()
+        wait_for(lambda: not engine.store.pending_alerts(), 20, "the pending alerts to go out")
+        assert sorted(m["thingName"] for m in slow_hook.requests) == [f"dev-{i}" for i in range(6)]
+        assert engine.store.alert_failures() == []
+    finally:
+        second.close(0)
+        engine.store.close()
