@@ -208,7 +208,8 @@ def _write_atomically(path: Path, text: str) -> None:
 # -------------------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", required=True, help="where to write mosquitto.conf and acl")
+    parser.add_argument("--dir", required=True, help="where to write mosquitto.conf and acl, and copy ca.crt, "
+                        "server.crt and server.key for the broker's user (Mosquitto reads them after dropping root)")
     parser.add_argument("--ca", required=True, help="the fleet CA certificate (garrison-detect pki init)")
     parser.add_argument("--cert", required=True, help="the broker's certificate (garrison-detect pki server)")
     parser.add_argument("--key", required=True, help="the broker's private key")

@@ -48,7 +48,8 @@ def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0,
     client.loop_start()
     if not connected.wait(timeout) or _failed(result.get("rc")):
         client.loop_stop()
-        raise BrokerError(f"broker {paho_compat.redact_broker_url(url)} refused or did not answer the connection ({result.get('rc')})")
+        raise BrokerError(f"broker {paho_compat.redact_broker_url(url)} refused or did not answer the connection "
+                          f"({result.get('rc')})")
     return client
 
 
