@@ -227,6 +227,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-client-ids", action=argparse.BooleanOptionalAction, default=True,
                         help="replace each client id with the certificate's CN, so no client can take over "
                              "another's session (default: on; needs one identity per engine connection)")
+    parser.add_argument("--max-queued-bytes", type=int, default=MAX_QUEUED_BYTES, metavar="BYTES",
+                        help="most bytes the broker queues for one offline persistent session, the engine's "
+                             f"(default {MAX_QUEUED_BYTES} = 256 MiB); beyond it new reports for that session "
+                             "are dropped while the devices still get their PUBACK")
     parser.add_argument("--force", action="store_true", help="replace existing files")
 
 
@@ -235,7 +239,8 @@ def run(args) -> int:
         conf, acl = write(Path(args.dir), Path(args.ca), Path(args.cert), Path(args.key), port=args.port,
                           bind=args.bind, engine_identity=args.engine_identity,
                           persistence_dir=Path(args.persistence_dir) if args.persistence_dir else None,
-                          run_as=args.run_as, force=args.force, lock_client_ids=args.lock_client_ids)
+                          run_as=args.run_as, force=args.force, lock_client_ids=args.lock_client_ids,
+                          max_queued_bytes=args.max_queued_bytes)
     except BrokerConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -152,6 +152,9 @@ def test_the_generated_config_sets_the_memory_bounds(tmp_path):
     assert "retain_available false" in lines
     assert f"max_packet_size {128 * 1024 + 1024}" in lines
     assert f"max_queued_bytes {256 * 1024 * 1024}" in lines and "max_queued_messages 100000" in lines
+    run("garrison.detect.ops.brokerconf", "--dir", str(tmp_path / "small"), "--ca", str(ca.cert_path), "--cert", str(cert),
+        "--key", str(key), "--max-queued-bytes", "1048576")
+    assert "max_queued_bytes 1048576" in (tmp_path / "small" / "mosquitto.conf").read_text().splitlines()
 
 
 def test_a_retained_report_is_refused_and_never_replayed_to_a_new_subscriber(broker):
