@@ -49,7 +49,10 @@ class ReportCollector:
 
     def __init__(self, state_dir: Path, enabled: Iterable[str], socket_backend: str = "auto",
                  interfaces: Optional[List[str]] = None, include_loopback: bool = False,
-                 max_list_items: int = report.DEFAULT_MAX_LIST_ITEMS, persist: bool = True):
+                 max_list_items: int = report.DEFAULT_MAX_LIST_ITEMS, persist: bool = True,
+                 events: Any = None, interval_extension: bool = False, fold_interval: bool = False):
+        # events: a started collectors.sockevents.SocketEvents (sockets closed between reports)
+        self.events, self.interval_extension, self.fold_interval = events, interval_extension, fold_interval
         self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback)
         self.deltas = NetworkDeltas(Path(state_dir), persist=persist) if "network_stats" in self.collectors else None
         self.max_list_items = max_list_items
@@ -76,4 +79,20 @@ class ReportCollector:
         self.last_results = results
         built = report.build(report_id, custom_metrics=custom_metrics, max_list_items=self.max_list_items,
                              **groups)
+        if self.events is not None:
+            self._add_interval(built)
         return built, results
+
+    def _add_interval(self, built: Dict[str, Any]) -> None:
+        """The sockets closed since the last report (agent.interval), when the kernel tells us."""
+        from agent import interval
+        summary = self.events.drain()
+        if not summary["available"]:
+            return   # refused or stopped: logged once by the collector; snapshots only
+        if summary["overflow"] or summary["lost"]:
+            log.warning("socket events: %d of %d closed sockets not itemised (table full), kernel drops %d",
+                        summary["overflow"], summary["events"], summary["lost"])
+        if self.fold_interval:
+            interval.fold(built, summary, self.max_list_items)
+        if self.interval_extension:
+            built.setdefault("metrics", {})["interval_sockets"] = interval.extension(summary, self.max_list_items)

@@ -150,6 +150,18 @@ OPTIONS: Tuple[Option, ...] = (
            "wins over --collectors.", check=_check_collectors, metavar="NAME", commands=BOTH),
     Option("socket_backend", "str", "auto", "How sockets are read: auto (netlink sock_diag, falling "
            "back to /proc), netlink or procfs.", choices=("auto", "netlink", "procfs"), commands=BOTH),
+    Option("socket_events", "str", "auto", "Watch TCP/UDP sockets closing between reports (netlink "
+           "sock_diag destroy events), so a beacon or a listener that lives between two reports is still "
+           "reported: on, off, or auto (on, except where reports go to AWS IoT Core and fold_interval_"
+           "connections is off). The interval_sockets extension is only sent to Garrison engines.",
+           choices=("auto", "on", "off")),
+    Option("socket_events_max", "int", 256, "Most distinct remote addresses, and most listening ports, "
+           "kept per interval by the socket-event collector; the rest are counted as overflow.",
+           minimum=1, maximum=1000),
+    Option("fold_interval_connections", "bool", False, "Add the interval's TCP remote endpoints to the "
+           "established-connections list (works on AWS IoT too), so aws:destination-ip-addresses sees "
+           "connections that closed between reports; aws:num-established-tcp-connections then counts "
+           "them as well."),
     Option("spool_max_reports", "int", 1000, "Most reports kept while the broker is unreachable; the "
            "oldest are dropped (and counted) beyond it.", minimum=1),
     Option("spool_max_bytes", "int", 16 * 1024 * 1024, "Most bytes of spooled reports.", minimum=1024),

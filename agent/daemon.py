@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from garrison.agent import report, sdnotify
+from garrison.agent import interval, report, sdnotify
 from garrison.agent.collect import ReportCollector
 from garrison.agent.config import Config, ConfigError
 from garrison.wire.replies import Reply
@@ -74,9 +74,12 @@ class Daemon:
                 raise ConfigError(f"state directory {str(self.state_dir)!r} is unusable: "
                                   f"{exc.strerror or exc}") from None
         self.ids = ReportIds(self.state_dir, persist=persist_state)
+        _, extension, fold = interval.plan(config)
+        self.events = interval.make_events(config) if persist_state else None   # a look needs no history
         self.collector = ReportCollector(self.state_dir, config.enabled_collectors, config.socket_backend,
                                          config.interfaces, config.include_loopback, config.max_list_items,
-                                         persist=persist_state)
+                                         persist=persist_state, events=self.events,
+                                         interval_extension=extension, fold_interval=fold)
         self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
                            config.spool_max_age) if persist_state else None
         self._transport = transport
@@ -200,6 +203,8 @@ class Daemon:
         self._stop.set()
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.stop()
         if self._started:
             self.transport.stop()
             self._started = False

@@ -149,6 +149,8 @@ def _lists(report: Dict[str, Any]) -> List[List[Any]]:
     found = [metrics[k]["ports"] for k in ("listening_tcp_ports", "listening_udp_ports") if k in metrics]
     if "tcp_connections" in metrics:
         found.append(metrics["tcp_connections"]["established_connections"]["connections"])
+    if "interval_sockets" in metrics:   # agent.interval's extension (its overflow stays as collected)
+        found += [metrics["interval_sockets"]["connections"], metrics["interval_sockets"]["listening_ports"]]
     return found
 
 

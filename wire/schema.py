@@ -35,6 +35,8 @@ class Field:
     minimum: Optional[int] = None
     maximum: Optional[int] = None
     required: bool = False
+    choices: Tuple[str, ...] = ()        # "str": the only values allowed
+    max_items: Optional[int] = None      # "list": the most entries allowed
 
     def child(self, key: str) -> Optional["Field"]:
         """The child named `key` in either name form (agents mix them)."""
@@ -67,6 +69,34 @@ _CONNECTION = (
     Field("local_interface", "li", "str", "Interface owning the local address."),
 )
 
+# Garrison's extension (not AWS's; the agent never sends it to AWS IoT): sockets the kernel
+# destroyed between the previous report and this one (collectors.sockevents).
+INTERVAL_MAX_ITEMS = 1000
+_PROTOCOL = Field("protocol", "pr", "str", '"tcp" or "udp".', choices=("tcp", "udp"), required=True)
+_INTERVAL_SOCKETS = Field(
+    "interval_sockets", "isk", "object",
+    "Garrison extension: sockets closed since the previous report (never sent to AWS IoT).", children=(
+        Field("connections", "cs", "list", "Remote endpoints connected to, one per remote address "
+              "(capped, busiest first).", max_items=INTERVAL_MAX_ITEMS, children=(
+                  Field("remote_addr", "rad", "str", 'First remote "ip:port" seen for the address.',
+                        required=True),
+                  _PROTOCOL,
+                  Field("local_port", "lp", "int", "Local port of that first socket.", minimum=0, maximum=MAX_PORT),
+                  _count("count", "n", "Sockets to this address closed in the interval."),
+                  _count("bytes_in", "bi", "Bytes they received (TCP, from tcp_info)."),
+                  _count("bytes_out", "bo", "Bytes they sent and had acknowledged (TCP, from tcp_info)."),
+              )),
+        Field("listening_ports", "lps", "list", "Local ports that listened (capped).",
+              max_items=INTERVAL_MAX_ITEMS, children=(
+                  Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
+                  _PROTOCOL,
+                  _count("count", "n", "Sockets on this port closed in the interval."),
+              )),
+        _count("events", "ev", "Sockets closed in the interval (the true count)."),
+        _count("overflow", "of", "Of them, not listed because the collector's table was full."),
+        _count("lost", "lo", "Times the kernel dropped events (the collector fell behind)."),
+    ))
+
 REPORT = Field("report", "report", "object", "A Device Defender metric report.", children=(
     Field("header", "hed", "object", "Report header.", required=True, children=(
         Field("report_id", "rid", "int", "Positive, increasing per device (epoch ms).",
@@ -89,6 +119,7 @@ REPORT = Field("report", "report", "object", "A Device Defender metric report.",
             _count("packets_in", "pi", "Packets received."),
             _count("packets_out", "po", "Packets sent."),
         )),
+        _INTERVAL_SOCKETS,
     )),
     Field("custom_metrics", "cmet", "custom",
           "Custom metrics: name -> [{number | number_list | string_list | ip_list}]."),

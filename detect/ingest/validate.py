@@ -117,6 +117,8 @@ def _check_str(value: Any, field: schema.Field) -> str:
         raise _Bad(f"expected valid Unicode text of at most {_MAX_STRING} characters")
     if field.long == "remote_addr":
         _check_endpoint(value)
+    if field.choices and value not in field.choices:
+        raise _Bad(f"expected one of {', '.join(field.choices)}")
     return value
 
 
@@ -166,6 +168,8 @@ def _check_object(doc: Any, field: schema.Field) -> Dict[str, Any]:
 def _check_list(doc: Any, field: schema.Field) -> List[Dict[str, Any]]:
     if not isinstance(doc, list):
         raise _Bad(f"expected a list, got {_type_name(doc)}")
+    if field.max_items is not None and len(doc) > field.max_items:
+        raise _Bad(f"at most {field.max_items} entries, got {len(doc)}")
     out = []
     for i, entry in enumerate(doc):
         try:

@@ -76,8 +76,17 @@ def _network_stat(key: str) -> Callable[[Mapping[str, Any]], Optional[int]]:
     return extract
 
 
+def _interval(report: Mapping[str, Any], key: str) -> list:
+    """A list of Garrison's `interval_sockets` extension (sockets closed since the previous
+    report, agent.interval); empty when the report has none."""
+    items = _dig(report, "metrics", "interval_sockets", key)
+    return [e for e in items if type(e) is dict] if type(items) is list else []
+
+
 def _ports(group: str) -> Callable[[Mapping[str, Any]], Optional[List[int]]]:
-    def extract(report):
+    protocol = "tcp" if group == "listening_tcp_ports" else "udp"
+
+    def snapshot(report):
         node = _dig(report, "metrics", group)
         if type(node) is not dict:
             return None
@@ -86,6 +95,15 @@ def _ports(group: str) -> Callable[[Mapping[str, Any]], Optional[List[int]]]:
             return sorted({entry["port"] for entry in entries})
         except (KeyError, TypeError):
             return sorted({e["port"] for e in entries if type(e) is dict and type(e.get("port")) is int})
+
+    def extract(report):
+        """The snapshot's listening ports, united with those that listened in the interval."""
+        ports = snapshot(report)
+        between = {e["port"] for e in _interval(report, "listening_ports")
+                   if e.get("protocol") == protocol and type(e.get("port")) is int}
+        if not between:
+            return ports
+        return sorted(between.union(ports or ()))
     return extract
 
 
@@ -131,10 +149,14 @@ def _canonical_v6(text: str) -> str:
 
 
 def _destination_ips(report: Mapping[str, Any]) -> Optional[List[str]]:
+    """Remote addresses of the snapshot's established connections, united with those of the
+    interval's closed TCP and UDP sockets (the interval_sockets extension)."""
+    between = {remote_ip(e.get("remote_addr") or "") for e in _interval(report, "connections")}
+    between.discard(None)
     node = _dig(report, "metrics", "tcp_connections", "established_connections")
     if type(node) is not dict:
-        return None
-    ips = set()
+        return sorted(between) if between else None
+    ips = between
     for conn in node.get("connections") or ():
         addr = conn.get("remote_addr") if type(conn) is dict else None
         if type(addr) is not str or not addr:
