@@ -9,9 +9,10 @@ tcp_info. `SocketEvents` listens on them in a daemon thread and keeps, until `dr
   carried (tcp_info's bytes_received / bytes_acked; 0 for UDP);
 - listeners: per (protocol, local port, local address), how many sockets.
 
-What counts as a listener: a TCP socket destroyed without a peer but with a local port (the kernel
-moves a closed listener to CLOSE before destroying it, so the state alone cannot tell; a socket
-only bound to a port and never connected counts too, which errs on the safe side); a UDP socket
+What counts as a listener: a TCP socket destroyed without a peer address but with a local port
+(the kernel moves a closed listener to CLOSE before destroying it, so the state alone cannot tell;
+a socket only bound to a port and never connected counts too, which errs on the safe side; a
+refused blocking connect() keeps its peer's address with port 0, and is a connection); a UDP socket
 destroyed unconnected with a local port outside the kernel's ephemeral range
 (net.ipv4.ip_local_port_range): an unconnected UDP client's port is ephemeral, and counting each
 DNS/NTP query as a listener would make UDP port allow-lists useless between the reports.
@@ -223,7 +224,8 @@ class SocketEvents:
         connections, listeners = interval.connections, interval.listeners
         for protocol, state, local, lport, remote, rport, received, acked in events:
             interval.events += 1
-            if rport and remote not in _WILDCARDS:
+            if remote not in _WILDCARDS:
+                # a peer (a refused blocking connect() leaves the peer's address but port 0)
                 entry = connections.get(remote)
                 if entry is None:
                     if len(connections) >= limit:
@@ -234,7 +236,7 @@ class SocketEvents:
                     entry[3] += 1
                     entry[4] += received
                     entry[5] += acked
-            elif lport and (protocol == "tcp" or not low <= lport <= high):
+            elif lport and not rport and (protocol == "tcp" or not low <= lport <= high):
                 key = (protocol, lport, local)
                 count = listeners.get(key)
                 if count is None:

@@ -76,7 +76,10 @@ def parser() -> argparse.ArgumentParser:
                           "perform each attack with real sockets and traffic, and print which behavior of the fleet "
                           "profile fired, after how many reports and seconds.")
     scen.add_argument("--only", default=None, help="comma-separated scenarios (default: all of backdoor, ddos, "
-                      "c2, scan, exfil, silent)")
+                      "c2, scan, exfil, silent, beacon, short-listener)")
+    scen.add_argument("--blind", default=None, help="comma-separated scenarios to run also against a snapshot-only "
+                      "agent (--socket-events off, device NAME-blind): shows what reports miss between two "
+                      "snapshots, e.g. --blind beacon,short-listener")
     scen.add_argument("--workdir", default=None, help="keep engine database and logs here (default: a temp dir)")
     scen.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the clean baseline, then for the detections (default 60)")
     scen.add_argument("--json", action="store_true", help="print the matrix as JSON")

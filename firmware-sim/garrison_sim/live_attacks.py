@@ -146,5 +146,43 @@ class Silent(LiveAttack):
     silences = True
 
 
-LIVE_ATTACKS = {cls.name: cls for cls in (Backdoor, Ddos, CommandAndControl, Scan, Exfiltration, Silent)}
+class Beacon(LiveAttack):
+    """Command and control that is never open at a snapshot: connect, check in, hang up, every
+    BEACON_PERIOD s (the issue's "one second every 20 s at a 60 s interval", scaled to the runner's
+    2 s reports: the session lasts milliseconds, so a snapshot almost never sees it). Only the
+    agent's socket events (collectors.sockevents) catch it."""
+    name = "beacon"
+    expected = ("c2-destinations",)
+    period = 1.0
+
+    def loop(self, deadline):
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with inside(self.netns):
+                session = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with session:
+                session.settimeout(5)
+                session.connect((C2_SERVER, C2_PORT))
+                self.sent += session.send(b"BEACON " + str(time.time()).encode() + b"\n")
+            self._stop.wait(self.period)
+
+
+class ShortListener(LiveAttack):
+    """A backdoor listener open for a moment between two reports (the issue's 5 s between 60 s
+    reports, scaled to the runner's 2 s: HOLD s), once: no snapshot is taken while it listens."""
+    name = "short-listener"
+    expected = ("backdoor-tcp-ports",)
+    hold = 0.03
+
+    def loop(self, deadline):
+        with inside(self.netns):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("0.0.0.0", BACKDOOR_PORT + 1))
+            listener.listen(5)
+            self._stop.wait(self.hold)
+
+
+LIVE_ATTACKS = {cls.name: cls for cls in (Backdoor, Ddos, CommandAndControl, Scan, Exfiltration, Silent,
+                                          Beacon, ShortListener)}
 DEFAULT_SCENARIOS = tuple(LIVE_ATTACKS)

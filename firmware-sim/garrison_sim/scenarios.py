@@ -34,6 +34,8 @@ BROKER_PORT = 1883
 AGENT_INTERVAL = 2.0
 BASELINE_REPORTS = 3
 CONTROL = "clean"
+BLIND = "-blind"           # suffix of a device whose agent runs without socket events
+BLIND_REPORTS = 4          # accepted reports a blind device makes under attack before the run ends
 # The engine's sweep runs every second, and aws:disconnect-duration counts seconds instead of
 # AWS's minutes: the fleet profile's "at most 10 minutes without a report" becomes 10 seconds
 # (five missed reports at AGENT_INTERVAL), so `silent` is caught within the run.
@@ -50,6 +52,9 @@ class Row:
     reports: Optional[int] = None      # accepted reports from the attack's start to the first alarm
                                        # (0 for a device that went silent)
     seconds: Optional[float] = None    # from the attack's start to the first alarm
+    socket_events: bool = True         # False: the agent ran snapshot-only (a blind-spot probe)
+    accepted: int = 0                  # accepted reports from the attack's start to the end of the run
+    cleared: List[str] = field(default_factory=list)     # behaviors that went alarm-cleared after an alarm
 
 
 @dataclass
@@ -61,8 +66,12 @@ class Matrix:
 
     def missed(self) -> List[str]:
         """Attack scenarios whose expected behaviors did not all fire."""
-        return [row.scenario for row in self.rows if row.scenario != CONTROL
+        return [row.scenario for row in self.rows if row.scenario != CONTROL and row.socket_events
                 and not (row.detected and set(row.expected) <= set(row.behaviors))]
+
+    def blind_spots(self) -> List[str]:
+        """Attacks on snapshot-only agents (socket events off) that raised no alarm."""
+        return [row.scenario for row in self.rows if not row.socket_events and not row.detected]
 
     def false_alarms(self) -> int:
         return len(self.baseline_alerts) + sum(len(r.behaviors) for r in self.rows if r.scenario == CONTROL)
@@ -72,14 +81,15 @@ class Matrix:
         return not self.missed() and not self.false_alarms()
 
     def table(self) -> str:
-        lines = [f"{'scenario':10} {'thing':16} {'detected':9} {'reports':>7} {'seconds':>7}  "
+        lines = [f"{'scenario':20} {'thing':26} {'detected':9} {'reports':>7} {'seconds':>7}  "
                  "behaviors fired (expected)"]
         for row in self.rows:
-            detected = "yes" if row.detected else ("no alarm" if row.scenario == CONTROL else "NO ALARM")
+            detected = "yes" if row.detected else ("no alarm" if row.scenario == CONTROL or not row.socket_events
+                                                   else "NO ALARM")
             reports = "-" if row.reports is None else str(row.reports)
             seconds = "-" if row.seconds is None else f"{row.seconds:.1f}"
             fired = ", ".join(row.behaviors) or "-"
-            lines.append(f"{row.scenario:10} {row.thing:16} {detected:9} {reports:>7} {seconds:>7}  "
+            lines.append(f"{row.scenario:20} {row.thing:26} {detected:9} {reports:>7} {seconds:>7}  "
                          f"{fired} ({', '.join(row.expected) or 'none'})")
         if self.ok:
             verdict = "every attack detected, no false alarm"
@@ -87,6 +97,8 @@ class Matrix:
             verdict = "; ".join(filter(None, [
                 f"NOT DETECTED: {', '.join(self.missed())}" if self.missed() else "",
                 f"{self.false_alarms()} FALSE ALARM(S)" if self.false_alarms() else ""]))
+        if self.blind_spots():
+            lines.append(f"snapshot-only agents (socket events off) missed: {', '.join(self.blind_spots())}")
         lines.append(f"baseline: {len(self.baseline_alerts)} alarm(s) over {self.baseline_seconds:.1f} s "
                      f"of clean reports; verdict: {verdict}")
         return "\n".join(lines)
@@ -136,11 +148,15 @@ class Observer:
 class Run:
     """One scenario run: namespaces, broker, engine, agents, attacks; `close()` undoes it all."""
 
-    def __init__(self, scenarios: Sequence[str], workdir: Path, profile: Path = FLEET_PROFILE):
+    def __init__(self, scenarios: Sequence[str], workdir: Path, profile: Path = FLEET_PROFILE,
+                 blind: Sequence[str] = ()):
         self.scenarios = list(scenarios)
         self.workdir = workdir
         self.profile = profile
-        self.things = {name: f"ns-{name}" for name in self.scenarios + [CONTROL]}
+        # blind: scenarios also run against a snapshot-only agent (device "NAME-blind"), to show
+        # what a snapshot misses
+        self.blind = [name + BLIND for name in blind]
+        self.things = {name: f"ns-{name}" for name in self.scenarios + self.blind + [CONTROL]}
         self.procs: Dict[str, subprocess.Popen] = {}      # log name -> process, in start order
         self.stopped: set = set()                          # processes stopped on purpose
         self.attacks: Dict[str, LiveAttack] = {}
@@ -210,7 +226,8 @@ class Run:
             self._spawn(self.topology.devices[name],
                         [sys.executable, "-m", "garrison.agent.cli", "run", "--thing", thing,
                          "--broker", f"mqtt://{self.topology.addresses[name]}:{BROKER_PORT}",
-                         "--interval", str(AGENT_INTERVAL), "--format", "json", "--state-dir", str(state)],
+                         "--interval", str(AGENT_INTERVAL), "--format", "json", "--state-dir", str(state),
+                         "--socket-events", "off" if name in self.blind else "auto"],
                         f"agent-{thing}.log")
 
     # -- running ------------------------------------------------------------------------------------
@@ -248,8 +265,8 @@ class Run:
         baseline_alerts = [msg for _, msg in alerts if msg.get("violationEventType") == "in-alarm"]
         seen_alerts = len(alerts)
         started: Dict[str, float] = {}
-        for name in self.scenarios:
-            attack = LIVE_ATTACKS[name](self.topology.devices[name], self.topology.addresses[name])
+        for name in self.scenarios + self.blind:
+            attack = LIVE_ATTACKS[_attack_of(name)](self.topology.devices[name], self.topology.addresses[name])
             self.attacks[name] = attack
             started[name] = time.monotonic()
             if attack.silences:
@@ -260,7 +277,8 @@ class Run:
                 except OSError as exc:
                     raise RuntimeError(f"attack {name} could not start: {exc}") from None
             log.info("attack %s started on %s", name, self.things[name])
-        rows = {name: Row(name, thing, list(LIVE_ATTACKS[name].expected) if name in LIVE_ATTACKS else [])
+        rows = {name: Row(name, thing, list(LIVE_ATTACKS[_attack_of(name)].expected) if name != CONTROL else [],
+                          socket_events=name not in self.blind)
                 for name, thing in self.things.items()}
         deadline = time.monotonic() + timeout
         last_alarm = None
@@ -268,10 +286,12 @@ class Run:
             self._check_alive()
             accepted, alerts = self.observer.snapshot()
             for when, msg in alerts[seen_alerts:]:
-                if msg.get("violationEventType") != "in-alarm":
-                    continue
                 row = next((r for r in rows.values() if r.thing == msg.get("thingName")), None)
                 behavior = (msg.get("behavior") or {}).get("name", "?")
+                if msg.get("violationEventType") == "alarm-cleared" and row is not None:
+                    row.cleared.append(behavior)
+                if msg.get("violationEventType") != "in-alarm":
+                    continue
                 if row is None or behavior in row.behaviors:
                     continue
                 row.behaviors.append(behavior)
@@ -284,11 +304,19 @@ class Run:
                     silenced = row.scenario in self.attacks and self.attacks[row.scenario].silences
                     row.reports = reports if silenced else max(reports, 1)
             seen_alerts = len(alerts)
-            if all(rows[n].detected and set(rows[n].expected) <= set(rows[n].behaviors) for n in self.scenarios):
+            # with blind devices, every attacked device reports BLIND_REPORTS times under attack
+            blind_seen = all(sum(1 for t in accepted.get(self.things[n], ()) if t >= started[n]) >= BLIND_REPORTS
+                             for n in (self.scenarios + self.blind if self.blind else ()))
+            if blind_seen and all(rows[n].detected and set(rows[n].expected) <= set(rows[n].behaviors)
+                                  for n in self.scenarios):
                 # one more report interval, so the control and the other behaviors have their say
                 if last_alarm is not None and time.monotonic() - last_alarm > 2 * AGENT_INTERVAL:
                     break
             time.sleep(0.1)
+        accepted, _ = self.observer.snapshot()
+        for name, row in rows.items():
+            begun = started.get(name, min(started.values(), default=0.0))
+            row.accepted = sum(1 for t in accepted.get(row.thing, ()) if t >= begun)
         violations = json.loads(self._detect("violations", "list", "--json").stdout or "[]")
         return Matrix([rows[n] for n in self.things], baseline_alerts, violations, baseline_seconds)
 
@@ -315,11 +343,15 @@ class Run:
             self.topology.close()
 
 
+def _attack_of(device: str) -> str:
+    return device[:-len(BLIND)] if device.endswith(BLIND) else device
+
+
 def run(scenarios: Sequence[str] = DEFAULT_SCENARIOS, workdir: Optional[Path] = None,
-        timeout: float = 60.0) -> Matrix:
+        timeout: float = 60.0, blind: Sequence[str] = ()) -> Matrix:
     """Run the scenarios (plus the clean control) and return the detection matrix."""
     scenarios = list(dict.fromkeys(scenarios))
-    unknown = [s for s in scenarios if s not in LIVE_ATTACKS]
+    unknown = [s for s in list(scenarios) + list(blind) if s not in LIVE_ATTACKS]
     if unknown:
         raise ValueError(f"unknown scenario {', '.join(unknown)} (choose from {', '.join(LIVE_ATTACKS)})")
     if not supported():
@@ -329,7 +361,7 @@ def run(scenarios: Sequence[str] = DEFAULT_SCENARIOS, workdir: Optional[Path] = 
     keep = workdir is not None
     workdir = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="garrison-scenarios-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    current = Run(scenarios, workdir)
+    current = Run(scenarios, workdir, blind=blind)
     try:
         current.setup()
         return current.attack(timeout)
@@ -348,7 +380,8 @@ def main(args) -> int:
         raise KeyboardInterrupt        # unwinds through run()'s cleanup
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        matrix = run(scenarios, Path(args.workdir) if args.workdir else None, args.timeout)
+        blind = [s.strip() for s in args.blind.split(",")] if getattr(args, "blind", None) else []
+        matrix = run(scenarios, Path(args.workdir) if args.workdir else None, args.timeout, blind)
     except (ValueError, NetnsError, RuntimeError) as exc:
         print(f"garrison-sim: {exc}", file=sys.stderr)
         return 2

@@ -141,3 +141,13 @@ def test_refused_groups_are_reported_once_and_leave_the_agent_running(caplog):
     interval = events.drain()
     assert interval["available"] is False and interval["connections"] == []
     events.stop()
+
+
+def test_a_refused_connect_is_a_connection_attempt_not_a_listener():
+    # the kernel's tcp_disconnect() after a refused blocking connect() zeroes the peer's port and the
+    # local address but keeps the peer's address (seen live on 6.x)
+    events = sockevents.SocketEvents()
+    events.feed(_message(local=("0.0.0.0", 36092), remote=("203.0.113.66", 0)))
+    interval = events.drain()
+    assert interval["listeners"] == []
+    assert [(c["remote_address"], c["remote_port"]) for c in interval["connections"]] == [("203.0.113.66", 0)]
