@@ -15,7 +15,10 @@ a socket only bound to a port and never connected counts too, which errs on the 
 refused blocking connect() keeps its peer's address with port 0, and is a connection); a UDP socket
 destroyed unconnected with a local port outside the kernel's ephemeral range
 (net.ipv4.ip_local_port_range): an unconnected UDP client's port is ephemeral, and counting each
-DNS/NTP query as a listener would make UDP port allow-lists useless between the reports.
+DNS/NTP query as a listener would make UDP port allow-lists useless between the reports. Nor is
+a loopback TCP listener on an ephemeral port: that is a socketpair emulated over TCP (paho-mqtt
+makes one at every client start: bind 127.0.0.1:0, listen, connect, accept, close), reachable from
+the device only.
 
 Bounded: at most `max_entries` distinct connections and as many listeners per interval; events
 beyond are counted in `overflow`, never dropped silently. When the kernel drops messages because
@@ -95,6 +98,10 @@ def _address(family: int, raw: bytes) -> str:
     if text.startswith(_MAPPED_PREFIX) and "." in text:   # a dual-stack socket talking IPv4
         return text[len(_MAPPED_PREFIX):]
     return text
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
 
 
 def parse_events(chunk: bytes) -> List[Tuple[str, int, str, int, str, int, int, int]]:
@@ -236,7 +243,7 @@ class SocketEvents:
                     entry[3] += 1
                     entry[4] += received
                     entry[5] += acked
-            elif lport and not rport and (protocol == "tcp" or not low <= lport <= high):
+            elif lport and not rport and not (low <= lport <= high and (protocol == "udp" or _loopback(local))):
                 key = (protocol, lport, local)
                 count = listeners.get(key)
                 if count is None:

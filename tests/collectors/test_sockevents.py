@@ -151,3 +151,15 @@ def test_a_refused_connect_is_a_connection_attempt_not_a_listener():
     interval = events.drain()
     assert interval["listeners"] == []
     assert [(c["remote_address"], c["remote_port"]) for c in interval["connections"]] == [("203.0.113.66", 0)]
+
+
+def test_a_socketpair_emulated_over_loopback_is_not_a_listener():
+    # paho-mqtt's _socketpair_compat(): bind 127.0.0.1:0, listen, connect, accept, close the listener
+    events = sockevents.SocketEvents()
+    events.ephemeral = (32768, 60999)
+    events.feed(_message(local=("127.0.0.1", 35799), remote=("0.0.0.0", 0)))
+    events.feed(_message(family=socket.AF_INET6, local=("::1", 40000), remote=("::", 0)))
+    events.feed(_message(local=("127.0.0.1", 8080), remote=("0.0.0.0", 0)))          # a real loopback service
+    events.feed(_message(local=("10.0.0.2", 35800), remote=("0.0.0.0", 0)))          # reachable: kept
+    assert [(e["address"], e["port"]) for e in events.drain()["listeners"]] == [("127.0.0.1", 8080),
+                                                                               ("10.0.0.2", 35800)]
