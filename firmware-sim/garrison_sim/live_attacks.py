@@ -25,6 +25,7 @@ class LiveAttack:
     name = ""
     expected = ()                  # behaviors of the fleet profile this attack should break
     silences = False               # the runner stops the device's agent instead
+    transient = False              # over after a moment: its alarm clears at the next report
 
     def __init__(self, netns: str, gateway: str):
         self.netns, self.gateway = netns, gateway
@@ -171,6 +172,7 @@ class ShortListener(LiveAttack):
     reports, scaled to the runner's 2 s: HOLD s), once: no snapshot is taken while it listens."""
     name = "short-listener"
     expected = ("backdoor-tcp-ports",)
+    transient = True
     hold = 0.03
 
     def loop(self, deadline):
