@@ -85,7 +85,7 @@ class ReportCollector:
 
     def _add_interval(self, built: Dict[str, Any]) -> None:
         """The sockets closed since the last report (agent.interval), when the kernel tells us."""
-        from agent import interval
+        from garrison.agent import interval
         summary = self.events.drain()
         if not summary["available"]:
             return   # refused or stopped: logged once by the collector; snapshots only

@@ -1,7 +1,7 @@
 """What the socket-event collector adds to a report: sockets closed between two snapshots.
 
 Two ways, chosen by configuration (`plan`):
-- the `interval_sockets` extension (agent.schema), for Garrison engines only: AWS IoT rejects
+- the `interval_sockets` extension (garrison.wire.schema), for Garrison engines only: AWS IoT rejects
   reports with fields it does not know, so it is never sent over the awsiot or greengrass
   transports, nor over mqtt to an `*.amazonaws.com` endpoint;
 - folding (opt-in, AWS too): the interval's TCP remote endpoints join the established-connections
@@ -11,8 +11,8 @@ Two ways, chosen by configuration (`plan`):
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from agent import report as wire
-from agent import schema
+from garrison.agent import report as wire
+from garrison.wire import schema
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def make_events(config: Any):
     run, _extension, _fold = plan(config)
     if not run:
         return None
-    from collectors.sockevents import SocketEvents
+    from garrison.collectors.sockevents import SocketEvents
     events = SocketEvents(config.socket_events_max)
     events.start()   # logs once and stays unavailable where the kernel refuses the groups
     return events

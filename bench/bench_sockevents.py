@@ -115,7 +115,7 @@ def main():
         for name, events in (("events", "on"), ("snapshot", "off")):
             log = open(work / f"agent-{name}.log", "wb")
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.cli", "run", "--thing", f"bench-{name}",
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "garrison.agent.cli", "run", "--thing", f"bench-{name}",
                  "--broker", "mqtt://127.0.0.1:1883", "--interval", str(args.interval), "--jitter", "0",
                  "--state-dir", str(work / name), "--socket-events", events],
                 cwd=ROOT, stdout=log, stderr=log)

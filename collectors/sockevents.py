@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from collectors import _netlink
+from garrison.collectors import _netlink
 
 log = logging.getLogger(__name__)
 

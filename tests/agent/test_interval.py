@@ -2,9 +2,9 @@
 (opt-in, AWS too), and which configurations get which."""
 import pytest
 
-from agent import config as cfg
-from agent import interval
-from detect.validate import validate
+from garrison.agent import config as cfg
+from garrison.agent import interval
+from garrison.detect.ingest.validate import validate
 
 SUMMARY = {
     "available": True, "seconds": 60.0, "events": 9, "overflow": 2, "lost": 1,

@@ -7,13 +7,13 @@ import struct
 import sys
 import textwrap
 
-from collectors import sockevents
+from garrison.collectors import sockevents
 
 # Inside a fresh namespace: start the collector, make a short connection with traffic, a listener
 # that lives 50 ms, a UDP service socket and a UDP client query, then print the interval.
 LIVE = textwrap.dedent("""
     import json, socket, time
-    from collectors.sockevents import SocketEvents
+    from garrison.collectors.sockevents import SocketEvents
     events = SocketEvents(max_entries=16)
     assert events.start()
     server = socket.socket(); server.bind(("127.0.0.1", 4444)); server.listen()
@@ -133,7 +133,7 @@ def test_refused_groups_are_reported_once_and_leave_the_agent_running(caplog):
     def refused():
         raise PermissionError(1, "Operation not permitted")
     events = sockevents.SocketEvents(socket_factory=refused)
-    with caplog.at_level(logging.WARNING, logger="collectors.sockevents"):
+    with caplog.at_level(logging.WARNING, logger="garrison.collectors.sockevents"):
         assert events.start() is False
         assert events.start() is False
     assert [r.getMessage() for r in caplog.records] == [

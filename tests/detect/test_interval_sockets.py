@@ -2,9 +2,10 @@
 metric catalogue judges ports and destinations over the union of snapshot and interval."""
 import pytest
 
-from agent import report, schema
-from detect import metrics
-from detect.validate import Invalid, validate
+from garrison.agent import report
+from garrison.wire import schema
+from garrison.detect.judge import metrics
+from garrison.detect.ingest.validate import Invalid, validate
 
 
 def _report(interval=None, snapshot=True):

@@ -4,9 +4,9 @@ engine. With socket events (the agent's default on MQTT) both alarm; the same at
 snapshot-only agent (--socket-events off) raise nothing: the blind spot the events close."""
 import pytest
 
-from garrison_sim import netns as sim_netns
-from garrison_sim import scenarios
-from garrison_sim.live_attacks import BACKDOOR_PORT
+from garrison.sim import netns as sim_netns
+from garrison.sim import scenarios
+from garrison.sim.live_attacks import BACKDOOR_PORT
 
 pytestmark = pytest.mark.skipif(not sim_netns.supported(), reason="network namespaces need root and iproute2")
 
