@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from garrison.agent import report
 from garrison.agent.deltas import NetworkDeltas
 from garrison.collectors.base import CollectorResult
+from garrison.wire.limits import DEFAULT_MAX_LIST_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ReportCollector:
 
     def __init__(self, state_dir: Path, enabled: Iterable[str], socket_backend: str = "auto",
                  interfaces: Optional[List[str]] = None, include_loopback: bool = False,
-                 max_list_items: int = report.DEFAULT_MAX_LIST_ITEMS, persist: bool = True):
+                 max_list_items: int = DEFAULT_MAX_LIST_ITEMS, persist: bool = True):
         self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback)
         self.deltas = NetworkDeltas(Path(state_dir), persist=persist) if "network_stats" in self.collectors else None
         self.max_list_items = max_list_items
