@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from garrison.agent import report
 from garrison.detect.ingest.validate import Invalid, validate
-from garrison.wire import codec, limits, names, replies, topics, values
+from garrison.wire import codec, limits, names, replies, schema, topics, values
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME_CHARS = st.sampled_from("abcXYZ019:_-")
@@ -217,3 +217,8 @@ def test_nothing_but_the_wire_contract_spells_a_topic_or_a_name_rule():
 def test_the_guard_sees_a_spelled_topic():
     tree = ast.parse('"""Docs may say $aws/things/{thing}/defender/metrics/json."""\nT = f"$aws/things/{t}/defender/metrics/json"')
     assert [line for line, _ in _code_strings(tree)] == [2, 2]
+
+
+def test_the_docs_field_table_is_the_generated_one():
+    doc = (ROOT / "docs" / "wire-format.md").read_text()
+    assert schema.markdown_table() in doc, "regenerate docs/wire-format.md's table with schema.markdown_table()"
