@@ -66,18 +66,6 @@ def _connection_entries(connections: Iterable[Any]) -> List[Dict[str, Any]]:
     return entries
 
 
-def check_custom_metric_name(name: Any) -> None:
-    """garrison.wire.names.CUSTOM_METRIC: raises InvalidName (a ValueError) naming the rule."""
-    names.check_custom_metric_name(name)
-
-
-def custom_metric(value: Any) -> List[Dict[str, Any]]:
-    """The one-element-array form of a custom metric value (garrison.wire.values.custom_metric):
-    a number, a list of numbers or of strings, or a typed dict such as {"ip_list": [...]}.
-    InvalidValue (a ValueError naming the rule) for anything the engine would refuse."""
-    return values.custom_metric(value)
-
-
 def build(
     report_id: int,
     *,
@@ -88,7 +76,11 @@ def build(
     custom_metrics: Optional[Mapping[str, Any]] = None,
     max_list_items: int = DEFAULT_MAX_LIST_ITEMS,
 ) -> Dict[str, Any]:
-    """A report in long names. Groups left as None are omitted; lists are capped, totals true."""
+    """A report in long names. Groups left as None are omitted; lists are capped, totals true.
+
+    Custom metric names and values must keep the wire contract (garrison.wire.names,
+    garrison.wire.values), else ReportError naming the rule: the agent's CustomMetricReader
+    leaves a bad one out before it gets here, so it costs only its own metric."""
     if not isinstance(report_id, int) or report_id < 1:
         raise ReportError(f"report id must be a positive integer, got {report_id!r}")
     metrics: Dict[str, Any] = {}
@@ -113,9 +105,8 @@ def build(
         report["metrics"] = metrics
     if custom_metrics:
         try:
-            for name in custom_metrics:
-                check_custom_metric_name(name)
-            report["custom_metrics"] = {name: custom_metric(v) for name, v in custom_metrics.items()}
+            report["custom_metrics"] = {names.check_custom_metric_name(name): values.custom_metric(v)
+                                        for name, v in custom_metrics.items()}
         except ValueError as exc:
             raise ReportError(str(exc)) from None
     if "metrics" not in report and "custom_metrics" not in report:
