@@ -10,7 +10,7 @@ with the same line.
 import logging
 from typing import Any, Callable, Dict, Mapping
 
-from garrison.wire import values
+from garrison.wire import names, values
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class CustomMetricReader:
         out: Dict[str, Dict[str, Any]] = {}
         for name, callback in callbacks.items():
             try:
+                names.check_custom_metric_name(name)   # checked when added; this covers direct edits
                 value = callback()
                 if value is not None:
                     out[name] = values.custom_metric(value)[0]

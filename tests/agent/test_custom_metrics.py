@@ -8,6 +8,7 @@ import pytest
 
 from garrison.agent.api import Agent
 from garrison.agent.custom import CustomMetricReader
+from garrison.agent.daemon import Daemon
 from garrison.detect.engine import Engine
 from garrison.detect.ingest.frontdoor import Ingestor
 from garrison.detect.ingest.mqtt import MqttIngest
@@ -66,6 +67,8 @@ def test_a_bad_name_is_refused_when_it_is_added(tmp_path, name, rule):
     assert isinstance(err.value, names.InvalidName) and rule in str(err.value)
     assert "custom metric name" in str(err.value)
     assert agent.daemon.custom_metrics == {}
+    with pytest.raises(names.InvalidName):                # the daemon's own constructor too
+        Daemon(agent.daemon.config, custom_metrics={name: lambda: 1})
     agent.add_custom_metric("p" * 128, lambda: 1)      # the longest name the engine takes
 
 
@@ -124,3 +127,6 @@ def test_a_metric_is_logged_again_only_after_it_recovered(caplog):
     value["v"] = float("inf")
     assert reader.read(callbacks) == {"steady": {"number": 3}}
     assert len(warnings()) == 2
+    # a name slipped past add_custom_metric (a direct dict edit) costs only itself too
+    assert reader.read({"bad name": lambda: 1, "steady": lambda: 3}) == {"steady": {"number": 3}}
+    assert "1-128 characters" in warnings()[-1].getMessage()
