@@ -17,8 +17,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from garrison.agent import config as cfg, report
+from garrison.agent import config as cfg
 from garrison.agent.daemon import Daemon
+from garrison.wire import names
 from garrison.wire.replies import Reply
 from garrison.agent.transports.base import Transport
 from garrison.collectors.base import CollectorResult
@@ -38,8 +39,15 @@ class Agent:
 
     def add_custom_metric(self, name: str, callback: Callable[[], Any]) -> None:
         """Report `callback()` as custom metric `name` (number, list of numbers or strings, or
-        {"ip_list": [...]}); None skips it for that report. Names must not start with "aws:"."""
-        report.check_custom_metric_name(name)   # a ValueError now, not at the next report
+        {"ip_list": [...]}); None skips it for that report.
+
+        `name` must keep garrison.wire.names.CUSTOM_METRIC (1-128 characters of [a-zA-Z0-9:_-],
+        not starting with "aws:"): otherwise InvalidName, a ValueError naming the rule, now rather
+        than a rejected report later. Each value is checked when it is collected against the
+        engine's rules; a bad one is left out of that report (logged once), the rest is sent."""
+        names.check_custom_metric_name(name)
+        if not callable(callback):
+            raise TypeError(f"custom metric {name!r}: the callback must be callable, got {type(callback).__name__}")
         self._daemon.custom_metrics[name] = callback
 
     def remove_custom_metric(self, name: str) -> None:

@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from garrison.agent import __version__, config as cfg, report
+from garrison.wire import topics
 
 EXIT_OK, EXIT_REJECTED, EXIT_CONFIG, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -31,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="publish a report every interval (the service)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-        description="Publish a report every interval to $aws/things/{thing}/defender/metrics/{format}, "
+        description=f"Publish a report every interval to {topics.report_filter('{thing}', '{format}')}, "
                     "spooling reports on disk while the broker is unreachable.")
     run.add_argument("--once", action="store_true",
                      help="publish one report, wait for the accepted/rejected reply, exit (see exit codes)")

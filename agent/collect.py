@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from garrison.agent import report
 from garrison.agent.deltas import NetworkDeltas
 from garrison.collectors.base import CollectorResult
+from garrison.wire.limits import DEFAULT_MAX_LIST_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ReportCollector:
 
     def __init__(self, state_dir: Path, enabled: Iterable[str], socket_backend: str = "auto",
                  interfaces: Optional[List[str]] = None, include_loopback: bool = False,
-                 max_list_items: int = report.DEFAULT_MAX_LIST_ITEMS, persist: bool = True,
+                 max_list_items: int = DEFAULT_MAX_LIST_ITEMS, persist: bool = True,
                  events: Any = None, interval_extension: bool = False, fold_interval: bool = False):
         # events: a started collectors.sockevents.SocketEvents (sockets closed between reports)
         self.events, self.interval_extension, self.fold_interval = events, interval_extension, fold_interval

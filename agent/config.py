@@ -9,7 +9,6 @@ Regenerate the docs with `python3 -m garrison.agent.config > docs/agent-configur
 """
 import argparse
 import os
-import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from garrison.agent.transports.paho_compat import parse_broker_url
+from garrison.wire import names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,8 +24,6 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 devices
     import tomli as tomllib
 
 ENV_PREFIX = "GARRISON_"
-# AWS IoT thing names: 1-128 characters of [a-zA-Z0-9:_-] (also keeps MQTT wildcards out).
-THING_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
 COLLECTORS = ("listening_tcp", "listening_udp", "connections", "network_stats")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -64,8 +62,8 @@ class Option:
 
 
 def _check_thing(value: str) -> None:
-    if not THING_NAME.match(value):
-        raise ConfigError(f"thing name {value!r} is invalid: use 1-128 characters of A-Z a-z 0-9 : _ -")
+    if not names.valid_thing_name(value):   # AWS's rule; it also keeps MQTT wildcards out
+        raise ConfigError(f"thing name {value!r} is invalid: {names.THING.text}")
 
 
 def _check_broker(value: str) -> None:
@@ -89,8 +87,7 @@ def parse_broker(url: str) -> Tuple[str, int, bool]:
 
 def default_thing() -> str:
     """The short hostname, with characters AWS forbids in thing names replaced by '-'."""
-    name = re.sub(r"[^A-Za-z0-9:_-]", "-", socket.gethostname().split(".")[0])[:128]
-    return name or "garrison-device"
+    return names.thing_name_from(socket.gethostname().split(".")[0])
 
 
 def default_state_dir() -> str:

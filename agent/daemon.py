@@ -14,6 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from garrison.agent import interval, report, sdnotify
 from garrison.agent.collect import ReportCollector
 from garrison.agent.config import Config, ConfigError
+from garrison.agent.custom import CustomMetricReader
+from garrison.wire import names
 from garrison.wire.replies import Reply
 from garrison.agent.spool import Spool
 from garrison.agent.statefile import ReportIds
@@ -84,6 +86,9 @@ class Daemon:
                            config.spool_max_age) if persist_state else None
         self._transport = transport
         self.custom_metrics: Dict[str, Callable[[], Any]] = dict(custom_metrics or {})
+        for name in self.custom_metrics:
+            names.check_custom_metric_name(name)
+        self._custom_reader = CustomMetricReader()
         self.topic = report.topic(config.thing, config.format)
         self.last_results: List[CollectorResult] = []
         self._stop = threading.Event()
@@ -102,16 +107,7 @@ class Daemon:
     # -- one report ------------------------------------------------------------------------------
 
     def _custom_values(self) -> Dict[str, Any]:
-        values = {}
-        for name, callback in self.custom_metrics.items():
-            try:
-                value = callback()
-                if value is not None:
-                    report.custom_metric(value)   # validate now, so one bad metric costs only itself
-                    values[name] = value
-            except Exception as exc:
-                log.warning("custom metric %s failed: %s; left out of this report", name, exc)
-        return values
+        return self._custom_reader.read(self.custom_metrics)   # a bad value costs only its metric
 
     def build(self) -> Tuple[Dict[str, Any], List[CollectorResult]]:
         """A new report (long names) with a fresh id, and the collector results behind it."""

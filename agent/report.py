@@ -1,21 +1,16 @@
-"""Build, cap, encode and decode Device Defender metric reports.
+"""Build, cap and encode Device Defender metric reports on the device.
 
 Reports are built in long names (the in-memory form); `encode` derives the short form from
-`garrison.wire.schema`. This module is the wire format: the detect engine imports it, the device
-collectors never do.
+`garrison.wire.schema`. Everything device and engine must agree on (names, values, topics,
+limits, codecs) is the wire contract in `garrison.wire`; this module builds reports that keep it.
 """
-import json
-import math
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import cbor2
+from garrison.wire import codec, names, schema, topics, values
+from garrison.wire.limits import DEFAULT_MAX_LIST_ITEMS, MAX_PAYLOAD_BYTES  # noqa: F401  (re-exported)
 
-from garrison.wire import schema
-
-MAX_PAYLOAD_BYTES = 128 * 1024   # AWS IoT's limit for one report
-DEFAULT_MAX_LIST_ITEMS = 500     # per list; with the size guard the report stays under 128 KB
-FORMATS = ("json", "cbor")
+FORMATS = topics.FORMATS
 
 
 class ReportError(ValueError):
@@ -23,10 +18,11 @@ class ReportError(ValueError):
 
 
 def topic(thing: str, fmt: str) -> str:
-    """The topic a device publishes its reports to."""
-    if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r} (choose json or cbor)")
-    return f"$aws/things/{thing}/defender/metrics/{fmt}"
+    """The topic a device publishes its reports to (garrison.wire.topics)."""
+    try:
+        return topics.report_topic(thing, fmt)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def next_report_id(previous: int = 0, now_ms: Optional[int] = None) -> int:
@@ -70,37 +66,6 @@ def _connection_entries(connections: Iterable[Any]) -> List[Dict[str, Any]]:
     return entries
 
 
-def check_custom_metric_name(name: Any) -> None:
-    """Custom metric names are non-empty strings outside AWS's reserved "aws:" namespace."""
-    if not isinstance(name, str) or not name or name.startswith("aws:"):
-        raise ReportError(f"invalid custom metric name {name!r}")
-
-
-def custom_metric(value: Any) -> List[Dict[str, Any]]:
-    """The one-element-array form of a custom metric value.
-
-    A number becomes {"number": n}; a list of numbers a number_list; a list of strings a
-    string_list. An explicit {"ip_list": [...]} (or any typed dict) passes through.
-    """
-    if isinstance(value, bool):
-        raise ReportError("a custom metric cannot be a boolean")
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ReportError("a custom metric number must be finite")
-        return [{"number": value}]
-    if isinstance(value, Mapping):
-        if len(value) != 1 or next(iter(value)) not in schema.CUSTOM_METRIC_TYPES:
-            raise ReportError(f"a typed custom metric needs one of {schema.CUSTOM_METRIC_TYPES}")
-        return [dict(value)]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = list(value)
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-            return [{"number_list": items}]
-        if all(isinstance(v, str) for v in items):
-            return [{"string_list": items}]
-    raise ReportError(f"unsupported custom metric value {value!r}")
-
-
 def build(
     report_id: int,
     *,
@@ -111,7 +76,11 @@ def build(
     custom_metrics: Optional[Mapping[str, Any]] = None,
     max_list_items: int = DEFAULT_MAX_LIST_ITEMS,
 ) -> Dict[str, Any]:
-    """A report in long names. Groups left as None are omitted; lists are capped, totals true."""
+    """A report in long names. Groups left as None are omitted; lists are capped, totals true.
+
+    Custom metric names and values must keep the wire contract (garrison.wire.names,
+    garrison.wire.values), else ReportError naming the rule: the agent's CustomMetricReader
+    leaves a bad one out before it gets here, so it costs only its own metric."""
     if not isinstance(report_id, int) or report_id < 1:
         raise ReportError(f"report id must be a positive integer, got {report_id!r}")
     metrics: Dict[str, Any] = {}
@@ -135,9 +104,11 @@ def build(
     if metrics:
         report["metrics"] = metrics
     if custom_metrics:
-        for name in custom_metrics:
-            check_custom_metric_name(name)
-        report["custom_metrics"] = {name: custom_metric(v) for name, v in custom_metrics.items()}
+        try:
+            report["custom_metrics"] = {names.check_custom_metric_name(name): values.custom_metric(v)
+                                        for name, v in custom_metrics.items()}
+        except ValueError as exc:
+            raise ReportError(str(exc)) from None
     if "metrics" not in report and "custom_metrics" not in report:
         raise ReportError("a report needs metrics or custom metrics")
     return report
@@ -155,12 +126,10 @@ def _lists(report: Dict[str, Any]) -> List[List[Any]]:
 
 
 def _dump(report: Dict[str, Any], fmt: str, short_names: bool) -> bytes:
-    doc = schema.to_short(report) if short_names else report
-    if fmt == "json":
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    if fmt == "cbor":
-        return cbor2.dumps(doc)
-    raise ReportError(f"unknown format {fmt!r} (choose json or cbor)")
+    try:
+        return codec.encode(schema.to_short(report) if short_names else report, fmt)
+    except codec.CodecError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def encode(report: Dict[str, Any], fmt: str = "json", short_names: bool = False,
@@ -180,12 +149,8 @@ def encode(report: Dict[str, Any], fmt: str = "json", short_names: bool = False,
 
 
 def decode(payload: bytes, fmt: str) -> Any:
-    """Parse a payload into Python objects (no validation: see garrison.detect.ingest.validate)."""
+    """Parse a payload (garrison.wire.codec.decode); no validation: see garrison.detect.ingest.validate."""
     try:
-        if fmt == "json":
-            return json.loads(payload)
-        if fmt == "cbor":
-            return cbor2.loads(payload)
-    except (ValueError, TypeError, RecursionError, cbor2.CBORDecodeError, OverflowError, MemoryError) as exc:
-        raise ReportError(f"malformed {fmt.upper()}: {exc}") from None
-    raise ReportError(f"unknown format {fmt!r} (choose json or cbor)")
+        return codec.decode(payload, fmt)
+    except codec.CodecError as exc:
+        raise ReportError(str(exc)) from None

@@ -28,9 +28,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "reliabilit
 from garrison.detect.ops import brokerconf, pki  # noqa: E402
 from fixtures import free_port, wait_for_port  # noqa: E402
 from mqtt_clients import Client, wait_for  # noqa: E402
+from garrison.wire import topics  # noqa: E402
+from garrison.wire.limits import MAX_PAYLOAD_BYTES  # noqa: E402
 
-TOPIC = "$aws/things/pump-1/defender/metrics/json"
-SIZE = 128 * 1024
+TOPIC = topics.report_topic("pump-1", "json")
+SIZE = MAX_PAYLOAD_BYTES
 
 
 def rss_mib(pid: int) -> float:
@@ -59,7 +61,7 @@ def run(workdir: Path, reports: int, bounded: bool) -> dict:
         def client(files, **kwargs):
             return Client("127.0.0.1", port, str(ca.cert_path), str(files[0]), str(files[1]), **kwargs)
         engine = client(engine_files, client_id="garrison-detect", clean_session=False).wait_connected()
-        engine.subscribe("$aws/things/+/defender/metrics/+")
+        engine.subscribe(topics.report_filter())
         engine.close()
         before = rss_mib(proc.pid)
         device = client(ca.thing_paths("pump-1")).wait_connected()

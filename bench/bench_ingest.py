@@ -28,6 +28,7 @@ from garrison.collectors.base import Connection, ListeningSocket  # noqa: E402
 from garrison.detect.ingest.frontdoor import Ingestor  # noqa: E402
 from ledger import MemoryLedger  # noqa: E402
 from garrison.detect.ingest.validate import validate  # noqa: E402
+from garrison.wire.topics import report_topic  # noqa: E402
 from fixtures import Mosquitto  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def bench_front_door(seconds):
             decode_only = rate(lambda: report.decode(data, fmt), seconds)
             # distinct things, so every call is a new report that is accepted and recorded
             ingestor = Ingestor(MemoryLedger(), min_interval_s=0)
-            topics = iter(f"$aws/things/bench-{i}/defender/metrics/{fmt}" for i in range(10**9))
+            topics = iter(report_topic(f"bench-{i}", fmt) for i in range(10**9))
 
             def handle():
                 assert ingestor.handle(next(topics), data, 1).accepted
@@ -102,7 +103,7 @@ def bench_broker(broker, payload, qos, messages):
     for client in (sub, pub):
         client.connect(broker.host, broker.port)
         client.loop_start()
-    topic = f"$aws/things/bench/defender/metrics/json/q{qos}"
+    topic = report_topic("bench", "json") + f"/q{qos}"
     sub.subscribe(topic, qos)
     pub.publish("bench/sync", b"", qos=1).wait_for_publish(10)
     time.sleep(0.2)

@@ -36,7 +36,7 @@ from garrison.detect.respond.actions import Actions
 from garrison.detect.respond.alerts import AlertMessage
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
-from garrison.detect.ingest.frontdoor import valid_thing_name
+from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
 from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
 from garrison.detect.state.store import NotFound, Store, StoreError, parse_target
 from garrison.detect.respond.violations import Event
@@ -533,7 +533,7 @@ def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> b
 
 def _check_thing_name(name: str, what: str = "thing") -> None:
     if not isinstance(name, str) or not valid_thing_name(name):
-        raise StoreError(f"{what} names are 1-128 characters of [a-zA-Z0-9:_-], got {name!r}")
+        raise StoreError(f"{what} names are {NAME_SHAPE}, got {name!r}")
 
 
 def _check_target(target: str) -> None:

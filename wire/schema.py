@@ -9,14 +9,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 # Largest integer a report may carry: CBOR and most consumers agree on unsigned 64 bits;
 # signed 64 bits keeps SQLite and JSON consumers safe.
-MAX_INT = 2**63 - 1
-MAX_PORT = 65535
+from garrison.wire.limits import MAX_INT, MAX_PORT  # noqa: F401  (re-exported)
+from garrison.wire.values import CUSTOM_METRIC_TYPES  # noqa: F401  (re-exported)
 
 VERSION = "1.0"
-
-# The value shapes of a custom metric, each inside a one-element array:
-# {"name": [{"number": 1}]}; a bare object is malformed.
-CUSTOM_METRIC_TYPES = ("number", "number_list", "string_list", "ip_list")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Optional
 
-from garrison.wire import replies
+from garrison.wire import replies, topics
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class AwsIotTransport(Transport):
         super().__init__(thing, fmt)
         self._mqtt, builder = _sdk()
         self.endpoint, self.port = endpoint, port
-        self.reply_topics = replies.reply_topics(thing, fmt)
+        self.reply_topics = topics.reply_topics(thing, fmt)
         self._connection = builder.mtls_from_path(
             endpoint=endpoint, port=port, cert_filepath=cert, pri_key_filepath=key, ca_filepath=ca,
             client_id=client_id or thing, clean_session=True, keep_alive_secs=keepalive,

@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any, Callable, Optional
 
-from garrison.wire import replies
+from garrison.wire import replies, topics
 from garrison.agent import report
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
@@ -91,7 +91,7 @@ class GreengrassTransport(Transport):
                 self._open()
                 backoff = 1.0
                 log.info("connected to the Greengrass nucleus IPC; replies on %s",
-                         ", ".join(replies.reply_topics(self.thing, self.fmt)))
+                         ", ".join(topics.reply_topics(self.thing, self.fmt)))
                 self._reconnect.wait()  # set by a failed stream, or by stop()
             except Exception as exc:  # the SDK raises many types; all mean "not connected"
                 log.warning("Greengrass IPC unavailable (%s); retrying in %.0f s", exc, backoff)
@@ -104,7 +104,7 @@ class GreengrassTransport(Transport):
         client = self._factory()
         with self._lock:
             self._client = client
-        for topic in replies.reply_topics(self.thing, self.fmt):
+        for topic in topics.reply_topics(self.thing, self.fmt):
             _, operation = client.subscribe_to_iot_core(
                 topic_name=topic, qos=QOS_AT_LEAST_ONCE, on_stream_event=self._on_message,
                 on_stream_error=self._on_stream_error, on_stream_closed=self._on_stream_closed)

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 import paho.mqtt.client as mqtt
 
-from garrison.wire import replies
+from garrison.wire import replies, topics
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 from garrison.agent.transports.paho_compat import new_client
 
@@ -41,7 +41,7 @@ class MqttTransport(Transport):
         self.protocol = mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.ssl_context = self._ssl_context(ca, cert, key) if tls else None
-        self.reply_topics = replies.reply_topics(thing, fmt)
+        self.reply_topics = topics.reply_topics(thing, fmt)
         self._client: Optional[mqtt.Client] = None
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None

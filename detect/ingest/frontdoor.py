@@ -7,42 +7,26 @@ returns the reply to publish, encoded like the request, or None when no reply is
 `garrison.detect.ingest.mqtt.MqttIngest` connects it to a broker. Error codes are documented in
 docs/wire-format.md.
 """
-import json
 import logging
-import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
-import cbor2
-
-from garrison.agent import report as wire
-from garrison.detect.ingest.validate import INVALID_PAYLOAD, Invalid, report_id_of, validate
+from garrison.detect.ingest.validate import Invalid, report_id_of, validate
+from garrison.wire import codec, names, replies
+from garrison.wire.limits import MAX_PAYLOAD_BYTES
+# The contract's reply codes, topics and name rule, re-exported for the engine's callers.
+from garrison.wire.names import valid_thing_name  # noqa: F401
+from garrison.wire.replies import (ERROR_CODES, INTERNAL_ERROR, INVALID_PAYLOAD, INVALID_THING_NAME,  # noqa: F401
+                                   PAYLOAD_TOO_LARGE, STALE_REPORT_ID, THROTTLED, UNREGISTERED_THING, Reply)
+from garrison.wire.topics import ENGINE_SUBSCRIPTIONS as SUBSCRIPTIONS  # noqa: F401
+from garrison.wire.topics import parse_report_topic as parse_topic
+from garrison.wire.topics import reply_safe as _safe_reply_thing
 
 log = logging.getLogger("garrison.ingest")
 
-# Reply codes. AWS's own first; the rest are Garrison extensions (docs/wire-format.md).
 BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # an id older than this is no time: dated by its arrival
-THROTTLED = "Throttled"                  # AWS: a second report within the interval
-PAYLOAD_TOO_LARGE = "PayloadTooLarge"    # over max_payload (AWS IoT drops these at the broker)
-STALE_REPORT_ID = "StaleReportId"        # a report id lower than the last accepted one
-INVALID_THING_NAME = "InvalidThingName"  # not 1-128 bytes of [a-zA-Z0-9:_-]
-UNREGISTERED_THING = "UnregisteredThing" # strict mode: thing not registered with the engine
-INTERNAL_ERROR = "InternalError"         # the engine failed to store the report; resend later
-
-ERROR_CODES = (INVALID_PAYLOAD, THROTTLED, PAYLOAD_TOO_LARGE, STALE_REPORT_ID, INVALID_THING_NAME,
-               UNREGISTERED_THING, INTERNAL_ERROR)
-
-_THING_NAME = re.compile(r"[a-zA-Z0-9:_-]+")
-MAX_THING_NAME_BYTES = 128
-# A reply topic is only safe to publish if the broker will take it: no wildcards or NUL (MQTT),
-# no control characters (Mosquitto disconnects clients that publish them), bounded length.
-_UNSAFE_TOPIC_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f+#/\ud800-\udfff]")
-_MAX_REPLY_THING_BYTES = 1024
-_MAX_MESSAGE_CHARS = 200
-SUBSCRIPTIONS = ("$aws/things/+/defender/metrics/json", "$aws/things/+/defender/metrics/cbor")
 
 
 class Sink(Protocol):
@@ -56,46 +40,6 @@ class Sink(Protocol):
 
     def accept(self, thing: str, report_long: Dict[str, Any], received_ms: int) -> None:
         """Record the report id and process the report, atomically."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A reply to publish: `payload` is encoded like the request (CBOR on cbor topics)."""
-
-    topic: str
-    payload: bytes
-    accepted: bool
-    thing: str
-    report_id: Optional[int]
-    error_code: Optional[str] = None
-    error_message: Optional[str] = None
-
-
-def parse_topic(topic: Any) -> Optional[Tuple[str, str]]:
-    """(thing, format) of `$aws/things/{thing}/defender/metrics/{json|cbor}`, else None."""
-    if not isinstance(topic, str):
-        return None
-    parts = topic.split("/")
-    if (len(parts) != 6 or parts[:2] != ["$aws", "things"] or parts[3:5] != ["defender", "metrics"]
-            or parts[5] not in wire.FORMATS or not parts[2]):
-        return None
-    return parts[2], parts[5]
-
-
-def valid_thing_name(thing: str) -> bool:
-    """AWS's rule: 1-128 bytes of [a-zA-Z0-9:_-]."""
-    return len(thing) <= MAX_THING_NAME_BYTES and bool(_THING_NAME.fullmatch(thing))
-
-
-def _safe_reply_thing(thing: str) -> bool:
-    return (not _UNSAFE_TOPIC_CHARS.search(thing)
-            and len(thing.encode("utf-8", "surrogatepass")) <= _MAX_REPLY_THING_BYTES)
-
-
-def encode_reply(body: Dict[str, Any], fmt: str) -> bytes:
-    if fmt == "cbor":
-        return cbor2.dumps(body)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 class _RateLimitedLog:
@@ -129,7 +73,7 @@ class Ingestor:
     """
 
     def __init__(self, sink: Sink, min_interval_s: float = 300, grace_s: Optional[float] = None,
-                 max_payload: int = wire.MAX_PAYLOAD_BYTES, strict: bool = False):
+                 max_payload: int = MAX_PAYLOAD_BYTES, strict: bool = False):
         if min_interval_s < 0:
             raise ValueError("min_interval_s must not be negative")
         self.sink = sink
@@ -166,15 +110,15 @@ class Ingestor:
     def _handle(self, thing: str, fmt: str, payload: bytes, now_ms: int) -> Reply:
         if not valid_thing_name(thing):
             return self._rejected(thing, fmt, None, now_ms, INVALID_THING_NAME,
-                                  "Thing names are 1-128 bytes of [a-zA-Z0-9:_-]")
+                                  names.THING.text[0].upper() + names.THING.text[1:])
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._rejected(thing, fmt, None, now_ms, INVALID_PAYLOAD, "Payload is not bytes")
         if len(payload) > self.max_payload:
             return self._rejected(thing, fmt, None, now_ms, PAYLOAD_TOO_LARGE,
                                   f"Payload is {len(payload)} bytes, over the limit of {self.max_payload}")
         try:
-            doc = wire.decode(bytes(payload), fmt)
-        except wire.ReportError as exc:
+            doc = codec.decode(bytes(payload), fmt)
+        except codec.CodecError as exc:
             return self._rejected(thing, fmt, None, now_ms, INVALID_PAYLOAD, str(exc))
         report_id = report_id_of(doc)
         try:
@@ -236,21 +180,14 @@ class Ingestor:
 
     def _accepted(self, thing, fmt, report_id, now_ms) -> Reply:
         self.stats["accepted"] += 1
-        body = {"thingName": thing, "reportId": report_id, "status": "ACCEPTED", "timestamp": now_ms}
-        return Reply(wire.topic(thing, fmt) + "/accepted", encode_reply(body, fmt), True, thing, report_id)
+        return replies.accepted(thing, fmt, report_id, now_ms)
 
     def _rejected(self, thing, fmt, report_id, now_ms, code, message) -> Reply:
         self.stats[f"rejected:{code}"] += 1
-        message = _shorten(message, _MAX_MESSAGE_CHARS)
+        reply = replies.rejected(thing, fmt, report_id, code, message, now_ms)
         self._log(logging.INFO, f"rejected:{code}", "rejected a report from %s: %s: %s",
-                  thing, code, message)
-        body: Dict[str, Any] = {"thingName": thing}
-        if report_id is not None:
-            body["reportId"] = report_id
-        body.update(status="REJECTED", statusDetails={"ErrorCode": code, "ErrorMessage": message},
-                    timestamp=now_ms)
-        return Reply(wire.topic(thing, fmt) + "/rejected", encode_reply(body, fmt), False, thing,
-                     report_id, code, message)
+                  thing, code, reply.error_message)
+        return reply
 
 
 def _shorten(text: Any, limit: int = 160) -> str:

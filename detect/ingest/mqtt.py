@@ -6,7 +6,8 @@ import time
 from typing import Callable, Optional, Tuple
 
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url, redact_broker_url
-from garrison.detect.ingest.frontdoor import SUBSCRIPTIONS, Ingestor, _RateLimitedLog
+from garrison.detect.ingest.frontdoor import Ingestor, _RateLimitedLog
+from garrison.wire.topics import ENGINE_SUBSCRIPTIONS
 
 log = logging.getLogger("garrison.ingest")
 
@@ -63,7 +64,7 @@ class MqttIngest:
         if getattr(rc, "is_failure", rc != 0):
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
-        client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
+        client.subscribe([(topic, 1) for topic in ENGINE_SUBSCRIPTIONS])
         log.info("connected to %s; listening for Device Defender reports", self.url)
         self.connected.set()
 

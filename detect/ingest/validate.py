@@ -10,19 +10,13 @@ metric names starting with "aws:").
 
 Keys the schema does not declare are dropped, so the engine only ever sees declared fields.
 """
-import math
-import re
-import socket
 from typing import Any, Dict, List
 
-from garrison.wire import schema
-
-INVALID_PAYLOAD = "InvalidPayload"  # AWS's code for any malformed report
-
-# AWS CreateCustomMetric: metricName is 1-128 of [a-zA-Z0-9:_-] and must not begin with "aws:".
-_CUSTOM_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-_MAX_STRING = 1024           # no declared string (address, interface) is legitimately longer
-_NUMBER_MIN, _NUMBER_MAX = -schema.MAX_INT - 1, schema.MAX_INT
+from garrison.wire import names, schema
+from garrison.wire.limits import MAX_STRING_CHARS as _MAX_STRING
+from garrison.wire.replies import INVALID_PAYLOAD  # noqa: F401  (AWS's code for any malformed report)
+# The value rules are the wire contract's, shared with the agent, so what it sends passes here.
+from garrison.wire.values import is_int as _is_int, is_ip as _is_ip, is_number as _is_number, is_text as _is_text
 
 
 class Invalid(ValueError):
@@ -52,43 +46,6 @@ class _Bad(Exception):
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return _NUMBER_MIN <= value <= _NUMBER_MAX
-    return isinstance(value, float) and math.isfinite(value)
-
-
-def _is_ip(text: str) -> bool:
-    """IPv4 dotted quad or IPv6 text (inet_pton: strict, and far faster than ipaddress)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, text)
-            return True
-        except (OSError, ValueError):  # ValueError: embedded NUL
-            pass
-    return False
-
-
-def _is_text(value: Any) -> bool:
-    """A str of sane length that is valid Unicode (JSON's "\\ud800" escapes decode to lone
-    surrogates, which no database or encoder downstream would take)."""
-    if not isinstance(value, str) or len(value) > _MAX_STRING:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _check_int(value: Any, field: schema.Field) -> int:
@@ -211,11 +168,11 @@ def _check_custom(doc: Any) -> Dict[str, List[Dict[str, Any]]]:
         raise _Bad(f"expected an object, got {_type_name(doc)}")
     out = {}
     for name, value in doc.items():
-        if not isinstance(name, str) or not _CUSTOM_NAME.fullmatch(name):
-            raise _Bad("custom metric names are 1-128 of [a-zA-Z0-9:_-]")
+        if not isinstance(name, str) or not names.NAME.valid(name):
+            raise _Bad(names.CUSTOM_METRIC.text)
         try:
-            if name.startswith("aws:"):
-                raise _Bad('custom metric names must not start with "aws:"')
+            if not names.CUSTOM_METRIC.valid(name):   # the reserved "aws:" prefix
+                raise _Bad(names.CUSTOM_METRIC.text)
             if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
                 raise _Bad('expected a one-element array such as [{"number": 1}]')
             entry = value[0]

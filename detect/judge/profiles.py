@@ -11,7 +11,6 @@ import copy
 import ipaddress
 import json
 import math
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from garrison.detect.judge import metrics
 from garrison.detect.judge.metrics import MetricError, MetricSpec
+from garrison.wire import names
 
-NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 MAX_BEHAVIORS = 100
 MAX_DESCRIPTION = 1000
 DURATIONS = (300, 600, 900, 1800, 3600)
@@ -167,8 +166,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_name(value: Any, what: str, behavior: Optional[str] = None, fld: Optional[str] = None) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ProfileError(f"{what} must be 1-128 characters of [a-zA-Z0-9:_-], got {value!r}",
+    if not names.NAME.valid(value):   # profile, behavior, metric and dimension names alike
+        raise ProfileError(f"{what} must be {names.SHAPE}, got {value!r}",
                            behavior, fld)
     return value
 

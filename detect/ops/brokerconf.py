@@ -32,16 +32,16 @@ from typing import List, Optional
 
 from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY, NAME_RULE, valid_name
 from garrison.detect.ops.pki_names import recorded_engine_identity
+from garrison.wire.limits import MAX_PAYLOAD_BYTES
+from garrison.wire.topics import FORMATS, report_filter
 
 PROG = "garrison-detect broker-config"
-REPORT_TOPIC = "$aws/things/{thing}/defender/metrics/{fmt}"
-FORMATS = ("json", "cbor")
 ALERT_TOPICS = "garrison/alerts/#"
 # Reports are at most 128 KB (AWS's limit, which the engine enforces with a PayloadTooLarge
 # reply). The limit applies to the whole MQTT packet: 1 KB covers the fixed header, the longest
 # report topic (162 bytes), the packet id and MQTT 5 properties. Mosquitto disconnects a client
 # that sends a bigger packet, and the message goes nowhere.
-MAX_PACKET_SIZE = 128 * 1024 + 1024
+MAX_PACKET_SIZE = MAX_PAYLOAD_BYTES + 1024
 # The engine's persistent session keeps reports queued while it restarts: room for a fleet of
 # thousands reporting during a long restart, and still a bound, on the count and on the bytes
 # (Mosquitto queues until the first limit is reached, per client, above the in-flight ones, and
@@ -63,12 +63,12 @@ def acl_text(engine_identity: str = DEFAULT_ENGINE_IDENTITY) -> str:
              "# Devices: user name = certificate CN = thing name (%u). Each may publish only its own",
              "# reports and read only its own replies.", ""]
     for fmt in FORMATS:
-        own = REPORT_TOPIC.format(thing="%u", fmt=fmt)
+        own = report_filter(thing="%u", fmt=fmt)
         lines += [f"pattern write {own}", f"pattern read {own}/accepted", f"pattern read {own}/rejected"]
     lines += ["", f"# The detect engine ({engine_identity}): every thing's reports in, replies and alerts out.",
               f"user {engine_identity}"]
     for fmt in FORMATS:
-        every = REPORT_TOPIC.format(thing="+", fmt=fmt)
+        every = report_filter(thing="+", fmt=fmt)
         lines += [f"topic read {every}", f"topic write {every}/accepted", f"topic write {every}/rejected"]
     lines += [f"topic write {ALERT_TOPICS}", ""]
     return "\n".join(lines)

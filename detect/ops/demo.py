@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from garrison.wire import replies
+from garrison.wire import replies, topics
 from garrison.detect.ops.broker import BrokerError, start_local_broker
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url
 
@@ -101,7 +101,7 @@ class Watcher:
         self.client = new_client(f"garrison-demo-watcher-{thing}")
         self.client.on_message = lambda client, userdata, msg: self.events.put((msg.topic, msg.payload))
         self.client.connect(host, port)
-        self.client.subscribe([(ALERTS_TOPIC, 1), (f"$aws/things/{thing}/defender/metrics/+/+", 1)])
+        self.client.subscribe([(ALERTS_TOPIC, 1), (topics.reply_filter(thing), 1)])
         self.client.loop_start()
 
     def close(self) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from garrison.detect.ops import pki_names
+from garrison.wire import names
 
 PROG = "garrison-detect pki"
-NAME_RULE = "1-128 characters of A-Z a-z 0-9 : _ -"
-_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+NAME_RULE = names.SHAPE   # thing names (garrison.wire.names.THING)
 _HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 DEFAULT_ENGINE_IDENTITY = "garrison-detect"
 CA_DAYS, LEAF_DAYS = 3650, 825
@@ -39,7 +39,7 @@ class PkiError(Exception):
 
 def valid_name(name: str) -> bool:
     """Thing names as AWS IoT allows them (and free of MQTT wildcards and '/')."""
-    return isinstance(name, str) and bool(_NAME.fullmatch(name))
+    return names.valid_thing_name(name)
 
 
 # ------------------------------------------------------------------------------------ files

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import paho.mqtt.client as paho
 
 from garrison.agent import report as wire
+from garrison.wire import topics
 
 from . import mqtt
 from .attacks import AttackSpec
@@ -182,8 +183,8 @@ class Publisher:
         if watch_replies:
             watcher = self._clients[0]
             watcher.on_message = self._on_reply
-            watcher.subscribe([("$aws/things/+/defender/metrics/+/accepted", 0),
-                               ("$aws/things/+/defender/metrics/+/rejected", 0)])
+            watcher.subscribe([(topics.reply_filter(outcome="accepted"), 0),
+                               (topics.reply_filter(outcome="rejected"), 0)])
 
     def _on_publish(self, *_args):   # paho 1.6 and 2.x pass different extra arguments
         with self._acked:

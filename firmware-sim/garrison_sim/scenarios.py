@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from garrison.wire import topics
+
 from . import FLEET_PROFILE, mqtt
 from .live_attacks import DEFAULT_SCENARIOS, LIVE_ATTACKS, LiveAttack
 from .netns import NetnsError, Topology, inside, supported
@@ -119,22 +121,22 @@ class Observer:
         with inside(cloud_ns):                 # the client's socket and network thread stay there
             self.client = mqtt.connect(f"mqtt://127.0.0.1:{BROKER_PORT}", client_id="garrison-sim-observer")
         self.client.on_message = self._on_message
-        self.client.subscribe([("$aws/things/+/defender/metrics/+/accepted", 1),
-                               ("$aws/things/+/defender/metrics/+/rejected", 1), ("garrison/alerts/#", 1)])
+        self.client.subscribe([(topics.reply_filter(outcome="accepted"), 1),
+                               (topics.reply_filter(outcome="rejected"), 1), ("garrison/alerts/#", 1)])
 
     def _on_message(self, _client, _userdata, message):
         now = time.monotonic()
-        parts = message.topic.split("/")
+        reply = topics.parse_reply_topic(message.topic)   # (thing, format, outcome) or None
         with self._lock:
-            if parts[0] == "garrison":
+            if reply is None:
                 try:
                     self.alerts.append((now, json.loads(message.payload)))
                 except ValueError:
                     log.warning("unreadable alert on %s", message.topic)
-            elif parts[-1] == "accepted":
-                self.accepted[parts[2]].append(now)
+            elif reply[2] == "accepted":
+                self.accepted[reply[0]].append(now)
             else:
-                self.rejected[parts[2]].append({"topic": message.topic, "payload": message.payload[:200]})
+                self.rejected[reply[0]].append({"topic": message.topic, "payload": message.payload[:200]})
 
     def snapshot(self):
         with self._lock:

@@ -1,14 +1,13 @@
 """Agent test helpers: a tiny Device Defender responder and an agent-subprocess runner."""
-import json
 import os
 import subprocess
 import threading
 import time
 from typing import List, Optional
 
-import cbor2
 import paho.mqtt.client as mqtt
 from garrison.agent.transports.paho_compat import new_client
+from garrison.wire import codec, replies, topics
 
 AGENT = ["garrison-agent"]
 
@@ -41,28 +40,23 @@ class Responder:
         assert self.subscribed.wait(10), "responder could not subscribe"
 
     def _on_connect(self, client, userdata, flags, rc, *rest):
-        client.subscribe([("$aws/things/+/defender/metrics/json", 1), ("$aws/things/+/defender/metrics/cbor", 1)])
+        client.subscribe([(topic, 1) for topic in topics.ENGINE_SUBSCRIPTIONS])
 
     def _on_message(self, client, userdata, msg):
-        parts = msg.topic.split("/")
-        thing, fmt = parts[2], parts[5]
-        doc = json.loads(msg.payload) if fmt == "json" else cbor2.loads(msg.payload)
+        thing, fmt = topics.parse_report_topic(msg.topic)
+        doc = codec.decode(msg.payload, fmt)
         with self.lock:
             self.received.append((thing, fmt, doc))
         if thing.startswith("silent"):
             return
         header = doc.get("header") or doc.get("hed")
         rid = header.get("report_id", header.get("rid"))
-        reply = {"thingName": thing, "reportId": rid, "timestamp": int(time.time() * 1000)}
+        now_ms = int(time.time() * 1000)
         if thing.startswith("reject"):
-            reply.update(status="REJECTED", statusDetails={"ErrorCode": "InvalidPayload",
-                                                           "ErrorMessage": "test responder says no"})
-            outcome = "rejected"
+            reply = replies.rejected(thing, fmt, rid, replies.INVALID_PAYLOAD, "test responder says no", now_ms)
         else:
-            reply["status"] = "ACCEPTED"
-            outcome = "accepted"
-        body = json.dumps(reply).encode() if fmt == "json" else cbor2.dumps(reply)
-        client.publish(f"{msg.topic}/{outcome}", body, qos=1)
+            reply = replies.accepted(thing, fmt, rid, now_ms)
+        client.publish(reply.topic, reply.payload, qos=1)
 
     def report_ids(self, thing: str) -> List[int]:
         with self.lock:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from garrison.agent import config as cfg
+from garrison.wire import names
 from agent_helpers import run_agent
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-configuration.md"
@@ -30,7 +31,7 @@ def test_env_names_the_config_file(tmp_path):
 
 
 def test_default_thing_is_a_valid_thing_name():
-    assert cfg.THING_NAME.match(cfg.default_thing())
+    assert names.valid_thing_name(cfg.default_thing())
 
 
 def test_disable_collector_wins_over_collectors():

@@ -21,7 +21,7 @@ yaml = pytest.importorskip("yaml", reason="pyyaml is needed to read the recipe (
 
 import garrison.agent  # noqa: E402
 from garrison.agent import config, report  # noqa: E402
-from garrison.wire import replies
+from garrison.wire import replies, topics  # noqa: E402
 from garrison.agent.transports import greengrass  # noqa: E402
 from garrison.agent.transports.base import TransportError  # noqa: E402
 
@@ -110,7 +110,7 @@ def _policies(recipe):
 def test_access_control_covers_exactly_the_agents_topics(recipe):
     granted = _policies(recipe)
     publish = {report.topic(THING_VAR, fmt) for fmt in report.FORMATS}
-    subscribe = {topic for fmt in report.FORMATS for topic in replies.reply_topics(THING_VAR, fmt)}
+    subscribe = {topic for fmt in report.FORMATS for topic in topics.reply_topics(THING_VAR, fmt)}
     assert granted == {"aws.greengrass#PublishToIoTCore": publish, "aws.greengrass#SubscribeToIoTCore": subscribe}
     assert not any(c in topic for topics in granted.values() for topic in topics for c in "*#+")
 
@@ -224,7 +224,7 @@ def _started(fmt="json", **kwargs):
 def test_start_subscribes_to_exactly_the_reply_topics():
     transport, clients, _ = _started("cbor")
     try:
-        assert set(clients[0].subscriptions) == set(replies.reply_topics("gg-core-1", "cbor"))
+        assert set(clients[0].subscriptions) == set(topics.reply_topics("gg-core-1", "cbor"))
         assert {sub[0] for sub in clients[0].subscriptions.values()} == {greengrass.QOS_AT_LEAST_ONCE}
     finally:
         transport.stop()
@@ -249,7 +249,7 @@ def test_publish_is_true_only_when_acknowledged():
 def test_replies_reach_the_daemon():
     model = pytest.importorskip("awsiot.greengrasscoreipc.model")  # the SDK's real message classes
     transport, clients, received = _started()
-    accepted, rejected = replies.reply_topics("gg-core-1", "json")
+    accepted, rejected = topics.reply_topics("gg-core-1", "json")
     on_event = clients[0].subscriptions[accepted][1]
     on_event(model.IoTCoreMessage(message=model.MQTTMessage(
         topic_name=accepted, payload=b'{"thingName":"gg-core-1","reportId":42,"status":"ACCEPTED"}')))
@@ -263,7 +263,7 @@ def test_replies_reach_the_daemon():
 
 def test_a_lost_stream_reconnects_and_stop_closes_everything():
     transport, clients, _ = _started()
-    accepted, _ = replies.reply_topics("gg-core-1", "json")
+    accepted, _ = topics.reply_topics("gg-core-1", "json")
     on_error = clients[0].subscriptions[accepted][2]
     assert on_error(RuntimeError("nucleus restarted")) is True
     deadline = time.monotonic() + 15
