@@ -16,7 +16,8 @@ from garrison.wire.limits import DEFAULT_MAX_LIST_ITEMS
 log = logging.getLogger(__name__)
 
 def make_collectors(enabled: Iterable[str], socket_backend: str = "auto",
-                    interfaces: Optional[List[str]] = None, include_loopback: bool = False) -> Dict[str, Any]:
+                    interfaces: Optional[List[str]] = None, include_loopback: bool = False,
+                    posture_checks: Optional[List[str]] = None) -> Dict[str, Any]:
     """Collector objects by config name (collectors imported here, so a broken one is contained)."""
     from garrison.collectors import interfaces as ifaces
     from garrison.collectors import sockets
@@ -27,8 +28,14 @@ def make_collectors(enabled: Iterable[str], socket_backend: str = "auto",
         "connections": lambda: sockets.EstablishedConnectionsCollector(socket_backend),
         "network_stats": lambda: ifaces.InterfaceCountersCollector(
             include=interfaces or None, include_loopback=include_loopback),
+        "posture": lambda: _posture(posture_checks),
     }
     return {name: factories[name]() for name in enabled}
+
+
+def _posture(checks: Optional[List[str]]):
+    from garrison.collectors import posture
+    return posture.PostureCollector(checks=posture.CHECKS if checks is None else checks)
 
 
 def run_collector(name: str, collector: Any) -> CollectorResult:
@@ -51,10 +58,11 @@ class ReportCollector:
     def __init__(self, state_dir: Path, enabled: Iterable[str], socket_backend: str = "auto",
                  interfaces: Optional[List[str]] = None, include_loopback: bool = False,
                  max_list_items: int = DEFAULT_MAX_LIST_ITEMS, persist: bool = True,
-                 events: Any = None, interval_extension: bool = False, fold_interval: bool = False):
+                 events: Any = None, interval_extension: bool = False, fold_interval: bool = False,
+                 posture_checks: Optional[List[str]] = None):
         # events: a started collectors.sockevents.SocketEvents (sockets closed between reports)
         self.events, self.interval_extension, self.fold_interval = events, interval_extension, fold_interval
-        self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback)
+        self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback, posture_checks)
         self.deltas = NetworkDeltas(Path(state_dir), persist=persist) if "network_stats" in self.collectors else None
         self.max_list_items = max_list_items
         self.last_results: List[CollectorResult] = []
@@ -69,7 +77,9 @@ class ReportCollector:
             results.append(result)
             if not result.success:
                 continue
-            if name == "network_stats":
+            if name == "posture":   # device posture travels as custom metrics (posture:*)
+                custom_metrics = {**result.data, **(custom_metrics or {})}
+            elif name == "network_stats":
                 try:
                     groups["network_stats"] = self.deltas.update(result.data)
                 except Exception as exc:   # e.g. the state directory became read-only

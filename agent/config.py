@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.9/3.10 devices
     import tomli as tomllib
 
 ENV_PREFIX = "GARRISON_"
-COLLECTORS = ("listening_tcp", "listening_udp", "connections", "network_stats")
+COLLECTORS = ("listening_tcp", "listening_udp", "connections", "network_stats", "posture")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -68,6 +68,13 @@ def _check_thing(value: str) -> None:
 
 def _check_broker(value: str) -> None:
     parse_broker(value)
+
+
+def _check_posture(value: List[str]) -> None:
+    from garrison.collectors.posture import CHECKS
+    unknown = [name for name in value if name not in CHECKS]
+    if unknown:
+        raise ConfigError(f"unknown posture check {unknown[0]!r} (choose from {', '.join(CHECKS)})")
 
 
 def _check_collectors(value: List[str]) -> None:
@@ -145,6 +152,9 @@ OPTIONS: Tuple[Option, ...] = (
            + ", ".join(COLLECTORS) + ".", check=_check_collectors, metavar="LIST", commands=BOTH),
     Option("disable_collector", "list", [], "Collectors not to run (comma-separated or repeated); "
            "wins over --collectors.", check=_check_collectors, metavar="NAME", commands=BOTH),
+    Option("posture_checks", "list", ["services", "ssh", "accounts", "path", "sysctl"], "Checks of the "
+           "posture collector (custom metrics posture:*; see docs/audit.md): services, ssh, accounts "
+           "(needs root), path, sysctl.", check=_check_posture, metavar="LIST", commands=BOTH),
     Option("socket_backend", "str", "auto", "How sockets are read: auto (netlink sock_diag, falling "
            "back to /proc), netlink or procfs.", choices=("auto", "netlink", "procfs"), commands=BOTH),
     Option("socket_events", "str", "auto", "Watch TCP/UDP sockets closing between reports (netlink "

@@ -81,7 +81,8 @@ class Daemon:
         self.collector = ReportCollector(self.state_dir, config.enabled_collectors, config.socket_backend,
                                          config.interfaces, config.include_loopback, config.max_list_items,
                                          persist=persist_state, events=self.events,
-                                         interval_extension=extension, fold_interval=fold)
+                                         interval_extension=extension, fold_interval=fold,
+                                         posture_checks=config.posture_checks)
         self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
                            config.spool_max_age) if persist_state else None
         self._transport = transport

@@ -71,6 +71,7 @@ class Config:
     actions: Dict[str, Any] = field(default_factory=dict)
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
     ml: Dict[str, Any] = field(default_factory=dict)                          # garrison.detect.judge.ml.MLConfig settings
+    audit: Dict[str, Any] = field(default_factory=dict)                       # garrison.detect.audit.task sources
 
     @property
     def api_enabled(self) -> bool:
@@ -105,7 +106,7 @@ def _bool(doc: Mapping[str, Any], key: str, default: bool) -> bool:
 
 _TOP_KEYS = {"invalidation_period", "sweep_interval", "disconnect_duration_unit", "fleet_stats_interval",
              "fleet_min_devices", "min_report_interval", "strict", "dry_run", "client_id", "api", "alerts",
-             "actions", "profiles", "ml"}
+             "actions", "profiles", "ml", "audit"}
 
 
 def _profiles(items: Any, base: Path) -> List[Tuple[str, Optional[str]]]:
@@ -170,6 +171,13 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
     if not isinstance(ml, Mapping):
         raise ConfigError("ml: expected a table of ML Detect settings (training_days, min_datapoints, ...)")
     config.ml = dict(ml)
+    if "audit" in doc:
+        from garrison.detect.audit.task import AuditError, sources_from_config
+        try:
+            sources_from_config(doc["audit"])  # checked here, so `serve` fails at start, in one line
+        except AuditError as exc:
+            raise ConfigError(str(exc)) from None
+        config.audit = dict(doc["audit"])
     return config
 
 

@@ -34,6 +34,7 @@ from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
 from garrison.detect.respond import violations
 from garrison.detect.respond.actions import Actions
 from garrison.detect.respond.alerts import AlertMessage
+from garrison.detect.audit.store import record_posture
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
@@ -104,6 +105,7 @@ class Engine:
             elif last[0] is not None and report_id <= last[0]:
                 return []  # already applied (QoS 1 redelivery) or older: never apply twice
             self.store.record_report(thing, report_id, received_ms)
+            record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
             events = self._evaluate(thing, report_long, received_ms)
         self.dispatch_alerts()
         return events

@@ -35,7 +35,8 @@ def test_library_example_publishes_and_is_accepted(mosquitto, tmp_path):
         engine.stop()
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.strip().splitlines()
-    assert first == "{'pump_pressure_kpa': [{'number': 101.3}]}"
+    assert first == "[{'number': 101.3}]"
     assert re.fullmatch(r"report \d+ accepted", second)
     (stored,) = ledger.reports["pump-17"]
-    assert stored["custom_metrics"] == {"pump_pressure_kpa": [{"number": 101.3}]}
+    assert stored["custom_metrics"]["pump_pressure_kpa"] == [{"number": 101.3}]
+    assert "posture:sysctl_unhardened" in stored["custom_metrics"]   # the posture collector, on by default

@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from garrison.agent import __version__
+from garrison.detect.audit import http as audit_http
 from garrison.detect.engine import Engine
 from garrison.detect.judge.profiles import ProfileError
 from garrison.detect.state.store import NotFound, StoreError
@@ -92,6 +93,8 @@ ROUTES = (
           "per thing in thingSummaries (PENDING_BUILD, ACTIVE, EXPIRED).",
           ("securityProfileName", "behaviorName", "thingName")),
 )
+ROUTES += tuple(Route(method, path, "audit_" + name, summary, query, body)  # Device Defender Audit
+                for method, path, name, summary, query, body in audit_http.ROUTES)
 
 
 def openapi_document() -> Dict[str, Any]:
@@ -135,6 +138,11 @@ class Api:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+
+    def __getattr__(self, name: str):
+        if name.startswith("audit_"):  # the audit's routes (garrison.detect.audit.http)
+            return lambda p, q, b: audit_http.handle(name[len("audit_"):], self.engine, p, q, b)
+        raise AttributeError(name)
 
     def health(self, p, q, b):
         return {"status": "ok"}

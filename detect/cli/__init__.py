@@ -10,6 +10,7 @@
     garrison-detect groups create NAME | delete NAME | add GROUP THING | remove GROUP THING | list
     garrison-detect actions list
     garrison-detect ml summaries [--profile P] [--behavior B] [--thing T] [--config FILE] [--json]
+    garrison-detect audit run|checks|tasks|findings|suppress|schedule|mitigate ...   (see audit --help)
     garrison-detect demo ... | pki ... | broker-config ...   (each with its own --help)
 
 Every command but `demo` works on the SQLite file given by --db (default $GARRISON_DB, else
@@ -319,6 +320,8 @@ def cmd_serve(args) -> int:
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
     api = _start_api(engine, config, args.db)
+    from garrison.detect.audit.schedule import Scheduler
+    audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -333,6 +336,7 @@ def cmd_serve(args) -> int:
         while not stop.wait(0.5):
             try:
                 engine.tick()
+                audits.tick()
             except Exception:  # periodic work must never stop the engine
                 log.exception("periodic work failed; retrying on the next tick")
     finally:
@@ -472,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the engine's configuration file, for its [ml] training settings")
     p.add_argument("--json", action="store_true", help='{"summaries": [...], "thingSummaries": [...]}')
     mlc.set_defaults(func=cmd_ml)
+
+    from garrison.detect.audit import cli as audit_cli  # the audit commands live with the audit
+    audit_cli.add_parser(sub, db_anywhere)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

@@ -4,6 +4,7 @@
     garrison-detect pki issue  --dir DIR --thing NAME         # DIR/things/NAME.crt, .key
     garrison-detect pki server --dir DIR --host broker.example.net --host 10.0.0.5
     garrison-detect pki engine --dir DIR [--name garrison-detect]
+    garrison-detect pki revoke --dir DIR --thing NAME [--reason key_compromise]   # DIR/crl.pem
 
 A device's identity is its certificate's common name, which is its thing name: the broker
 (garrison.detect.ops.brokerconf) takes the CN as the MQTT user name and lets each device publish only its
@@ -204,6 +205,62 @@ class FleetCA:
         self.engine_name_path.write_text(name + "\n")
         return cert_path, key_path
 
+    # -- revoking (DIR/crl.pem; broker-config points Mosquitto's crlfile at it) ------------------
+
+    @property
+    def crl_path(self) -> Path:
+        return self.dir / "crl.pem"
+
+    def revoke(self, thing: str, reason: str = "unspecified") -> Path:
+        """Add the thing's certificate to DIR/crl.pem (signed by the CA); returns the CRL's path."""
+        _check_name(thing, "thing name")
+        return self.revoke_certificate(self.thing_paths(thing)[0], reason)
+
+    def revoke_certificate(self, cert_path: Path, reason: str = "unspecified") -> Path:
+        """Revoke any certificate the CA issued (also ones it did not write, e.g. factory-provisioned)."""
+        from cryptography import x509
+        try:
+            cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        except FileNotFoundError:
+            raise PkiError(f"no certificate {cert_path}") from None
+        except ValueError as exc:
+            raise PkiError(f"cannot read {cert_path}: {exc}") from None
+        return self.revoke_serials([cert.serial_number], reason, issuer=cert.issuer)
+
+    def revoke_serials(self, serials: Sequence[int], reason: str = "unspecified", issuer=None) -> Path:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        try:
+            flag = x509.ReasonFlags[reason.replace("-", "_")]
+        except KeyError:
+            raise PkiError(f"unknown revocation reason {reason!r} (use one of "
+                           f"{', '.join(r.name for r in x509.ReasonFlags)})") from None
+        ca_cert, ca_key = self._load()
+        if issuer is not None and issuer != ca_cert.subject:
+            raise PkiError("that certificate was not issued by this fleet CA")
+        now = _now()
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+                   # an expired CRL makes OpenSSL refuse every client: it lasts as long as the CA
+                   .next_update(max(_not_after(ca_cert), now + datetime.timedelta(days=1))))
+        known = set()
+        if self.crl_path.exists():
+            for entry in x509.load_pem_x509_crl(self.crl_path.read_bytes()):
+                known.add(entry.serial_number)
+                builder = builder.add_revoked_certificate(entry)
+        for serial in serials:
+            if serial in known:
+                continue
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            if flag is not x509.ReasonFlags.unspecified:
+                entry = entry.add_extension(x509.CRLReason(flag), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(ca_key, hashes.SHA256())
+        tmp = self.crl_path.with_name("crl.pem.tmp")
+        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.chmod(tmp, 0o644)  # the broker reads it
+        os.replace(tmp, self.crl_path)
+        return self.crl_path
+
 
 def _check_name(name: str, what: str) -> None:
     if not valid_name(name):
@@ -283,6 +340,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "is recorded in DIR/engine.name, which broker-config reads.", LEAF_DAYS)
     sub.add_argument("--name", default=DEFAULT_ENGINE_IDENTITY,
                      help=f"the engine's MQTT identity, distinct from every thing (default {DEFAULT_ENGINE_IDENTITY})")
+    sub = actions.add_parser("revoke", help="Revoke a thing's certificate: add it to DIR/crl.pem.",
+                             description="Revoke a thing's certificate: add it to DIR/crl.pem, signed by the fleet "
+                             "CA. Run broker-config again (it writes crlfile when crl.pem exists) and reload "
+                             "the broker (SIGHUP) so it refuses the certificate.")
+    sub.add_argument("--dir", required=True, help="the fleet PKI directory")
+    sub.add_argument("--thing", required=True, help="the thing whose certificate (DIR/things/NAME.crt) is revoked")
+    sub.add_argument("--reason", default="unspecified",
+                     help="key_compromise, superseded, cessation_of_operation, ... (default unspecified)")
 
 
 def run(args) -> int:
@@ -298,6 +363,9 @@ def run(args) -> int:
         elif args.pki_action == "server":
             cert, key = ca.issue_server(args.host, args.days)
             print(f"issued {cert} and {key} (mode 0600) for {', '.join(args.host)}")
+        elif args.pki_action == "revoke":
+            crl = ca.revoke(args.thing, args.reason)
+            print(f"revoked the certificate of thing {args.thing} in {crl}; reload the broker (SIGHUP) to enforce it")
         elif args.pki_action == "engine":
             cert, key = ca.issue_engine(args.name, args.days)
             print(f"issued {cert} and {key} (mode 0600) for the engine identity {args.name}")

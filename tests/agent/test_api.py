@@ -17,8 +17,9 @@ def test_publish_once_with_custom_metrics(tmp_path, shared_mosquitto, responder)
         assert reply is not None and reply.accepted
         assert [r.name for r in agent.last_results] and all(r.duration_s >= 0 for r in agent.last_results)
     (_, _, doc), = [r for r in responder.received if r[0] == "firmware-1"]
-    assert doc["custom_metrics"] == {"pump_pressure_kpa": [{"number": 101.5}],
-                                     "open_valves": [{"string_list": ["v1", "v3"]}]}
+    own = {k: v for k, v in doc["custom_metrics"].items() if not k.startswith("posture:")}  # the posture collector's
+    assert own == {"pump_pressure_kpa": [{"number": 101.5}], "open_valves": [{"string_list": ["v1", "v3"]}]}
+    assert "posture:sysctl_unhardened" in doc["custom_metrics"]   # on by default
     assert doc["header"]["report_id"] == reply.report_id
 
 

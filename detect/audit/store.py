@@ -1,0 +1,157 @@
+"""Audit state in the engine's SQLite database, in tables of its own: tasks, findings,
+suppressions, scheduled audits, and each thing's latest posture.
+
+Tables are created here with CREATE TABLE IF NOT EXISTS (garrison.detect.state.store's schema is untouched).
+Tasks and their findings are kept for 90 days, as AWS keeps audit results.
+"""
+import json
+import sqlite3
+from typing import Any, Dict, List, Mapping, Optional
+
+from garrison.detect.state.store import NotFound, Store, StoreError
+
+RETENTION_MS = 90 * 86400 * 1000
+POSTURE_PREFIX = "posture:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_tasks (
+    task_id TEXT PRIMARY KEY, task_type TEXT NOT NULL, task_status TEXT NOT NULL,
+    start_ms INTEGER NOT NULL, scheduled_name TEXT, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_tasks_start ON audit_tasks (start_ms);
+CREATE TABLE IF NOT EXISTS audit_findings (
+    finding_id TEXT PRIMARY KEY, task_id TEXT NOT NULL REFERENCES audit_tasks(task_id) ON DELETE CASCADE,
+    check_name TEXT NOT NULL, resource_key TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_findings_task ON audit_findings (task_id, check_name);
+CREATE TABLE IF NOT EXISTS audit_suppressions (
+    check_name TEXT NOT NULL, resource_key TEXT NOT NULL, expiration_ms INTEGER, description TEXT,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (check_name, resource_key));
+CREATE TABLE IF NOT EXISTS audit_schedules (
+    name TEXT PRIMARY KEY, doc TEXT NOT NULL, next_ms INTEGER NOT NULL, last_ms INTEGER, last_task_id TEXT);
+CREATE TABLE IF NOT EXISTS audit_posture (
+    thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, metrics TEXT NOT NULL);
+"""
+
+class AuditStore:
+    """Audit records over a garrison.detect.state.store.Store (same connection, same transactions)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        if not getattr(store, "_audit_tables", False):
+            with store._lock:
+                try:  # statement by statement: executescript would commit the caller's transaction
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        store._conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"cannot create the audit tables in {store.path}: {exc}") from None
+            store._audit_tables = True
+
+    # ---- tasks and findings -------------------------------------------------------------------
+
+    def save_task(self, task: Dict[str, Any], findings: List[Dict[str, Any]], resource_keys: List[str]) -> None:
+        with self.store.transaction():
+            self.store._exec("INSERT INTO audit_tasks VALUES (?, ?, ?, ?, ?, ?)",
+                             (task["taskId"], task["taskType"], task["taskStatus"], int(task["taskStartTime"] * 1000),
+                              task.get("scheduledAuditName"), json.dumps(task)))
+            for item, key in zip(findings, resource_keys):
+                self.store._exec("INSERT INTO audit_findings VALUES (?, ?, ?, ?, ?)",
+                                 (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item)))
+            cutoff = int(task["taskStartTime"] * 1000) - RETENTION_MS
+            old = [r[0] for r in self.store._rows("SELECT task_id FROM audit_tasks WHERE start_ms < ?", (cutoff,))]
+            for task_id in old:
+                self.store._exec("DELETE FROM audit_findings WHERE task_id = ?", (task_id,))
+                self.store._exec("DELETE FROM audit_tasks WHERE task_id = ?", (task_id,))
+
+    def get_task(self, task_id: str) -> Dict[str, Any]:
+        row = self.store._one("SELECT doc FROM audit_tasks WHERE task_id = ?", (task_id,))
+        if row is None:
+            raise NotFound(f"no audit task {task_id}")
+        return json.loads(row[0])
+
+    def list_tasks(self, task_type: Optional[str] = None, limit: int = 1000) -> List[Dict[str, Any]]:
+        sql, params = "SELECT doc FROM audit_tasks", []
+        if task_type:
+            sql, params = sql + " WHERE task_type = ?", [task_type]
+        rows = self.store._rows(sql + " ORDER BY start_ms DESC LIMIT ?", params + [limit])
+        return [json.loads(r[0]) for r in rows]
+
+    def findings(self, task_id: Optional[str] = None, check: Optional[str] = None,
+                 limit: int = 10000) -> List[Dict[str, Any]]:
+        where, params = [], []
+        if task_id:
+            where.append("task_id = ?")
+            params.append(task_id)
+        if check:
+            where.append("check_name = ?")
+            params.append(check)
+        sql = "SELECT doc FROM audit_findings" + (" WHERE " + " AND ".join(where) if where else "")
+        return [json.loads(r[0]) for r in self.store._rows(sql + " ORDER BY rowid LIMIT ?", params + [limit])]
+
+    def latest_task_id(self) -> Optional[str]:
+        row = self.store._one("SELECT task_id FROM audit_tasks ORDER BY start_ms DESC, rowid DESC LIMIT 1")
+        return row[0] if row else None
+
+    # ---- suppressions -------------------------------------------------------------------------
+
+    def suppress(self, check: str, resource_key: str, expiration_ms: Optional[int], description: str,
+                 now_ms: int) -> None:
+        self.store._exec("INSERT OR REPLACE INTO audit_suppressions VALUES (?, ?, ?, ?, ?)",
+                         (check, resource_key, expiration_ms, description, now_ms))
+
+    def unsuppress(self, check: str, resource_key: str) -> bool:
+        cur = self.store._exec("DELETE FROM audit_suppressions WHERE check_name = ? AND resource_key = ?",
+                               (check, resource_key))
+        return cur.rowcount > 0
+
+    def suppressions(self, now_ms: Optional[int] = None) -> List[Dict[str, Any]]:
+        rows = self.store._rows("SELECT * FROM audit_suppressions ORDER BY check_name, resource_key")
+        out = []
+        for r in rows:
+            if now_ms is not None and r["expiration_ms"] is not None and r["expiration_ms"] <= now_ms:
+                continue
+            out.append({"checkName": r["check_name"], "resourceKey": r["resource_key"],
+                        "expirationDate": None if r["expiration_ms"] is None else r["expiration_ms"] / 1000.0,
+                        "suppressIndefinitely": r["expiration_ms"] is None, "description": r["description"]})
+        return out
+
+    # ---- scheduled audits ---------------------------------------------------------------------
+
+    def put_schedule(self, doc: Dict[str, Any], next_ms: int) -> bool:
+        """Create (True) or refuse a duplicate name (StoreError)."""
+        try:
+            self.store._exec("INSERT INTO audit_schedules (name, doc, next_ms) VALUES (?, ?, ?)",
+                             (doc["scheduledAuditName"], json.dumps(doc), next_ms))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"a scheduled audit named {doc['scheduledAuditName']!r} exists") from None
+        return True
+
+    def delete_schedule(self, name: str) -> None:
+        if self.store._exec("DELETE FROM audit_schedules WHERE name = ?", (name,)).rowcount == 0:
+            raise NotFound(f"no scheduled audit {name}")
+
+    def schedules(self) -> List[Dict[str, Any]]:
+        rows = self.store._rows("SELECT * FROM audit_schedules ORDER BY name")
+        return [dict(json.loads(r["doc"]), nextRunTime=r["next_ms"] / 1000.0,
+                     lastRunTime=None if r["last_ms"] is None else r["last_ms"] / 1000.0,
+                     lastTaskId=r["last_task_id"]) for r in rows]
+
+    def schedule_ran(self, name: str, ran_ms: int, next_ms: int, task_id: Optional[str]) -> None:
+        self.store._exec("UPDATE audit_schedules SET last_ms = ?, next_ms = ?, last_task_id = ? WHERE name = ?",
+                         (ran_ms, next_ms, task_id, name))
+
+    # ---- posture ------------------------------------------------------------------------------
+
+    def put_posture(self, thing: str, time_ms: int, metrics: Mapping[str, Any]) -> None:
+        self.store._exec("INSERT OR REPLACE INTO audit_posture VALUES (?, ?, ?)", (thing, time_ms, json.dumps(metrics)))
+
+    def postures(self) -> Dict[str, Dict[str, Any]]:
+        return {r["thing"]: {"time_ms": r["time_ms"], "metrics": json.loads(r["metrics"])}
+                for r in self.store._rows("SELECT * FROM audit_posture")}
+
+
+def record_posture(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
+    """The engine's hook (inside the report's transaction): keep the posture metrics of the
+    latest report that has any."""
+    custom = report_long.get("custom_metrics") or {}
+    posture = {name: value for name, value in custom.items() if name.startswith(POSTURE_PREFIX)}
+    if posture:
+        AuditStore(store).put_posture(thing, received_ms, posture)
