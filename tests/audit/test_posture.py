@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from garrison.agent import report
+from garrison.wire.values import custom_metric
 from garrison.collectors import posture
 from garrison.detect.audit.store import AuditStore
 from garrison.detect.audit.task import AuditSources, run_audit
@@ -109,7 +110,7 @@ def test_live_collection_is_cheap_and_cached():
 
 def _report(report_id, metrics):
     return {"header": {"report_id": report_id, "version": "1.0"},
-            "custom_metrics": {k: report.custom_metric(v) for k, v in metrics.items()}}
+            "custom_metrics": {k: custom_metric(v) for k, v in metrics.items()}}
 
 
 def test_device_hardening_check_reads_each_things_latest_posture(tmp_path):
