@@ -265,7 +265,8 @@ def _tls_files(args):
 
 def _start_api(engine, config, db: str):
     """The HTTP API when configured; a token is generated into a 0600 file when none is given."""
-    from garrison.detect.api.http import ApiServer, load_or_create_token
+    from garrison.detect.api.auth import load_or_create_token
+    from garrison.detect.api.server import ApiServer
     if not config.api_enabled:
         return None
     token = config.api_token

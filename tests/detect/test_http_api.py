@@ -1,4 +1,4 @@
-"""garrison.detect.api.http over real HTTP on loopback."""
+"""garrison.detect.api (FastAPI served by uvicorn) over real HTTP on loopback."""
 import json
 import os
 import stat
@@ -7,7 +7,9 @@ import urllib.request
 
 import pytest
 
-from garrison.detect.api.http import ROUTES, ApiServer, load_or_create_token, openapi_document
+from garrison.detect.api.app import openapi_document, routes
+from garrison.detect.api.auth import load_or_create_token
+from garrison.detect.api.server import ApiServer
 from garrison.detect.clock import ManualClock
 from garrison.detect.engine import Engine
 from garrison.detect.state.store import Store
@@ -61,7 +63,7 @@ def test_the_openapi_document_describes_every_route(served):
     assert status == 200 and doc == openapi_document()
     assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert described == {(r.method, r.path) for r in ROUTES}
+    assert described == routes() and len(described) == 22
 
 
 def test_profiles_violations_and_verification_over_http(served):
@@ -138,4 +140,75 @@ def test_the_checked_in_openapi_file_is_current():
     current = openapi_document()
     checked_in["info"].pop("version")  # a version bump alone does not make it stale
     current["info"].pop("version")
-    assert checked_in == current, "regenerate it: python3 -m garrison.detect.api.http > detect/api/openapi.json"
+    assert checked_in == current, "regenerate it: python3 -m garrison.detect.api.app > detect/api/openapi.json"
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400"])
+def test_a_time_that_is_not_finite_is_a_400_naming_the_parameter(served, value):
+    server, _, _ = served  # issue 10 item 11: these were 500s (float("nan") reached the store)
+    for name in ("startTime", "endTime"):
+        status, body = call(server, "GET", f"/violation-events?{name}={value}")
+        assert status == 400, body
+        assert body["error"] == {"code": "InvalidRequest",
+                                 "message": f"query parameter {name}: Input should be a finite number"}
+
+
+@pytest.mark.parametrize("depth", [33, 1000, 100_000])
+def test_a_deeply_nested_body_is_a_400(served, depth):
+    server, _, _ = served  # issue 10 item 11: 100,000 "[" gave a RecursionError and a 500
+    for path in ("/security-profiles/Deep", "/thing-groups/deep", "/violations/verification-state/v1"):
+        request = urllib.request.Request(server.url + path, data=b"[" * depth + b"]" * depth, method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=10)
+        assert info.value.code == 400
+        assert json.loads(info.value.read())["error"]["message"] == "the body nests deeper than 32 levels"
+    nested = {"securityProfileName": "Deep", "alertTargets": {"x": [1]}}
+    for _ in range(40):
+        nested["alertTargets"]["x"] = [nested["alertTargets"]["x"]]
+    assert call(server, "POST", "/security-profiles/Deep", nested)[0] == 400
+    assert call(server, "GET", "/security-profiles/Deep")[0] == 404   # nothing was stored
+
+
+def test_request_bodies_are_checked_by_their_model_naming_the_field(served):
+    server, _, _ = served
+    status, body = call(server, "POST", "/security-profiles/P", {"behaviors": [
+        {"name": "b", "metric": "aws:num-listening-tcp-ports",
+         "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": 301}}]})
+    assert status == 400
+    assert body["error"]["message"] == "behaviors[0].criteria.durationSeconds: Input should be 300, 600, 900, 1800 or 3600"
+    assert call(server, "POST", "/thing-groups/g", {"description": 5})[1]["error"]["message"] == \
+        "description: Input should be a valid string"
+    assert call(server, "POST", "/violations/verification-state/v", {})[1]["error"]["message"] == \
+        "verificationState: is required"
+    assert call(server, "PUT", "/security-profiles/x/targets")[1]["error"]["message"] == \
+        "query parameter target: is required"
+
+
+def test_an_anonymous_body_is_refused_before_it_is_read(served):
+    server, _, _ = served
+    request = urllib.request.Request(server.url + "/security-profiles/X", data=b"x" * (2 * 1024 * 1024),
+                                     method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 401
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 413
+
+
+def test_the_openapi_document_carries_real_schemas():
+    doc = openapi_document()
+    schemas = doc["components"]["schemas"]
+    ok = doc["paths"]["/active-violations"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ActiveViolationList"}
+    violation = schemas["ActiveViolation"]["properties"]
+    assert {"violationId", "thingName", "securityProfileName", "behavior", "lastViolationValue"} <= set(violation)
+    body = doc["paths"]["/security-profiles/{securityProfileName}"]["post"]["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ProfileDocument"}
+    criteria = schemas["Criteria"]["properties"]
+    assert criteria["durationSeconds"]["anyOf"][0]["enum"] == [300, 600, 900, 1800, 3600]
+    assert all("422" not in op["responses"] for ops in doc["paths"].values() for op in ops.values())
+    assert doc["paths"]["/health"]["get"]["security"] == []

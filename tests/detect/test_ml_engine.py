@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("garrison.detect.judge.ml")
 
-from garrison.detect.api.http import ApiServer  # noqa: E402
+from garrison.detect.api.server import ApiServer  # noqa: E402
 from garrison.detect.clock import ManualClock  # noqa: E402
 from garrison.detect.config import Config  # noqa: E402
 from garrison.detect.engine import Engine  # noqa: E402

@@ -1,0 +1,139 @@
+"""Serving the API: uvicorn on its own thread and event loop, with bounded connections.
+
+The engine's broker connection lives in paho's thread and never waits on this one. What a
+crowd of slow or idle clients can take is bounded (issue 10, item 4: 1,035 connections that
+never sent their headers held 1,024 fds and 1,016 threads of the old threaded server, /health
+timed out and the broker reconnection waited 65 s):
+- at most `max_connections` connections: past it, the oldest connection that has not sent a
+  complete request is closed to admit the new one (an idle crowd cannot lock anyone out);
+- a request's headers must arrive within `header_timeout` s of the connection (or of the
+  previous response): uvicorn has a keep-alive timeout but none for the first request's headers;
+- uvicorn's `limit_concurrency` answers 503 past that many requests in flight; idle keep-alive
+  connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
+- one event loop, and FastAPI's bounded thread pool for the handlers: no thread per connection.
+"""
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from garrison.detect.api.app import create_app
+
+log = logging.getLogger("garrison.api")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 256      # well under the unit's LimitNOFILE; each is one fd
+    header_timeout: float = 10.0    # seconds to send a complete request line and headers
+    keep_alive: int = 5             # seconds an idle keep-alive connection stays open
+    concurrency: int = 64           # requests in flight before 503s
+    graceful_shutdown: int = 3      # seconds stop() lets running requests finish
+
+
+def _guarded_protocol(limits: Limits):
+    """uvicorn's h11 protocol with a header deadline and the connection cap."""
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_deadline()
+            if len(self.connections) > limits.max_connections:
+                _evict_one(self)
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc):
+            deadline = getattr(self, "_header_deadline", None)
+            if deadline is not None:
+                deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self):
+            # `cycle` is uvicorn's current request: a new one exists once the headers are parsed
+            self._waiting_since, self._cycle_then = time.monotonic(), self.cycle
+            previous = getattr(self, "_header_deadline", None)
+            if previous is not None:
+                previous.cancel()
+            self._header_deadline = self.loop.call_later(limits.header_timeout, self._header_deadline_passed)
+
+        def _header_deadline_passed(self):
+            if self.waiting_for_headers() and not self.transport.is_closing():
+                log.debug("API: closing %s: no complete request within %gs", self.client, limits.header_timeout)
+                self.transport.close()
+
+        def waiting_for_headers(self) -> bool:
+            return self.cycle is self._cycle_then or self.cycle is None or self.cycle.response_complete
+
+    def _evict_one(newcomer) -> None:
+        idle = [c for c in newcomer.connections if c is not newcomer and c.waiting_for_headers()
+                and not c.transport.is_closing()]
+        victim = min(idle, key=lambda c: c._waiting_since) if idle else newcomer
+        log.debug("API: %d connections (the limit); closing %s", len(newcomer.connections), victim.client)
+        victim.transport.close()
+
+    return GuardedH11Protocol
+
+
+class ApiServer:
+    """The API on `host:port` (port 0 picks a free one; see `.port`), served from its own thread."""
+
+    def __init__(self, engine, token: str, host: str = "127.0.0.1", port: int = 8765,
+                 limits: Limits = Limits()):
+        if not token:
+            raise ValueError("the API needs a token")
+        # bind here, in the caller's thread, so a busy port is an OSError the CLI reports
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(512)
+        except OSError:
+            self.sock.close()
+            raise
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.limits = limits
+        config = uvicorn.Config(
+            create_app(engine, token), http=_guarded_protocol(limits), lifespan="off", log_config=None,
+            access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
+            limit_concurrency=limits.max_connections + limits.concurrency,
+            timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024)
+        self.server = uvicorn.Server(config)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> "ApiServer":
+        self._thread = threading.Thread(target=self._run, name="garrison-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            raise OSError(f"the API did not start on {self.url}")
+        log.info("HTTP API on %s (bearer token required)", self.url)
+        return self
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread:
+            self._thread.join(self.limits.graceful_shutdown + 2)
+            if self._thread.is_alive():
+                self.server.force_exit = True
+                self._thread.join(2)
+        self.sock.close()
