@@ -35,6 +35,8 @@ class Limits:
     keep_alive: int = 5             # seconds an idle keep-alive connection stays open
     concurrency: int = 64           # requests in flight before 503s
     graceful_shutdown: int = 3      # seconds stop() lets running requests finish
+    backlog: int = 128              # the kernel's accept queue, and asyncio's accepts per wake-up:
+    #                                 so at most max_connections + backlog fds before eviction runs
 
 
 def _guarded_protocol(limits: Limits):
@@ -96,7 +98,7 @@ class ApiServer:
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.sock.bind((host, port))
-            self.sock.listen(512)
+            self.sock.listen(limits.backlog)
         except OSError:
             self.sock.close()
             raise
@@ -106,8 +108,10 @@ class ApiServer:
             create_app(engine, token), http=_guarded_protocol(limits), lifespan="off", log_config=None,
             access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
             limit_concurrency=limits.max_connections + limits.concurrency,
-            timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024)
+            timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024,
+            backlog=limits.backlog)
         self.server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines speak of a process
         self._thread: Optional[threading.Thread] = None
 
     @property
