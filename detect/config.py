@@ -30,13 +30,20 @@
     attach = "all"                 # all | group:NAME | thing:NAME (optional)
 
 Durations are seconds (a number) or a string with a unit: "45s", "30m", "12h", "2d".
-Every mistake is reported as one line naming the key (ConfigError).
+The file is checked against `ConfigFile` (pydantic); every mistake is reported as one line
+naming the key's path, e.g. `profiles[0].file: is required` (ConfigError).
 """
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+                      ValidationError)
+
+from garrison.detect.validation import field_path, message
 
 try:
     import tomllib
@@ -97,88 +104,108 @@ def parse_bind(value: str, key: str = "api.bind"):
     return host.strip("[]"), int(port)
 
 
-def _bool(doc: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = doc.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+def _duration(key: str, positive: bool = False):
+    def check(value: Any) -> float:
+        seconds = duration(value, key)
+        if not math.isfinite(seconds) or (positive and seconds <= 0):
+            raise ConfigError(f"{key}: must be a finite number of seconds{' more than 0' if positive else ''}, "
+                              f"got {value!r}")
+        return seconds
+    return check
+
+
+def _bind(value: str) -> str:
+    parse_bind(value)
     return value
 
 
-_TOP_KEYS = {"invalidation_period", "sweep_interval", "disconnect_duration_unit", "fleet_stats_interval",
-             "fleet_min_devices", "min_report_interval", "strict", "dry_run", "client_id", "api", "alerts",
-             "actions", "profiles", "ml", "audit"}
+def _alerts(value: Any) -> Any:
+    if value is not None and not isinstance(value, (dict, list)):
+        raise ConfigError("alerts: expected a table (log, mqtt, webhooks) or a list of targets")
+    return value
 
 
-def _profiles(items: Any, base: Path) -> List[Tuple[str, Optional[str]]]:
-    if not isinstance(items, list):
-        raise ConfigError("profiles: expected a list of tables [[profiles]] with file and attach")
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping) or not isinstance(item.get("file"), str) or not item["file"]:
-            raise ConfigError(f"profiles[{i}]: needs file = \"path/to/profile.json\"")
-        unknown = set(item) - {"file", "attach"}
-        if unknown:
-            raise ConfigError(f"profiles[{i}]: unknown setting {sorted(unknown)[0]!r} (known: file, attach)")
-        attach = item.get("attach")
-        if attach is not None and (not isinstance(attach, str) or not attach):
-            raise ConfigError(f"profiles[{i}].attach: expected all, group:NAME or thing:NAME")
-        out.append((str(base / item["file"]), attach))
-    return out
+class _Section(BaseModel):
+    # strict: "yes" is not true and "5" is not 5 (TOML has real types); unknown keys are mistakes
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class ApiSection(_Section):
+    bind: Optional[Annotated[NonEmpty, AfterValidator(_bind)]] = None
+    token: Optional[NonEmpty] = None
+    token_file: Optional[NonEmpty] = None
+
+
+class ProfileEntry(_Section):
+    file: NonEmpty = Field(description="a CreateSecurityProfile JSON file, relative to the config file")
+    attach: Optional[NonEmpty] = Field(None, description="all, group:NAME or thing:NAME")
+
+
+class ConfigFile(_Section):
+    """The file's schema. alerts, actions and ml are checked by their own modules
+    (garrison.detect.respond.alerts / .actions, garrison.detect.judge.ml) when serve starts;
+    audit by garrison.detect.audit.task here, so that `serve` fails at start, in one line."""
+    invalidation_period: Annotated[float, BeforeValidator(_duration("invalidation_period"))] = DEFAULT_INVALIDATION_S
+    sweep_interval: Annotated[float, BeforeValidator(_duration("sweep_interval", True))] = 60.0
+    disconnect_duration_unit: Annotated[float, BeforeValidator(_duration("disconnect_duration_unit", True))] = 60.0
+    fleet_stats_interval: Annotated[float, BeforeValidator(_duration("fleet_stats_interval", True))] = 60.0
+    fleet_min_devices: StrictInt = Field(5, ge=1)
+    min_report_interval: Annotated[float, BeforeValidator(_duration("min_report_interval"))] = 300.0
+    strict: StrictBool = False
+    dry_run: StrictBool = False
+    client_id: NonEmpty = "garrison-detect"
+    api: ApiSection = ApiSection()
+    alerts: Annotated[Any, AfterValidator(_alerts)] = None
+    actions: Dict[str, Any] = Field(default_factory=dict)
+    profiles: List[ProfileEntry] = Field(default_factory=list)
+    ml: Dict[str, Any] = Field(default_factory=dict)
+    audit: Dict[str, Any] = Field(default_factory=dict)
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming the key: "api.bind: ...", "profiles[0].file: is required"."""
+    error = exc.errors()[0]
+    loc, kind = error.get("loc", ()), error.get("type")
+    if kind == "extra_forbidden":
+        where, section = loc[:-1], ConfigFile
+        for part in where:  # the section the unknown key is in, for the list of known ones
+            field = section.model_fields.get(part) if isinstance(part, str) else None
+            annotation = getattr(field, "annotation", None)
+            section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else \
+                (ProfileEntry if part == "profiles" else section)
+        prefix = f"{field_path(where)}: " if where else ""
+        return f"{prefix}unknown setting {loc[-1]!r} (known: {', '.join(section.model_fields)})"
+    text = message(error)
+    if kind == "value_error":
+        return text if text.startswith(f"{field_path(loc)}:") else f"{field_path(loc)}: {text}"
+    got = "" if kind == "missing" else f", got {error.get('input')!r}"
+    return f"{field_path(loc)}: {text}{got}" if loc else text + got
 
 
 def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
     if not isinstance(doc, Mapping):
         raise ConfigError("the configuration must be a table/object at the top level")
-    unknown = set(doc) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})")
-    config = Config()
-    for key in ("invalidation_period", "sweep_interval", "disconnect_duration_unit", "fleet_stats_interval",
-                "min_report_interval"):
-        if key in doc:
-            setattr(config, key + "_s", duration(doc[key], key))
-    if config.sweep_interval_s <= 0 or config.fleet_stats_interval_s <= 0 or config.disconnect_duration_unit_s <= 0:
-        raise ConfigError("sweep_interval, fleet_stats_interval and disconnect_duration_unit must be more than 0")
-    devices = doc.get("fleet_min_devices", config.fleet_min_devices)
-    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
-        raise ConfigError(f"fleet_min_devices: expected a positive integer, got {devices!r}")
-    config.fleet_min_devices = devices
-    config.strict = _bool(doc, "strict", False)
-    config.dry_run = _bool(doc, "dry_run", False)
-    client_id = doc.get("client_id", config.client_id)
-    if not isinstance(client_id, str) or not client_id:
-        raise ConfigError(f"client_id: expected a non-empty string, got {client_id!r}")
-    config.client_id = client_id
-    api = doc.get("api", {})
-    if not isinstance(api, Mapping):
-        raise ConfigError("api: expected a table with bind, token or token_file")
-    unknown = set(api) - {"bind", "token", "token_file"}
-    if unknown:
-        raise ConfigError(f"api: unknown setting {sorted(unknown)[0]!r} (known: bind, token, token_file)")
-    for key in ("bind", "token", "token_file"):
-        if key in api and (not isinstance(api[key], str) or not api[key]):
-            raise ConfigError(f"api.{key}: expected a non-empty string")
-    if "bind" in api:
-        parse_bind(api["bind"])
-    config.api_bind, config.api_token, config.api_token_file = api.get("bind"), api.get("token"), api.get("token_file")
-    config.alerts = doc.get("alerts")
-    actions = doc.get("actions", {})
-    if not isinstance(actions, Mapping):
-        raise ConfigError("actions: expected a table of \"<profile>/<behavior>\" = {type, group}")
-    config.actions = dict(actions)
-    config.profiles = _profiles(doc.get("profiles", []), base)
-    ml = doc.get("ml", {})
-    if not isinstance(ml, Mapping):
-        raise ConfigError("ml: expected a table of ML Detect settings (training_days, min_datapoints, ...)")
-    config.ml = dict(ml)
+    try:
+        parsed = ConfigFile.model_validate(dict(doc))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
     if "audit" in doc:
         from garrison.detect.audit.task import AuditError, sources_from_config
         try:
-            sources_from_config(doc["audit"])  # checked here, so `serve` fails at start, in one line
+            sources_from_config(doc["audit"])
         except AuditError as exc:
             raise ConfigError(str(exc)) from None
-        config.audit = dict(doc["audit"])
-    return config
+    return Config(
+        invalidation_period_s=parsed.invalidation_period, sweep_interval_s=parsed.sweep_interval,
+        disconnect_duration_unit_s=parsed.disconnect_duration_unit, fleet_stats_interval_s=parsed.fleet_stats_interval,
+        fleet_min_devices=parsed.fleet_min_devices, min_report_interval_s=parsed.min_report_interval,
+        strict=parsed.strict, dry_run=parsed.dry_run, client_id=parsed.client_id,
+        api_bind=parsed.api.bind, api_token=parsed.api.token, api_token_file=parsed.api.token_file,
+        alerts=doc.get("alerts"), actions=dict(parsed.actions), ml=dict(parsed.ml), audit=dict(parsed.audit),
+        profiles=[(str(base / entry.file), entry.attach) for entry in parsed.profiles])
 
 
 def load(path: str) -> Config:

@@ -134,7 +134,7 @@ def test_an_invalid_profile_is_one_line_naming_the_behavior(db, tmp_path):
     ("[api]\nbind = \"localhost\"\n", "api.bind"),
     ("this is = = not toml", "not valid TOML"),
     ("[[profiles]]\nfile = \"missing.json\"\n", "cannot read"),
-    ("[[profiles]]\nattach = \"all\"\n", "profiles[0]: needs file"),
+    ("[[profiles]]\nattach = \"all\"\n", "profiles[0].file: is required"),
     ("[ml]\ntraining_days = -1\n", "training_days"),
 ])
 def test_serve_refuses_bad_config_in_one_line(db, tmp_path, config, message):
