@@ -194,7 +194,8 @@ def ml_training_summaries(profile: Optional[str] = ProfileFilter,
 def create_app(engine, token: str) -> Any:
     """The ASGI application: FastAPI behind the body guard."""
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, openapi_url=None, docs_url=None,
-                  redoc_url=None, generate_unique_id_function=lambda route: route.name)
+                  redoc_url=None, generate_unique_id_function=lambda route: route.name,
+                  separate_input_output_schemas=False)
     app.state.engine, app.state.token = engine, token.encode()
     app.include_router(public)
     app.include_router(api)

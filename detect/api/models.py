@@ -110,7 +110,7 @@ class ProfilePut(Record):
     targets: List[str]
 
 
-class StatisticalThreshold(Record):
+class StatisticalThresholdStatus(Record):
     statistic: Optional[str]
     value: Optional[float] = Field(description="the fleet percentile now in force; null before the first")
     devices: int
@@ -126,7 +126,7 @@ class ProfileDescription(Record):
     securityProfileName: str
     profile: Dict[str, Any] = Field(description="the CreateSecurityProfile document as applied")
     targets: List[str]
-    statisticalThresholds: Optional[Dict[str, StatisticalThreshold]] = Field(
+    statisticalThresholds: Optional[Dict[str, StatisticalThresholdStatus]] = Field(
         None, description="per statistical behavior (present when the profile has one)")
     behaviorModelTrainingSummaries: Optional[List[BehaviorModelStatus]] = Field(
         None, description="per ML behavior (present when the profile has one)")

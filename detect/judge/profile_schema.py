@@ -1,23 +1,26 @@
 """The shape of a CreateSecurityProfile document, as pydantic models.
 
-`garrison.detect.judge.profiles.load_profile` validates every document with `ProfileDocument`
-first (types, name rules, enums, ranges, unknown criteria fields), and the HTTP API publishes
-the same model as the request body of POST /security-profiles/{name}. What depends on the metric
-(which value key, which comparison operator, which criteria kinds combine) is checked after,
-in profiles.py, because it needs the metric catalogue; so `criteria.value` is described here
-but its content is checked there, with the metric's own messages.
+`garrison.detect.judge.profiles.load_profile` checks every document with `ProfileDocument` first
+(types, name rules, enums, ranges, unknown criteria fields: everything that does not depend on the
+metric), and the HTTP API publishes the same model as the request body of POST
+/security-profiles/{name}. What depends on the metric (which value key, which comparison
+operator, which criteria kinds combine) is checked after, in profiles.py, with the metric
+catalogue; so `criteria.value` is described here, and its content checked there.
 
-Field names are AWS's; fields we do not use (alertTargets, tags, ...) are kept as given.
+Messages are AWS-flavoured and name the value given; pydantic supplies the path
+(`behaviors[2].criteria.durationSeconds`). Field names are AWS's; fields we do not use
+(alertTargets' content, tags, ...) are kept as given.
 """
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # profiles.py imports this module only inside load_profile, so the constants come from there
-from garrison.detect.judge.profiles import (CONFIDENCE_LEVELS, CONSECUTIVE_RANGE, DURATIONS, MAX_BEHAVIORS,
-                                            MAX_DESCRIPTION, NAME_RE, STATISTICS)
+from garrison.detect.judge.profiles import (CONFIDENCE_LEVELS, CONSECUTIVE_RANGE, DIMENSION_OPERATORS, DURATIONS,
+                                            MAX_BEHAVIORS, MAX_DESCRIPTION, NAME_RE, STATISTICS)
 
 NAME_RULE = "1-128 characters of [a-zA-Z0-9:_-]"
+NAME_PATTERN = f"^{NAME_RE.pattern}$"
 
 
 def _name(value: Any, what: str) -> str:
@@ -26,16 +29,25 @@ def _name(value: Any, what: str) -> str:
     return value
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _object(value: Any, message: str) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(message)
+    return value
+
+
 class _Model(BaseModel):
-    # Keep what we do not use (AWS fields such as exportMetric's siblings) and check types
-    # strictly: "1" is not a number and 1 is not true, as in AWS's JSON API.
-    model_config = ConfigDict(extra="allow", strict=True)
+    # Keep what we do not use, as given; the validators below check types strictly, as AWS's
+    # JSON API does ("300" is not 300, 1 is not true).
+    model_config = ConfigDict(extra="allow")
 
 
 class MetricValue(_Model):
-    """Exactly one key, the one the metric's type takes (checked with the metric, in profiles.py)."""
-    model_config = ConfigDict(extra="allow", strict=False)
-    count: Optional[Any] = Field(None, description="a non-negative integer (long), or a string of digits",
+    """Exactly one key: the one the metric's type takes (checked with the metric, in profiles.py)."""
+    count: Optional[Any] = Field(None, description="a non-negative integer (a long), or a string of digits",
                                  json_schema_extra={"type": ["integer", "string"]})
     cidrs: Optional[Any] = Field(None, description="CIDRs such as 192.0.2.0/24",
                                  json_schema_extra={"type": "array", "items": {"type": "string"}})
@@ -47,43 +59,98 @@ class MetricValue(_Model):
 
 
 class StatisticalThreshold(_Model):
-    statistic: Literal[STATISTICS]  # type: ignore[valid-type]
+    statistic: str = Field(json_schema_extra={"enum": list(STATISTICS)})
 
 
 class MlDetectionConfig(_Model):
-    confidenceLevel: Literal[CONFIDENCE_LEVELS]  # type: ignore[valid-type]
+    confidenceLevel: str = Field(json_schema_extra={"enum": list(CONFIDENCE_LEVELS)})
 
 
 class Criteria(_Model):
-    model_config = ConfigDict(extra="forbid", strict=True)   # an unknown criteria field is a mistake
+    model_config = ConfigDict(extra="forbid")   # an unknown criteria field is a mistake
     comparisonOperator: Optional[str] = Field(None, examples=["less-than-equals", "in-port-set"])
     value: Optional[MetricValue] = None
-    durationSeconds: Optional[Literal[DURATIONS]] = None  # type: ignore[valid-type]
-    consecutiveDatapointsToAlarm: StrictInt = Field(1, ge=CONSECUTIVE_RANGE[0], le=CONSECUTIVE_RANGE[1])
-    consecutiveDatapointsToClear: StrictInt = Field(1, ge=CONSECUTIVE_RANGE[0], le=CONSECUTIVE_RANGE[1])
+    durationSeconds: Optional[int] = Field(None, json_schema_extra={"enum": list(DURATIONS)})
+    consecutiveDatapointsToAlarm: int = Field(1, ge=CONSECUTIVE_RANGE[0], le=CONSECUTIVE_RANGE[1])
+    consecutiveDatapointsToClear: int = Field(1, ge=CONSECUTIVE_RANGE[0], le=CONSECUTIVE_RANGE[1])
     statisticalThreshold: Optional[StatisticalThreshold] = None
     mlDetectionConfig: Optional[MlDetectionConfig] = None
 
+    @field_validator("comparisonOperator", mode="before")
+    @classmethod
+    def _operator(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"must be a string such as \"less-than\", got {value!r}")
+        return value
+
     @field_validator("value", mode="before")
     @classmethod
-    def _value_is_an_object(cls, value: Any) -> Any:
-        if value is not None and not isinstance(value, dict):
-            raise ValueError("must be an object such as {\"count\": 10}")
+    def _value(cls, value: Any) -> Any:
+        return _object(value, "must be an object such as {\"count\": 10}")
+
+    @field_validator("durationSeconds", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if value is not None and (not _is_int(value) or value not in DURATIONS):
+            raise ValueError(f"must be one of {', '.join(map(str, DURATIONS))}, got {value!r}")
+        return value
+
+    @field_validator("consecutiveDatapointsToAlarm", "consecutiveDatapointsToClear", mode="before")
+    @classmethod
+    def _consecutive(cls, value: Any) -> Any:
+        low, high = CONSECUTIVE_RANGE
+        if not _is_int(value) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    @field_validator("statisticalThreshold", mode="before")
+    @classmethod
+    def _statistic(cls, value: Any) -> Any:
+        got = value.get("statistic") if isinstance(value, dict) else value
+        if value is not None and got not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {got!r}")
+        return value
+
+    @field_validator("mlDetectionConfig", mode="before")
+    @classmethod
+    def _confidence(cls, value: Any) -> Any:
+        got = value.get("confidenceLevel") if isinstance(value, dict) else value
+        if value is not None and got not in CONFIDENCE_LEVELS:
+            raise ValueError(f"confidenceLevel must be one of {', '.join(CONFIDENCE_LEVELS)}, got {got!r}")
         return value
 
 
 class MetricDimension(_Model):
-    dimensionName: str = Field(pattern=f"^{NAME_RE.pattern}$")
-    operator: Literal["IN", "NOT_IN"] = "IN"
+    dimensionName: str = Field(pattern=NAME_PATTERN)
+    operator: str = Field("IN", json_schema_extra={"enum": list(DIMENSION_OPERATORS)})
+
+    @field_validator("dimensionName", mode="before")
+    @classmethod
+    def _dimension_name(cls, value: Any) -> Any:
+        return _name(value, "dimensionName")
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _operator(cls, value: Any) -> Any:
+        if value not in DIMENSION_OPERATORS:
+            raise ValueError(f"must be IN or NOT_IN, got {value!r}")
+        return value
 
 
 class Behavior(_Model):
-    name: str = Field(pattern=f"^{NAME_RE.pattern}$")
-    metric: str = Field(pattern=f"^{NAME_RE.pattern}$", examples=["aws:num-established-tcp-connections"])
-    criteria: Optional[Criteria] = None
-    suppressAlerts: StrictBool = False
-    exportMetric: StrictBool = False
+    name: str = Field(pattern=NAME_PATTERN)
+    metric: str = Field(pattern=NAME_PATTERN, examples=["aws:num-established-tcp-connections"])
+    criteria: Optional[Criteria] = Field(None, description="none: the metric is only retained")
+    suppressAlerts: bool = False
+    exportMetric: bool = False
     metricDimension: Optional[MetricDimension] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"each behavior must be an object, got {value!r}")
+        return value
 
     @field_validator("name", mode="before")
     @classmethod
@@ -95,10 +162,34 @@ class Behavior(_Model):
     def _metric_name(cls, value: Any) -> Any:
         return _name(value, "metric")
 
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _criteria(cls, value: Any) -> Any:
+        return _object(value, "must be an object")
+
+    @field_validator("suppressAlerts", "exportMetric", mode="before")
+    @classmethod
+    def _bool(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
+
+    @field_validator("metricDimension", mode="before")
+    @classmethod
+    def _dimension(cls, value: Any) -> Any:
+        return _object(value, "must be an object {dimensionName, operator}")
+
 
 class RetainedMetric(_Model):
-    metric: str = Field(pattern=f"^{NAME_RE.pattern}$")
+    metric: str = Field(pattern=NAME_PATTERN)
     metricDimension: Optional[MetricDimension] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError("must be an object {metric}")
+        return value
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -107,25 +198,18 @@ class RetainedMetric(_Model):
 
 
 class ProfileDocument(_Model):
-    """A CreateSecurityProfile request (securityProfileName may come from the API's path)."""
-    securityProfileName: Optional[str] = Field(None, pattern=f"^{NAME_RE.pattern}$")
+    """A CreateSecurityProfile request (in the API, securityProfileName may come from the path)."""
+    securityProfileName: Optional[str] = Field(None, pattern=NAME_PATTERN)
     securityProfileDescription: str = Field("", max_length=MAX_DESCRIPTION)
     behaviors: List[Behavior] = Field(default_factory=list, max_length=MAX_BEHAVIORS)
     alertTargets: Optional[Dict[str, Any]] = None
     additionalMetricsToRetainV2: Optional[List[RetainedMetric]] = None
-    tags: Optional[List[Dict[str, Any]]] = None
+    tags: Optional[List[Any]] = None
 
     @field_validator("securityProfileName", mode="before")
     @classmethod
     def _profile_name(cls, value: Any) -> Any:
         return None if value is None else _name(value, "securityProfileName")
-
-    @field_validator("behaviors", mode="before")
-    @classmethod
-    def _at_most(cls, value: Any) -> Any:
-        if isinstance(value, list) and len(value) > MAX_BEHAVIORS:
-            raise ValueError(f"at most {MAX_BEHAVIORS} behaviors per profile, got {len(value)}")
-        return value
 
     @field_validator("securityProfileDescription", mode="before")
     @classmethod
@@ -134,3 +218,30 @@ class ProfileDocument(_Model):
             raise ValueError(f"must be a string of at most {MAX_DESCRIPTION} characters")
         return value
 
+    @field_validator("behaviors", mode="before")
+    @classmethod
+    def _behaviors(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError("must be a list")
+        if len(value) > MAX_BEHAVIORS:
+            raise ValueError(f"at most {MAX_BEHAVIORS} behaviors per profile, got {len(value)}")
+        return value
+
+    @field_validator("alertTargets", mode="before")
+    @classmethod
+    def _alert_targets(cls, value: Any) -> Any:
+        return _object(value, "must be an object such as {\"SNS\": {...}}")
+
+    @field_validator("additionalMetricsToRetainV2", mode="before")
+    @classmethod
+    def _retained(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be a list of {metric, metricDimension}")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be a list of {Key, Value}")
+        return value

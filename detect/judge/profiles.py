@@ -172,13 +172,6 @@ def _check_name(value: Any, what: str, behavior: Optional[str] = None, fld: Opti
     return value
 
 
-def _check_bool(doc: Mapping[str, Any], key: str, behavior: str) -> bool:
-    value = doc.get(key, False)
-    if not isinstance(value, bool):
-        raise ProfileError(f"must be true or false, got {value!r}", behavior, key)
-    return value
-
-
 def _parse_value(value: Any, spec: MetricSpec, name: str) -> Tuple[Dict[str, Any], Any]:
     """Check the criteria value against the metric's type; return (raw, parsed criterion)."""
     fld = "criteria.value"
@@ -238,42 +231,12 @@ def _parse_value(value: Any, spec: MetricSpec, name: str) -> Tuple[Dict[str, Any
     return dict(value), CidrSet(raw)
 
 
-def _check_dimension(dimension: Any, spec: MetricSpec, name: str) -> Optional[Dict[str, Any]]:
-    if dimension is None:
-        return None
-    if spec.custom:
-        raise ProfileError("dimensions cannot be used with custom metrics", name, "metricDimension")
-    if not isinstance(dimension, Mapping):
-        raise ProfileError("must be an object {dimensionName, operator}", name, "metricDimension")
-    _check_name(dimension.get("dimensionName"), "dimensionName", name, "metricDimension.dimensionName")
-    operator = dimension.get("operator", "IN")
-    if operator not in DIMENSION_OPERATORS:
-        raise ProfileError(f"must be IN or NOT_IN, got {operator!r}", name, "metricDimension.operator")
-    return dict(dimension)
-
-
-def _consecutive(criteria: Mapping[str, Any], key: str, name: str) -> int:
-    value = criteria.get(key, 1)
-    low, high = CONSECUTIVE_RANGE
-    if not _is_int(value) or not low <= value <= high:
-        raise ProfileError(f"must be an integer from {low} to {high}, got {value!r}", name, f"criteria.{key}")
-    return value
-
-
-def parse_behavior(doc: Any, custom_metric_types: Optional[Mapping[str, str]] = None) -> Behavior:
-    """One behavior, validated. `custom_metric_types` maps custom metric names to declared types."""
-    if not isinstance(doc, Mapping):
-        raise ProfileError(f"each behavior must be an object, got {doc!r}")
-    name = doc.get("name")
-    _check_name(name, "behavior name", None, "behaviors[].name")
-    metric_id = doc.get("metric")
-    if metric_id is None:
-        raise ProfileError("is required", name, "metric")
-    _check_name(metric_id, "metric", name, "metric")
-    criteria = doc.get("criteria")
-    if criteria is not None and not isinstance(criteria, Mapping):
-        raise ProfileError("must be an object", name, "criteria")
-    criteria = criteria or {}
+def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping[str, str]] = None) -> Behavior:
+    """One behavior, already shaped by profile_schema.Behavior (load_profile checks that first):
+    here, what depends on the metric. `custom_metric_types` maps custom metric names to declared types."""
+    name = doc["name"]
+    metric_id = doc["metric"]
+    criteria = doc.get("criteria") or {}
     declared = (custom_metric_types or {}).get(metric_id)
     try:
         spec = metrics.spec_for(metric_id, criteria, declared_type=declared)
@@ -289,10 +252,6 @@ def parse_behavior(doc: Any, custom_metric_types: Optional[Mapping[str, str]] = 
 
     if ml_config is not None:
         kind = "ml"
-        if not isinstance(ml_config, Mapping) or ml_config.get("confidenceLevel") not in CONFIDENCE_LEVELS:
-            got = ml_config.get("confidenceLevel") if isinstance(ml_config, Mapping) else ml_config
-            raise ProfileError(f"confidenceLevel must be one of {', '.join(CONFIDENCE_LEVELS)}, got {got!r}",
-                               name, "criteria.mlDetectionConfig")
         confidence = ml_config["confidenceLevel"]
         for key, present in (("comparisonOperator", operator), ("value", value),
                              ("statisticalThreshold", statistical)):
@@ -303,10 +262,6 @@ def parse_behavior(doc: Any, custom_metric_types: Optional[Mapping[str, str]] = 
                                f"number metrics, not {spec.id}", name, "criteria.mlDetectionConfig")
     elif statistical is not None:
         kind = "statistical"
-        if not isinstance(statistical, Mapping) or statistical.get("statistic") not in STATISTICS:
-            got = statistical.get("statistic") if isinstance(statistical, Mapping) else statistical
-            raise ProfileError(f"statistic must be one of {', '.join(STATISTICS)}, got {got!r}",
-                               name, "criteria.statisticalThreshold")
         statistic = statistical["statistic"]
         if value is not None:
             raise ProfileError("cannot be used with statisticalThreshold", name, "criteria.value")
@@ -332,48 +287,34 @@ def parse_behavior(doc: Any, custom_metric_types: Optional[Mapping[str, str]] = 
                            f"use one of {', '.join(spec.operators)}", name, "criteria.comparisonOperator")
     raw_value, criterion = (None, None) if value is None else _parse_value(value, spec, name)
 
-    if duration is not None:
-        if not _is_int(duration) or duration not in DURATIONS:
-            raise ProfileError(f"must be one of {', '.join(map(str, DURATIONS))}, got {duration!r}",
-                               name, "criteria.durationSeconds")
-        if not spec.numeric:
-            raise ProfileError(f"cannot be used with list metric {spec.id} ({spec.value_type})",
-                               name, "criteria.durationSeconds")
-
-    for key in criteria:
-        if key not in ("comparisonOperator", "value", "durationSeconds", "consecutiveDatapointsToAlarm",
-                       "consecutiveDatapointsToClear", "statisticalThreshold", "mlDetectionConfig"):
-            raise ProfileError("unknown criteria field", name, f"criteria.{key}")
+    if duration is not None and not spec.numeric:
+        raise ProfileError(f"cannot be used with list metric {spec.id} ({spec.value_type})",
+                           name, "criteria.durationSeconds")
+    dimension = doc.get("metricDimension")
+    if dimension is not None and spec.custom:
+        raise ProfileError("dimensions cannot be used with custom metrics", name, "metricDimension")
 
     return Behavior(
         name=name, metric=metric_id, spec=spec, kind=kind, operator=operator, value=raw_value,
         criterion=criterion, duration_seconds=duration,
-        consecutive_to_alarm=_consecutive(criteria, "consecutiveDatapointsToAlarm", name),
-        consecutive_to_clear=_consecutive(criteria, "consecutiveDatapointsToClear", name),
+        consecutive_to_alarm=criteria.get("consecutiveDatapointsToAlarm", 1),
+        consecutive_to_clear=criteria.get("consecutiveDatapointsToClear", 1),
         statistic=statistic, confidence_level=confidence,
-        suppress_alerts=_check_bool(doc, "suppressAlerts", name),
-        export_metric=_check_bool(doc, "exportMetric", name),
-        metric_dimension=_check_dimension(doc.get("metricDimension"), spec, name),
+        suppress_alerts=doc.get("suppressAlerts", False), export_metric=doc.get("exportMetric", False),
+        metric_dimension=None if dimension is None else dict(dimension),
         doc=copy.deepcopy(dict(doc)),
     )
 
 
-def _check_additional_metrics(items: Any) -> List[Dict[str, Any]]:
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise ProfileError("must be a list of {metric, metricDimension}", None, "additionalMetricsToRetainV2")
-    for i, item in enumerate(items):
-        fld = f"additionalMetricsToRetainV2[{i}]"
-        if not isinstance(item, Mapping):
-            raise ProfileError("must be an object {metric}", None, fld)
-        _check_name(item.get("metric"), "metric", None, f"{fld}.metric")
+def _check_additional_metrics(items: Optional[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """AWS metrics named in additionalMetricsToRetainV2 must exist (the shape is the schema's)."""
+    for i, item in enumerate(items or []):
         if str(item["metric"]).startswith("aws:"):
             try:
                 metrics.spec_for(item["metric"])
             except MetricError as exc:
-                raise ProfileError(str(exc), None, f"{fld}.metric") from None
-    return [dict(item) for item in items]
+                raise ProfileError(str(exc), None, f"additionalMetricsToRetainV2[{i}].metric") from None
+    return [dict(item) for item in items or []]
 
 
 def _read(source: Union[Mapping[str, Any], str, Path]) -> Dict[str, Any]:
@@ -390,9 +331,34 @@ def _read(source: Union[Mapping[str, Any], str, Path]) -> Dict[str, Any]:
         raise ProfileError(f"cannot read {shown}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise ProfileError(f"{shown} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProfileError(f"{shown} nests too deeply to be a profile") from None
     if not isinstance(doc, Mapping):
         raise ProfileError(f"{shown} must hold a JSON object (a CreateSecurityProfile request)")
     return dict(doc)
+
+
+def _check_shape(doc: Dict[str, Any]) -> None:
+    """profile_schema.ProfileDocument over the document: a ProfileError naming behavior and field."""
+    from pydantic import ValidationError
+
+    from garrison.detect.judge.profile_schema import ProfileDocument  # imports this module's constants
+    from garrison.detect.validation import field_path, message
+    try:
+        ProfileDocument.model_validate(doc)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc, kind = tuple(error.get("loc", ())), error.get("type")
+        text = "unknown criteria field" if kind == "extra_forbidden" else message(error)
+        if kind not in ("value_error", "missing", "extra_forbidden"):
+            text += f", got {error.get('input')!r}"
+        if loc == ("securityProfileName",):
+            raise ProfileError(text) from None
+        if len(loc) >= 3 and loc[0] == "behaviors" and loc[2] != "name":
+            named = doc["behaviors"][loc[1]].get("name")
+            if isinstance(named, str) and NAME_RE.fullmatch(named):
+                raise ProfileError(text, named, field_path(loc[2:])) from None
+        raise ProfileError(text, None, field_path(loc)) from None
 
 
 def load_profile(source: Union[Mapping[str, Any], str, Path],
@@ -403,17 +369,10 @@ def load_profile(source: Union[Mapping[str, Any], str, Path],
     behaviors without a value (statistical, ML) would otherwise take as "number".
     """
     doc = _read(source)
-    name = _check_name(doc.get("securityProfileName"), "securityProfileName", None, None)
+    _check_shape(doc)
+    name = _check_name(doc.get("securityProfileName"), "securityProfileName", None, None)  # required here
     description = doc.get("securityProfileDescription", "")
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise ProfileError(f"must be a string of at most {MAX_DESCRIPTION} characters", None,
-                           "securityProfileDescription")
     raw_behaviors = doc.get("behaviors", [])
-    if not isinstance(raw_behaviors, list):
-        raise ProfileError("must be a list", None, "behaviors")
-    if len(raw_behaviors) > MAX_BEHAVIORS:
-        raise ProfileError(f"at most {MAX_BEHAVIORS} behaviors per profile, got {len(raw_behaviors)}",
-                           None, "behaviors")
     behaviors: List[Behavior] = []
     seen = set()
     for raw in raw_behaviors:
@@ -423,11 +382,7 @@ def load_profile(source: Union[Mapping[str, Any], str, Path],
         seen.add(behavior.name)
         behaviors.append(behavior)
     alert_targets = doc.get("alertTargets") or {}
-    if not isinstance(alert_targets, Mapping):
-        raise ProfileError("must be an object such as {\"SNS\": {...}}", None, "alertTargets")
     tags = doc.get("tags") or []
-    if not isinstance(tags, list):
-        raise ProfileError("must be a list of {Key, Value}", None, "tags")
     return SecurityProfile(
         name=name, description=description, behaviors=behaviors, alert_targets=dict(alert_targets),
         additional_metrics=_check_additional_metrics(doc.get("additionalMetricsToRetainV2")),

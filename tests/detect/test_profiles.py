@@ -314,7 +314,9 @@ def test_dimension_checks():
     b["metricDimension"] = {"dimensionName": "d", "operator": "MAYBE"}
     _refused(_profile(b), "metricDimension.operator: must be IN or NOT_IN")
     b["metricDimension"] = {"operator": "IN"}
-    _refused(_profile(b), "dimensionName must be 1-128 characters")
+    _refused(_profile(b), "behavior 'b1': metricDimension.dimensionName: is required")
+    b["metricDimension"] = {"dimensionName": "has space"}
+    _refused(_profile(b), "behavior 'b1': metricDimension.dimensionName: dimensionName must be 1-128 characters")
     c = _rule(metric="cpu", value={"number": 1})
     c["metricDimension"] = {"dimensionName": "d"}
     _refused(_profile(c), "metricDimension: dimensions cannot be used with custom metrics")
