@@ -8,9 +8,8 @@ from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from garrison.detect.judge.profile_schema import ProfileDocument
-
-__all__ = ["ProfileDocument"]  # the body of POST /security-profiles/{name}, from judge/
+# the body of POST /security-profiles/{name}: the model the engine checks every profile with
+from garrison.detect.judge.profile_schema import ProfileDocument  # noqa: F401
 
 
 class Record(BaseModel):

@@ -8,9 +8,11 @@ timed out and the broker reconnection waited 65 s):
   complete request is closed to admit the new one (an idle crowd cannot lock anyone out);
 - a request's headers must arrive within `header_timeout` s of the connection (or of the
   previous response): uvicorn has a keep-alive timeout but none for the first request's headers;
-- uvicorn's `limit_concurrency` answers 503 past that many requests in flight; idle keep-alive
-  connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
-- one event loop, and FastAPI's bounded thread pool for the handlers: no thread per connection.
+- idle keep-alive connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
+- one event loop, and the handlers on FastAPI's bounded thread pool (anyio's 40 threads): no
+  thread per connection. uvicorn's `limit_concurrency` counts connections as well as requests, so
+  below the connection cap it would answer 503 to everyone while an idle crowd is connected: it is
+  set just above the cap, as a backstop.
 """
 import asyncio
 import logging
@@ -33,7 +35,6 @@ class Limits:
     max_connections: int = 256      # well under the unit's LimitNOFILE; each is one fd
     header_timeout: float = 10.0    # seconds to send a complete request line and headers
     keep_alive: int = 5             # seconds an idle keep-alive connection stays open
-    concurrency: int = 64           # requests in flight before 503s
     graceful_shutdown: int = 3      # seconds stop() lets running requests finish
     backlog: int = 128              # the kernel's accept queue, and asyncio's accepts per wake-up:
     #                                 so at most max_connections + backlog fds before eviction runs
@@ -107,7 +108,7 @@ class ApiServer:
         config = uvicorn.Config(
             create_app(engine, token), http=_guarded_protocol(limits), lifespan="off", log_config=None,
             access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
-            limit_concurrency=limits.max_connections + limits.concurrency,
+            limit_concurrency=limits.max_connections + 1,
             timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024,
             backlog=limits.backlog)
         self.server = uvicorn.Server(config)
