@@ -210,3 +210,27 @@ def test_the_openapi_document_carries_real_schemas():
     assert criteria["durationSeconds"]["enum"] == [300, 600, 900, 1800, 3600]
     assert all("422" not in op["responses"] for ops in doc["paths"].values() for op in ops.values())
     assert doc["paths"]["/health"]["get"]["security"] == []
+
+
+def test_the_device_side_needs_none_of_the_api_libraries():
+    """fastapi, starlette, uvicorn and pydantic are the `detect` extra's: the agent never imports them."""
+    import subprocess
+    import sys
+    code = """
+import importlib, pkgutil, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_core"):
+            raise ImportError("the device side imported " + name)
+sys.meta_path.insert(0, Refuse())
+import garrison.agent, garrison.collectors, garrison.wire
+done = 0
+for package in (garrison.agent, garrison.collectors, garrison.wire):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+        done += 1
+print(done)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 20
