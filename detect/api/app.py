@@ -21,7 +21,7 @@ from garrison.agent import __version__
 from garrison.detect.api import errors, models
 from garrison.detect.api.auth import require_token, token_matches
 from garrison.detect.api.errors import ApiError
-from garrison.detect.api.guard import BodyGuard
+from garrison.detect.api.guard import BODY_TIMEOUT, BodyGuard
 
 TITLE = "Garrison detect engine"
 DESCRIPTION = ("Things, groups, security profiles and violations of a Garrison detect engine. "
@@ -191,7 +191,7 @@ def ml_training_summaries(profile: Optional[str] = ProfileFilter,
     return engine.ml_training_summaries(profile or None, behavior or None, thing or None)
 
 
-def create_app(engine, token: str) -> Any:
+def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
     """The ASGI application: FastAPI behind the body guard."""
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, openapi_url=None, docs_url=None,
                   redoc_url=None, generate_unique_id_function=lambda route: route.name,
@@ -202,7 +202,8 @@ def create_app(engine, token: str) -> Any:
     errors.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return BodyGuard(app, lambda headers: token_matches(
-        next((v.decode("latin-1") for n, v in headers if n == b"authorization"), ""), app.state.token))
+        next((v.decode("latin-1") for n, v in headers if n == b"authorization"), ""), app.state.token),
+        body_timeout=body_timeout)
 
 
 def _openapi(app: FastAPI) -> Dict[str, Any]:

@@ -3,18 +3,21 @@
 An ASGI middleware (no routing knowledge):
 - a request with a body must carry the engine's token before the body is read (401 otherwise):
   an anonymous client cannot make the engine buffer or parse anything;
-- the body is at most MAX_BODY_BYTES (413), whatever Content-Length says or does not say;
+- the body is at most MAX_BODY_BYTES (413), whatever Content-Length says or does not say, and
+  arrives within BODY_TIMEOUT s (408): uvicorn has no timeout once the headers are in;
 - it must be JSON nested at most MAX_DEPTH deep (400): Python's json module and pydantic recurse,
   and a body of 100,000 "[" gave a RecursionError, a 500, before;
 - it is handed on as JSON whatever its Content-Type (`curl -d` labels it a form): the API speaks
   JSON only, as it always has;
 - every response says Cache-Control: no-store (it carries fleet state behind a token).
 """
+import asyncio
 import json
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+BODY_TIMEOUT = 30.0
 
 Headers = List[Tuple[bytes, bytes]]
 
@@ -39,8 +42,9 @@ def nesting_depth(doc: Any, limit: int) -> int:
 
 class BodyGuard:
     def __init__(self, app, token_ok: Callable[[Headers], bool], max_bytes: int = MAX_BODY_BYTES,
-                 max_depth: int = MAX_DEPTH):
+                 max_depth: int = MAX_DEPTH, body_timeout: float = BODY_TIMEOUT):
         self.app, self.token_ok, self.max_bytes, self.max_depth = app, token_ok, max_bytes, max_depth
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -60,16 +64,15 @@ class BodyGuard:
             return await _error(send_no_store, 401, "Unauthorized", "a valid bearer token is required")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _error(send_no_store, 413, "PayloadTooLarge", f"the body is over {self.max_bytes} bytes")
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await _error(send_no_store, 413, "PayloadTooLarge", f"the body is over {self.max_bytes} bytes")
-            if not message.get("more_body", False):
-                break
+        try:
+            body = await asyncio.wait_for(self._read(receive), self.body_timeout)
+        except asyncio.TimeoutError:
+            return await _error(send_no_store, 408, "RequestTimeout", f"the body did not arrive within "
+                                f"{self.body_timeout:g} s")
+        if body is None:
+            return None  # the client went away
+        if len(body) > self.max_bytes:
+            return await _error(send_no_store, 413, "PayloadTooLarge", f"the body is over {self.max_bytes} bytes")
         if body.strip():
             try:
                 doc = json.loads(body)
@@ -95,6 +98,18 @@ class BodyGuard:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         return await self.app(scope, replay, send_no_store)
+
+
+    async def _read(self, receive) -> Optional[bytearray]:
+        """The whole body, or as soon as it is over the limit; None when the client left."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes or not message.get("more_body", False):
+                return body
 
 
 async def _error(send, status: int, code: str, message: str) -> None:

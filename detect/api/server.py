@@ -8,6 +8,7 @@ timed out and the broker reconnection waited 65 s):
   complete request is closed to admit the new one (an idle crowd cannot lock anyone out);
 - a request's headers must arrive within `header_timeout` s of the connection (or of the
   previous response): uvicorn has a keep-alive timeout but none for the first request's headers;
+  its body within `body_timeout` s after them (in guard.BodyGuard);
 - idle keep-alive connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
 - one event loop, and the handlers on FastAPI's bounded thread pool (anyio's 40 threads): no
   thread per connection. uvicorn's `limit_concurrency` counts connections as well as requests, so
@@ -34,6 +35,7 @@ log = logging.getLogger("garrison.api")
 class Limits:
     max_connections: int = 256      # well under the unit's LimitNOFILE; each is one fd
     header_timeout: float = 10.0    # seconds to send a complete request line and headers
+    body_timeout: float = 30.0      # seconds to send the body, after the headers (guard.BodyGuard)
     keep_alive: int = 5             # seconds an idle keep-alive connection stays open
     graceful_shutdown: int = 3      # seconds stop() lets running requests finish
     backlog: int = 128              # the kernel's accept queue, and asyncio's accepts per wake-up:
@@ -106,7 +108,7 @@ class ApiServer:
         self.host, self.port = self.sock.getsockname()[:2]
         self.limits = limits
         config = uvicorn.Config(
-            create_app(engine, token), http=_guarded_protocol(limits), lifespan="off", log_config=None,
+            create_app(engine, token, limits.body_timeout), http=_guarded_protocol(limits), lifespan="off", log_config=None,
             access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
             limit_concurrency=limits.max_connections + 1,
             timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024,

@@ -164,7 +164,7 @@ def test_idle_connections_starve_neither_the_api_nor_the_broker_connection(mosqu
 @pytest.fixture
 def small_server(tmp_path):
     engine = Engine(Store(tmp_path / "api.db"), ManualClock())
-    server = ApiServer(engine, TOKEN, "127.0.0.1", 0, Limits(max_connections=8, header_timeout=1.0)).start()
+    server = ApiServer(engine, TOKEN, "127.0.0.1", 0, Limits(max_connections=8, header_timeout=1.0, body_timeout=1.0)).start()
     yield server
     server.stop()
     engine.store.close()
@@ -214,3 +214,13 @@ def test_at_the_connection_cap_the_oldest_idle_connection_makes_room(small_serve
     assert not _closed_by_server(crowd[-1], 0.2)              # the newest still waits (until its deadline)
     for sock in crowd:
         sock.close()
+
+
+def test_a_body_must_arrive_within_the_body_timeout(small_server):
+    with socket.create_connection(("127.0.0.1", small_server.port)) as sock:
+        sock.sendall(f"POST /thing-groups/g HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Length: 100\r\n\r\n{\"descr".encode())
+        started = time.monotonic()
+        answer = _response(sock)
+        assert answer.split(b" ")[1] == b"408" and b"RequestTimeout" in answer
+        assert 0.8 < time.monotonic() - started < 3.0
