@@ -63,8 +63,7 @@ def _guarded_protocol(limits: Limits):
             super().connection_lost(exc)
 
         def _arm_header_deadline(self):
-            # `cycle` is uvicorn's current request: a new one exists once the headers are parsed
-            self._waiting_since, self._cycle_then = time.monotonic(), self.cycle
+            self._waiting_since = time.monotonic()
             previous = getattr(self, "_header_deadline", None)
             if previous is not None:
                 previous.cancel()
@@ -76,7 +75,8 @@ def _guarded_protocol(limits: Limits):
                 self.transport.close()
 
         def waiting_for_headers(self) -> bool:
-            return self.cycle is self._cycle_then or self.cycle is None or self.cycle.response_complete
+            # `cycle` is uvicorn's current request: a new one exists once its headers are parsed
+            return self.cycle is None or self.cycle.response_complete
 
     def _evict_one(newcomer) -> None:
         idle = [c for c in newcomer.connections if c is not newcomer and c.waiting_for_headers()
