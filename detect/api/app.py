@@ -22,6 +22,7 @@ from garrison.detect.api import errors, models
 from garrison.detect.api.auth import require_token, token_matches
 from garrison.detect.api.errors import ApiError
 from garrison.detect.api.guard import BODY_TIMEOUT, BodyGuard
+from garrison.wire import names
 
 TITLE = "Garrison detect engine"
 DESCRIPTION = ("Things, groups, security profiles and violations of a Garrison detect engine. "
@@ -37,7 +38,7 @@ def engine_of(request: Request):
 public = APIRouter()
 api = APIRouter(dependencies=[Depends(require_token)], responses=_DOCUMENTED_ERRORS)
 
-ThingName = Path(description="1-128 characters of [a-zA-Z0-9:_-]")
+ThingName = Path(description=names.THING.text)
 Target = Query(min_length=1, description="all, group:NAME or thing:NAME")
 ThingFilter = Query(None, alias="thingName")
 ProfileFilter = Query(None, alias="securityProfileName")

@@ -17,15 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # profiles.py imports this module only inside load_profile, so the constants come from there
 from garrison.detect.judge.profiles import (CONFIDENCE_LEVELS, CONSECUTIVE_RANGE, DIMENSION_OPERATORS, DURATIONS,
-                                            MAX_BEHAVIORS, MAX_DESCRIPTION, NAME_RE, STATISTICS)
+                                            MAX_BEHAVIORS, MAX_DESCRIPTION, STATISTICS)
+from garrison.wire import names
+from garrison.wire.limits import MAX_NAME_CHARS
 
-NAME_RULE = "1-128 characters of [a-zA-Z0-9:_-]"
-NAME_PATTERN = f"^{NAME_RE.pattern}$"
+NAME_PATTERN = f"^[{names.CHARS}]{{1,{MAX_NAME_CHARS}}}$"   # for the JSON schema; names.NAME checks
 
 
 def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ValueError(f"{what} must be {NAME_RULE}, got {value!r}")
+    if not names.NAME.valid(value):   # profile, behavior, metric and dimension names alike
+        raise ValueError(f"{what} must be {names.SHAPE}, got {value!r}")
     return value
 
 

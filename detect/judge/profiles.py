@@ -356,7 +356,7 @@ def _check_shape(doc: Dict[str, Any]) -> None:
             raise ProfileError(text) from None
         if len(loc) >= 3 and loc[0] == "behaviors" and loc[2] != "name":
             named = doc["behaviors"][loc[1]].get("name")
-            if isinstance(named, str) and NAME_RE.fullmatch(named):
+            if names.NAME.valid(named):
                 raise ProfileError(text, named, field_path(loc[2:])) from None
         raise ProfileError(text, None, field_path(loc)) from None
 
