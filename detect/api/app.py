@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from pydantic import FiniteFloat
 
 from garrison.agent import __version__
-from garrison.detect.api import errors, models
+from garrison.detect.api import audit, errors, models
 from garrison.detect.api.auth import require_token, token_matches
 from garrison.detect.api.errors import ApiError
 from garrison.detect.api.guard import BODY_TIMEOUT, BodyGuard
@@ -192,6 +192,9 @@ def ml_training_summaries(profile: Optional[str] = ProfileFilter,
     return engine.ml_training_summaries(profile or None, behavior or None, thing or None)
 
 
+audit_routes = audit.router([Depends(require_token)], _DOCUMENTED_ERRORS)  # Device Defender Audit (garrison.detect.audit)
+
+
 def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
     """The ASGI application: FastAPI behind the body guard."""
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, openapi_url=None, docs_url=None,
@@ -200,6 +203,7 @@ def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
     app.state.engine, app.state.token = engine, token.encode()
     app.include_router(public)
     app.include_router(api)
+    app.include_router(audit_routes)
     errors.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return BodyGuard(app, lambda headers: token_matches(
@@ -233,7 +237,7 @@ def openapi_document() -> Dict[str, Any]:
 
 def routes() -> set:
     """(METHOD, path) of every route the application dispatches on."""
-    return {(method, route.path) for route in public.routes + api.routes
+    return {(method, route.path) for route in public.routes + api.routes + audit_routes.routes
             if isinstance(route, APIRoute) for method in route.methods}
 
 

@@ -164,7 +164,7 @@ def test_engine_config_audit_table(tmp_path, pki_dir):
 
 
 def test_http_api_audit_routes(tmp_path, pki_dir):
-    from garrison.detect.api.http import ApiServer
+    from garrison.detect.api.server import ApiServer
     from garrison.detect.config import Config
     from garrison.detect.engine import Engine
     engine = Engine(Store(str(tmp_path / "e.db")), config=Config(audit={"pki_dir": str(pki_dir)}), ml=None)
