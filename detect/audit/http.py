@@ -1,4 +1,4 @@
-"""The audit's HTTP routes (garrison.detect.api.http dispatches to these; AWS IoT's audit API names and
+"""The audit's HTTP routes (garrison.detect.api.audit mounts these; AWS IoT's audit API names and
 fields). Each takes (engine, path params, query, body) and returns a JSON-able result; bad
 input raises StoreError, which the API answers with 400 InvalidRequest."""
 import time
