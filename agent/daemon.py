@@ -195,8 +195,13 @@ class Daemon:
             self._started = True
 
     def stop(self) -> None:
-        """Ask the loop to end (safe from a signal handler); `close()` releases the connection."""
+        """Ask the loop to end (safe from a signal handler); `close()` releases the connection.
+
+        Waits under way (connecting, a PUBACK, a reply) end now, so SIGTERM stops the agent
+        within about a second even while the broker is unreachable."""
         self._stop.set()
+        if self._transport is not None and hasattr(self._transport, "cancel_waits"):
+            self._transport.cancel_waits()
 
     def close(self) -> None:
         if self.events is not None:
