@@ -18,7 +18,7 @@ from garrison.agent.custom import CustomMetricReader
 from garrison.wire import names
 from garrison.wire.replies import Reply
 from garrison.agent.spool import Spool
-from garrison.agent.statefile import ReportIds
+from garrison.agent.statefile import ReportIds, private_dir, remove_stray_temp_files
 from garrison.agent.transports.base import Transport
 from garrison.agent.transports.paho_compat import redact_broker_url
 from garrison.collectors.base import CollectorResult
@@ -68,7 +68,9 @@ class Daemon:
         self.config = config
         self.state_dir = Path(config.state_dir)
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir, allow_symlink=True)   # 0700 whatever the umask
+            if persist_state:   # writes cut short by a crash or a full disk; never a look's business
+                remove_stray_temp_files(self.state_dir)
             if persist_state and not os.access(self.state_dir, os.W_OK | os.X_OK):
                 raise PermissionError(13, "not writable")
         except OSError as exc:
@@ -82,8 +84,11 @@ class Daemon:
                                          config.interfaces, config.include_loopback, config.max_list_items,
                                          persist=persist_state, events=self.events,
                                          interval_extension=extension, fold_interval=fold)
-        self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
-                           config.spool_max_age) if persist_state else None
+        try:
+            self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
+                               config.spool_max_age) if persist_state else None
+        except OSError as exc:   # e.g. STATE_DIR/spool is a symlink: refused, never followed
+            raise ConfigError(f"spool directory {exc.filename!r} is unusable: {exc.strerror or exc}") from None
         self._transport = transport
         self.custom_metrics: Dict[str, Callable[[], Any]] = dict(custom_metrics or {})
         for name in self.custom_metrics:
