@@ -7,6 +7,7 @@ spool alone decides what is sent, in order.
 """
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -151,6 +152,10 @@ class MqttTransport(Transport):
             client.disconnect()
             return
         log.info("connected to broker %s:%s as %s", self.host, self.port, self.client_id)
+        try:   # each report waits for its reply before the next: don't let Nagle hold packets back
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
         result, mid = client.subscribe([(topic, 1) for topic in self.reply_topics])
         self._subscribe_mid = mid
 
