@@ -3,7 +3,7 @@
 One file per report, named by its zero-padded report id and format (`00000001732550000000.json`),
 written atomically (garrison.agent.statefile.atomic_write), so a kill -9 at any moment leaves only
 complete reports (stray temporary files are removed at start). Reports leave the spool only
-once the broker acknowledged them. When a bound (count, bytes, age) is hit the oldest reports
+once an answer settles them (agent.delivery). When a bound (count, bytes, age) is hit the oldest reports
 are dropped; drops are counted and logged.
 
 When the spool cannot be written (a full disk) a report is held in memory instead (at most
