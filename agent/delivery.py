@@ -20,9 +20,9 @@ turn. The next report is sent at the normal interval; the throttled one is dropp
 import random
 from typing import Optional
 
-from garrison.wire.replies import Reply
+from garrison.wire.replies import INTERNAL_ERROR, Reply
 
-RESEND_LATER = frozenset({"InternalError"})   # the engine did not record it: same bytes again later
+RESEND_LATER = frozenset({INTERNAL_ERROR})   # the engine did not record it: same bytes again later
 FIRST_RESEND_S = 2.0
 MAX_RESEND_S = 300.0                           # the default report interval
 
