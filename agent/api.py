@@ -86,7 +86,8 @@ class Agent:
 
     def tick(self, now: Optional[float] = None) -> Optional[int]:
         """For the firmware's own main loop: publish a report when one is due (else send any
-        backlog). Never blocks longer than a publish; returns the report id when one was made."""
+        backlog). Blocks at most for one publish and its reply (`reply_timeout`) per report sent;
+        returns the report id when one was made."""
         self._daemon.start()
         now = time.monotonic() if now is None else now
         if now < self._next_due:

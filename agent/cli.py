@@ -13,9 +13,10 @@ EXIT_OK, EXIT_REJECTED, EXIT_CONFIG, EXIT_NO_REPLY = 0, 1, 2, 3
 
 EXIT_CODES = """exit codes:
   0  success (run --once: report accepted; run: stopped by SIGTERM/SIGINT)
-  1  run --once: report rejected (the error code is logged)
+  1  run --once: report rejected for good (the error code is logged; it left the spool)
   2  bad configuration or usage (one error line on stderr)
-  3  run --once: no reply in time or broker unreachable (the report stays spooled)"""
+  3  run --once: not settled: no reply in time, broker unreachable, or answered InternalError
+     (the report stays spooled and is sent again by the next run)"""
 
 log = logging.getLogger("garrison-agent")
 
@@ -87,6 +88,9 @@ def _run(config: cfg.Config, once: bool) -> int:
         return EXIT_NO_REPLY
     if reply.accepted:
         return EXIT_OK
+    from garrison.agent.delivery import settles
+    if not settles(reply):
+        return EXIT_NO_REPLY     # InternalError: kept in the spool (logged by the daemon)
     log.error("report %s rejected: %s: %s", reply.report_id, reply.error_code, reply.error_message)
     return EXIT_REJECTED
 

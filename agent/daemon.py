@@ -1,8 +1,11 @@
 """The agent's main loop: collect, spool, publish, hear replies, repeat; systemd-aware.
 
 Every report goes through the on-disk spool: it is written there before publishing and removed
-once the broker acknowledges it, so nothing is lost to a dead link or a kill -9.
+once it has an answer that settles it (accepted, or a rejection resending cannot fix; see
+agent.delivery), so nothing is lost to a dead link, an engine that failed to record it, or a
+kill -9. Reports go one at a time, oldest first, each after the previous one's answer.
 """
+import dataclasses
 import logging
 import os
 import random
@@ -11,14 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from garrison.agent import interval, report, sdnotify
+from garrison.agent import delivery, interval, report, sdnotify
 from garrison.agent.collect import ReportCollector
 from garrison.agent.config import Config, ConfigError
 from garrison.agent.custom import CustomMetricReader
 from garrison.wire import names
 from garrison.wire.replies import Reply
 from garrison.agent.spool import Spool
-from garrison.agent.statefile import ReportIds
+from garrison.agent.statefile import ReportIds, private_dir, remove_stray_temp_files
 from garrison.agent.transports.base import Transport
 from garrison.agent.transports.paho_compat import redact_broker_url
 from garrison.collectors.base import CollectorResult
@@ -68,7 +71,9 @@ class Daemon:
         self.config = config
         self.state_dir = Path(config.state_dir)
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir, allow_symlink=True)   # 0700 whatever the umask
+            if persist_state:   # writes cut short by a crash or a full disk; never a look's business
+                remove_stray_temp_files(self.state_dir)
             if persist_state and not os.access(self.state_dir, os.W_OK | os.X_OK):
                 raise PermissionError(13, "not writable")
         except OSError as exc:
@@ -83,8 +88,11 @@ class Daemon:
                                          persist=persist_state, events=self.events,
                                          interval_extension=extension, fold_interval=fold,
                                          posture_checks=config.posture_checks)
-        self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
-                           config.spool_max_age) if persist_state else None
+        try:
+            self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
+                               config.spool_max_age) if persist_state else None
+        except OSError as exc:   # e.g. STATE_DIR/spool is a symlink: refused, never followed
+            raise ConfigError(f"spool directory {exc.filename!r} is unusable: {exc.strerror or exc}") from None
         self._transport = transport
         self.custom_metrics: Dict[str, Callable[[], Any]] = dict(custom_metrics or {})
         for name in self.custom_metrics:
@@ -95,6 +103,9 @@ class Daemon:
         self._stop = threading.Event()
         self._started = False
         self._replies: Dict[int, Reply] = {}
+        self._awaiting: Optional[int] = None      # the report whose answer flush() waits for
+        self._answers: Dict[int, Reply] = {}      # the last answer to each recent report (run --once)
+        self._backoff = delivery.ResendBackoff()
         self._reply_cond = threading.Condition()
         self._watchdog = sdnotify.watchdog_interval()
         self._last_ping = 0.0
@@ -128,7 +139,7 @@ class Daemon:
     def encode(self, built: Dict[str, Any]) -> bytes:
         return report.encode(built, self.config.format, self.config.short_names)
 
-    def cycle(self) -> Optional[int]:
+    def cycle(self, reply_timeout: Optional[float] = None) -> Optional[int]:
         """Collect a report, spool it, and send the spool; returns the report id (None if none built)."""
         try:
             built, _ = self.build()
@@ -137,40 +148,90 @@ class Daemon:
         except Exception as exc:   # a broken cycle must not end the agent; the next one may work
             log.error("could not build a report this cycle: %s", exc)
             return None
-        self.flush()
+        self.flush(reply_timeout)
         return report_id
 
-    def flush(self) -> int:
-        """Publish spooled reports oldest first until one is not acknowledged; returns how many went."""
+    def flush(self, reply_timeout: Optional[float] = None) -> int:
+        """Send spooled reports oldest first, each after the previous one was settled (accepted,
+        or rejected for good); stop at one not acknowledged, answered InternalError or not
+        answered in time (resent later, with backoff). Returns how many were settled."""
+        reply_timeout = self.config.reply_timeout if reply_timeout is None else reply_timeout
         self.spool.enforce_bounds()
         sent = 0
         for entry in self.spool.entries():
-            if self._stop.is_set() or not self.transport.connected:
+            if self._stop.is_set() or not self.transport.connected or not self._backoff.due(time.monotonic()):
                 break
             payload = self.spool.read(entry)
             if payload is None:
                 continue
-            topic = report.topic(self.config.thing, entry.fmt)
-            if not self.transport.publish(topic, payload, self.config.publish_timeout):
-                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id,
-                         len(self.spool))
+            with self._reply_cond:
+                reply = self._replies.pop(entry.report_id, None)   # a late answer to an earlier send
+            if reply is None or not delivery.settles(reply):
+                reply = self._send(entry, payload, reply_timeout)
+                if reply is False:
+                    break
+            if not self._settle(entry, reply, reply_timeout):
                 break
-            self.spool.remove(entry)
             sent += 1
-            log.debug("report %d published (%d bytes)", entry.report_id, len(payload))
             self._ping_watchdog()
         if sent > 1:
             log.info("sent %d spooled reports", sent)
         return sent
 
+    def _send(self, entry, payload: bytes, reply_timeout: float):
+        """Publish one report and wait for its answer: the Reply, None if none came, False if the
+        broker did not take it."""
+        with self._reply_cond:
+            self._awaiting = entry.report_id
+        try:
+            topic = report.topic(self.config.thing, entry.fmt)
+            if not self.transport.publish(topic, payload, self.config.publish_timeout):
+                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id,
+                         len(self.spool))
+                return False
+            log.debug("report %d published (%d bytes)", entry.report_id, len(payload))
+            self._ping_watchdog()
+            if entry.fmt != self.config.format:   # left from another format: we do not hear its replies
+                return Reply(self.config.thing, entry.report_id, True)
+            return self.wait_reply(entry.report_id, reply_timeout)
+        finally:
+            with self._reply_cond:
+                self._awaiting = None
+
+    def _settle(self, entry, reply: Optional[Reply], reply_timeout: float) -> bool:
+        """Act on a report's answer: True if it left the spool (the next one may go)."""
+        if reply is not None:
+            self._answers[entry.report_id] = reply
+            while len(self._answers) > 100:
+                self._answers.pop(next(iter(self._answers)))
+        if reply is None and self._stop.is_set():
+            return False            # stopping: it stays spooled, nothing to say
+        if reply is not None and delivery.settles(reply):
+            self.spool.remove(entry)
+            self._backoff.reset()
+            if reply.accepted:
+                log.info("report %s accepted by %s", entry.report_id, reply.thing)
+            else:
+                log.warning("report %s rejected: %s: %s; dropped (resending cannot change that)",
+                            entry.report_id, reply.error_code, reply.error_message)
+            return True
+        delay = self._backoff.failed(time.monotonic())
+        why = f"no reply within {reply_timeout:g} s" if reply is None else \
+            f"rejected: {reply.error_code}: {reply.error_message}"
+        log.warning("report %s %s; kept in the spool and sent again in %.0f s (%d waiting)",
+                    entry.report_id, why, delay, len(self.spool))
+        return False
+
     # -- replies ---------------------------------------------------------------------------------
 
     def _on_reply(self, reply: Reply) -> None:
-        if reply.accepted:
-            log.info("report %s accepted by %s", reply.report_id, reply.thing)
-        else:
-            log.warning("report %s rejected: %s: %s", reply.report_id, reply.error_code, reply.error_message)
+        log.debug("reply for report %s (%s)", reply.report_id,   # flush() logs what it does with it
+                  "accepted" if reply.accepted else reply.error_code)
         with self._reply_cond:
+            if reply.report_id is None and self._awaiting is not None:
+                # a rejection before the id could be read (PayloadTooLarge, InvalidThingName):
+                # one report is in flight at a time, so it is that one's
+                reply = dataclasses.replace(reply, report_id=self._awaiting)
             if reply.report_id is not None:
                 self._replies[reply.report_id] = reply
                 while len(self._replies) > 100:
@@ -184,7 +245,8 @@ class Daemon:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     return None
-                self._reply_cond.wait(min(remaining, MAX_SLICE))
+                self._reply_cond.wait(min(remaining, 0.25))   # short: a stop is seen at once
+                self._ping_watchdog()
             return self._replies.pop(report_id)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -196,8 +258,13 @@ class Daemon:
             self._started = True
 
     def stop(self) -> None:
-        """Ask the loop to end (safe from a signal handler); `close()` releases the connection."""
+        """Ask the loop to end (safe from a signal handler); `close()` releases the connection.
+
+        Waits under way (connecting, a PUBACK, a reply) end now, so SIGTERM stops the agent
+        within about a second even while the broker is unreachable."""
         self._stop.set()
+        if self._transport is not None and hasattr(self._transport, "cancel_waits"):
+            self._transport.cancel_waits()
 
     def close(self) -> None:
         if self.events is not None:
@@ -268,12 +335,8 @@ class Daemon:
         self.start()
         if not self.transport.wait_connected(timeout):
             log.warning("broker %s unreachable within %.0f s", redact_broker_url(self.config.broker), timeout)
-        report_id = self.cycle()
+        report_id = self.cycle(timeout)
         if report_id is None:
             return None, None
-        if any(entry.report_id == report_id for entry in self.spool.entries()):
-            return report_id, None    # not acknowledged; it waits in the spool
-        reply = self.wait_reply(report_id, timeout)
-        if reply is None:
-            log.warning("no reply to report %d within %.0f s", report_id, timeout)
-        return report_id, reply
+        # flush() sent it after the backlog and waited for its answer (None: not sent, or unanswered)
+        return report_id, self._answers.get(report_id)

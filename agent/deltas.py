@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from garrison.wire.schema import NETWORK_STATS_KEYS
-from garrison.agent.statefile import read_json, write_json
+from garrison.agent.statefile import read_json, try_write_json
 
 log = logging.getLogger(__name__)
 KEYS = tuple(NETWORK_STATS_KEYS)   # bytes_in, bytes_out, packets_in, packets_out
@@ -61,5 +61,5 @@ class NetworkDeltas:
                 totals[key] += now[key] - int(before.get(key, 0))
         self.previous = current
         if self.persist:
-            write_json(self.path, {"boot_id": self.boot_id, "interfaces": current})
+            try_write_json(self.path, {"boot_id": self.boot_id, "interfaces": current})  # else kept in memory
         return totals

@@ -4,7 +4,9 @@ Runs, each in a fresh subprocess so nothing else pollutes the numbers:
   baseline  `python3 -c pass`-like interpreter: its RSS;
   agent     the real Daemon (config, collectors, deltas, spool, paho transport) doing CYCLES
             report cycles with a tiny interval: collect + encode + spool + publish with QoS 1 to
-            a real Mosquitto (when installed; otherwise collect + encode + spool only).
+            a real Mosquitto and wait for the accepted reply of a responder (a report leaves the
+            spool only with its answer) (when Mosquitto is installed; otherwise collect + encode
+            + spool only).
 Prints RSS at start (after the first cycle), end, peak, and growth per 1,000 cycles measured after
 a warm-up, plus the agent's RSS over the baseline. Budget: 30 MB RSS (Pi Zero).
 
@@ -46,7 +48,7 @@ samples, published = [], 0
 start = time.perf_counter()
 for cycle in range(1, cycles + 1):
     if publish:
-        daemon.cycle()                      # collect, encode, spool, publish (PUBACK), unspool
+        daemon.cycle()                      # collect, encode, spool, publish, reply, unspool
     else:
         built, _ = daemon.build()
         entry = daemon.spool.add(built["header"]["report_id"], fmt, daemon.encode(built))
@@ -75,16 +77,21 @@ def main():
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests"))
-    broker = None
+    broker = responder = None
     work = Path(tempfile.mkdtemp(prefix="garrison-bench-"))
     try:
         if shutil.which("mosquitto") and not args.no_broker:
             from fixtures import Mosquitto
             broker = Mosquitto(work / "broker").start()
+            sys.path.insert(0, str(ROOT / "tests" / "agent"))
+            from agent_helpers import Responder
+            responder = Responder(broker.host, broker.port)
         baseline = run(BASELINE)["rss_kb"]
         result = run(AGENT, str(args.cycles), broker.url if broker else "", str(work / "state"), args.format,
                      "1" if args.short_names else "0")
     finally:
+        if responder:
+            responder.close()
         if broker:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -94,7 +101,7 @@ def main():
     peak_kb = max(kb for _, kb in samples)
     warm = next(((c, kb) for c, kb in samples if c >= 200), samples[0])
     growth = (end_kb - warm[1]) / max(1, samples[-1][0] - warm[0]) * 1000
-    mode = "collect+encode+spool+publish(QoS 1, Mosquitto)" if broker else "collect+encode+spool"
+    mode = "collect+encode+spool+publish(QoS 1, Mosquitto)+reply" if broker else "collect+encode+spool"
     print(f"mode: {mode}; {args.cycles} cycles, format {args.format}{' short' if args.short_names else ''}, "
           f"Python {sys.version.split()[0]}")
     print(f"bare interpreter RSS:   {baseline / 1024:6.1f} MB")

@@ -142,7 +142,9 @@ class Mosquitto:
         persistence = ["persistence true", f"persistence_location {self.workdir}/"] if persistent else \
             ["persistence false"]
         lines = [f"listener {self.port} {self.host}", "allow_anonymous true", *persistence,
-                 "log_dest stderr", "log_type error", "log_type warning", "max_queued_messages 100000"]
+                 "log_dest stderr", "log_type error", "log_type warning", "max_queued_messages 100000",
+                 # no Nagle delay on small packets: an agent waits for each reply before its next report
+                 "set_tcp_nodelay true"]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to its own user and cannot read our temp files
         if certs:

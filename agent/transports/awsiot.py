@@ -43,6 +43,7 @@ class AwsIotTransport(Transport):
 
     def start(self, on_reply: ReplyHandler) -> None:
         self.on_reply = on_reply
+        self._cancelled.clear()
         threading.Thread(target=self._connect, name="garrison-awsiot", daemon=True).start()
 
     def _connect(self) -> None:

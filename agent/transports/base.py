@@ -12,14 +12,20 @@ Contract:
   trouble (the caller spools the report and retries later).
 - `connected`: True while a session is up.
 - `wait_connected(timeout) -> bool`: block until connected or timeout.
-- `stop()`: disconnect cleanly and release threads; idempotent.
+- `stop()`: disconnect cleanly and release threads; idempotent; returns within about a second
+  (a connection attempt still under way is left to its daemon thread).
+- `cancel_waits()`: end any publish or wait_connected under way now (they return False); safe
+  from a signal handler. The daemon calls it on SIGTERM so that stopping never waits out a
+  timeout against an unreachable broker.
 """
 import threading
+import time
 from typing import Callable, Optional
 
 from garrison.wire.replies import Reply
 
 ReplyHandler = Callable[[Reply], None]
+WAIT_SLICE = 0.25   # seconds; waits wake this often to notice cancel_waits()
 
 
 class TransportError(Exception):
@@ -36,6 +42,7 @@ class Transport:
         self.thing = thing
         self.fmt = fmt
         self._connected = threading.Event()
+        self._cancelled = threading.Event()
         self.on_reply: Optional[ReplyHandler] = None
 
     @property
@@ -43,7 +50,16 @@ class Transport:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set() and not self._cancelled.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._connected.wait(min(remaining, WAIT_SLICE))
+        return self._connected.is_set()
+
+    def cancel_waits(self) -> None:
+        self._cancelled.set()
 
     def start(self, on_reply: ReplyHandler) -> None:
         raise NotImplementedError

@@ -76,6 +76,7 @@ class GreengrassTransport(Transport):
     def start(self, on_reply: ReplyHandler) -> None:
         """Check the SDK and the nucleus environment now (clear errors), then connect in the background."""
         self.on_reply = on_reply
+        self._cancelled.clear()
         if self._factory is _default_client_factory:
             check_environment()
         self._stopping.clear()

@@ -7,6 +7,7 @@ spool alone decides what is sent, in order.
 """
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -19,6 +20,7 @@ from garrison.agent.transports.base import ReplyHandler, Transport, TransportErr
 from garrison.agent.transports.paho_compat import new_client
 
 log = logging.getLogger(__name__)
+STOP_JOIN_S = 1.0   # stop() waits this long for the network thread (a connect may block for longer)
 
 
 def _code(value) -> int:
@@ -65,15 +67,25 @@ class MqttTransport(Transport):
 
     def start(self, on_reply: ReplyHandler) -> None:
         self.on_reply = on_reply
+        if self._thread is not None:   # a previous thread still in a connection attempt
+            self._thread.join()
         self._stopping.clear()
+        self._cancelled.clear()
         self._thread = threading.Thread(target=self._run, name="garrison-mqtt", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+            # A connect() to a host that drops packets blocks for paho's connect timeout (5 s; the
+            # keepalive on paho 1.6): don't make SIGTERM wait for it. The thread is a daemon and
+            # ends on its own once the attempt returns (it sees _stopping).
+            self._thread.join(STOP_JOIN_S)
+            if not self._thread.is_alive():
+                self._thread = None
+            else:
+                log.debug("a connection attempt to %s:%s is still under way; not waiting for it",
+                          self.host, self.port)
         self._connected.clear()
 
     def _new_client(self) -> mqtt.Client:
@@ -140,6 +152,10 @@ class MqttTransport(Transport):
             client.disconnect()
             return
         log.info("connected to broker %s:%s as %s", self.host, self.port, self.client_id)
+        try:   # each report waits for its reply before the next: don't let Nagle hold packets back
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
         result, mid = client.subscribe([(topic, 1) for topic in self.reply_topics])
         self._subscribe_mid = mid
 
@@ -163,7 +179,7 @@ class MqttTransport(Transport):
 
     def publish(self, topic: str, payload: bytes, timeout: float) -> bool:
         client = self._client
-        if client is None or not self._connected.is_set():
+        if client is None or not self._connected.is_set() or self._cancelled.is_set():
             return False
         with self._acks:
             generation = self._generation
@@ -177,7 +193,7 @@ class MqttTransport(Transport):
         deadline = time.monotonic() + timeout
         with self._acks:
             while info.mid not in self._acked:
-                if self._generation != generation or not self._connected.is_set():
+                if self._generation != generation or not self._connected.is_set() or self._cancelled.is_set():
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

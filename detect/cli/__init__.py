@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Sequence
 
@@ -328,7 +329,10 @@ def cmd_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ingest.start()
-    if not ingest.connected.wait(10):
+    deadline = time.monotonic() + 10
+    while not (ingest.connected.wait(0.25) or stop.is_set() or time.monotonic() > deadline):
+        pass   # a SIGTERM in this first wait must not wait it out
+    if not ingest.connected.is_set() and not stop.is_set():
         log.warning("broker %s not reachable yet; retrying in the background", redact_broker_url(args.broker))
     log.info("serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
              redact_broker_url(args.broker), args.db, config.min_report_interval_s, config.invalidation_period_s,

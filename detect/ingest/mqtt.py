@@ -135,9 +135,14 @@ class MqttIngest:
         if disconnect:
             self.disconnect()
 
-    def disconnect(self) -> None:
+    def disconnect(self, timeout: float = 1.0) -> None:
+        """Disconnect and stop paho's thread, waiting at most `timeout` for it: a connect() to a
+        broker that drops packets blocks it for paho's connect timeout, and SIGTERM must not
+        wait for that (the thread is a daemon; it ends when the attempt returns)."""
         self._client.disconnect()
-        self._client.loop_stop()
+        stopper = threading.Thread(target=self._client.loop_stop, name="garrison-ingest-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
         self.connected.clear()
 
     def run_forever(self) -> None:
