@@ -86,7 +86,7 @@ def _mosquitto_argv(workdir: Path, port: int):
              # keep persistent sessions and queued QoS 1 reports across broker restarts
              "persistence true", f"persistence_location {workdir}/",
              "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
-             "max_queued_messages 100000"]
+             "max_queued_messages 100000", "set_tcp_nodelay true"]  # replies without Nagle delay
     if os.geteuid() == 0:
         lines.append("user root")  # else it drops to the mosquitto user and cannot use workdir
     config = workdir / "mosquitto.conf"
