@@ -5,7 +5,8 @@ Starts a local broker (Mosquitto, or the embedded amqtt), applies the example se
 processes, and prints every reply and alert as it happens. After a few accepted reports it
 opens TCP port 4444 on 127.0.0.1, a port the profile forbids (NoBackdoorListener): the next
 report raises an alarm; then it closes the port and the alarm clears. Ctrl-C (or --duration)
-stops everything. Nothing listens beyond 127.0.0.1.
+stops everything. Nothing listens beyond 127.0.0.1. Before the fleet starts, it audits a
+demo fleet PKI in which one device certificate expires in 10 days, and prints the finding.
 """
 import argparse
 import json
@@ -134,6 +135,7 @@ class Demo:
         if applied.returncode != 0:
             raise DemoError(f"applying {PROFILE.name} failed: {(applied.stderr or applied.stdout).strip()}")
         self.say(f"profile: {applied.stdout.strip()}")
+        self.audit(detect, db)
         self.watcher = Watcher(self.broker.url, self.args.thing)
         engine = Child("engine", detect + ["serve", "--broker", self.broker.url, "--db", str(db),
                                            "--min-report-interval", "5"], self.workdir / "engine.log")
@@ -148,6 +150,23 @@ class Demo:
         self.say(f"agent: reporting as {self.args.thing} every {self.args.interval:g}s (log: {agent.log_path})")
         self.say(f"after {self.args.trip_after} accepted reports the demo opens TCP port {self.port}, "
                  f"which the profile forbids ({TRIP_BEHAVIOR})")
+
+    def audit(self, detect: List[str], db: Path) -> None:
+        """Audit a demo fleet PKI whose second device certificate expires soon; print the finding."""
+        from garrison.detect.ops import pki
+        ca = pki.FleetCA(self.workdir / "pki")
+        ca.init()
+        ca.issue_thing(self.args.thing)
+        ca.issue_thing("demo-expiring", days=10)
+        ran = subprocess.run(detect + ["audit", "run", "--pki", str(ca.dir), "--check",
+                                       "DEVICE_CERTIFICATE_EXPIRING_CHECK", "--json", "--db", str(db)],
+                             capture_output=True, text=True)
+        if ran.returncode != 0:
+            raise DemoError(f"the audit failed: {(ran.stderr or ran.stdout).strip()}")
+        for finding in json.loads(ran.stdout)["findings"]:
+            thing = finding["nonCompliantResource"].get("additionalInfo", {}).get("thingName", "?")
+            self.say(f"audit: {finding['checkName']} {finding['severity']} on {thing}: "
+                     f"{finding['reasonForNonCompliance']}")
 
     def run(self) -> None:
         deadline = None if self.args.duration is None else self.started + self.args.duration

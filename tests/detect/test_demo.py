@@ -14,6 +14,7 @@ def test_demo_raises_and_clears_the_alarm(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "report" in out and "accepted" in out and " 0 rejected" in out
+    assert "audit: DEVICE_CERTIFICATE_EXPIRING_CHECK MEDIUM on demo-expiring" in out, out
     assert "ALARM   demo-device: demo/NoBackdoorListener in-alarm" in out, out
     if "opened TCP port 4444" in out:  # else something else holds 4444 on this machine
         assert "CLEARED demo-device: demo/NoBackdoorListener alarm-cleared" in out, out
