@@ -2,6 +2,8 @@
 
     $aws/things/{thing}/defender/metrics/{json|cbor}                    report, device -> engine
     $aws/things/{thing}/defender/metrics/{json|cbor}/{accepted|rejected} reply, engine -> device
+    garrison/things/{thing}/control                                     reconfiguration, engine -> device
+    $CONTROL/dynamic-security/v1[/response]                             broker control, engine <-> Mosquitto
 
 This module is the only place that spells the layout; the agent, the engine, the broker's ACLs,
 the simulators and the tests build and parse topics through it.
@@ -80,3 +82,35 @@ def reply_safe(thing: str) -> bool:
     """Whether a reply topic for `thing` can be published (see _UNSAFE_TOPIC_CHARS)."""
     return (not _UNSAFE_TOPIC_CHARS.search(thing)
             and len(thing.encode("utf-8", "surrogatepass")) <= MAX_TOPIC_THING_BYTES)
+
+
+# Device reconfiguration (a Garrison extension, not AWS's): the engine publishes bounded requests
+# (garrison.agent.control) to one topic per thing; only the engine may publish there and a device
+# may read only its own (broker ACL).
+_CONTROL_PREFIX, _CONTROL_SUFFIX = "garrison/things/", "/control"
+
+
+def control_topic(thing: str) -> str:
+    """Where the engine sends `thing` reconfiguration requests."""
+    return f"{_CONTROL_PREFIX}{thing}{_CONTROL_SUFFIX}"
+
+
+def control_filter(thing: str = "+") -> str:
+    """A filter (or ACL pattern, with %u) for control topics."""
+    return control_topic(thing)
+
+
+def parse_control_topic(topic: Any) -> Optional[str]:
+    """The thing a control topic addresses, else None."""
+    if not isinstance(topic, str) or not topic.startswith(_CONTROL_PREFIX) or not topic.endswith(_CONTROL_SUFFIX):
+        return None
+    thing = topic[len(_CONTROL_PREFIX):-len(_CONTROL_SUFFIX)]
+    return thing if thing and "/" not in thing else None
+
+
+# Mosquitto's dynamic security plugin: commands in, responses out (garrison.detect.respond.brokercontrol).
+DYNSEC_COMMAND_TOPIC = "$CONTROL/dynamic-security/v1"
+DYNSEC_RESPONSE_TOPIC = DYNSEC_COMMAND_TOPIC + "/response"
+DYNSEC_FILTER = "$CONTROL/dynamic-security/#"
+# Topics a role must name besides "#" to cover everything: "#" does not match "$..." topics.
+DOLLAR_ROOTS = ("$aws/#", "$SYS/#", "$CONTROL/#")

@@ -187,6 +187,7 @@ def test_the_validator_and_the_agent_share_the_limits():
 
 SOURCE_DIRS = ("agent", "collectors", "detect", "firmware-sim", "wire", "bench")
 OWNER = {"defender/metrics": "wire/topics.py", "$aws/things": "wire/topics.py",   # the topic layout
+         "garrison/things": "wire/topics.py", "$CONTROL": "wire/topics.py",
          "0-9:_-": "wire/names.py", "0-9_:-": "wire/names.py"}                    # the name rule's characters
 
 

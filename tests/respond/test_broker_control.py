@@ -1,0 +1,189 @@
+"""Broker control on a real Mosquitto with the dynamic security plugin, configured by
+`broker-config --dynamic-security`: quarantine, release, disable, enable as devices see them.
+
+Negative checks use a marker (see tests/reliability/test_fleet_security.py): after the forbidden
+message an allowed one goes the same way; once the marker has arrived, the forbidden one would have.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from garrison.detect.ops import brokerconf, pki
+from garrison.detect.respond import brokercontrol
+from garrison.wire.topics import control_topic, reply_topic, report_topic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+from fixtures import free_port, wait_for, wait_for_port  # noqa: E402
+from mqtt_clients import Client  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None or brokercontrol.plugin_path() is None,
+                                reason="mosquitto with its dynamic security plugin is not installed")
+
+
+class DynsecFleet:
+    """A fleet CA, device and engine certificates, and Mosquitto on the generated configuration
+    with the dynamic security plugin."""
+
+    def __init__(self, workdir: Path, things=("pump-1", "pump-2")):
+        self.ca = pki.FleetCA(workdir / "pki")
+        self.ca.init()
+        self.ca.issue_server(["localhost", "127.0.0.1"])
+        self.engine_files = self.ca.issue_engine()
+        for thing in things:
+            self.ca.issue_thing(thing)
+        self.port = free_port()
+        self.conf, _ = brokerconf.write(workdir / "broker", self.ca.cert_path, self.ca.dir / "server.crt",
+                                        self.ca.dir / "server.key", port=self.port, bind="127.0.0.1",
+                                        run_as="root" if os.geteuid() == 0 else None, dynamic_security=True)
+        self.log = workdir / "mosquitto.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf), "-v"], stdout=out, stderr=out)
+        wait_for_port("127.0.0.1", self.port)
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def device(self, thing: str, **kwargs) -> Client:
+        cert, key = self.ca.thing_paths(thing)
+        return Client("127.0.0.1", self.port, str(self.ca.cert_path), str(cert), str(key), **kwargs)
+
+    def engine(self, **kwargs) -> Client:
+        cert, key = self.engine_files
+        return Client("127.0.0.1", self.port, str(self.ca.cert_path), str(cert), str(key), **kwargs)
+
+    def engine_with_control(self):
+        """The engine's one connection (a second with its certificate would take over the first,
+        as `serve` knows), carrying broker control: (client, BrokerControl)."""
+        control = brokercontrol.BrokerControl(None)
+        engine = self.engine(client_id="garrison-detect", on_message=lambda c, topic, payload: (
+            control.on_response(payload) if topic == brokercontrol.DYNSEC_RESPONSE_TOPIC else None)).wait_connected()
+        control.link = engine.client
+        assert engine.subscribe(brokercontrol.DYNSEC_RESPONSE_TOPIC) == [1]
+        return engine, control
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    fleet = DynsecFleet(tmp_path_factory.mktemp("dynsec"))
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture
+def engine_control(fleet):
+    engine, control = fleet.engine_with_control()
+    yield engine, control
+    engine.close()
+
+
+def _marker_check(device: Client, observer: Client, forbidden_topic: str, allowed_topic: str) -> bool:
+    """Publish on a forbidden topic then on an allowed one; True if the forbidden one arrived."""
+    device.publish(forbidden_topic, b"forbidden")
+    device.publish(allowed_topic, b"marker")
+    wait_for(lambda: observer.received(allowed_topic), what="the marker")
+    return bool(observer.received(forbidden_topic))
+
+
+def test_broker_config_loads_the_plugin_with_the_engine_as_admin(fleet):
+    text = fleet.conf.read_text()
+    assert f"plugin {brokercontrol.plugin_path()}" in text
+    assert text.index("plugin ") < text.index("acl_file ")
+    state = (fleet.conf.parent / "dynamic-security" / "dynamic-security.json")
+    assert state.stat().st_mode & 0o077 == 0
+    assert "pattern read garrison/things/%u/control" in (fleet.conf.parent / "acl").read_text()
+
+
+def test_a_quarantined_device_keeps_reporting_and_loses_everything_else_until_released(fleet, engine_control):
+    engine, control = engine_control
+    device = fleet.device("pump-1").wait_connected()
+    try:
+        engine.subscribe(report_topic("+", "json"))
+        assert device.subscribe(reply_topic("pump-1", "json", "accepted"), control_topic("pump-1")) == [1, 1]
+        # before: the control topic reaches it (the ACL file's least privilege)
+        engine.publish(control_topic("pump-1"), b"c1")
+        wait_for(lambda: device.received(control_topic("pump-1")), what="a control message before quarantine")
+
+        assert "quarantined" in control.quarantine("pump-1")
+        wait_for(lambda: device.ended.is_set(), what="the quarantined device's connection to drop")
+        device.close()
+        device = fleet.device("pump-1").wait_connected()
+        # it reports and hears the replies
+        device.subscribe(reply_topic("pump-1", "json", "accepted"))
+        device.publish(report_topic("pump-1", "json"), b"report")
+        wait_for(lambda: engine.received(report_topic("pump-1", "json")), what="a quarantined device's report")
+        engine.publish(reply_topic("pump-1", "json", "accepted"), b"ok")
+        wait_for(lambda: device.received(reply_topic("pump-1", "json", "accepted")), what="its reply")
+        # it can subscribe to nothing else and receives nothing else
+        assert device.subscribe(control_topic("pump-1"), "#", "$aws/#") == [0x80, 0x80, 0x80]
+        engine.publish(control_topic("pump-1"), b"c2")
+        engine.publish(reply_topic("pump-1", "json", "accepted"), b"marker")
+        wait_for(lambda: len(device.received(reply_topic("pump-1", "json", "accepted"))) == 2, what="the marker")
+        assert device.received(control_topic("pump-1")) == []
+        # it can publish nothing else (another thing's report, a reply, any topic)
+        for forbidden in (report_topic("pump-2", "json"), "pump-1/anything"):
+            engine.subscribe(forbidden)
+            assert not _marker_check(device, engine, forbidden, report_topic("pump-1", "json")), forbidden
+            engine.messages.clear()
+
+        assert "released" in control.release("pump-1")
+        wait_for(lambda: device.ended.is_set(), what="the released device's connection to drop")
+        device.close()
+        device = fleet.device("pump-1").wait_connected()
+        device.subscribe(control_topic("pump-1"))
+        engine.publish(control_topic("pump-1"), b"c3")
+        wait_for(lambda: device.received(control_topic("pump-1")), what="full rights after the release")
+        assert "not quarantined" in control.release("pump-1")
+    finally:
+        device.close()
+
+
+def test_a_disabled_device_is_disconnected_and_gets_nothing_on_reconnect_until_enabled(fleet, engine_control):
+    engine, control = engine_control
+    device = fleet.device("pump-2").wait_connected()
+    try:
+        engine.subscribe(report_topic("+", "json"))
+        assert "disabled" in control.disable("pump-2")
+        wait_for(lambda: device.ended.is_set(), what="the disabled device's connection to drop")
+        device.close()
+        again = fleet.device("pump-2")
+        again.refused(5) if not again.connected.wait(5) else None
+        if again.connected.is_set():
+            # Mosquitto 2.0 lets a certificate identity complete the MQTT connection: it must get nothing
+            assert again.subscribe(reply_topic("pump-2", "json", "accepted")) == [0x80]
+            again.publish(report_topic("pump-2", "json"), b"from a disabled device")
+            other = fleet.device("pump-1").wait_connected()
+            other.publish(report_topic("pump-1", "json"), b"marker")
+            wait_for(lambda: engine.received(report_topic("pump-1", "json")), what="the marker")
+            other.close()
+            assert engine.received(report_topic("pump-2", "json")) == []
+        again.close()
+        assert "enabled" in control.enable("pump-2")
+        device = fleet.device("pump-2").wait_connected()
+        device.publish(report_topic("pump-2", "json"), b"back")
+        wait_for(lambda: engine.received(report_topic("pump-2", "json")), what="a report after enable")
+    finally:
+        device.close()
+
+
+def test_a_device_cannot_command_the_plugin_nor_read_its_answers(fleet, engine_control):
+    _, control = engine_control
+    device = fleet.device("pump-1").wait_connected()
+    try:
+        device.subscribe(brokercontrol.DYNSEC_RESPONSE_TOPIC, "$CONTROL/#")
+        device.publish(brokercontrol.DYNSEC_COMMAND_TOPIC,
+                       b'{"commands":[{"command":"disableClient","username":"pump-2"},'
+                       b'{"command":"addClientRole","username":"pump-1","rolename":"garrison-admin"}]}')
+        assert brokercontrol.DISABLED_ROLE not in control.client_roles("pump-2")   # the engine's own answer came
+        assert brokercontrol.ADMIN_ROLE not in control.client_roles("pump-1")
+        assert device.received() == []
+    finally:
+        device.close()
