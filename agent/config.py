@@ -179,6 +179,15 @@ OPTIONS: Tuple[Option, ...] = (
     Option("reply_timeout", "float", 30.0, "Seconds to wait for a report's accepted/rejected reply "
            "(`run` then sends it again later, with backoff; `run --once` gives up).",
            minimum=0.1, metavar="SECONDS"),
+    Option("control", "bool", True, "Listen for the engine's reconfiguration requests on the thing's control "
+           "topic (report now, report more often for a while, collectors off/on; MQTT transport only). Requests "
+           "outside the control_* limits are refused and logged; nothing runs commands."),
+    Option("control_min_interval", "float", 10.0, "Shortest interval a control request may set, and the "
+           "least time between two report-now requests.", minimum=1.0, maximum=3600.0, metavar="SECONDS"),
+    Option("control_max_duration", "float", 3600.0, "Longest a control request's temporary interval lasts.",
+           minimum=1.0, maximum=86400.0, metavar="SECONDS"),
+    Option("control_collectors", "list", [], "Collectors a control request may turn off and on again "
+           "(comma-separated); none if empty.", check=_check_collectors, metavar="LIST"),
 )
 BY_NAME: Dict[str, Option] = {opt.name: opt for opt in OPTIONS}
 

@@ -17,8 +17,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from garrison.agent import delivery, interval, report, sdnotify
 from garrison.agent.collect import ReportCollector
 from garrison.agent.config import Config, ConfigError
+from garrison.agent.control import AgentControl
 from garrison.agent.custom import CustomMetricReader
-from garrison.wire import names
+from garrison.wire import names, topics
 from garrison.wire.replies import Reply
 from garrison.agent.spool import Spool
 from garrison.agent.statefile import ReportIds, private_dir, remove_stray_temp_files
@@ -108,6 +109,7 @@ class Daemon:
         self._backoff = delivery.ResendBackoff()
         self._reply_cond = threading.Condition()
         self._watchdog = sdnotify.watchdog_interval()
+        self.control = AgentControl(config, self.collector) if persist_state and config.control else None
         self._last_ping = 0.0
 
     @property
@@ -254,6 +256,8 @@ class Daemon:
     def start(self) -> None:
         if not self._started:
             warn_if_key_exposed(self.config.key)
+            if self.control is not None:
+                self.transport.side_channels[topics.control_topic(self.config.thing)] = self.control.on_message
             self.transport.start(self._on_reply)
             self._started = True
 
@@ -292,6 +296,8 @@ class Daemon:
                 return
             self._stop.wait(min(step, remaining))
             self._ping_watchdog()
+            if self.control is not None and self.control.report_now_due():
+                return
             if self.transport.connected and self.spool.entries():
                 self._guarded(self.flush)
 
@@ -305,7 +311,8 @@ class Daemon:
 
     def next_interval(self) -> float:
         spread = self.config.jitter
-        return self.config.interval * random.uniform(1 - spread, 1 + spread)
+        interval = (self.control.interval(self.config.interval) if self.control else None) or self.config.interval
+        return interval * random.uniform(1 - spread, 1 + spread)
 
     def run_forever(self) -> None:
         """Report every interval until stop(); tells systemd READY, WATCHDOG and STOPPING."""

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
 from garrison.detect.respond import violations
-from garrison.detect.respond.actions import Actions
+from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertMessage
 from garrison.detect.audit.store import record_posture
 from garrison.detect.clock import SystemClock
@@ -74,6 +74,7 @@ class Engine:
         self.config = config or Config()
         self.actions = Actions(self.config.actions, dry_run=self.config.dry_run)
         self.alerts = alerts
+        self.runner = None   # garrison.detect.respond.runner.ActionRunner: carries out pending actions
         self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
         self._dispatch_lock = threading.Lock()
@@ -108,6 +109,8 @@ class Engine:
             record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
             events = self._evaluate(thing, report_long, received_ms)
         self.dispatch_alerts()
+        if events and self.runner is not None:
+            self.runner.wake()
         return events
 
     def _evaluate(self, thing: str, report: Mapping[str, Any], received_ms: int) -> List[Event]:
@@ -255,6 +258,8 @@ class Engine:
             self._due["sweep"] = now + self.config.sweep_interval_s
             self.sweep()
         self.dispatch_alerts()
+        if self.runner is not None:
+            self.runner.wake()
 
     def sweep(self, now_ms: Optional[int] = None) -> List[Event]:
         """Measure the disconnect duration of silent things, then invalidate episodes of silent
@@ -504,6 +509,24 @@ class Engine:
             self._invalidate_stale(self.clock.now_ms())
         self.dispatch_alerts()
         return done
+
+    # ---- responses an operator asks for ------------------------------------------------------
+
+    def respond(self, thing: str, action: Mapping[str, Any], by: str, dry_run: bool = False) -> Dict[str, Any]:
+        """Log an operator's action on `thing` (quarantine, release, disable, enable, run-command,
+        reconfigure; or a group action), as a rule's would be; the runner carries it out. Returns
+        the log entry (its `seq` lets the caller follow the outcome)."""
+        _check_thing_name(thing)
+        try:
+            parsed = parse_action("operator/request", dict(action))
+        except ActionError as exc:
+            raise StoreError(str(exc).replace("actions.'operator/request': ", "")) from None
+        with self.store.transaction():
+            entry = execute_action(self.store, parsed, thing, self.clock.now_ms(),
+                                   dry_run=dry_run or self.config.dry_run or parsed.dry_run, by=by)
+        if self.runner is not None:
+            self.runner.wake()
+        return next(e for e in self.store.list_actions(thing) if e["seq"] == entry["seq"])
 
     # ---- violations ---------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class Transport:
         self._connected = threading.Event()
         self._cancelled = threading.Event()
         self.on_reply: Optional[ReplyHandler] = None
+        self.side_channels: dict = {}   # topic -> handler(payload): the control topic (MQTT transport)
 
     @property
     def connected(self) -> bool:

@@ -156,7 +156,7 @@ class MqttTransport(Transport):
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             pass
-        result, mid = client.subscribe([(topic, 1) for topic in self.reply_topics])
+        result, mid = client.subscribe([(topic, 1) for topic in (*self.reply_topics, *self.side_channels)])
         self._subscribe_mid = mid
 
     def _on_subscribe(self, client, userdata, mid, granted, *rest) -> None:
@@ -173,6 +173,10 @@ class MqttTransport(Transport):
             self._acks.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
+        side = self.side_channels.get(message.topic)
+        if side is not None:
+            side(message.payload)
+            return
         self._deliver(replies.parse(message.topic, message.payload))
 
     # -- publishing ----------------------------------------------------------------------------

@@ -183,6 +183,14 @@ def actions(thing: Optional[str] = ThingFilter, engine=Depends(engine_of)):
     return {"actionExecutions": engine.store.list_actions(thing)}
 
 
+@_route(api, "POST", "/things/{thingName}/responses", models.ActionExecution,
+        "Ask for a response on a thing (quarantine, release, disable, enable, run-command, reconfigure; "
+        "docs/actions.md): logged as pending, carried out by the engine; follow its seq in /mitigation-actions.")
+def respond(body: models.ResponseRequest, thingName: str = ThingName, engine=Depends(engine_of)):
+    action = body.model_dump(exclude={"dryRun"}, exclude_none=True)
+    return engine.respond(thingName, action, by="api", dry_run=body.dryRun)
+
+
 @_route(api, "GET", "/behavior-model-training/summaries", models.TrainingSummaries,
         "ML Detect model status (GetBehaviorModelTrainingSummaries): per ML behavior in summaries, "
         "per thing in thingSummaries (PENDING_BUILD, ACTIVE, EXPIRED).")

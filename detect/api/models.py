@@ -209,6 +209,18 @@ class ActionExecution(Record):
     detail: Optional[str] = None
 
 
+class ResponseRequest(BaseModel):
+    """POST /things/{thingName}/responses: one action, as a profile rule spells it (docs/actions.md)."""
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(examples=["quarantine", "release", "disable", "enable", "run-command", "reconfigure"])
+    dryRun: bool = False
+    group: Optional[str] = Field(None, max_length=128)
+    command: Optional[List[str]] = Field(None, max_length=64)
+    timeout_seconds: Optional[float] = None
+    request: Optional[Dict[str, Any]] = Field(None, examples=[{"request": "report-every", "seconds": 30,
+                                                                "for_seconds": 600}])
+
+
 class ActionExecutionList(Record):
     actionExecutions: List[ActionExecution]
 

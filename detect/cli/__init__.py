@@ -30,6 +30,7 @@ from typing import Any, List, Optional, Sequence
 
 from garrison.detect import config as configuration
 from garrison.detect.respond.actions import ActionError
+from garrison.detect.cli import respond as respond_cli
 from garrison.detect.respond.alerts import AlertConfigError
 from garrison.detect.clock import SystemClock, from_environment
 from garrison.detect.judge.profiles import ProfileError
@@ -321,6 +322,7 @@ def cmd_serve(args) -> int:
     alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
+    runner = respond_cli.start_runner(engine, ingest, args.broker_control)
     api = _start_api(engine, config, args.db)
     from garrison.detect.audit.schedule import Scheduler
     audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
@@ -329,6 +331,7 @@ def cmd_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ingest.start()
+    runner.start()
     deadline = time.monotonic() + 10
     while not (ingest.connected.wait(0.25) or stop.is_set() or time.monotonic() > deadline):
         pass   # a SIGTERM in this first wait must not wait it out
@@ -347,6 +350,7 @@ def cmd_serve(args) -> int:
     finally:
         log.info("stopping")
         ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
+        runner.stop()
         if api:
             api.stop()
         engine.dispatch_alerts()
@@ -396,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='silence after which violations are invalidated (default "2d")')
     serve.add_argument("--strict", action="store_true", help="accept reports only from pre-registered things")
     serve.add_argument("--dry-run", action="store_true", help="mitigation actions only log what they would do")
+    serve.add_argument("--broker-control", action="store_true", help="carry out quarantine, release, disable and "
+                       "enable through the broker's dynamic security plugin (broker-config --dynamic-security)")
     serve.add_argument("--client-id", help="MQTT client id (default garrison-detect)")
     serve.add_argument("--ca", help="CA certificate for the broker's TLS")
     serve.add_argument("--cert", help="client certificate (mutual TLS)")
@@ -484,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from garrison.detect.audit import cli as audit_cli  # the audit commands live with the audit
     audit_cli.add_parser(sub, db_anywhere)
+    respond_cli.add_commands(command, actions_of, action)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

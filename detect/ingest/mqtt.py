@@ -58,13 +58,14 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self.side_channels = {}   # topic -> handler(payload), called on paho's thread (broker control)
 
     # paho callbacks: signatures differ between paho 1.6 and 2.x, hence *rest.
     def _on_connect(self, client, userdata, flags, rc, *rest):
         if getattr(rc, "is_failure", rc != 0):
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
-        client.subscribe([(topic, 1) for topic in ENGINE_SUBSCRIPTIONS])
+        client.subscribe([(topic, 1) for topic in ENGINE_SUBSCRIPTIONS + tuple(self.side_channels)])
         log.info("connected to %s; listening for Device Defender reports", self.url)
         self.connected.set()
 
@@ -74,6 +75,10 @@ class MqttIngest:
             log.warning("lost the broker %s; reconnecting", self.url)
 
     def _on_message(self, client, userdata, msg):
+        side = self.side_channels.get(msg.topic) if self.side_channels else None
+        if side is not None:   # not a report: never queued behind them (the worker may wait on it)
+            side(msg.payload)
+            return
         try:
             self._queue.put_nowait(msg)
             return

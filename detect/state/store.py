@@ -629,6 +629,32 @@ class Store:
                  "action": _loads(r["action"]), "dryRun": bool(r["dry_run"]), "outcome": r["outcome"],
                  "detail": r["detail"]} for r in self._rows(sql, params)]
 
+    def pending_actions(self, limit: int = 100) -> List[Dict[str, Any]]:
+        """Logged actions still to be carried out (garrison.detect.respond.runner), oldest first."""
+        rows = self._rows("SELECT * FROM action_log WHERE outcome = 'pending' ORDER BY seq LIMIT ?", (limit,))
+        return [{"seq": r["seq"], "thingName": r["thing"], "action": _loads(r["action"]),
+                 "violationId": r["violation_id"], "securityProfileName": r["profile"],
+                 "behaviorName": r["behavior"]} for r in rows]
+
+    def claim_action(self, seq: int) -> bool:
+        """Mark a pending action as running; False if another process took it first."""
+        with self.transaction():
+            return self._exec("UPDATE action_log SET outcome = 'running' WHERE seq = ? AND outcome = 'pending'",
+                              (seq,)).rowcount == 1
+
+    def finish_action(self, seq: int, outcome: str, detail: str) -> None:
+        with self.transaction():
+            self._exec("UPDATE action_log SET outcome = ?, detail = ? WHERE seq = ?", (outcome, detail, seq))
+
+    def requeue_running_actions(self) -> int:
+        """After a crash: actions that were running when the process died run again."""
+        with self.transaction():
+            return self._exec("UPDATE action_log SET outcome = 'pending' WHERE outcome = 'running'").rowcount
+
+    def action_outcome(self, seq: int) -> Optional[str]:
+        row = self._one("SELECT outcome FROM action_log WHERE seq = ?", (seq,))
+        return None if row is None else row["outcome"]
+
 
 def loads(text: Optional[str]) -> Any:
     """Decode a JSON column (for garrison.detect.respond.violations)."""
