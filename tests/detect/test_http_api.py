@@ -63,7 +63,7 @@ def test_the_openapi_document_describes_every_route(served):
     assert status == 200 and doc == openapi_document()
     assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert described == routes() and len(described) == 32 and ("POST", "/audit/tasks") in described
+    assert described == routes() and len(described) == 33 and ("POST", "/audit/tasks") in described
 
 
 def test_profiles_violations_and_verification_over_http(served):
