@@ -4,6 +4,7 @@
 Negative checks use a marker (see tests/reliability/test_fleet_security.py): after the forbidden
 message an allowed one goes the same way; once the marker has arrived, the forbidden one would have.
 """
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -139,3 +140,22 @@ def test_a_device_cannot_command_the_plugin_nor_read_its_answers(fleet, engine_c
         assert device.received() == []
     finally:
         device.close()
+
+
+def test_broker_config_cli_keeps_the_plugins_state_on_force(tmp_path):
+    from garrison.detect.ops import brokerconf, pki
+    ca = pki.FleetCA(tmp_path / "pki")
+    ca.init()
+    cert, key = ca.issue_server(["localhost"])
+    argv = ["--dir", str(tmp_path / "out"), "--ca", str(ca.cert_path), "--cert", str(cert), "--key", str(key),
+            "--dynamic-security"]
+    assert brokerconf.main(argv) == 0
+    state = tmp_path / "out" / "dynamic-security" / "dynamic-security.json"
+    doc = json.loads(state.read_text())
+    assert [c["username"] for c in doc["clients"]] == ["garrison-detect"]
+    assert doc["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False,
+                                       "subscribe": False, "unsubscribe": True}
+    state.write_text(state.read_text().replace('"groups": []', '"groups": [{"groupname": "kept"}]'))
+    assert brokerconf.main(argv + ["--force"]) == 0
+    assert "kept" in state.read_text()   # the quarantines in force survive a regenerated config
+    assert "plugin_opt_config_file" in (tmp_path / "out" / "mosquitto.conf").read_text()
