@@ -101,5 +101,5 @@ def start_runner(engine, ingest, broker_control: bool):
     if broker_control:
         control = brokercontrol.BrokerControl(ingest)
         ingest.side_channels[brokercontrol.DYNSEC_RESPONSE_TOPIC] = control.on_response
-    engine.runner = ActionRunner(engine.store, control, publish=ingest.publish)
+    engine.runner = ActionRunner(engine.store, control, publish=ingest.publish, connected=ingest.connected.is_set)
     return engine.runner

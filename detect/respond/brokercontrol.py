@@ -23,9 +23,9 @@ Used by: the quarantine / release / disable / enable actions (garrison.detect.re
 Audit's mitigations should call the same `BrokerControl` rather than speak to the plugin.
 
 The link is anything with `publish(topic, payload, qos)` whose messages on
-DYNSEC_RESPONSE_TOPIC are handed to `BrokerControl.on_response` (serve: the engine's one MQTT
-connection, since a second connection with the same certificate would take over the first;
-`MqttControlLink`: a connection of its own, for tools with an identity of their own).
+DYNSEC_RESPONSE_TOPIC are handed to `BrokerControl.on_response`: in serve, the engine's one MQTT
+connection (garrison.detect.cli.respond.start_runner), since a second connection with the same
+certificate would take over the first.
 """
 import glob
 import json
@@ -220,48 +220,3 @@ class BrokerControl:
             raise
         client = (answer.get("data") or {}).get("client") or {}
         return [r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)]
-
-
-class MqttControlLink:
-    """A connection of its own to the broker for BrokerControl (and control-topic publishes): for
-    a tool whose identity is not the running engine's."""
-
-    def __init__(self, broker_url: str, ca: Optional[str] = None, cert: Optional[str] = None,
-                 key: Optional[str] = None, client_id: str = ""):
-        from garrison.agent.transports.paho_compat import new_client, parse_broker_url
-        host, port, tls, user, password = parse_broker_url(broker_url)
-        self.control: Optional[BrokerControl] = None
-        self.connected = threading.Event()
-        self._client = new_client(client_id or f"garrison-control-{uuid.uuid4().hex[:8]}", clean_session=True)
-        if tls or cert:
-            self._client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-        if user:
-            self._client.username_pw_set(user, password)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = lambda client, userdata, msg: self.control and self.control.on_response(msg.payload)
-        self._client.on_subscribe = lambda *args: self.connected.set()   # the response topic is ours
-        self._client.connect_async(host, port)
-        self._client.loop_start()
-
-    def _on_connect(self, client, userdata, flags, rc, *rest):
-        if not getattr(rc, "is_failure", rc != 0):
-            client.subscribe(DYNSEC_RESPONSE_TOPIC, qos=1)
-
-    def wait_connected(self, timeout: float = 10.0) -> "MqttControlLink":
-        if not self.connected.wait(timeout):
-            raise BrokerControlError(f"could not connect to the broker within {timeout:g} s")
-        return self
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1):
-        return self._client.publish(topic, payload, qos=qos)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def attach(link: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> BrokerControl:
-    """A BrokerControl speaking over `link` (MqttControlLink or the engine's MqttIngest)."""
-    control = BrokerControl(link, timeout_s)
-    link.control = control
-    return control

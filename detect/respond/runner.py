@@ -34,10 +34,11 @@ class ActionRunner:
     the engine's MQTT publish, for reconfiguration requests (None: likewise)."""
 
     def __init__(self, store: Store, broker: Optional[BrokerControl] = None,
-                 publish: Optional[Callable[..., Any]] = None):
+                 publish: Optional[Callable[..., Any]] = None, connected: Callable[[], bool] = lambda: True):
         self.store = store
         self.broker = broker
         self.publish = publish
+        self.connected = connected   # while False, actions that need the broker wait, still pending
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -46,6 +47,9 @@ class ActionRunner:
         """Carry out what is pending now; how many were done."""
         done = 0
         for entry in self.store.pending_actions(limit):
+            needs_broker = entry["action"].get("type") in BROKER_TYPES + (RECONFIGURE,)
+            if needs_broker and (self.broker is not None or self.publish is not None) and not self.connected():
+                continue   # the connection is down: carried out once it is back, not failed
             if self.store.claim_action(entry["seq"]):
                 outcome, detail = self.execute(entry)
                 self.store.finish_action(entry["seq"], outcome, detail)

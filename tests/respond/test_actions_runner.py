@@ -11,6 +11,7 @@ from garrison.detect.respond import runner
 from garrison.detect.respond.actions import ActionError, parse_action
 from garrison.detect.state.store import Store, StoreError
 from garrison.wire.control import ControlRequestError, check_request
+from garrison.wire.topics import control_topic
 
 
 def test_action_rules_are_checked_when_loaded():
@@ -105,3 +106,15 @@ def test_the_agent_applies_requests_only_within_its_limits():
     control.on_message(b'{"request": "report-every", "seconds": 20, "for_seconds": 30}')
     control.on_message(b'{"request": "report-default"}')
     assert control.interval(300) is None
+
+
+def test_actions_that_need_the_broker_wait_while_it_is_away(engine):
+    up = [False]
+    sent = []
+    work = runner.ActionRunner(engine.store, publish=lambda topic, payload, qos: sent.append(topic),
+                               connected=lambda: up[0])
+    entry = engine.respond("cam-2", {"type": "reconfigure", "request": {"request": "report-now"}}, by="api")
+    assert work.run_pending() == 0 and _outcome(engine, entry["seq"])["outcome"] == "pending"
+    up[0] = True
+    assert work.run_pending() == 1 and sent == [control_topic("cam-2")]
+    assert _outcome(engine, entry["seq"])["outcome"] == "sent"
