@@ -13,6 +13,7 @@
     [api]
     bind = "127.0.0.1:8765"
     token_file = "/etc/garrison/api-token"   # or token = "..."
+    metrics_public = false         # true: GET /metrics without the token (for Prometheus)
 
     [alerts]                       # garrison.detect.respond.alerts.targets_from_config
     log = true
@@ -74,6 +75,7 @@ class Config:
     api_bind: Optional[str] = None
     api_token: Optional[str] = None
     api_token_file: Optional[str] = None
+    metrics_public: bool = False            # GET /metrics readable without the API token
     alerts: Any = None                      # None: log + MQTT on the engine's own connection
     actions: Dict[str, Any] = field(default_factory=dict)
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
@@ -137,6 +139,7 @@ class ApiSection(_Section):
     bind: Optional[Annotated[NonEmpty, AfterValidator(_bind)]] = None
     token: Optional[NonEmpty] = None
     token_file: Optional[NonEmpty] = None
+    metrics_public: StrictBool = False
 
 
 class ProfileEntry(_Section):
@@ -204,6 +207,7 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
         fleet_min_devices=parsed.fleet_min_devices, min_report_interval_s=parsed.min_report_interval,
         strict=parsed.strict, dry_run=parsed.dry_run, client_id=parsed.client_id,
         api_bind=parsed.api.bind, api_token=parsed.api.token, api_token_file=parsed.api.token_file,
+        metrics_public=parsed.api.metrics_public,
         alerts=doc.get("alerts"), actions=dict(parsed.actions), ml=dict(parsed.ml), audit=dict(parsed.audit),
         profiles=[(str(base / entry.file), entry.attach) for entry in parsed.profiles])
 

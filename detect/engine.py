@@ -35,6 +35,7 @@ from garrison.detect.respond import violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertMessage
 from garrison.detect.audit.store import record_posture
+from garrison.detect.state.latest import record_latest_report
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
@@ -107,6 +108,7 @@ class Engine:
                 return []  # already applied (QoS 1 redelivery) or older: never apply twice
             self.store.record_report(thing, report_id, received_ms)
             record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
+            record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
             events = self._evaluate(thing, report_long, received_ms)
         self.dispatch_alerts()
         if events and self.runner is not None:

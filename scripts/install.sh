@@ -16,6 +16,10 @@ if [[ "$extras" == *dev* ]]; then
   # scale-out tests: a NATS JetStream cluster (devices' MQTT broker) and PostgreSQL (shared store)
   command -v nats-server >/dev/null || apt_packages+=(nats-server)
   [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_packages+=(postgresql)
+  # the console's browser tests (headless Chromium through Selenium) and the /metrics scrape test
+  command -v chromium >/dev/null || apt_packages+=(chromium)
+  command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
+  command -v prometheus >/dev/null || apt_packages+=(prometheus)
   for pkg in python3-paho-mqtt python3-cbor2 python3-psutil; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_packages+=("$pkg")
   done

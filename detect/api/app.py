@@ -22,6 +22,7 @@ from garrison.detect.api import audit, errors, models
 from garrison.detect.api.auth import require_token, token_matches
 from garrison.detect.api.errors import ApiError
 from garrison.detect.api.guard import BODY_TIMEOUT, BodyGuard
+from garrison.detect import console
 from garrison.wire import names
 
 TITLE = "Garrison detect engine"
@@ -213,10 +214,11 @@ def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
     app.include_router(api)
     app.include_router(audit_routes)
     errors.install(app)
+    console.install(app, engine)  # the browser console under /console, and GET /metrics
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return BodyGuard(app, lambda headers: token_matches(
+    return console.front(app, BodyGuard(app, lambda headers: token_matches(
         next((v.decode("latin-1") for n, v in headers if n == b"authorization"), ""), app.state.token),
-        body_timeout=body_timeout)
+        body_timeout=body_timeout), body_timeout)
 
 
 def _openapi(app: FastAPI) -> Dict[str, Any]:

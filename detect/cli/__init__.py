@@ -252,6 +252,8 @@ def _serve_config(args) -> configuration.Config:
         config.api_token = token
     if args.api_token_file:
         config.api_token_file = args.api_token_file
+    if args.metrics_public:
+        config.metrics_public = True
     return config
 
 
@@ -319,6 +321,8 @@ def cmd_serve(args) -> int:
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         username=user, password=password, now_ms=engine.clock.now_ms)
+    from garrison.detect.console.prometheus import watch_ingest
+    watch_ingest(engine, ingest.ingestor, ingest)  # GET /metrics reads its counters and queue
     alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
@@ -412,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "keep it out of `ps`. Without a token the API uses --api-token-file, generating it "
                        "(mode 0600) if missing")
     serve.add_argument("--api-token-file", metavar="FILE", help="file holding the API token (default DB.api-token)")
+    serve.add_argument("--metrics-public", action="store_true", help="serve GET /metrics (Prometheus) without the "
+                       "API token ([api] metrics_public); the console is at /console on the API's address")
     serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
     serve.set_defaults(func=cmd_serve)
 

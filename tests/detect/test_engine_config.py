@@ -21,7 +21,7 @@ KNOWN_TOP = ("invalidation_period, sweep_interval, disconnect_duration_unit, fle
     ({"client_id": ""}, "client_id: String should have at least 1 character, got ''"),
     ({"colour": 3}, f"unknown setting 'colour' (known: {KNOWN_TOP})"),
     ({"api": {"bind": "localhost"}}, "api.bind: expected HOST:PORT such as 127.0.0.1:8765, got 'localhost'"),
-    ({"api": {"bnd": "x"}}, "api: unknown setting 'bnd' (known: bind, token, token_file)"),
+    ({"api": {"bnd": "x"}}, "api: unknown setting 'bnd' (known: bind, token, token_file, metrics_public)"),
     ({"api": {"token": 5}}, "api.token: Input should be a valid string, got 5"),
     ({"api": "127.0.0.1:1"}, "api: Input should be a valid dictionary or instance of ApiSection, got '127.0.0.1:1'"),
     ({"profiles": [{"attach": "all"}]}, "profiles[0].file: is required"),

@@ -1,0 +1,46 @@
+"""Each thing's latest accepted report, for the console's thing page (listening ports,
+connections and, when the agent sends them, their owning processes).
+
+One row per thing, replaced inside the report's transaction (the engine's hook next to the
+audit's posture): the table stays the size of the fleet. Reports are bounded by the validator
+(128 KB, capped lists), so a row is too. Created here with CREATE TABLE IF NOT EXISTS, like the
+audit's tables, so garrison.detect.state.store's schema is untouched.
+"""
+import json
+import sqlite3
+from typing import Any, Dict, Mapping, Optional
+
+from garrison.detect.state.store import Store, StoreError
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS latest_reports (thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, "
+           "report TEXT NOT NULL)")
+
+
+def _ensure(store: Store) -> None:
+    if getattr(store, "_latest_table", False):
+        return
+    with store._lock:
+        try:  # a plain statement: executescript would commit the caller's transaction
+            store._conn.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create the latest_reports table in {store.path}: {exc}") from None
+    store._latest_table = True
+
+
+def record_latest_report(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
+    """The engine's hook (inside the report's transaction)."""
+    _ensure(store)
+    store._exec("INSERT OR REPLACE INTO latest_reports VALUES (?, ?, ?)",
+                (thing, received_ms, json.dumps(report_long, separators=(",", ":"), default=str)))
+
+
+def latest_report(store: Store, thing: str) -> Optional[Dict[str, Any]]:
+    """{"time_ms", "report"} of the thing's latest accepted report, or None."""
+    _ensure(store)
+    row = store._one("SELECT time_ms, report FROM latest_reports WHERE thing = ?", (thing,))
+    return None if row is None else {"time_ms": row[0], "report": json.loads(row[1])}
+
+
+def forget(store: Store, thing: str) -> None:
+    _ensure(store)
+    store._exec("DELETE FROM latest_reports WHERE thing = ?", (thing,))

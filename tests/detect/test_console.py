@@ -1,0 +1,202 @@
+"""The console (garrison.detect.console) over real HTTP on loopback: sessions, CSRF, pages, the
+chart data, paging a 10,000-thing fleet, and GET /metrics parsed by prometheus-client's parser."""
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from garrison.detect.api.server import ApiServer
+from garrison.detect.clock import ManualClock
+from garrison.detect.config import Config
+from garrison.detect.engine import Engine
+from garrison.detect.state.store import Store
+
+from console_support import Browser
+from engine_support import behavior, profile, validated
+
+TOKEN = "console-test-token"
+PROFILE = profile("Ports", behavior("few-ports", "aws:num-listening-tcp-ports", "less-than", {"count": 3}),
+                  behavior("allowed", "aws:listening-tcp-ports", "in-port-set", {"ports": [22]}))
+
+
+def _served(tmp_path, config=None):
+    clock = ManualClock()
+    engine = Engine(Store(tmp_path / "console.db"), clock, config or Config())
+    return ApiServer(engine, TOKEN, "127.0.0.1", 0).start(), engine, clock
+
+
+@pytest.fixture
+def served(tmp_path):
+    server, engine, clock = _served(tmp_path)
+    yield server, engine, clock
+    server.stop()
+    engine.store.close()
+
+
+def _alarm(engine, clock, thing="cam-1"):
+    engine.apply_profile(PROFILE, attach="all")
+    engine.accept(thing, validated(tcp_ports=[22], report_id=1), clock.now_ms())
+    clock.advance(300)
+    events = engine.accept(thing, validated(tcp_ports=[22, 80, 4444, 8080], report_id=2), clock.now_ms())
+    assert {e.event_type for e in events} == {"in-alarm"}
+    return events
+
+
+def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_the_session(served):
+    server, _, _ = served
+    browser = Browser(server.url)
+    status, headers, _ = browser.get("/console/fleet")
+    assert status == 303 and headers["location"] == "/console/login"
+    status, _, text = browser.post("/console/login", {"token": "wrong"})
+    assert status == 401 and "not the API token" in text and not browser.cookies
+    csrf = browser.sign_in(TOKEN)
+    cookie = browser.last_set_cookie[0] if browser.last_set_cookie else ""
+    status, _, _ = browser.get("/console/fleet")
+    assert status == 200
+    # the cookie's attributes, as the login answer set them
+    login = Browser(server.url)
+    login.post("/console/login", {"token": TOKEN})
+    set_cookie = login.last_set_cookie[0].lower()
+    assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "path=/console" in set_cookie
+    stolen = dict(browser.cookies)
+    # signing out without the CSRF token is refused; with it, the session ends on the server
+    assert browser.post("/console/logout", {})[0] == 403
+    status, headers, _ = browser.post("/console/logout", {"csrf": csrf})
+    assert status == 303 and headers["location"] == "/console/login"
+    replay = Browser(server.url)
+    replay.cookies = stolen               # the old cookie, kept by an attacker: dead
+    assert replay.get("/console/fleet")[0] == 303
+    assert replay.get("/console/api/changes")[0] == 401
+    assert cookie is not None
+
+
+def test_forged_cookies_and_posts_without_csrf_are_refused(served):
+    server, engine, clock = served
+    _alarm(engine, clock)
+    browser = Browser(server.url)
+    csrf = browser.sign_in(TOKEN)
+    sid, _, signature = browser.cookies["garrison_console"].rpartition(".")
+    forged = Browser(server.url)
+    forged.cookies = {"garrison_console": f"{sid}.{'0' * len(signature)}"}
+    assert forged.get("/console/fleet")[0] == 303
+    assert forged.post("/console/things/cam-1/quarantine", {"csrf": csrf})[0] == 401  # no body from strangers
+    violation = engine.active_violations("cam-1")[0]["violationId"]
+    assert browser.post(f"/console/violations/{violation}/verify", {"state": "TRUE_POSITIVE"})[0] == 403
+    assert browser.post(f"/console/violations/{violation}/verify", {"state": "TRUE_POSITIVE", "csrf": "x" + csrf})[0] == 403
+    assert engine.active_violations("cam-1")[0].get("verificationState") is None
+    status, headers, _ = browser.post(f"/console/violations/{violation}/verify",
+                                      {"state": "BENIGN_POSITIVE", "description": "a test port", "csrf": csrf})
+    assert status == 303
+    record = engine.active_violations("cam-1")[0]
+    assert record["verificationState"] == "BENIGN_POSITIVE" and record["verificationStateDescription"] == "a test port"
+    # a bearer token does not stand in for a session (the console is not the API)
+    status, _, _ = Browser(server.url).request("GET", "/console/fleet", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 303
+
+
+def test_pages_show_the_fleet_a_thing_and_its_chart_data(served):
+    server, engine, clock = served
+    _alarm(engine, clock)
+    browser = Browser(server.url)
+    csrf = browser.sign_in(TOKEN)
+    status, _, fleet = browser.get("/console/fleet")
+    assert status == 200
+    assert re.search(r'id="count-alarm">\s*<span class="n">1</span>', fleet)
+    assert 'data-thing="cam-1"' in fleet and "Ports / allowed" in fleet and "Ports / few-ports" in fleet
+    status, _, page = browser.get("/console/things/cam-1")
+    assert status == 200 and "4444" in page and 'id="thing-alarm"' in page
+    url = re.search(r'data-series="([^"]*behavior=few-ports[^"]*)"', page).group(1).replace("&amp;", "&")
+    status, _, body = browser.get(url)
+    data = json.loads(body)
+    assert data["points"] and data["points"][-1]["v"] == 4.0            # the violating datapoint: 4 ports
+    assert data["threshold"]["value"] == 3.0 and data["violations"][0]["end"] is None
+    status, _, text = browser.get("/console/things/nobody")
+    assert status == 404 and "No thing named" in text                     # a clear "not found" page
+    # quarantine and release, through the mitigation action (it lands in the action log)
+    assert browser.post("/console/things/cam-1/quarantine", {"csrf": csrf})[0] == 303
+    assert "quarantine" in engine.store.groups_of("cam-1")
+    assert "quarantined" in browser.get("/console/fleet?state=quarantined")[2]
+    assert browser.post("/console/things/cam-1/release", {"csrf": csrf})[0] == 303
+    assert "quarantine" not in engine.store.groups_of("cam-1")
+    assert [a["outcome"] for a in engine.store.list_actions("cam-1")] == ["done", "done"]
+    for path in ("/console/violations", "/console/violations?status=all&thing=cam-1", "/console/profiles",
+                 "/console/profiles/Ports", "/console/audit"):
+        status, _, text = browser.get(path)
+        assert status == 200, (path, text[:500])
+
+
+def test_profiles_are_validated_and_applied_from_the_console(served):
+    server, engine, _ = served
+    browser = Browser(server.url)
+    csrf = browser.sign_in(TOKEN)
+    bad = dict(PROFILE, behaviors=[behavior("x", "aws:num-listening-tcp-ports", "in-port-set", {"ports": [1]})])
+    status, _, text = browser.post("/console/profiles/submit", {"document": json.dumps(bad), "action": "apply", "csrf": csrf})
+    assert status == 200 and 'class="flash error" id="validation"' in text and engine.list_profiles() == []
+    status, _, text = browser.post("/console/profiles/submit", {"document": json.dumps(PROFILE), "action": "validate",
+                                                                "csrf": csrf})
+    assert "valid: Ports, 2 behavior(s)" in text and engine.list_profiles() == []
+    status, _, text = browser.post("/console/profiles/submit", {"document": json.dumps(PROFILE), "action": "apply",
+                                                                "target": "group:cams", "csrf": csrf})
+    assert status == 200 and "no thing group named &#39;cams&#39;" in text and engine.list_profiles() == []
+    engine.create_group("cams")
+    status, headers, _ = browser.post("/console/profiles/submit", {"document": json.dumps(PROFILE), "action": "apply",
+                                                                   "target": "group:cams", "csrf": csrf})
+    assert status == 303 and engine.list_profiles()[0]["targets"] == ["group:cams"]
+    assert browser.post("/console/profiles/Ports/targets", {"target": "all", "action": "attach", "csrf": csrf})[0] == 303
+    assert sorted(engine.list_profiles()[0]["targets"]) == ["all", "group:cams"]
+
+
+def test_the_fleet_page_pages_10000_things_in_the_database(served):
+    server, engine, clock = served
+    now = clock.now_ms()
+    with engine.store.transaction():
+        engine.store._conn.executemany(
+            "INSERT INTO things (name, registered_ms, last_report_id, last_received_ms, reports) VALUES (?, ?, 1, ?, 1)",
+            [(f"dev-{i:05d}", now, now - (i % 3) * 3600_000) for i in range(10000)])
+    browser = Browser(server.url)
+    browser.sign_in(TOKEN)
+    started = time.monotonic()
+    status, _, page = browser.get("/console/fleet?state=silent&q=dev-09&page=2")
+    elapsed = time.monotonic() - started
+    rows = re.findall(r'data-thing="([^"]+)"', page)
+    # silent: i % 3 != 0 among dev-09000..dev-09999 -> 666 matching, page 3 shows 50 of them
+    assert status == 200 and "666 matching" in page and len(rows) == 50
+    assert rows[0] == "dev-09151" and all(int(r[4:]) % 3 for r in rows)
+    assert elapsed < 2.0, elapsed
+    assert re.search(r'id="count-total">\s*<span class="n">10000</span>', page)
+
+
+def test_metrics_need_the_token_and_parse_as_prometheus_text(served):
+    server, engine, clock = served
+    _alarm(engine, clock)
+    request = urllib.request.Request(server.url + "/metrics")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("garrison_violation_events_total", (("behavior", "allowed"), ("event", "raised"),
+                                                         ("profile", "Ports")))] == 1
+    assert samples[("garrison_active_violations", (("behavior", "few-ports"), ("profile", "Ports")))] == 1
+    assert samples[("garrison_things", (("state", "alarm"),))] == 1
+    assert samples[("garrison_things_total", ())] == 1
+
+
+def test_metrics_can_be_public_when_configured(tmp_path):
+    server, engine, _ = _served(tmp_path, Config(metrics_public=True))
+    try:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+            assert response.status == 200 and b"garrison_things_total 0.0" in response.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:   # the rest of the API still wants the token
+            urllib.request.urlopen(server.url + "/things", timeout=10)
+        assert refused.value.code == 401
+    finally:
+        server.stop()
+        engine.store.close()
