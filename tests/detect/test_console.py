@@ -200,3 +200,31 @@ def test_metrics_can_be_public_when_configured(tmp_path):
     finally:
         server.stop()
         engine.store.close()
+
+
+def test_audit_runs_suppresses_and_mitigates_dry_run_from_the_console(tmp_path):
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("listener 1883 0.0.0.0\nallow_anonymous true\nlog_dest none\n")
+    server, engine, _ = _served(tmp_path, Config(audit={"broker_config": str(conf)}))
+    try:
+        browser = Browser(server.url)
+        csrf = browser.sign_in(TOKEN)
+        assert "No audit has run yet" in browser.get("/console/audit")[2]
+        status, headers, _ = browser.post("/console/audit/run", {"csrf": csrf})
+        assert status == 303
+        task = headers["location"].split("task=")[1]
+        page = browser.get(headers["location"])[2]
+        assert "BROKER_ANONYMOUS_ACCESS_CHECK" in page and "CRITICAL" in page
+        status, _, _ = browser.post("/console/audit/mitigate", {"csrf": csrf, "task": task, "apply": "no",
+                                                                 "check": "LOGGING_DISABLED_CHECK", "action": "ENABLE_IOT_LOGGING"})
+        assert status == 303
+        page = browser.get(f"/console/audit?task={task}")[2]
+        assert "dry run:" in page and "log_dest none" in conf.read_text()        # nothing changed
+        key = re.search(r'name="check" value="BROKER_ANONYMOUS_ACCESS_CHECK"><input type="hidden" name="resource" '
+                        r'value="([^"]+)"', page).group(1)
+        assert browser.post("/console/audit/suppress", {"csrf": csrf, "task": task, "check": "BROKER_ANONYMOUS_ACCESS_CHECK",
+                                                         "resource": key})[0] == 303
+        assert "BROKER_ANONYMOUS_ACCESS_CHECK: " + key in browser.get("/console/audit")[2]
+    finally:
+        server.stop()
+        engine.store.close()

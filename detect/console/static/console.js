@@ -38,7 +38,12 @@
         xs.push(p.t); ys.push(p.v); th.push(limit);
         marks.push(inside(p.t, data.violations || []) ? p.v : null);
       });
-      var series = [{}, {label: "value", stroke: "#2563eb", width: 2, points: {show: true, size: 5}}];
+      // without a metric history the points are only the datapoints that started or ended an
+      // alarm: no line between them (it would suggest values nobody measured)
+      var sparse = data.source !== "metric-history";
+      var value = {label: "value", stroke: "#2563eb", width: 2, points: {show: true, size: sparse ? 7 : 5}};
+      if (sparse) value.paths = function () { return null; };
+      var series = [{}, value];
       var columns = [xs, ys];
       if (limit !== null) {
         series.push({label: "threshold " + (data.threshold.operator || ""), stroke: "#d97706", dash: [6, 4], width: 1.5, points: {show: false}});
