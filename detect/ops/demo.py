@@ -7,10 +7,15 @@ opens TCP port 4444 on 127.0.0.1, a port the profile forbids (NoBackdoorListener
 report raises an alarm; then it closes the port and the alarm clears. Ctrl-C (or --duration)
 stops everything. Nothing listens beyond 127.0.0.1. Before the fleet starts, it audits a
 demo fleet PKI in which one device certificate expires in 10 days, and prints the finding.
+The engine serves its console at http://127.0.0.1:8765/console/ (or the next free port); the
+demo prints the address and the sign-in token, so the fleet page shows the demo device going
+into alarm and clearing.
 """
 import argparse
 import json
+import os
 import queue
+import secrets
 import shutil
 import signal
 import socket
@@ -48,9 +53,24 @@ def _parser() -> argparse.ArgumentParser:
                         help="open the forbidden port after N accepted reports (default 2)")
     parser.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
                         help="which local broker to start (default: mosquitto if installed)")
+    parser.add_argument("--console-port", type=int, default=8765, metavar="PORT",
+                        help="serve the console (and the HTTP API) on 127.0.0.1:PORT (default 8765; a free "
+                             "port if it is taken)")
     parser.add_argument("--workdir", help="keep the database, state and logs here (default: a temporary "
                                           "directory, removed at the end)")
     return parser
+
+
+def _console_port(preferred: int) -> int:
+    """`preferred` if it is free on 127.0.0.1, else one the kernel picks."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise DemoError("no free port for the console")
 
 
 def _trip_port() -> int:
@@ -62,10 +82,10 @@ def _trip_port() -> int:
 class Child:
     """A child process whose output goes to a log file we can show when it fails."""
 
-    def __init__(self, name: str, argv: List[str], log_path: Path):
+    def __init__(self, name: str, argv: List[str], log_path: Path, env: Optional[dict] = None):
         self.name, self.argv, self.log_path = name, argv, log_path
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
     def log_tail(self, lines: int = 8) -> str:
         try:
@@ -137,11 +157,16 @@ class Demo:
         self.say(f"profile: {applied.stdout.strip()}")
         self.audit(detect, db)
         self.watcher = Watcher(self.broker.url, self.args.thing)
+        port = _console_port(self.args.console_port)
+        token = secrets.token_urlsafe(16)  # handed to serve in its environment, not on its command line
         engine = Child("engine", detect + ["serve", "--broker", self.broker.url, "--db", str(db),
-                                           "--min-report-interval", "5"], self.workdir / "engine.log")
+                                           "--min-report-interval", "5", "--api-bind", f"127.0.0.1:{port}"],
+                       self.workdir / "engine.log", env=dict(os.environ, GARRISON_API_TOKEN=token))
         self.children.append(engine)
         engine.wait_for_log(ENGINE_READY, 30)
         self.say(f"engine: running (log: {engine.log_path})")
+        self.console_url = f"http://127.0.0.1:{port}/console/"
+        self.say(f"console: {self.console_url}  (sign in with the token {token})")
         agent = Child("agent", [sys.executable, "-m", "garrison.agent.cli", "run", "--broker", self.broker.url,
                                 "--thing", self.args.thing, "--interval", f"{self.args.interval:g}",
                                 "--state-dir", str(self.workdir / "agent-state")],

@@ -1,18 +1,32 @@
 """garrison-detect demo end to end: real broker, engine and agent processes; an alarm is seen."""
+import re
 import subprocess
 import sys
 
 import pytest
 
 from garrison.detect.ops import demo
+from console_support import Browser
+from fixtures import free_port
 
 
 def test_demo_raises_and_clears_the_alarm(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "garrison.detect.ops.demo", "--duration", "30", "--interval", "6",
-                           "--trip-after", "1", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "garrison.detect.ops.demo", "--duration", "30", "--interval", "6",
+                             "--trip-after", "1", "--workdir", str(tmp_path), "--console-port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # the console's address and token, then the device on its fleet page
+        lines.append(line)
+        if "reply  demo-device" in line:
+            break
+    console = next(re.search(r"console: (\S+)\s+\(sign in with the token (\S+)\)", line) for line in lines
+                   if "console: " in line)
+    browser = Browser(console.group(1).split("/console/")[0])
+    browser.sign_in(console.group(2))
+    assert 'data-thing="demo-device"' in browser.get("/console/fleet")[2]
+    rest, err = proc.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out + err
     assert "report" in out and "accepted" in out and " 0 rejected" in out
     assert "audit: DEVICE_CERTIFICATE_EXPIRING_CHECK MEDIUM on demo-expiring" in out, out
     assert "ALARM   demo-device: demo/NoBackdoorListener in-alarm" in out, out
