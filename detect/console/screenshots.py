@@ -6,7 +6,8 @@
     python3 -m garrison.detect.console.screenshots OUTDIR --url http://127.0.0.1:8765 --token TOKEN
         the pages of a running engine (`serve`, `demo`) instead; --thing names the thing to show.
 
-Writes fleet.png, thing.png, violations.png, profiles.png, profile.png, audit.png, login.png.
+--size WxH sets the window, --viewport-only photographs it instead of the whole page (the README's
+picture: --size 1280x800 --viewport-only). Writes fleet.png, thing.png, violations.png, profiles.png, profile.png, audit.png, login.png.
 """
 import argparse
 import json
@@ -92,14 +93,15 @@ def sample_engine(workdir: Path):
     return engine
 
 
-def shoot(url: str, token: str, outdir: Path, thing: str, profile: str) -> List[Path]:
+def shoot(url: str, token: str, outdir: Path, thing: str, profile: str, width: int = 1440, height: int = 1000,
+          full_page: bool = True) -> List[Path]:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     from garrison.detect.console.browser import Browser
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    with Browser(1440, 1000) as b:
+    with Browser(width, height) as b:
         d = b.driver
         d.get(url + "/console/login")
         written.append(outdir / "login.png")
@@ -116,12 +118,13 @@ def shoot(url: str, token: str, outdir: Path, thing: str, profile: str) -> List[
                 WebDriverWait(d, 15).until(lambda _: all(
                     f.get_attribute("data-drawn") or f.get_attribute("data-points") == "0" or f.get_attribute("data-error")
                     for f in d.find_elements(By.CSS_SELECTOR, "figure.chart")))
-            height = d.execute_script("return document.documentElement.scrollHeight")
-            d.set_window_size(1440, min(max(1000, height), 3000))
-            time.sleep(0.2)  # one frame for the resize to lay out
+            if full_page:
+                page_height = d.execute_script("return document.documentElement.scrollHeight")
+                d.set_window_size(width, min(max(height, page_height), 3000))
+                time.sleep(0.2)  # one frame for the resize to lay out
             written.append(outdir / f"{name}.png")
             d.save_screenshot(str(written[-1]))
-            d.set_window_size(1440, 1000)
+            d.set_window_size(width, height)
     return written
 
 
@@ -133,7 +136,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--token", help="its API token (with --url)")
     parser.add_argument("--thing", default="cam-001", help="the thing whose page to photograph")
     parser.add_argument("--profile", default="Cameras", help="the profile whose page to photograph")
+    parser.add_argument("--size", default="1440x1000", metavar="WxH", help="the browser window (default 1440x1000)")
+    parser.add_argument("--viewport-only", action="store_true", help="photograph the window, not the whole page")
     args = parser.parse_args(argv)
+    try:
+        width, height = (int(n) for n in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size: expected WIDTHxHEIGHT, got {args.size!r}")
+    view = dict(width=width, height=height, full_page=not args.viewport_only)
     from garrison.detect.console.browser import available
     problem = available()
     if problem:
@@ -142,14 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.url:
         if not args.token:
             parser.error("--url needs --token")
-        written = shoot(args.url.rstrip("/"), args.token, args.outdir, args.thing, args.profile)
+        written = shoot(args.url.rstrip("/"), args.token, args.outdir, args.thing, args.profile, **view)
     else:
         from garrison.detect.api.server import ApiServer
         with tempfile.TemporaryDirectory(prefix="garrison-screenshots-") as tmp:
             engine = sample_engine(Path(tmp))
             server = ApiServer(engine, "screenshots", "127.0.0.1", 0).start()
             try:
-                written = shoot(server.url, "screenshots", args.outdir, args.thing, args.profile)
+                written = shoot(server.url, "screenshots", args.outdir, args.thing, args.profile, **view)
             finally:
                 server.stop()
                 engine.store.close()
