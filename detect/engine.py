@@ -35,7 +35,7 @@ from garrison.detect.respond import violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertMessage
 from garrison.detect.audit.store import record_posture
-from garrison.detect.state.latest import record_latest_report
+from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
@@ -485,6 +485,7 @@ class Engine:
         with self.store.transaction():
             if not self.store.delete_thing(name):
                 raise NotFound(f"no thing named {name!r}")
+            forget_latest_report(self.store, name)
             self._invalidate_stale(self.clock.now_ms())
         self.dispatch_alerts()
         return True

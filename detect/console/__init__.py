@@ -6,10 +6,13 @@ puts the console's request guard (garrison.detect.console.guard) beside the API'
 Everything the pages load is in this package (templates/, static/: uPlot, our script and style).
 """
 from garrison.detect.console import guard, prometheus, web
+from garrison.detect.state.latest import ensure_table
 
 
 def install(app, engine) -> None:
     config = getattr(engine, "config", None)
+    if engine is not None:
+        ensure_table(engine.store)  # outside any transaction: settled once (garrison.detect.state.latest)
     web.install(app)
     prometheus.install(app, engine, bool(getattr(config, "metrics_public", False)), web.SILENT_AFTER_S,
                        lambda: web._quarantine_groups(engine))

@@ -51,8 +51,10 @@ class Sessions:
             self._sessions[session.sid] = session
         return session, f"{session.sid}.{self._sign(session.sid)}"
 
-    def get(self, cookie: Optional[str]) -> Optional[Session]:
-        """The live session a cookie names, or None (unsigned, unknown, expired or ended)."""
+    def get(self, cookie: Optional[str], touch: bool = True) -> Optional[Session]:
+        """The live session a cookie names, or None (unsigned, unknown, expired or ended).
+        `touch`: the request is the operator's doing (the live refresh's polling is not, so an
+        open tab left alone still reaches the idle expiry)."""
         if not cookie or "." not in cookie:
             return None
         sid, _, signature = cookie.rpartition(".")
@@ -66,7 +68,8 @@ class Sessions:
             if now - session.created > self.lifetime_s or now - session.last_seen > self.idle_s:
                 del self._sessions[sid]
                 return None
-            session.last_seen = now
+            if touch:
+                session.last_seen = now
             return session
 
     def end(self, session: Session) -> None:

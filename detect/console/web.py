@@ -67,8 +67,8 @@ class SignIn(Exception):
     """No live session: a page redirects to the sign-in form."""
 
 
-def _session(request: Request) -> Session:
-    session = request.app.state.console_sessions.get(request.cookies.get(COOKIE))
+def _session(request: Request, touch: bool = True) -> Session:
+    session = request.app.state.console_sessions.get(request.cookies.get(COOKIE), touch)
     if session is None:
         raise SignIn()
     return session
@@ -431,7 +431,7 @@ async def audit_post(request: Request, what: str):
 
 @router.get("/api/changes")
 def changes(request: Request):
-    _session(request)
+    _session(request, touch=False)
     return {"mark": queries.change_mark(request.app.state.engine.store)}
 
 

@@ -16,7 +16,11 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS latest_reports (thing TEXT PRIMARY KEY, t
            "report TEXT NOT NULL)")
 
 
-def _ensure(store: Store) -> None:
+def ensure_table(store: Store) -> None:
+    """Create the table if needed. Remembered only when created outside a transaction: one that
+    rolls back (a report that failed) takes the CREATE with it, so inside one it is re-checked
+    (CREATE TABLE IF NOT EXISTS: a schema lookup) until a call outside one, such as the console's
+    start, settles it."""
     if getattr(store, "_latest_table", False):
         return
     with store._lock:
@@ -24,23 +28,24 @@ def _ensure(store: Store) -> None:
             store._conn.execute(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the latest_reports table in {store.path}: {exc}") from None
-    store._latest_table = True
+        if not store._conn.in_transaction:
+            store._latest_table = True
 
 
 def record_latest_report(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
     """The engine's hook (inside the report's transaction)."""
-    _ensure(store)
+    ensure_table(store)
     store._exec("INSERT OR REPLACE INTO latest_reports VALUES (?, ?, ?)",
                 (thing, received_ms, json.dumps(report_long, separators=(",", ":"), default=str)))
 
 
 def latest_report(store: Store, thing: str) -> Optional[Dict[str, Any]]:
     """{"time_ms", "report"} of the thing's latest accepted report, or None."""
-    _ensure(store)
+    ensure_table(store)
     row = store._one("SELECT time_ms, report FROM latest_reports WHERE thing = ?", (thing,))
     return None if row is None else {"time_ms": row[0], "report": json.loads(row[1])}
 
 
 def forget(store: Store, thing: str) -> None:
-    _ensure(store)
+    ensure_table(store)
     store._exec("DELETE FROM latest_reports WHERE thing = ?", (thing,))

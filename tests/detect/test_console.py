@@ -228,3 +228,28 @@ def test_audit_runs_suppresses_and_mitigates_dry_run_from_the_console(tmp_path):
     finally:
         server.stop()
         engine.store.close()
+
+
+def test_sessions_expire_on_the_server_and_polling_does_not_keep_them_alive():
+    from garrison.detect.console.sessions import Sessions
+    now = [1000.0]
+    sessions = Sessions(lifetime_s=100, idle_s=10, clock=lambda: now[0])
+    session, cookie = sessions.create()
+    now[0] += 8
+    assert sessions.get(cookie, touch=False) is session       # the live refresh polls...
+    now[0] += 8
+    assert sessions.get(cookie) is None                        # ...but 16 s without the operator: idle
+    session, cookie = sessions.create()
+    for _ in range(11):                                        # active all along, still ends at 100 s
+        now[0] += 9
+        assert (sessions.get(cookie) is not None) == (now[0] - session.created <= 100)
+    assert sessions.get(cookie.replace(".", ".0", 1)) is None and sessions.get("nodot") is None
+
+
+def test_a_deleted_thing_takes_its_latest_report_along(served):
+    from garrison.detect.state.latest import latest_report
+    server, engine, clock = served
+    _alarm(engine, clock)
+    assert latest_report(engine.store, "cam-1")["report"]["header"]["report_id"] == 2
+    engine.delete_thing("cam-1")
+    assert latest_report(engine.store, "cam-1") is None
