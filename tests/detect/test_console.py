@@ -55,8 +55,9 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_the_session(ser
     assert status == 401 and "not the API token" in text and not browser.cookies
     csrf = browser.sign_in(TOKEN)
     cookie = browser.last_set_cookie[0] if browser.last_set_cookie else ""
-    status, _, _ = browser.get("/console/fleet")
-    assert status == 200
+    status, headers, _ = browser.get("/console/fleet")
+    assert status == 200 and headers["x-frame-options"] == "DENY"
+    assert "script-src 'self'" in headers["content-security-policy"] and headers["cache-control"] == "no-store"
     # the cookie's attributes, as the login answer set them
     login = Browser(server.url)
     login.post("/console/login", {"token": TOKEN})
