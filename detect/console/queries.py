@@ -139,6 +139,14 @@ def violation_dict(r) -> Dict[str, Any]:
             "info": _loads(r["additional_info"])}
 
 
+def recent_actions(store: Store, thing: str, limit: int = 10) -> List[Dict[str, Any]]:
+    """The thing's latest mitigation actions (rules' and operators'), newest first."""
+    rows = store._rows("SELECT seq, time_ms, action, dry_run, outcome, detail FROM action_log WHERE thing = ? "
+                       "ORDER BY seq DESC LIMIT ?", (thing, limit))
+    return [{"seq": r["seq"], "time_ms": r["time_ms"], "action": _loads(r["action"]), "dryRun": bool(r["dry_run"]),
+             "outcome": r["outcome"], "detail": r["detail"]} for r in rows]
+
+
 def change_mark(store: Store) -> str:
     """Changes whenever a report is accepted or a violation event is recorded (the live refresh)."""
     row = store._one("SELECT (SELECT MAX(last_received_ms) FROM things), (SELECT MAX(seq) FROM violation_events), "

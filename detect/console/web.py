@@ -25,7 +25,6 @@ from garrison.detect.audit import http as audit_http
 from garrison.detect.console import queries, series
 from garrison.detect.console.sessions import COOKIE, Session, Sessions
 from garrison.detect.judge.profiles import ProfileError, load_profile
-from garrison.detect.respond.actions import Action, execute
 from garrison.detect.respond.violations import VERIFICATION_STATES
 from garrison.detect.state.latest import latest_report
 from garrison.detect.state.store import StoreError
@@ -212,7 +211,8 @@ def thing_page(request: Request, thing: str):
                    charts=charts, violations=violations, groups=groups,
                    profiles=engine.store.profiles_for_thing(thing), quarantined=[g for g in groups if g in quarantine],
                    quarantine_group=quarantine[0], states=VERIFICATION_STATES,
-                   events=queries.recent_events(engine.store, 50, thing=thing))
+                   events=queries.recent_events(engine.store, 50, thing=thing),
+                   actions=queries.recent_actions(engine.store, thing))
 
 
 def _owner(item: Dict[str, Any]) -> str:
@@ -266,27 +266,39 @@ def thing_series(request: Request, thing: str, profile: str, behavior: str):
 
 @router.post("/things/{thing}/quarantine")
 async def quarantine(request: Request, thing: str):
-    return await _group_action(request, thing, "add-thing-to-group")
+    return await _respond(request, thing, {"type": "add-thing-to-group", "group": _quarantine_groups(request.app.state.engine)[0]})
 
 
 @router.post("/things/{thing}/release")
 async def release(request: Request, thing: str):
-    return await _group_action(request, thing, "remove-thing-from-group")
+    return await _respond(request, thing, {"type": "remove-thing-from-group",
+                                           "group": _quarantine_groups(request.app.state.engine)[0]})
 
 
-async def _group_action(request: Request, thing: str, kind: str):
-    """Quarantine / release through the mitigation action (written to the action log, as the
-    engine's own actions are)."""
+@router.post("/things/{thing}/broker/{verb}")
+async def broker_response(request: Request, thing: str, verb: str):
+    """The broker's quarantine / release (reports and replies only), carried out by the engine's
+    action runner after the request is logged (docs/actions.md)."""
+    if verb not in ("quarantine", "release"):
+        return Response(status_code=404)
+    return await _respond(request, thing, {"type": verb})
+
+
+async def _respond(request: Request, thing: str, action: Dict[str, Any]):
+    """An operator's response through the engine facade (Engine.respond: written to the action
+    log as the engine's own actions are, `by` console)."""
     session = _session(request)
     await _form(request, session)
     engine = request.app.state.engine
     back = f"{PREFIX}/things/{quote(thing)}"
     if engine.store.last_report(thing) is None:
         return _back(request, session, back, "error", f"no thing named {thing}")
-    done = execute(engine.store, Action(kind, _quarantine_groups(engine)[0]), thing, engine.clock.now_ms(),
-                   dry_run=engine.config.dry_run)
-    kind_of = "error" if done["outcome"] == "failed" else "ok"
-    return _back(request, session, back, kind_of, f"{done['detail']}: {done['outcome']}")
+    try:
+        done = engine.respond(thing, action, by="console")
+    except StoreError as exc:
+        return _back(request, session, back, "error", str(exc))
+    kind_of = "error" if done.get("outcome") == "failed" else "ok"
+    return _back(request, session, back, kind_of, f"{done.get('detail')}: {done.get('outcome')}")
 
 
 # ---- violations ---------------------------------------------------------------------------------
