@@ -261,3 +261,28 @@ def test_a_deleted_thing_takes_its_latest_report_along(served):
     assert latest_report(engine.store, "cam-1")["report"]["header"]["report_id"] == 2
     engine.delete_thing("cam-1")
     assert latest_report(engine.store, "cam-1") is None
+
+
+def test_charts_read_the_metric_history_when_the_engine_keeps_one(tmp_path):
+    """The swap to ListMetricValues (Engine.list_metric_values, branch broker) is one function:
+    an engine that has it is read page by page, AWS MetricValues plotted as numbers."""
+    from garrison.detect.console import series
+
+    class WithHistory:
+        store = Store(tmp_path / "h.db")
+        asked = []
+
+        def list_metric_values(self, thing, metric, start_s=None, next_token=None):
+            self.asked.append((thing, metric, start_s, next_token))
+            if next_token is None:
+                return {"metricDatumList": [{"timestamp": 100.0, "value": {"count": 2}},
+                                            {"timestamp": 400.0, "value": {"ports": [22, 80, 443]}}], "nextToken": "p2"}
+            return {"metricDatumList": [{"timestamp": 700.0, "value": {"number": 1.5}}]}
+
+    engine = WithHistory()
+    data = series.metric_points(engine, "cam-1", "aws:num-listening-tcp-ports", "P", "b", since_ms=50_000)
+    assert data == {"source": "metric-history", "points": [{"t": 100.0, "v": 2.0}, {"t": 400.0, "v": 3.0},
+                                                            {"t": 700.0, "v": 1.5}]}
+    assert engine.asked == [("cam-1", "aws:num-listening-tcp-ports", 50.0, None),
+                            ("cam-1", "aws:num-listening-tcp-ports", 50.0, "p2")]
+    engine.store.close()
