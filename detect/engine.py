@@ -277,6 +277,8 @@ class Engine:
         return events
 
     def _stale_reason(self, row, applicable: List[str], silent_before_ms: Optional[int]) -> Optional[str]:
+        if row["thing"] == mlbridge.FLEET_THING:
+            return None  # an ML fleet notice: its detector clears it
         last = self.store.last_report(row["thing"])
         if last is None:
             return THING_DELETED
@@ -482,7 +484,10 @@ class Engine:
         return [Event.from_row(row).to_record() for row in rows]
 
     def verify(self, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:
-        return violations.verify(self.store, violation_id, state, description)
+        record = violations.verify(self.store, violation_id, state, description)
+        if self.ml is not None:  # FALSE/BENIGN_POSITIVE teach an ML behavior's device model
+            self.ml.feedback(record, state)
+        return record
 
 
 def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> bool:
