@@ -130,14 +130,15 @@ def simulate(args, harder=False):
             episodes.append((device, kind, METRICS[2], begin, end))
     new = np.zeros(devices, bool)
     new[args.devices:] = True
-    # Feedback: the 16 quietest (noise < 0.2) odd established devices run a nightly job from week
+    # Feedback: the 16 (fewer in small fleets) quietest (noise < 0.2) odd established devices run a nightly job from week
     # 3 on, x4 bytes-out for 30 min at 02:00: 8 of them a benign backup (verified BENIGN_POSITIVE
     # an hour after its first alarm), 8 an attacker's nightly upload (verified TRUE_POSITIVE).
     # Not counted as clean.
     roles = {}
     odd = [d for d in range(1, args.devices, 2) if noise[d] < 0.2]
-    if len(odd) >= 16:
-        for k, device in enumerate(sorted(odd, key=lambda d: noise[d])[:16]):
+    count = min(16, len(odd) // 2 * 2)
+    if count >= 4:
+        for k, device in enumerate(sorted(odd, key=lambda d: noise[d])[:count]):
             roles[device] = "benign" if k % 2 == 0 else "attack"
             for day in range(start // PER_DAY, points // PER_DAY):
                 at = day * PER_DAY + 2 * 12
@@ -249,8 +250,11 @@ def fleet_filter(fleet, verdicts, directions, config):
                     sub = kept[rows]
                     sub[hit] = False
                     kept[rows] = sub
-                    opened = np.flatnonzero(event & ~np.concatenate(([False], event[:-1])))
-                    notices[level] += [(kind, metric, sign, int(i)) for i in opened]
+                    # one notice per run of event intervals no more than fleet_event_clear_s apart
+                    hold = max(1, config.fleet_event_clear_s // STEP_S)
+                    at = np.flatnonzero(event)
+                    opened = [int(b) for a, b in zip(np.concatenate(([-10**9], at[:-1])), at) if b - a > hold]
+                    notices[level] += [(kind, metric, sign, i) for i in opened]
             out[level][metric] = kept
     return out, notices, absorbed
 
@@ -421,7 +425,7 @@ def run_fleet(args, harder, levels):
         if fleet.roles:
             for role, (before, after, nights, learned) in feedback.items():
                 print(f"  feedback, nightly x4 job verified {'BENIGN_POSITIVE' if role == 'benign' else 'TRUE_POSITIVE'}"
-                      f" at its first MEDIUM alarm ({role}, 8 devices): alarmed nights before verification "
+                      f" at its first MEDIUM alarm ({role}, {len(fleet.roles) // 2} devices): alarmed nights before verification "
                       f"{before}, after {after} of {nights} (model learned: {', '.join(learned)})")
         print(f"  ({spent:.0f} s)")
     return fleet, extra
@@ -443,8 +447,13 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override an MLConfig setting of this version (tuning), e.g. shift_rate=0.05")
     args = parser.parse_args()
-    args.set = {key: float(value) if "." in value or "e" in value else int(value)
-                for key, value in (item.split("=", 1) for item in args.set)}
+    overrides = {}
+    for key, value in (item.split("=", 1) for item in args.set):
+        if key.startswith("bands."):        # bands.MEDIUM=5.0,1.3
+            overrides.setdefault("bands", dict(MLConfig().bands))[key[6:]] = tuple(map(float, value.split(",")))
+        else:
+            overrides[key] = float(value) if "." in value or "e" in value else int(value)
+    args.set = overrides
     if args.quick:
         args.devices, args.new_devices, args.memory_models = 80, 16, 1000
     if args.weeks < 3 or args.devices < 2:

@@ -14,7 +14,7 @@ a violation of the pseudo-thing FLEET_THING ("$fleet", no real thing name has a 
 profile and behavior, in-alarm when the event starts and alarm-cleared when it is over; its
 additional info says how many devices deviated, in which direction, and why. A lone device still
 alarms. `feedback` is the verification hook: FALSE_POSITIVE / BENIGN_POSITIVE teach the device's
-model (Model.teach); TRUE_POSITIVE and UNKNOWN teach nothing.
+model (Model.teach); TRUE_POSITIVE guards it from ever learning the attack; UNKNOWN does nothing.
 """
 import logging
 import math
@@ -23,7 +23,7 @@ from collections.abc import MutableMapping
 from typing import Any, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from detect import violations
-from detect.store import Store
+from detect.store import Store, loads
 
 log = logging.getLogger("garrison.ml")
 
@@ -60,7 +60,8 @@ class _StoredStates(MutableMapping):
 
 
 FLEET_THING = "$fleet"
-TEACHING_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE")
+TEACHING_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE")     # the datapoint was normal
+GUARDING_STATES = ("TRUE_POSITIVE",)                        # it was an attack: never learn it
 LASTING_S = 1800    # a benign violation still open after this long is a new normal level
 
 
@@ -119,30 +120,41 @@ class MlRegistry:
         """A violation was verified: FALSE_POSITIVE or BENIGN_POSITIVE on an ML behavior teaches
         the device's model that its datapoint was normal (Model.teach: the band widens around that
         hour, or the new level is learned when the violation had lasted LASTING_S and is still
-        open). TRUE_POSITIVE (and UNKNOWN) never teach: an attack stays an anomaly. Returns
-        what was learned ("band", "level") or "" (nothing)."""
+        open). TRUE_POSITIVE never teaches acceptance: it guards the model from learning datapoints
+        as large as the attack (a recurring attack keeps alarming); UNKNOWN does nothing. Returns
+        what changed ("band", "level", "guard") or "" (nothing)."""
         behavior = record.get("behavior") or {}
         criteria = behavior.get("criteria") or {}
         thing = record.get("thingName")
-        if "mlDetectionConfig" not in criteria or thing == FLEET_THING or state not in TEACHING_STATES:
+        if "mlDetectionConfig" not in criteria or thing == FLEET_THING or state not in TEACHING_STATES + GUARDING_STATES:
             return ""
-        info = record.get("violationEventAdditionalInfo") or {}
-        value = info.get("value", record.get("lastViolationValue"))
-        at_s = record.get("lastViolationTime")
-        if not isinstance(value, (int, float)) or not isinstance(at_s, (int, float)):
-            return ""
-        lasting = bool(record.get("active", True)) and at_s - (record.get("violationStartTime") or at_s) >= LASTING_S
         profile, name = record["securityProfileName"], behavior.get("name")
+        # The datapoints to teach: the one that raised the alarm (its in-alarm event) and, while
+        # the violation is open, the latest violating one (an ended violation's record holds the
+        # datapoint that cleared it, which was normal).
+        points = [(loads(row["additional_info"]) or {}, row["time_ms"])
+                  for row in self.store.list_events(thing=thing, profile=profile)
+                  if row["violation_id"] == record.get("violationId") and row["event_type"] == violations.IN_ALARM]
+        latest = record.get("violationEventAdditionalInfo") or {}
+        if record.get("active", True) and latest.get("anomalous") and record.get("lastViolationTime"):
+            points.append((latest, int(record["lastViolationTime"] * 1000)))
+        start_s = record.get("violationStartTime") or 0
+        lasting = bool(record.get("active", True)) and (record.get("lastViolationTime") or 0) - start_s >= LASTING_S
+        learned = ""
         with self.store.transaction():
             models = self._models(profile, name)
             if thing not in models.states:
                 return ""
             model = models.model(thing)
-            learned = model.teach(float(value), int(at_s * 1000), lasting=lasting)
+            for info, at_ms in points:
+                if isinstance(info.get("value"), (int, float)) and info.get("anomalous"):
+                    learned = model.teach(float(info["value"]), int(at_ms), benign=state in TEACHING_STATES,
+                                          lasting=lasting) or learned
             if learned:
                 models.states[thing] = model.to_state()
         log.info("violation %s of %s (%s/%s) verified %s: the model learned %s", record.get("violationId"),
-                 thing, profile, name, state, {"band": "a wider band", "level": "a new level"}.get(learned, "nothing"))
+                 thing, profile, name, state, {"band": "a wider band", "level": "a new level",
+                                               "guard": "never to learn it"}.get(learned, "nothing"))
         return learned
 
     def status(self, profile: str, behavior: str, now_ms: int) -> str:

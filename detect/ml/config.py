@@ -16,8 +16,15 @@ SUPPORTED_METRICS = (
 
 # Band half-widths, in robust standard deviations of the device's own prediction error (log
 # space), per confidence level: (single datapoint, sustained shift of the recent average).
-# HIGH confidence = lowest sensitivity = widest band, as AWS defines it. Tuned with bench/bench_ml.py.
+# HIGH confidence = lowest sensitivity = widest band, as AWS defines it. Tuned with bench/bench_ml.py:
+# the shift limits are lower than the first release's (VERSION1_BANDS) because the shift average
+# now follows the error beyond the phase envelope, which is quieter.
 DEFAULT_BANDS: Dict[str, Tuple[float, float]] = {
+    "LOW": (4.0, 0.8),
+    "MEDIUM": (5.0, 0.95),
+    "HIGH": (6.5, 1.2),
+}
+VERSION1_BANDS: Dict[str, Tuple[float, float]] = {
     "LOW": (4.0, 1.1),
     "MEDIUM": (5.0, 1.3),
     "HIGH": (6.5, 1.6),
@@ -72,7 +79,8 @@ class MLConfig:
     fleet_event_fraction / fleet_event_min_devices / fleet_event_window_s: a deviation that at
       least this fraction (and this many) of the devices judged under the same (profile, behavior)
       show in the same direction within the window is a fleet event: one fleet notice instead of
-      per-device alarms (detect.ml.fleetevent). fraction 0 disables it.
+      per-device alarms (detect.ml.fleetevent). fraction 0 disables it. The notice clears after
+      fleet_event_clear_s without the event.
     feedback_margin: a datapoint verified FALSE_POSITIVE / BENIGN_POSITIVE widens the band so that
       this much more (factor) than its excess over the expected value is normal.
     """
@@ -101,6 +109,7 @@ class MLConfig:
     fleet_event_fraction: float = 0.2
     fleet_event_min_devices: int = 5
     fleet_event_window_s: int = 600
+    fleet_event_clear_s: int = 3600
     feedback_margin: float = 1.25
 
     def __post_init__(self):
@@ -136,6 +145,8 @@ class MLConfig:
               and self.fleet_event_min_devices >= 2, "an integer >= 2")
         check("fleet_event_window_s", isinstance(self.fleet_event_window_s, int)
               and 60 <= self.fleet_event_window_s <= 86400, "an integer in 60..86400")
+        check("fleet_event_clear_s", isinstance(self.fleet_event_clear_s, int)
+              and 0 <= self.fleet_event_clear_s <= 7 * 86400, "an integer in 0..604800")
         check("feedback_margin", 1 <= self.feedback_margin <= 10, "in [1, 10]")
         bands = dict(self.bands)
         check("bands", set(bands) == set(CONFIDENCE_LEVELS) and all(
@@ -148,7 +159,7 @@ class MLConfig:
         """The settings of the first release (every datapoint outside the band alarms at once, no
         phase tolerance, no fleet events), kept as the benchmark's baseline."""
         settings = dict(confirm_points=1, immediate_ratio=0.0, phase_tolerance_h=0.0,
-                        fleet_event_fraction=0.0)
+                        fleet_event_fraction=0.0, bands=dict(VERSION1_BANDS))
         settings.update(overrides)
         return cls(**settings)
 

@@ -25,14 +25,18 @@ from .config import MLConfig
 class FleetEvents:
     """Fleet-event recognition for one (profile, behavior). Not thread-safe."""
 
-    __slots__ = ("fraction", "min_devices", "bucket_ms", "_bucket", "_current", "_previous",
-                 "open_direction", "opened_ms", "peak")
+    __slots__ = ("fraction", "min_devices", "bucket_ms", "hold", "_bucket", "_current", "_previous",
+                 "_last_seen", "open_direction", "opened_ms", "peak")
 
     def __init__(self, config: Optional[MLConfig] = None):
         config = config or MLConfig()
         self.fraction = config.fleet_event_fraction
         self.min_devices = config.fleet_event_min_devices
         self.bucket_ms = config.fleet_event_window_s * 1000 // 2
+        # the notice clears after this many complete buckets without the event (so an event that
+        # flickers, such as a rhythm shifted by daylight saving, stays one notice)
+        self.hold = max(1, config.fleet_event_clear_s * 1000 // self.bucket_ms)
+        self._last_seen = 0
         self._bucket = None
         self._current: Dict[str, int] = {}
         self._previous: Dict[str, int] = {}
@@ -56,18 +60,22 @@ class FleetEvents:
         if self._bucket is None or bucket > self._bucket:
             # The bucket just completed decides whether an open event is over.
             if self._bucket is not None:
-                self._previous = self._current if bucket == self._bucket + 1 else {}
+                completed = self._current
+                self._previous = completed if bucket == self._bucket + 1 else {}
                 self._current = {}
-                if self.open_direction and not self._event_in(self._previous, self.open_direction):
-                    self.open_direction = 0
-                    changes.append("close")
+                if self.open_direction:
+                    if self._event_in(completed, self.open_direction):
+                        self._last_seen = self._bucket
+                    elif bucket - 1 - self._last_seen >= self.hold:
+                        self.open_direction = 0
+                        changes.append("close")
             self._bucket = bucket
         if bucket < self._bucket - 1:
             return changes               # too late to count (a spooled backlog): judged alone
         counts = self._current if bucket == self._bucket else self._previous
         counts[thing] = direction
         if direction and not self.open_direction and self.active(direction):
-            self.open_direction, self.opened_ms = direction, ts_ms
+            self.open_direction, self.opened_ms, self._last_seen = direction, ts_ms, bucket
             self.peak = (0, 0)
             changes.append("open")
         if self.open_direction:

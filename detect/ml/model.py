@@ -268,8 +268,18 @@ class Model:
         delta = self.config.phase_tolerance_h
         if not delta:
             return 0.0, 0.0
+        w0 = 1.0 - w1
+        here = w0 * hour[i0] + w1 * hour[(i0 + 1) % _HOURS]
+        whole = int(delta)
+        if whole == delta:
+            # (the common case, whole hours: the window's ends share i0's weights, and the knots
+            # inside it are i0 - whole + 1 .. i0 + whole; profiled, the generic path below costs
+            # twice as much)
+            a, b = (i0 - whole) % _HOURS, (i0 + whole) % _HOURS
+            values = [w0 * hour[a] + w1 * hour[(a + 1) % _HOURS], w0 * hour[b] + w1 * hour[(b + 1) % _HOURS]]
+            values += [hour[(i0 + k) % _HOURS] for k in range(1 - whole, whole + 1)]
+            return min(values) - here, max(values) - here
         x = i0 + w1
-        here = (1.0 - w1) * hour[i0] + w1 * hour[(i0 + 1) % _HOURS]
         points = [x - delta, x + delta] + list(range(math.ceil(x - delta), math.floor(x + delta) + 1))
         values = []
         for p in points:
@@ -292,17 +302,6 @@ class Model:
         if tol_hour < 0 or abs((i0 + w1 - tol_hour + 12) % 24 - 12) <= _TOL_HOURS:
             excess = max(0.0, excess - tol_up) if excess > 0 else min(0.0, excess + tol_down)
         return excess / sigma
-
-    @staticmethod
-    def _shift_error(error, sigma, outside, below, above) -> float:
-        """The standardised error the shift average follows: the whole error, except that an
-        excursion feedback accepted (outside the envelope by less than the error says) counts
-        only by what remains of it."""
-        if error > above:
-            return above / sigma + outside      # outside: the excess less any taught tolerance
-        if error < below:
-            return below / sigma + outside
-        return error / sigma
 
     # --- learning ---------------------------------------------------------------------------
 
@@ -350,10 +349,9 @@ class Model:
         below, above = self._phase_range(f[_HOD:_HOD + _HOURS], i0, w1)
         outside = self._outside(y, centre, below, above, sigma, i0, w1, tol_up * _TOL_UNIT,
                                 tol_down * _TOL_UNIT, f[_TOL_HOUR])
-        # The shift average follows the whole standardised error (less what feedback taught):
-        # a slow exfiltration is a small excess that lasts, the envelope would hide it.
-        f[_SHIFT] += cfg.shift_rate * (max(-_CLIP_SHIFT, min(_CLIP_SHIFT, self._shift_error(
-            error, sigma, outside, below, above))) - f[_SHIFT])
+        # The shift average follows the standardised error beyond the phase envelope (less what
+        # feedback taught), so a rhythm shifted by an hour does not read as a sustained shift.
+        f[_SHIFT] += cfg.shift_rate * (max(-_CLIP_SHIFT, min(_CLIP_SHIFT, outside)) - f[_SHIFT])
         f[_PREV] = outside / math.sqrt(1.0 + 1.0 / n)
         n = min(n + 1, 0xFFFFFFFF)
         if f[_GUARD] and error - above >= f[_GUARD]:
@@ -531,8 +529,7 @@ class Model:
             shift_k *= cfg.building_shift_factor
         low_k = point_k * cfg.low_side_factor
         score = self._outside(y, centre, below, above, sigma, i0, w1, *tol)
-        clipped = max(-_CLIP_SHIFT, min(_CLIP_SHIFT, self._shift_error(
-            y - centre, sigma, score, below, above)))
+        clipped = max(-_CLIP_SHIFT, min(_CLIP_SHIFT, score))
         shift = previous_shift + cfg.shift_rate * (clipped - previous_shift)
         if basis == "fleet":
             # Nothing is known of this device's own level yet: the fleet only bounds it above
