@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""ML Detect evaluation on a simulated fleet, against naive baselines measured in the same run.
+"""ML Detect evaluation on simulated fleets, against baselines measured in the same run.
 
 Fleet: --devices devices (plus --new-devices that join at the start of week 3 with no history),
-one report every 300 s for --weeks weeks, three metrics each: aws:all-bytes-out (lognormal
-traffic with a per-device daily rhythm, weekend dip and rare benign bursts), aws:num-listening-
-tcp-ports (a constant per device) and aws:num-established-tcp-connections (Poisson with a daily
-rhythm). Devices differ in level, rhythm amplitude and phase, weekend dip and noise.
+of 3 types (one security profile each), one report every 300 s for --weeks weeks, three metrics
+each: aws:all-bytes-out (lognormal traffic with a per-device daily rhythm, weekend dip and rare
+benign x2-4 bursts of one report), aws:num-listening-tcp-ports (a constant per device) and
+aws:num-established-tcp-connections (Poisson with a daily rhythm). Devices differ in level, rhythm
+amplitude and phase, weekend dip and noise.
 
 Every device's first bytes-out datapoint is 0 (an agent's first report has zeroed deltas).
 Weeks 1-2 train. In weeks 3+ half of the established devices get one injected anomaly each:
@@ -13,19 +14,31 @@ Weeks 1-2 train. In weeks 3+ half of the established devices get one injected an
   exfil     bytes-out x1.4..2.0 sustained for 24 h (slow exfiltration)
   ports     listening TCP ports +1..3 from then on
   flood     established connections +40..300 for 12 datapoints (1 h)
-the other half (and all new devices) stay clean and give the false-alarm rate.
+Feedback: up to 16 quiet clean devices run a nightly x4 bytes-out job (30 min at 02:00) from week
+3; half are benign and verified BENIGN_POSITIVE an hour after their first MEDIUM alarm (the model
+is taught), half are an attacker's and verified TRUE_POSITIVE. The other clean devices (and all
+new ones) give the false-alarm rate.
+
+The harder fleet (--fleet harder|both) adds, in weeks 3+: a firmware update (every type-0 device
+x3 bytes-out for 2 h), a maintenance window (every type-1 device: traffic x0.02, no connections,
+no listening ports for 1 h), daylight saving (every type-2 device's rhythm one hour later from day
+7), 4 % of the other devices moving their rhythm +-1 h alone, and reboots at 0.1 per device-day
+(1-3 missing reports, then zeroed counters and no connections). Anomalies are kept out of their
+own type's fleet events (which would hide them: see docs/ml-detect.md).
 
 Printed per confidence level (consecutiveDatapointsToAlarm = 1): detection rate per anomaly
 type, detection delay (datapoints and minutes, median), false alarms per device-day (alarm
 events = runs of violating datapoints on clean devices), for
-  ml         detect.ml models (per device, seasonal, fleet prior for new devices)
-  zscore     non-seasonal per-device z-score in log space, mean/sd from weeks 1-2, same sigmas
-  static     one fleet-wide static threshold per metric: the p99.9 / p99.99 / p100 of weeks 1-2
-             values over the fleet (AWS statisticalThreshold style), upper side only
-Then memory per device-metric (serialized and in memory, tracemalloc over --memory-models
-models) and updates/s and judgements/s.
+  ml (this version)  detect.ml with MLConfig() (confirmation, phase tolerance, fleet events)
+  ml v1              the same code with MLConfig.version1(), the first release's behaviour
+  zscore             non-seasonal per-device z-score in log space, mean/sd from weeks 1-2, same sigmas
+  static             one fleet-wide static threshold per metric: the p99.9 / p99.99 / p100 of weeks 1-2
+                     values over the fleet (AWS statisticalThreshold style), upper side only
+with, for this version, the fleet notices raised (and the device alarms they replaced) and the
+feedback outcome. Then memory per device-metric (serialized and in memory, tracemalloc over
+--memory-models models) and updates/s and judgements/s.
 
-Run:  python3 bench/bench_ml.py [--devices 200] [--weeks 4] [--seed 7]
+Run:  python3 bench/bench_ml.py [--devices 200] [--weeks 4] [--seed 7] [--fleet both] [--quick]
 """
 import argparse
 from collections import namedtuple
@@ -130,10 +143,10 @@ def simulate(args, harder=False):
             episodes.append((device, kind, METRICS[2], begin, end))
     new = np.zeros(devices, bool)
     new[args.devices:] = True
-    # Feedback: the 16 (fewer in small fleets) quietest (noise < 0.2) odd established devices run a nightly job from week
-    # 3 on, x4 bytes-out for 30 min at 02:00: 8 of them a benign backup (verified BENIGN_POSITIVE
-    # an hour after its first alarm), 8 an attacker's nightly upload (verified TRUE_POSITIVE).
-    # Not counted as clean.
+    # Feedback: the 16 (fewer in small fleets) quietest (noise < 0.2) odd established devices run
+    # a nightly job from week 3 on, x4 bytes-out for 30 min at 02:00: half of them a benign backup
+    # (verified BENIGN_POSITIVE an hour after its first alarm), half an attacker's nightly upload
+    # (verified TRUE_POSITIVE). Not counted as clean.
     roles = {}
     odd = [d for d in range(1, args.devices, 2) if noise[d] < 0.2]
     count = min(16, len(odd) // 2 * 2)
@@ -424,8 +437,9 @@ def run_fleet(args, harder, levels):
                       + (" ..." if len(described) > 8 else ""))
         if fleet.roles:
             for role, (before, after, nights, learned) in feedback.items():
-                print(f"  feedback, nightly x4 job verified {'BENIGN_POSITIVE' if role == 'benign' else 'TRUE_POSITIVE'}"
-                      f" at its first MEDIUM alarm ({role}, {len(fleet.roles) // 2} devices): alarmed nights before verification "
+                verified = "BENIGN_POSITIVE" if role == "benign" else "TRUE_POSITIVE"
+                print(f"  feedback, nightly x4 job verified {verified} at its first MEDIUM alarm ({role}, "
+                      f"{len(fleet.roles) // 2} devices): alarmed nights before verification "
                       f"{before}, after {after} of {nights} (model learned: {', '.join(learned)})")
         print(f"  ({spent:.0f} s)")
     return fleet, extra

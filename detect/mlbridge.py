@@ -126,7 +126,8 @@ class MlRegistry:
         behavior = record.get("behavior") or {}
         criteria = behavior.get("criteria") or {}
         thing = record.get("thingName")
-        if "mlDetectionConfig" not in criteria or thing == FLEET_THING or state not in TEACHING_STATES + GUARDING_STATES:
+        if ("mlDetectionConfig" not in criteria or thing == FLEET_THING
+                or state not in TEACHING_STATES + GUARDING_STATES):
             return ""
         profile, name = record["securityProfileName"], behavior.get("name")
         # The datapoints to teach: the one that raised the alarm (its in-alarm event) and, while

@@ -47,8 +47,8 @@ _LVL, _SHIFT, _DOW, _HOD, _SCL = 0, 1, 2, 2 + _DAYS, 2 + _DAYS + _HOURS
 _EARLY = _SCL + _HOURS
 _PREV, _TOL_HOUR, _GUARD = _EARLY, _EARLY + 1, _EARLY + 2
 _V1_SIZE = 318      # version 1 had no guard
-_TOL_HOURS = 1.5
-_CONFIRM_AT = 0.5  # the previous datapoint confirms when it was this far (x the band) out, same side   # a tolerance taught at one hour of day applies within this many hours of it
+_TOL_HOURS = 1.5   # a tolerance taught at one hour of day applies within this many hours of it
+_CONFIRM_AT = 0.5  # the previous datapoint confirms when it was this far (x the band) out, same side
 _ANCHOR = 3        # datapoints whose median anchors the level before anything else is learned
 _COUNTS_AT = _HEAD.size
 _FLOATS_AT = _COUNTS_AT + _COUNTS.size
@@ -536,7 +536,8 @@ class Model:
             # (a device may well be quieter than its fleet, and a first report's deltas are 0).
             low_k = math.inf
         direction, kind, limit = 0, "", point_k
-        if score > point_k / 2 or -score > low_k / 2 or shift > shift_k / 2 or -shift > shift_k * cfg.low_side_factor / 2:
+        if (score > point_k / 2 or -score > low_k / 2
+                or shift > shift_k / 2 or -shift > shift_k * cfg.low_side_factor / 2):
             # leaning out, for fleet events: many devices half out of their bands at once are one event
             direction = 1 if (score if abs(score) > point_k / 2 else shift) > 0 else -1
         if score > point_k or -score > low_k:
