@@ -66,7 +66,8 @@ class MLConfig:
     low_side_factor: the band below the expected value is this much wider: a device going quiet
       is less suspicious than one talking more, and counts are skewed low in log space.
     building_shift_factor: the shift limit is this much higher while a model is PENDING_BUILD:
-      its hour shape is still mostly the fleet's, so its errors run in streaks.
+      its hour shape is still mostly the fleet's, so its errors run in streaks (2.5: the second
+      version's shift limits are lower; 1.5 in version 1).
     confirm_points: a datapoint outside the band alarms only when the datapoint before it (no
       more than confirm_within_s earlier) was outside on the same side too: one odd report (a
       benign burst, a reboot's zeroed counters) is not an alarm, anything lasting two reports is.
@@ -101,7 +102,7 @@ class MLConfig:
     init_scale: float = 0.3
     bands: Mapping[str, Tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_BANDS))
     low_side_factor: float = 1.5
-    building_shift_factor: float = 1.5
+    building_shift_factor: float = 2.5
     confirm_points: int = 2
     confirm_within_s: int = 900
     immediate_ratio: float = 10.0
@@ -159,7 +160,7 @@ class MLConfig:
         """The settings of the first release (every datapoint outside the band alarms at once, no
         phase tolerance, no fleet events), kept as the benchmark's baseline."""
         settings = dict(confirm_points=1, immediate_ratio=0.0, phase_tolerance_h=0.0,
-                        fleet_event_fraction=0.0, bands=dict(VERSION1_BANDS))
+                        fleet_event_fraction=0.0, bands=dict(VERSION1_BANDS), building_shift_factor=1.5)
         settings.update(overrides)
         return cls(**settings)
 
