@@ -198,7 +198,7 @@ class Engine:
     def dispatch_alerts(self) -> int:
         """Hand events still in the outbox to the alert targets; returns how many.
 
-        With targets that report outcomes (detect.alerts.AlertDispatcher), an event leaves the
+        With targets that report outcomes (garrison.detect.respond.alerts.AlertDispatcher), an event leaves the
         outbox only when its alert was delivered or finally failed (kept in alert_failures);
         targets get no more than they have room for, so nothing is dropped, and what is still
         pending when the engine stops is sent after its restart."""
@@ -321,6 +321,8 @@ class Engine:
         return events
 
     def _stale_reason(self, row, applicable: List[str], silent_before_ms: Optional[int]) -> Optional[str]:
+        if row["thing"] == mlbridge.FLEET_THING:
+            return None  # an ML fleet notice: its detector clears it
         last = self.store.last_report(row["thing"])
         if last is None:
             return THING_DELETED
@@ -548,7 +550,10 @@ class Engine:
         return [Event.from_row(row).to_record() for row in rows]
 
     def verify(self, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:
-        return violations.verify(self.store, violation_id, state, description)
+        record = violations.verify(self.store, violation_id, state, description)
+        if self.ml is not None:  # FALSE/BENIGN_POSITIVE teach an ML behavior's device model
+            self.ml.feedback(record, state)
+        return record
 
 
 def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> bool:

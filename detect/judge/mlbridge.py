@@ -7,6 +7,14 @@ on each datapoint of an mlDetectionConfig behavior and `rebuild_priors` on its f
 schedule; `status` is the behavior's modelStatus (ACTIVE once any device's model is);
 `training_summaries` is GetBehaviorModelTrainingSummaries for one behavior, per thing too.
 A verdict carries the whole judgement (`additional_info`), for violationEventAdditionalInfo.
+
+Fleet events: when many devices of one (profile, behavior) leave their bands the same way at once
+(garrison.detect.judge.ml.FleetEvents), their datapoints get no verdict and ONE fleet notice is recorded instead:
+a violation of the pseudo-thing FLEET_THING ("$fleet", no real thing name has a "$") on that
+profile and behavior, in-alarm when the event starts and alarm-cleared when it is over; its
+additional info says how many devices deviated, in which direction, and why. A lone device still
+alarms. `feedback` is the verification hook: FALSE_POSITIVE / BENIGN_POSITIVE teach the device's
+model (Model.teach); TRUE_POSITIVE guards it from ever learning the attack; UNKNOWN does nothing.
 """
 import logging
 import math
@@ -14,7 +22,8 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
-from garrison.detect.state.store import Store
+from garrison.detect.respond import violations
+from garrison.detect.state.store import Store, loads
 
 log = logging.getLogger("garrison.ml")
 
@@ -50,12 +59,19 @@ class _StoredStates(MutableMapping):
         return len(self.store.model_things(self.profile, self.behavior))
 
 
+FLEET_THING = "$fleet"
+TEACHING_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE")     # the datapoint was normal
+GUARDING_STATES = ("TRUE_POSITIVE",)                        # it was an attack: never learn it
+LASTING_S = 1800    # a benign violation still open after this long is a new normal level
+
+
 class MlRegistry:
     """The engine's `ml` hook (see garrison.detect.engine.Engine)."""
 
     def __init__(self, store: Store, config: Optional[Mapping[str, Any]] = None):
         self.store = store
         self.config = ml.MLConfig.from_dict(config) if config else ml.MLConfig()
+        self._fleet: Dict[Tuple[str, str], "ml.FleetEvents"] = {}
 
     def _models(self, profile: str, behavior: str) -> "ml.BehaviorModels":
         prior, built_ms = None, 0
@@ -74,7 +90,73 @@ class MlRegistry:
             thing, float(value), received_ms, behavior.confidence_level, behavior.metric)
         if judgement.basis == "none":
             return None
+        events = self._fleet.get((profile, behavior.name))
+        if events is None:
+            events = self._fleet[(profile, behavior.name)] = ml.FleetEvents(self.config)
+        for change in events.note(thing, received_ms, judgement.direction):
+            self._fleet_notice(change, events, profile, behavior, received_ms)
+        if judgement.anomalous and events.active(judgement.direction):
+            return None     # part of a fleet event: the fleet notice speaks for it
         return additional_info(judgement)
+
+    def _fleet_notice(self, change: str, events: "ml.FleetEvents", profile: str, behavior, time_ms: int) -> None:
+        """Raise (change "open") or clear ("close") the fleet notice of (profile, behavior)."""
+        described = events.describe()
+        info = {"fleetEvent": described, "metric": behavior.metric,
+                "confidenceLevel": behavior.confidence_level,
+                "explanation": (f"{described['devices']} of {described['devicesJudged']} devices under {profile} "
+                                f"reported {behavior.metric} {described['direction']} their learned normal bands "
+                                f"at the same time: a fleet-wide event (firmware update, maintenance, "
+                                f"outage?), one notice instead of an alarm per device")}
+        opening = change == "open"
+        violations.record_datapoint(
+            self.store, FLEET_THING, profile, behavior.doc,
+            transition=violations.IN_ALARM if opening else violations.ALARM_CLEARED, violating=opening,
+            metric_value=described["devices"], time_ms=time_ms, additional_info=info)
+        log.warning("fleet event on %s/%s %s: %s", profile, behavior.name,
+                    "started" if opening else "ended", info["explanation"])
+
+    def feedback(self, record: Mapping[str, Any], state: str) -> str:
+        """A violation was verified: FALSE_POSITIVE or BENIGN_POSITIVE on an ML behavior teaches
+        the device's model that its datapoint was normal (Model.teach: the band widens around that
+        hour, or the new level is learned when the violation had lasted LASTING_S and is still
+        open). TRUE_POSITIVE never teaches acceptance: it guards the model from learning datapoints
+        as large as the attack (a recurring attack keeps alarming); UNKNOWN does nothing. Returns
+        what changed ("band", "level", "guard") or "" (nothing)."""
+        behavior = record.get("behavior") or {}
+        criteria = behavior.get("criteria") or {}
+        thing = record.get("thingName")
+        if ("mlDetectionConfig" not in criteria or thing == FLEET_THING
+                or state not in TEACHING_STATES + GUARDING_STATES):
+            return ""
+        profile, name = record["securityProfileName"], behavior.get("name")
+        # The datapoints to teach: the one that raised the alarm (its in-alarm event) and, while
+        # the violation is open, the latest violating one (an ended violation's record holds the
+        # datapoint that cleared it, which was normal).
+        points = [(loads(row["additional_info"]) or {}, row["time_ms"])
+                  for row in self.store.list_events(thing=thing, profile=profile)
+                  if row["violation_id"] == record.get("violationId") and row["event_type"] == violations.IN_ALARM]
+        latest = record.get("violationEventAdditionalInfo") or {}
+        if record.get("active", True) and latest.get("anomalous") and record.get("lastViolationTime"):
+            points.append((latest, int(record["lastViolationTime"] * 1000)))
+        start_s = record.get("violationStartTime") or 0
+        lasting = bool(record.get("active", True)) and (record.get("lastViolationTime") or 0) - start_s >= LASTING_S
+        learned = ""
+        with self.store.transaction():
+            models = self._models(profile, name)
+            if thing not in models.states:
+                return ""
+            model = models.model(thing)
+            for info, at_ms in points:
+                if isinstance(info.get("value"), (int, float)) and info.get("anomalous"):
+                    learned = model.teach(float(info["value"]), int(at_ms), benign=state in TEACHING_STATES,
+                                          lasting=lasting) or learned
+            if learned:
+                models.states[thing] = model.to_state()
+        log.info("violation %s of %s (%s/%s) verified %s: the model learned %s", record.get("violationId"),
+                 thing, profile, name, state, {"band": "a wider band", "level": "a new level",
+                                               "guard": "never to learn it"}.get(learned, "nothing"))
+        return learned
 
     def status(self, profile: str, behavior: str, now_ms: int) -> str:
         """ACTIVE when any device's model is, EXPIRED when all are, else PENDING_BUILD."""

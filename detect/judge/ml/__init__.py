@@ -18,6 +18,8 @@ Public API (stable; see docs/ml-detect.md):
     BehaviorModels(config, states=mapping)   # one (profile, behavior): observe() = judge + learn
         .observe(thing, value, ts_ms, confidence, metric) -> Judgement
         .maybe_rebuild_prior(now_ms) / .rebuild_prior(now_ms) / .prior / .training_summaries(now_ms)
+    model.teach(value, ts_ms, lasting=False)  # operator feedback: a benign datapoint becomes normal
+    FleetEvents(config).note(thing, ts_ms, judgement.direction) / .active(direction)  # fleet events
 
 One Model per (thing, security profile, behavior); one FleetPrior per (profile, behavior).
 """
@@ -26,9 +28,10 @@ from .config import (ACTIVE, CONFIDENCE_LEVELS, DEFAULT_BANDS, EXPIRED, MODEL_ST
 from .model import STATE_SIZE, Judgement, Model, from_log, to_log
 from .prior import FleetPrior, FleetPriorBuilder
 from .fleet import BehaviorModels
+from .fleetevent import FleetEvents
 
 __all__ = [
     "ACTIVE", "CONFIDENCE_LEVELS", "DEFAULT_BANDS", "EXPIRED", "MODEL_STATUSES", "PENDING_BUILD",
     "SUPPORTED_METRICS", "MLConfig", "MLConfigError", "supports", "STATE_SIZE", "Judgement", "Model",
-    "from_log", "to_log", "FleetPrior", "FleetPriorBuilder", "BehaviorModels",
+    "from_log", "to_log", "FleetPrior", "FleetPriorBuilder", "BehaviorModels", "FleetEvents",
 ]

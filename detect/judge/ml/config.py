@@ -16,8 +16,15 @@ SUPPORTED_METRICS = (
 
 # Band half-widths, in robust standard deviations of the device's own prediction error (log
 # space), per confidence level: (single datapoint, sustained shift of the recent average).
-# HIGH confidence = lowest sensitivity = widest band, as AWS defines it. Tuned with bench/bench_ml.py.
+# HIGH confidence = lowest sensitivity = widest band, as AWS defines it. Tuned with bench/bench_ml.py:
+# the shift limits are lower than the first release's (VERSION1_BANDS) because the shift average
+# now follows the error beyond the phase envelope, which is quieter.
 DEFAULT_BANDS: Dict[str, Tuple[float, float]] = {
+    "LOW": (4.0, 0.8),
+    "MEDIUM": (5.0, 0.95),
+    "HIGH": (6.5, 1.2),
+}
+VERSION1_BANDS: Dict[str, Tuple[float, float]] = {
     "LOW": (4.0, 1.1),
     "MEDIUM": (5.0, 1.3),
     "HIGH": (6.5, 1.6),
@@ -59,7 +66,24 @@ class MLConfig:
     low_side_factor: the band below the expected value is this much wider: a device going quiet
       is less suspicious than one talking more, and counts are skewed low in log space.
     building_shift_factor: the shift limit is this much higher while a model is PENDING_BUILD:
-      its hour shape is still mostly the fleet's, so its errors run in streaks.
+      its hour shape is still mostly the fleet's, so its errors run in streaks (2.5: the second
+      version's shift limits are lower; 1.5 in version 1).
+    confirm_points: a datapoint outside the band alarms only when the datapoint before it (no
+      more than confirm_within_s earlier) was outside on the same side too: one odd report (a
+      benign burst, a reboot's zeroed counters) is not an alarm, anything lasting two reports is.
+      1 = every datapoint outside alarms at once (version 1's behaviour).
+    immediate_ratio: ... except a datapoint this many times above the band's upper edge's
+      centre (and outside the band), which alarms at once (0 = never at once).
+    phase_tolerance_h: the band at time t covers what is expected from t - this to t + this (hours),
+      so a daily rhythm shifted by up to this much (daylight saving, a device's time zone,
+      schedule jitter) is normal; the sustained-shift average uses the same envelope. 0 = off.
+    fleet_event_fraction / fleet_event_min_devices / fleet_event_window_s: a deviation that at
+      least this fraction (and this many) of the devices judged under the same (profile, behavior)
+      show in the same direction within the window is a fleet event: one fleet notice instead of
+      per-device alarms (garrison.detect.judge.ml.fleetevent). fraction 0 disables it. The notice clears after
+      fleet_event_clear_s without the event.
+    feedback_margin: a datapoint verified FALSE_POSITIVE / BENIGN_POSITIVE widens the band so that
+      this much more (factor) than its excess over the expected value is normal.
     """
 
     training_days: float = 7.0
@@ -78,7 +102,16 @@ class MLConfig:
     init_scale: float = 0.3
     bands: Mapping[str, Tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_BANDS))
     low_side_factor: float = 1.5
-    building_shift_factor: float = 1.5
+    building_shift_factor: float = 2.5
+    confirm_points: int = 2
+    confirm_within_s: int = 900
+    immediate_ratio: float = 10.0
+    phase_tolerance_h: float = 1.0
+    fleet_event_fraction: float = 0.2
+    fleet_event_min_devices: int = 5
+    fleet_event_window_s: int = 600
+    fleet_event_clear_s: int = 3600
+    feedback_margin: float = 1.25
 
     def __post_init__(self):
         def check(name, ok, what):
@@ -103,11 +136,33 @@ class MLConfig:
         check("init_scale", 0 < self.init_scale < 10, "in (0, 10)")
         check("low_side_factor", 0.5 <= self.low_side_factor <= 10, "in [0.5, 10]")
         check("building_shift_factor", 1 <= self.building_shift_factor <= 10, "in [1, 10]")
+        check("confirm_points", self.confirm_points in (1, 2), "1 or 2")
+        check("confirm_within_s", isinstance(self.confirm_within_s, int) and self.confirm_within_s > 0,
+              "an integer > 0")
+        check("immediate_ratio", self.immediate_ratio == 0 or self.immediate_ratio > 1, "0 or > 1")
+        check("phase_tolerance_h", 0 <= self.phase_tolerance_h <= 3, "in [0, 3]")
+        check("fleet_event_fraction", 0 <= self.fleet_event_fraction <= 1, "in [0, 1]")
+        check("fleet_event_min_devices", isinstance(self.fleet_event_min_devices, int)
+              and self.fleet_event_min_devices >= 2, "an integer >= 2")
+        check("fleet_event_window_s", isinstance(self.fleet_event_window_s, int)
+              and 60 <= self.fleet_event_window_s <= 86400, "an integer in 60..86400")
+        check("fleet_event_clear_s", isinstance(self.fleet_event_clear_s, int)
+              and 0 <= self.fleet_event_clear_s <= 7 * 86400, "an integer in 0..604800")
+        check("feedback_margin", 1 <= self.feedback_margin <= 10, "in [1, 10]")
         bands = dict(self.bands)
         check("bands", set(bands) == set(CONFIDENCE_LEVELS) and all(
             len(b) == 2 and b[0] > 0 and b[1] > 0 for b in bands.values()),
             "{LOW|MEDIUM|HIGH: (datapoint sigmas > 0, shift sigmas > 0)}")
         object.__setattr__(self, "bands", {k: (float(v[0]), float(v[1])) for k, v in bands.items()})
+
+    @classmethod
+    def version1(cls, **overrides) -> "MLConfig":
+        """The settings of the first release (every datapoint outside the band alarms at once, no
+        phase tolerance, no fleet events), kept as the benchmark's baseline."""
+        settings = dict(confirm_points=1, immediate_ratio=0.0, phase_tolerance_h=0.0,
+                        fleet_event_fraction=0.0, bands=dict(VERSION1_BANDS), building_shift_factor=1.5)
+        settings.update(overrides)
+        return cls(**settings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MLConfig":
