@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from garrison.agent import report, schema  # noqa: E402
+from garrison.agent import report  # noqa: E402
+from garrison.wire import schema  # noqa: E402
 from garrison.collectors.base import Connection, ListeningSocket  # noqa: E402
-from garrison.detect.judge import evaluate
-from garrison.detect import fleetstats  # noqa: E402
+from garrison.detect.judge import evaluate  # noqa: E402
+from garrison.detect.judge import fleetstats  # noqa: E402
 from garrison.detect.judge.profiles import load_profile  # noqa: E402
 
 try:

@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
@@ -54,6 +55,11 @@ BEHAVIOR_CHANGED = "behavior-changed"
 BEHAVIOR_DELETED = "behavior-deleted"
 
 PENDING_BUILD = "PENDING_BUILD"
+# ingest waits this long for another process's write lock, then retries the batch later: a long
+# CLI write must not stall the ingest thread for the store's whole busy timeout
+INGEST_BUSY_TIMEOUT_MS = 250
+# what `serve` gives its other work (API, periodic work) on the connection it shares with ingest
+SERVE_BUSY_TIMEOUT_MS = 1000
 
 
 class Engine:
@@ -78,7 +84,27 @@ class Engine:
         self.runner = None   # garrison.detect.respond.runner.ActionRunner: carries out pending actions
         self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
-        self._dispatch_lock = threading.Lock()
+        # group commit (batch()): what reports read again and again. Profiles and attachments are
+        # kept across batches while nobody else writes (store.change_marker, see _hot_valid);
+        # what is per thing only for one batch, so memory does not grow with the fleet
+        self._batch_thread: Optional[int] = None  # the thread inside batch(); others bypass the caches
+        self._batch_had_events = False
+        self._hot_marker: Optional[Tuple[int, int]] = None
+        self._hot_last: Dict[str, Optional[Tuple[Optional[int], Optional[int]]]] = {}
+        self._hot_targets: Optional[Dict[str, List[str]]] = None  # attachment target -> profiles
+        self._hot_states: Dict[str, Dict[Tuple[str, str], Any]] = {}
+        self._hot_parsed: Dict[str, Optional[SecurityProfile]] = {}
+        self._hot_first: Dict[str, Optional[int]] = {}
+        self._hot_open: Dict[Tuple[str, str, str], Optional[str]] = {}  # open violation ids
+        # writes of a batch held back to its end (one executemany each): the report being
+        # accepted stages them, and they join `pending` once it succeeded
+        self._staged_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
+        self._pending_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
+        self._staged_thing: Optional[Tuple[str, int, int]] = None
+        self._pending_things: Dict[str, List[int]] = {}
+        self._staged_violations: Dict[str, Tuple[Any, int, Any]] = {}
+        self._pending_violations: Dict[str, Tuple[Any, int, Any]] = {}
+        self._dispatch_lock = threading.RLock()  # before the store's lock, never after
         self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
         self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
@@ -90,35 +116,170 @@ class Engine:
     # ---- the Sink garrison.detect.ingest.frontdoor calls ---------------------------------------------------------
 
     def last_report(self, thing: str) -> Optional[Tuple[int, int]]:
-        last = self.store.last_report(thing)
+        last = self._last_of(thing)
         return None if last is None or last[0] is None else (last[0], last[1])
 
     def is_registered(self, thing: str) -> bool:
-        return self.store.last_report(thing) is not None
+        return self._last_of(thing) is not None
+
+    def first_seen(self, thing: str) -> Optional[int]:
+        """When the thing was registered (epoch ms), None if unknown: reports dated earlier are refused."""
+        if not self._batching:
+            return self.store.first_seen(thing)
+        if thing not in self._hot_first:
+            self._hot_first[thing] = self.store.first_seen(thing)
+        return self._hot_first[thing]
+
+    @contextmanager
+    def batch(self, busy_timeout_ms: int = INGEST_BUSY_TIMEOUT_MS):
+        """Group commit: the reports accepted inside are one transaction, each in a savepoint (one
+        that raises is undone alone). Alerts go after the commit. Raises StoreBusy (nothing
+        written) when another process holds the write lock past `busy_timeout_ms`."""
+        self._batch_had_events = False
+        try:
+            with self.store.transaction(busy_timeout_ms):
+                self._batch_thread = threading.get_ident()
+                self._hot_valid()
+                yield self
+                self._flush()
+                self._hot_marker = self.store.change_marker()
+                self._forget_things()
+        except BaseException:
+            self._pending_states.clear()
+            self._pending_things.clear()
+            self._pending_violations.clear()
+            self._hot_drop()
+            raise
+        finally:
+            self._batch_thread = None
+        try:
+            if self.alerts is not None:  # one commit marks the batch's alerts; locks in tick()'s order
+                with self._dispatch_lock, self.store.transaction(busy_timeout_ms):
+                    self.dispatch_alerts()
+        except Exception as exc:  # committed all the same; the outbox keeps them for the next tick
+            log.warning("alerts wait in the outbox: %s", exc)
+        if self._batch_had_events and self.runner is not None:
+            self.runner.wake()
+
+    @property
+    def _batching(self) -> bool:
+        return self._batch_thread == threading.get_ident()
 
     def accept(self, thing: str, report_long: Mapping[str, Any], received_ms: int) -> List[Event]:
         """Record and evaluate one validated report atomically; returns the events it caused."""
-        report_id = report_long["header"]["report_id"]
+        if self._batching:
+            self._staged_states.clear()
+            self._staged_violations.clear()
+            self._staged_thing = None
+            try:
+                with self.store.savepoint():
+                    events = self._accept(thing, report_long, received_ms)
+            except BaseException:
+                self._staged_states.clear()
+                self._staged_violations.clear()
+                self._flush()     # what earlier reports of the batch hold back stays theirs
+                self._hot_drop()  # the cache may hold what was just undone
+                raise
+            self._pending_states.update(self._staged_states)
+            self._pending_violations.update(self._staged_violations)
+            if self._staged_thing is not None:
+                name, report_id, received = self._staged_thing
+                count = self._pending_things.get(name, (0, 0, 0))[2] + 1
+                self._pending_things[name] = [report_id, received, count]
+            if events:
+                self._batch_had_events = True
+                if self.actions.rules:  # actions may have moved the thing (quarantine): read afresh
+                    self._flush()
+                    self._hot_drop()
+            return events
         with self.store.transaction():
-            last = self.store.last_report(thing)
-            if last is None:
-                self.store.register_thing(thing, received_ms)
-                log.info("registered thing %s on its first report", thing)
-            elif last[0] is not None and report_id <= last[0]:
-                return []  # already applied (QoS 1 redelivery) or older: never apply twice
-            self.store.record_report(thing, report_id, received_ms)
-            record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
-            record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
-            events = self._evaluate(thing, report_long, received_ms)
+            events = self._accept(thing, report_long, received_ms)
         self.dispatch_alerts()
         if events and self.runner is not None:
             self.runner.wake()
         return events
 
+    def _accept(self, thing: str, report_long: Mapping[str, Any], received_ms: int) -> List[Event]:
+        report_id = report_long["header"]["report_id"]
+        last = self._last_of(thing)
+        if last is None:
+            self.store.register_thing(thing, received_ms)
+            log.info("registered thing %s on its first report", thing)
+        elif last[0] is not None and report_id <= last[0]:
+            return []  # already applied (QoS 1 redelivery) or older: never apply twice
+        if self._batching:
+            self._staged_thing = (thing, report_id, received_ms)
+            self._hot_last[thing] = (report_id, received_ms)
+        else:
+            self.store.record_report(thing, report_id, received_ms)
+        record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
+        record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
+        return self._evaluate(thing, report_long, received_ms)
+
+    # ---- what a batch caches --------------------------------------------------------------------
+
+    def _hot_valid(self) -> None:
+        """Keep the batch caches only if nobody wrote since the last batch committed: another
+        process (the CLI: PRAGMA data_version) or another thread of this one (the API, the sweep:
+        the connection's change count)."""
+        if self.store.change_marker() != self._hot_marker:
+            self._hot_drop()
+
+    def _flush(self) -> None:
+        """Write what the batch held back (inside its transaction)."""
+        if self._pending_things:
+            self.store.record_reports((rid, ms, n, name) for name, (rid, ms, n) in self._pending_things.items())
+            self._pending_things.clear()
+        if self._pending_states:
+            self.store.put_states((t, p, b, state, ms) for (t, p, b), (state, ms) in self._pending_states.items())
+            self._pending_states.clear()
+        if self._pending_violations:
+            self.store.update_violation_values((vid, value, ms, info)
+                                               for vid, (value, ms, info) in self._pending_violations.items())
+            self._pending_violations.clear()
+
+    def _hot_drop(self) -> None:
+        self._hot_marker = None
+        self._hot_targets = None
+        self._hot_parsed.clear()
+        self._forget_things()
+
+    def _forget_things(self) -> None:
+        self._hot_last.clear()
+        self._hot_states.clear()
+        self._hot_first.clear()
+        self._hot_open.clear()
+
+    def _profiles_for(self, thing: str) -> List[str]:
+        """store.profiles_for_thing from the cached attachments (groups read only when a group
+        has a profile attached)."""
+        targets = self._hot_targets
+        if targets is None:
+            targets = self._hot_targets = self.store.attachments_by_target()
+        names = set(targets.get("all", ())).union(targets.get(f"thing:{thing}", ()))
+        if any(target.startswith("group:") for target in targets):
+            for group in self.store.groups_of(thing):
+                names.update(targets.get(f"group:{group}", ()))
+        return sorted(names)
+
+    def _last_of(self, thing: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
+        if not self._batching:
+            return self.store.last_report(thing)
+        if thing not in self._hot_last:
+            self._hot_last[thing] = self.store.last_report(thing)
+        return self._hot_last[thing]
+
     def _evaluate(self, thing: str, report: Mapping[str, Any], received_ms: int) -> List[Event]:
         events = []
-        states = self.store.states_of_thing(thing)
-        for name in self.store.profiles_for_thing(thing):
+        if self._batching:
+            states = self._hot_states.get(thing)
+            if states is None:
+                states = self._hot_states[thing] = self.store.states_of_thing(thing)
+            names = self._profiles_for(thing)
+        else:
+            states = self.store.states_of_thing(thing)
+            names = self.store.profiles_for_thing(thing)
+        for name in names:
             profile = self._profile(name)
             if profile is None:
                 continue
@@ -153,11 +314,35 @@ class Engine:
             judgement = self.ml.judge(thing, profile, behavior, value, received_ms)
             verdict = judgement["anomalous"] if judgement else None
         outcome = evaluate.step(behavior, state, value, received_ms, threshold=threshold, verdict=verdict)
-        self.store.put_state(thing, profile, behavior.name, outcome.state, received_ms)
+        # a steady state is not written back (the disconnect sweep's seen_ms always is)
+        if outcome.state != state or behavior.metric == metrics.DISCONNECT_DURATION:
+            if self._batching:
+                self._staged_states[(thing, profile, behavior.name)] = (outcome.state, received_ms)
+                if thing in self._hot_states:
+                    self._hot_states[thing][(profile, behavior.name)] = outcome.state
+            else:
+                self.store.put_state(thing, profile, behavior.name, outcome.state, received_ms)
         if behavior.kind == "statistical" and isinstance(outcome.value, (int, float)):
             self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
         if outcome.violating is None:
             return None
+        if self._batching:
+            key = (thing, profile, behavior.name)
+            if outcome.transition is None:
+                if not outcome.violating:
+                    return None  # conforming, clears nothing: no violation changes
+                # a violation that goes on: its last value is held back to the batch's end
+                if key not in self._hot_open:
+                    row = self.store.open_violation(thing, profile, behavior.name)
+                    self._hot_open[key] = row["violation_id"] if row is not None else None
+                violation_id = self._hot_open[key]
+                if violation_id is not None:
+                    self._staged_violations[violation_id] = (
+                        evaluate.violation_value(behavior.spec, outcome.value), received_ms,
+                        self._additional_info(behavior, outcome, judgement))
+                return None
+            self._hot_open.pop(key, None)
+            self._flush()  # an episode starts or ends: what is held back for it goes first
         return violations.record_datapoint(
             self.store, thing, profile, behavior.doc, transition=outcome.transition,
             violating=outcome.violating, metric_value=evaluate.violation_value(behavior.spec, outcome.value),
@@ -178,7 +363,15 @@ class Engine:
         return info
 
     def _profile(self, name: str) -> Optional[SecurityProfile]:
-        """The parsed profile, re-read when another process changed it."""
+        """The parsed profile, re-read when another process changed it (in a batch: once per
+        batch unless somebody wrote, see _hot_valid)."""
+        if self._batching:
+            if name not in self._hot_parsed:
+                self._hot_parsed[name] = self._profile_from_store(name)
+            return self._hot_parsed[name]
+        return self._profile_from_store(name)
+
+    def _profile_from_store(self, name: str) -> Optional[SecurityProfile]:
         text = self.store.get_profile_text(name)
         if text is None:
             self._profiles.pop(name, None)

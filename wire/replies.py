@@ -21,11 +21,12 @@ PAYLOAD_TOO_LARGE = "PayloadTooLarge"    # over max_payload (AWS IoT drops these
 STALE_REPORT_ID = "StaleReportId"        # a report id lower than the last accepted one
 INVALID_THING_NAME = "InvalidThingName"  # the topic's thing breaks garrison.wire.names.THING
 UNREGISTERED_THING = "UnregisteredThing" # strict mode: thing not registered with the engine
+REPORT_TOO_OLD = "ReportTooOld"          # dated before the thing was first seen, or past the spool's age
 INTERNAL_ERROR = "InternalError"         # the engine failed to store the report; resend later
 
 AWS_ERROR_CODES = (INVALID_PAYLOAD, THROTTLED)
 EXTENSION_ERROR_CODES = (PAYLOAD_TOO_LARGE, STALE_REPORT_ID, INVALID_THING_NAME, UNREGISTERED_THING,
-                         INTERNAL_ERROR)
+                         REPORT_TOO_OLD, INTERNAL_ERROR)
 ERROR_CODES = AWS_ERROR_CODES + EXTENSION_ERROR_CODES
 
 ACCEPTED, REJECTED = "ACCEPTED", "REJECTED"

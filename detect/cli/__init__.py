@@ -34,7 +34,7 @@ from garrison.detect.cli import respond as respond_cli
 from garrison.detect.respond.alerts import AlertConfigError
 from garrison.detect.clock import SystemClock, from_environment
 from garrison.detect.judge.profiles import ProfileError
-from garrison.detect.state.store import Store, StoreError
+from garrison.detect.state.store import Store, StoreBusy, StoreError
 from garrison.detect.respond.violations import VERIFICATION_STATES
 
 PROG = "garrison-detect"
@@ -230,6 +230,15 @@ def cmd_delegated(args) -> int:
     return importlib.import_module(DELEGATED[args.command][0]).main(list(args.rest))
 
 
+def cmd_dead_letters(args) -> int:
+    from garrison.detect.ingest.deadletter import DeadLetters
+    records = DeadLetters(f"{args.db}.dead-letters").list()
+    _print(args, records, ("TIME", "TOPIC", "BYTES", "ATTEMPTS", "REASON", "FILE"),
+           [(_when(r["time_ms"] / 1000.0), r["topic"], r["size"], r["attempts"], r["reason"][:80], r["file"])
+            for r in records], "no dead letters")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- serve
 
 def _serve_config(args) -> configuration.Config:
@@ -311,7 +320,8 @@ def cmd_serve(args) -> int:
     config = _serve_config(args)
     user, password = broker_credentials(args.broker, args.broker_user, args.broker_password_file)
     tls = _tls_files(args)
-    store = Store(args.db)
+    from garrison.detect.engine import SERVE_BUSY_TIMEOUT_MS
+    store = Store(args.db, busy_timeout_ms=SERVE_BUSY_TIMEOUT_MS)  # ingest must not wait on a CLI write
     lock = _lock_database(args.db)
     engine = Engine(store, from_environment(args.clock_offset), config)
     for path, target in config.profiles:
@@ -320,7 +330,8 @@ def cmd_serve(args) -> int:
                  f", attached to {target}" if target else "")
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
-                        username=user, password=password, now_ms=engine.clock.now_ms)
+                        username=user, password=password, now_ms=engine.clock.now_ms,
+                        dead_letters=f"{args.db}.dead-letters", in_flight=f"{args.db}.inflight")
     from garrison.detect.console.prometheus import watch_ingest
     watch_ingest(engine, ingest.ingestor, ingest)  # GET /metrics reads its counters and queue
     alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
@@ -332,6 +343,7 @@ def cmd_serve(args) -> int:
     audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
 
     stop = threading.Event()
+    busy_logged = 0.0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ingest.start()
@@ -349,6 +361,8 @@ def cmd_serve(args) -> int:
             try:
                 engine.tick()
                 audits.tick()
+            except StoreBusy as exc:  # another process writes for long: nothing lost, try again
+                busy_logged = _log_busy(exc, busy_logged)
             except Exception:  # periodic work must never stop the engine
                 log.exception("periodic work failed; retrying on the next tick")
     finally:
@@ -363,6 +377,14 @@ def cmd_serve(args) -> int:
         store.close()
         lock.close()
     return 0
+
+
+def _log_busy(exc, last: float) -> float:
+    """At most one line a minute about periodic work waiting for the database."""
+    if time.monotonic() - last < 60:
+        return last
+    log.warning("periodic work waits: %s", exc)
+    return time.monotonic()
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -462,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     action(tsub, "add", "pre-register a thing (strict mode)").add_argument("name")
     action(tsub, "delete", "forget a thing").add_argument("name")
     things.set_defaults(func=cmd_things)
+
+    dead = command("dead-letters", "Reports the engine set aside after failing to handle them again and "
+                   "again (kept in DB.dead-letters/, one JSON file each, payload in base64).")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=cmd_dead_letters)
 
     groups = command("groups", "Thing groups (profiles can be attached to a group).")
     gsub = actions_of(groups)

@@ -11,22 +11,27 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 from garrison.detect.ingest.validate import Invalid, report_id_of, validate
-from garrison.wire import codec, names, replies
+from garrison.wire import cbor_guard, codec, names, replies
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
 # The contract's reply codes, topics and name rule, re-exported for the engine's callers.
 from garrison.wire.names import valid_thing_name  # noqa: F401
 from garrison.wire.replies import (ERROR_CODES, INTERNAL_ERROR, INVALID_PAYLOAD, INVALID_THING_NAME,  # noqa: F401
-                                   PAYLOAD_TOO_LARGE, STALE_REPORT_ID, THROTTLED, UNREGISTERED_THING, Reply)
+                                   PAYLOAD_TOO_LARGE, REPORT_TOO_OLD, STALE_REPORT_ID, THROTTLED,
+                                   UNREGISTERED_THING, Reply)
 from garrison.wire.topics import ENGINE_SUBSCRIPTIONS as SUBSCRIPTIONS  # noqa: F401
 from garrison.wire.topics import parse_report_topic as parse_topic
 from garrison.wire.topics import reply_safe as _safe_reply_thing
 
 log = logging.getLogger("garrison.ingest")
 
-BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # an id older than this is no time: dated by its arrival
+BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # the agent's spool keeps reports at most this long
+EPOCH_MS_FLOOR = 10 ** 12                # ids from here up read as epoch ms (2001-09-09 on)
+FIRST_SEEN_GRACE_MS = 300 * 1000         # a first report was made a little before it arrived
 
 
 class Sink(Protocol):
@@ -40,6 +45,22 @@ class Sink(Protocol):
 
     def accept(self, thing: str, report_long: Dict[str, Any], received_ms: int) -> None:
         """Record the report id and process the report, atomically."""
+
+    # optional: first_seen(thing) -> epoch ms of its registration, or None (reports dated before
+    # it are refused); batch() -> a context manager making the accepts inside one transaction
+
+
+@dataclass(frozen=True)
+class Retry:
+    """No answer yet (handle_batch): the report was not durably handled, so it must not be
+    acknowledged to the broker; handle it again later. `transient`: the store was busy (another
+    process's write lock), nothing is wrong with the report; else handling it raised."""
+
+    thing: str
+    fmt: str
+    report_id: Optional[int]
+    reason: str
+    transient: bool
 
 
 class _RateLimitedLog:
@@ -88,26 +109,85 @@ class Ingestor:
     def handle(self, topic: str, payload: bytes, now_ms: Optional[int] = None) -> Optional[Reply]:
         """The reply to one message, or None when the message gets no reply (logged)."""
         now_ms = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        parsed = self._parse(topic)
+        if parsed is None:
+            return None
+        thing, fmt = parsed
+        try:
+            prepared = self._prepare(thing, fmt, payload, now_ms)
+            if isinstance(prepared, Reply):
+                return prepared
+            with self._lock:
+                return self._admit(*prepared)
+        except Exception:  # never let one message stop the ingestor
+            log.exception("internal error on a report from %s", thing)
+            return self._rejected(thing, fmt, None, now_ms, INTERNAL_ERROR,
+                                  "The engine could not process the report; send it again later")
+
+    def handle_batch(self, messages: Sequence[Tuple[Any, Any, int]]) -> List[Union[Reply, Retry, None]]:
+        """Handle (topic, payload, now_ms) messages together: what needs no store is answered
+        first (topic, name, size, decoding, validation), then the rest are admitted in one
+        store transaction when the sink has `batch()` (group commit). Returns one outcome per
+        message: a Reply (final: publish it, acknowledge the message), None (no reply possible:
+        acknowledge), or Retry (not durably handled: do not acknowledge; handle it again).
+        Replies of a batch are only final once this returns, i.e. after the commit."""
+        outcomes: List[Union[Reply, Retry, None]] = [None] * len(messages)
+        admit = []
+        for i, (topic, payload, now_ms) in enumerate(messages):
+            now_ms = int(now_ms)
+            parsed = self._parse(topic)
+            if parsed is None:
+                continue
+            try:
+                prepared = self._prepare(parsed[0], parsed[1], payload, now_ms)
+            except Exception:
+                log.exception("internal error on a report from %s", parsed[0])
+                prepared = self._rejected(parsed[0], parsed[1], None, now_ms, INTERNAL_ERROR,
+                                          "The engine could not process the report; send it again later")
+            if isinstance(prepared, Reply):
+                outcomes[i] = prepared
+            else:
+                admit.append((i, prepared))
+        if not admit:
+            return outcomes
+        batch = getattr(self.sink, "batch", None)
+        try:
+            with (batch() if batch is not None else nullcontext()), self._lock:
+                for i, prepared in admit:
+                    outcomes[i] = self._admit(*prepared, in_batch=True)
+        except Exception as exc:  # the transaction did not commit: nothing of the batch is durable
+            transient = bool(getattr(exc, "transient", False))
+            if transient:
+                self._log(logging.WARNING, "busy", "the store is busy (%s); %d reports wait and will be "
+                          "handled again", exc, len(admit))
+            else:
+                log.exception("a batch of %d reports failed to commit", len(admit))
+            for i, (thing, fmt, _, report_id, _) in admit:
+                outcomes[i] = Retry(thing, fmt, report_id, str(exc), transient)
+        return outcomes
+
+    def _parse(self, topic: Any) -> Optional[Tuple[str, str]]:
+        """(thing, format) of a topic we can answer on; None (logged, counted) otherwise."""
         parsed = parse_topic(topic)
         if parsed is None:
             self.stats["dropped"] += 1
             self._log(logging.WARNING, "topic", "dropped a message on %r: not a Device Defender "
                       "report topic", _shorten(topic))
             return None
-        thing, fmt = parsed
-        if not _safe_reply_thing(thing):
+        if not _safe_reply_thing(parsed[0]):
             self.stats["dropped"] += 1
             self._log(logging.WARNING, "thing", "dropped a report from thing %r: the name cannot "
-                      "be used in a reply topic", _shorten(thing))
+                      "be used in a reply topic", _shorten(parsed[0]))
             return None
-        try:
-            return self._handle(thing, fmt, payload, now_ms)
-        except Exception:  # never let one message stop the ingestor
-            log.exception("internal error on a report from %s", thing)
-            return self._rejected(thing, fmt, None, now_ms, INTERNAL_ERROR,
-                                  "The engine could not process the report; send it again later")
+        return parsed
 
-    def _handle(self, thing: str, fmt: str, payload: bytes, now_ms: int) -> Reply:
+    def internal_error(self, thing: str, fmt: str, report_id: Optional[int], now_ms: int, message: str) -> Reply:
+        """An InternalError reply (e.g. for a message set aside after failing again and again)."""
+        return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR, message)
+
+    def _prepare(self, thing: str, fmt: str, payload: bytes, now_ms: int):
+        """The checks that need no store, cheapest first: a final Reply, or the arguments of
+        `_admit` for a valid report."""
         if not valid_thing_name(thing):
             return self._rejected(thing, fmt, None, now_ms, INVALID_THING_NAME,
                                   names.THING.text[0].upper() + names.THING.text[1:])
@@ -116,8 +196,15 @@ class Ingestor:
         if len(payload) > self.max_payload:
             return self._rejected(thing, fmt, None, now_ms, PAYLOAD_TOO_LARGE,
                                   f"Payload is {len(payload)} bytes, over the limit of {self.max_payload}")
+        if self.strict and not self.sink.is_registered(thing):  # before decoding: strangers cost little
+            return self._rejected(thing, fmt, None, now_ms, UNREGISTERED_THING,
+                                  "Thing is not registered with the detect engine")
         try:
+            if fmt == "cbor":  # before the decoder: tags and shared references never get built
+                cbor_guard.check(payload)
             doc = codec.decode(bytes(payload), fmt)
+        except cbor_guard.CborRefused as exc:
+            return self._rejected(thing, fmt, None, now_ms, INVALID_PAYLOAD, f"malformed CBOR: {exc}")
         except codec.CodecError as exc:
             return self._rejected(thing, fmt, None, now_ms, INVALID_PAYLOAD, str(exc))
         report_id = report_id_of(doc)
@@ -125,18 +212,17 @@ class Ingestor:
             report = validate(doc)
         except Invalid as exc:
             return self._rejected(thing, fmt, report_id, now_ms, exc.code, exc.message)
-        report_id = report["header"]["report_id"]
-        with self._lock:
-            return self._admit(thing, fmt, report, report_id, now_ms)
+        return thing, fmt, report, report["header"]["report_id"], now_ms
 
-    def _admit(self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int) -> Reply:
-        """Registration, duplicates, order and rate; then the sink."""
+    def _admit(self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int,
+               in_batch: bool = False) -> Union[Reply, Retry]:
+        """Registration, duplicates, order and rate; then the sink. In a batch a failing sink
+        gives Retry (a busy store aborts the whole batch) instead of an InternalError reply."""
         try:
-            if self.strict and not self.sink.is_registered(thing):
-                return self._rejected(thing, fmt, report_id, now_ms, UNREGISTERED_THING,
-                                      "Thing is not registered with the detect engine")
             last = self.sink.last_report(thing)
-        except Exception:
+        except Exception as exc:
+            if in_batch:
+                return self._failed(exc, thing, fmt, report_id, "look up")
             log.exception("the engine failed to look up %s", thing)
             return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR,
                                   "The engine could not process the report; send it again later")
@@ -149,6 +235,9 @@ class Ingestor:
                 return self._rejected(thing, fmt, report_id, now_ms, STALE_REPORT_ID,
                                       f"Report id is lower than the last accepted one ({last_id})")
         at_ms = self.datapoint_time(report_id, now_ms)
+        too_old = self._too_old(thing, report_id, at_ms, now_ms, last is None)
+        if too_old:
+            return self._rejected(thing, fmt, report_id, now_ms, REPORT_TOO_OLD, too_old)
         if last is not None:
             wait_ms = (self.min_interval_s - self.grace_s) * 1000
             since_ms = at_ms - last_ms
@@ -158,11 +247,31 @@ class Ingestor:
                                       f"Reports are limited to one per {self.min_interval_s:g} s per thing")
         try:
             self.sink.accept(thing, report, at_ms)
-        except Exception:
+        except Exception as exc:
+            if in_batch:
+                return self._failed(exc, thing, fmt, report_id, "accept")
             log.exception("the engine failed to accept report %s from %s", report_id, thing)
             return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR,
                                   "The engine could not process the report; send it again later")
         return self._accepted(thing, fmt, report_id, now_ms)
+
+    def _failed(self, exc: Exception, thing: str, fmt: str, report_id: int, what: str) -> Retry:
+        if getattr(exc, "transient", False):
+            raise exc  # a busy store: the batch as a whole waits
+        log.exception("the engine failed to %s report %s from %s", what, report_id, thing)
+        return Retry(thing, fmt, report_id, f"{type(exc).__name__}: {exc}", False)
+
+    def _too_old(self, thing: str, report_id: int, at_ms: int, now_ms: int, new: bool) -> Optional[str]:
+        """Why a report is dated too far back to be believed, or None. A device must not fabricate
+        history (issue 10): backdated ids would be accepted as a spooled backlog, unthrottled,
+        and would train ML models on days that never happened."""
+        if EPOCH_MS_FLOOR <= report_id < now_ms - BACKLOG_MAX_AGE_MS:
+            return (f"Report id dates the report more than {BACKLOG_MAX_AGE_MS // 86_400_000} days before "
+                    "its arrival (older than any agent spools)")
+        first_seen = now_ms if new else getattr(self.sink, "first_seen", lambda _: None)(thing)
+        if first_seen is not None and at_ms < first_seen - FIRST_SEEN_GRACE_MS:
+            return "Report id dates the report before the thing was first seen"
+        return None
 
     def datapoint_time(self, report_id: int, now_ms: int) -> int:
         """When the report was made: its id when that is an epoch-ms time in the past, else now.

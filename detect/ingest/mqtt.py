@@ -3,13 +3,20 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url, redact_broker_url
-from garrison.detect.ingest.frontdoor import Ingestor, _RateLimitedLog
+from garrison.detect.ingest.deadletter import MAX_ATTEMPTS, DeadLetters, InFlight, digest
+from garrison.detect.ingest.frontdoor import Ingestor, Retry, _RateLimitedLog, parse_topic
 from garrison.wire.topics import ENGINE_SUBSCRIPTIONS
 
 log = logging.getLogger("garrison.ingest")
+
+# Reports per transaction. Small on purpose: the broker sends at most max_inflight_messages
+# (Mosquitto: 20 by default, 100 as broker-config writes it) reports not yet acknowledged, and a
+# batch is acknowledged only once committed; a batch the size of that window leaves the broker
+# idle while it is judged (measured in docs/bench-burst.md: 100 gave about half the rate of 20).
+_BATCH_SIZE = 20
 
 
 def _wall_clock_ms() -> int:
@@ -26,13 +33,25 @@ class MqttIngest:
     only after it was handled, so an engine crash loses nothing the broker still holds.
     now_ms: the clock that dates arrivals (epoch ms); `serve` passes the engine's, so
     `--clock-offset` shifts report times too.
+
+    Group commit: the worker takes what is queued (up to `batch_size`; when it is behind,
+    waiting at most `linger_s` for more) and hands it to
+    `Ingestor.handle_batch`, one store transaction; replies are published and messages
+    acknowledged only after the commit. A message that was not durably handled (Retry) is not
+    acknowledged: a busy store (another process's write lock) makes the batch wait and try again
+    (new messages wait behind it, in order); a message whose handling raises is tried again on
+    its own and, after `max_attempts`, set aside in `dead_letters` (a directory), answered
+    InternalError and acknowledged. `in_flight` (a file path) lets a restarted engine recognise
+    a message that was being handled when the process died (deadletter.InFlight).
     """
 
     def __init__(self, broker_url: str, ingestor: Ingestor, client_id: str = "garrison-detect",
                  tls: Optional[Tuple[str, str, str]] = None, username: Optional[str] = None,
                  password: Optional[str] = None, queue_size: int = 100,
                  reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
-                 now_ms: Callable[[], int] = _wall_clock_ms):
+                 now_ms: Callable[[], int] = _wall_clock_ms, batch_size: int = _BATCH_SIZE,
+                 dead_letters: Optional[str] = None, in_flight: Optional[str] = None,
+                 max_attempts: int = MAX_ATTEMPTS, linger_s: float = 0.005):
         host, port, url_tls, url_user, url_password = parse_broker_url(broker_url)
         self.url, self.host, self.port = redact_broker_url(broker_url), host, port  # self.url is for logs
         self.ingestor = ingestor
@@ -40,6 +59,13 @@ class MqttIngest:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.replies_sent = 0
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self._behind = False
+        self.max_attempts = max_attempts
+        self.dead_letters = DeadLetters(dead_letters) if dead_letters else None
+        self.in_flight = InFlight(in_flight) if in_flight else None
+        self._retry_delay = _RETRY_MIN_S
         # bounded in messages; at 128 KB each the default holds at most ~13 MB
         self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self._log_behind = _RateLimitedLog(every_s=30)
@@ -93,30 +119,131 @@ class MqttIngest:
                 continue
 
     def _work(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()):
-            try:
-                msg = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                self._process(msg)
-            except Exception:  # the worker must outlive any one message
-                log.exception("failed to answer a message on %r", getattr(msg, "topic", "?"))
+        waiting: List[_Message] = []  # not durably handled yet: handled again before anything new
+        while True:
+            if waiting:
+                if self._stopping.wait(self._retry_delay):
+                    # unacknowledged: the broker delivers them again to the next session
+                    log.warning("stopping with %d reports not yet stored; the broker keeps them", len(waiting))
+                    return
+                # a busy store: the whole batch again; a report whose handling raised: alone
+                batches = [waiting] if waiting[0].transient else [[m] for m in waiting]
+            else:
+                if self._stopping.is_set() and self._queue.empty():
+                    return
+                batches = self._take()
+            waiting = []
+            for batch in batches:
+                try:
+                    waiting += self._handle(batch)
+                except Exception as exc:  # the worker must outlive any one batch
+                    log.exception("failed to handle %d messages", len(batch))
+                    for message in batch:
+                        message.attempts += 1
+                        message.transient = False
+                        if not self._give_up(message, f"{type(exc).__name__}: {exc}"):
+                            waiting.append(message)
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S) if waiting else _RETRY_MIN_S
 
-    def _process(self, msg) -> None:
+    def _take(self) -> List[List["_Message"]]:
+        """What is queued, up to batch_size (waiting briefly for the first), as batches: one for
+        the lot, and one each for suspects of a crashed run (dead-lettered once they were in
+        flight max_attempts times)."""
         try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = None  # not UTF-8: not a topic we can answer on; handle() drops it
-        reply = self.ingestor.handle(topic, msg.payload, self.now_ms())
-        if reply is not None:
-            # QoS 0: a QoS 1 reply waits in paho's memory for a PUBACK that the network thread,
-            # busy holding back a burst, reads late; replies then piled up by the thousand
-            # (docs/bench-burst.md). The report itself is what must not be lost, and it is not.
-            self._client.publish(reply.topic, reply.payload, qos=0)
-            self.replies_sent += 1
-        if self._manual_ack and msg.qos > 0:
-            self._client.ack(msg.mid, msg.qos)
+            msgs = [self._queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        # behind (the last batch was full): linger a moment for more, as the network thread
+        # fills the queue while this one waits (it holds the GIL otherwise) and a bigger batch
+        # shares one commit. Not otherwise: the broker sends at most its max_inflight_messages
+        # unacknowledged reports, and waiting for more than that would only stall the stream.
+        deadline = time.monotonic() + (self.linger_s if self._behind else 0.0)
+        while len(msgs) < self.batch_size:
+            try:
+                msgs.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msgs.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        self._behind = len(msgs) >= self.batch_size
+        batch = [_Message(m) for m in msgs]
+        suspects = self.in_flight.suspects if self.in_flight is not None else {}
+        if not suspects:
+            return [batch]
+        batches: List[List[_Message]] = [[]]
+        for message in batch:  # in arrival order: a thing's older report before its newer ones
+            if message.digest not in suspects:
+                batches[-1].append(message)
+                continue
+            message.attempts = suspects[message.digest]
+            if not self._give_up(message, "the engine process died while handling it"):
+                batches += [[message], []]
+        return [b for b in batches if b]
+
+    def _handle(self, batch: List["_Message"]) -> List["_Message"]:
+        """Handle a batch; publish and acknowledge what is final; return what must wait."""
+        if self.in_flight is not None:
+            self.in_flight.begin(m.digest for m in batch)
+        now = self.now_ms()
+        outcomes = self.ingestor.handle_batch([(m.topic, m.msg.payload, now) for m in batch])
+        waiting = []
+        for message, outcome in zip(batch, outcomes):
+            if isinstance(outcome, Retry):
+                message.transient = outcome.transient
+                if not outcome.transient:
+                    message.attempts += 1
+                    if self._give_up(message, outcome.reason, outcome):
+                        continue
+                waiting.append(message)
+                continue
+            if outcome is not None:
+                self._reply(outcome)
+            self._ack(message)
+        if self.in_flight is not None:
+            self.in_flight.end()
+            for message in batch:
+                self.in_flight.cleared(message.digest)
+        return waiting
+
+    def _give_up(self, message: "_Message", reason: str, retry: Optional[Retry] = None) -> bool:
+        """Dead-letter `message` once it failed max_attempts times: kept, answered, acknowledged."""
+        if message.attempts < self.max_attempts:
+            return False
+        if self.dead_letters is not None:
+            try:
+                self.dead_letters.put(message.raw_topic, message.msg.payload, reason, message.attempts)
+            except OSError as exc:
+                log.error("cannot keep a dead letter in %s: %s", self.dead_letters.directory, exc)
+        else:
+            log.error("gave up on a message on %r after %d attempts: %s", message.topic, message.attempts, reason)
+        parsed = parse_topic(message.topic)
+        if parsed is not None:
+            thing, fmt = (retry.thing, retry.fmt) if retry else parsed
+            self._reply(self.ingestor.internal_error(
+                thing, fmt, retry.report_id if retry else None, self.now_ms(),
+                f"The engine failed to handle this report {message.attempts} times and set it aside "
+                "for the operator"))
+        self._ack(message)
+        if self.in_flight is not None:
+            self.in_flight.cleared(message.digest)
+        return True
+
+    def _reply(self, reply) -> None:
+        # QoS 0: a QoS 1 reply waits in paho's memory for a PUBACK that the network thread,
+        # busy holding back a burst, reads late; replies then piled up by the thousand
+        # (docs/bench-burst.md). The report itself is what must not be lost, and it is not.
+        self._client.publish(reply.topic, reply.payload, qos=0)
+        self.replies_sent += 1
+
+    def _ack(self, message: "_Message") -> None:
+        if self._manual_ack and message.msg.qos > 0:
+            self._client.ack(message.msg.mid, message.msg.qos)
 
     def start(self) -> "MqttIngest":
         """Connect (retrying in the background until the broker answers) and start serving."""
@@ -160,3 +287,23 @@ class MqttIngest:
             log.info("stopping")
         finally:
             self.stop()
+
+
+_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0
+
+
+class _Message:
+    """A received message and how often handling it failed."""
+
+    __slots__ = ("msg", "topic", "raw_topic", "digest", "attempts", "transient")
+
+    def __init__(self, msg):
+        self.msg = msg
+        self.raw_topic = getattr(msg, "_topic", b"") or b""
+        try:
+            self.topic = msg.topic
+        except UnicodeDecodeError:
+            self.topic = None  # not UTF-8: not a topic we can answer on; the ingestor drops it
+        self.digest = digest(self.raw_topic, msg.payload)
+        self.attempts = 0
+        self.transient = False

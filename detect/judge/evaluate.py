@@ -101,14 +101,18 @@ def step(behavior, state: Optional[Dict[str, Any]], value: Any, received_ms: int
         return Outcome(state, None, None, judged, detail)
 
     transition = None
+    # streaks are capped where they stop mattering, so a steady state stops changing (and the
+    # engine need not write it back after every report)
     if violating:
-        count = state["violating"] = state.get("violating", 0) + 1
+        count = state.get("violating", 0) + 1
+        state["violating"] = min(count, behavior.consecutive_to_alarm)
         state["conforming"] = 0
         if count >= behavior.consecutive_to_alarm and not state.get("alarm"):
             state["alarm"] = True
             transition = IN_ALARM
     else:
-        count = state["conforming"] = state.get("conforming", 0) + 1
+        count = state.get("conforming", 0) + 1
+        state["conforming"] = min(count, behavior.consecutive_to_clear)
         state["violating"] = 0
         if state.get("alarm") and (empty_list or count >= behavior.consecutive_to_clear):
             state["alarm"] = False

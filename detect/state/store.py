@@ -164,8 +164,18 @@ class NotFound(StoreError):
     """The named thing, group, profile or violation does not exist."""
 
 
+class StoreBusy(StoreError):
+    """Another connection holds the write lock past the busy timeout: nothing was written; the
+    same work can succeed later (`transient`)."""
+
+    transient = True
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # json.dumps's work, built once
+
+
 def _dumps(value: Any) -> Optional[str]:
-    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return None if value is None else _ENCODER.encode(value)
 
 
 def _loads(text: Optional[str]) -> Any:
@@ -185,10 +195,13 @@ def parse_target(target: str) -> Tuple[str, Optional[str]]:
 class Store:
     """The engine's SQLite state. Thread-safe; open one per process."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
+        """busy_timeout_ms: how long a statement waits for another process's write lock (the
+        engine's threads share one connection, so while one waits, all do)."""
         self.path = str(path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+            self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
                                          isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
@@ -196,7 +209,7 @@ class Store:
         self._depth = 0
         try:
             self._conn.row_factory = sqlite3.Row
-            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode: a committed transaction survives a process kill; only a power
             # loss can roll back the last few commits, never corrupt the file.
@@ -226,8 +239,13 @@ class Store:
             self._conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator["Store"]:
-        """One atomic unit of work; nested calls join the outer transaction."""
+    def transaction(self, busy_timeout_ms: Optional[int] = None) -> Iterator["Store"]:
+        """One atomic unit of work; nested calls join the outer transaction.
+
+        busy_timeout_ms: how long to wait for another connection's write lock, for this
+        transaction only (ingest waits briefly and retries later rather than stall); a lock held
+        longer raises StoreBusy with nothing written.
+        """
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -236,7 +254,16 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            own_timeout = busy_timeout_ms is not None and busy_timeout_ms != self.busy_timeout_ms
+            if own_timeout:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreBusy(f"database {self.path} is busy: {exc}") from None
+            finally:
+                if own_timeout:
+                    self._conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             self._depth = 1
             try:
                 yield self
@@ -247,6 +274,26 @@ class Store:
                 raise
             finally:
                 self._depth = 0
+
+    @contextmanager
+    def savepoint(self) -> Iterator["Store"]:
+        """Inside a transaction: undo this block's writes alone if it raises."""
+        with self._lock:
+            self._conn.execute("SAVEPOINT unit")
+            try:
+                yield self
+            except BaseException:
+                self._conn.execute("ROLLBACK TO unit")
+                raise
+            finally:
+                self._conn.execute("RELEASE unit")
+
+    def change_marker(self) -> Tuple[int, int]:
+        """Changes to the file by other connections (PRAGMA data_version) and rows changed through
+        this one (total_changes): equal markers mean nobody wrote in between, so what the engine
+        cached from the file is still true."""
+        with self._lock:
+            return self._conn.execute("PRAGMA data_version").fetchone()[0], self._conn.total_changes
 
     def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -294,10 +341,21 @@ class Store:
         row = self._one("SELECT last_report_id, last_received_ms FROM things WHERE name = ?", (name,))
         return None if row is None else (row[0], row[1])
 
+    def first_seen(self, name: str) -> Optional[int]:
+        """When the thing was registered (its first report, or `things add`), epoch ms; None if unknown."""
+        row = self._one("SELECT registered_ms FROM things WHERE name = ?", (name,))
+        return None if row is None else row[0]
+
     def last_received_times(self) -> Dict[str, int]:
         """Every thing that has reported -> when its last accepted report was dated (ms)."""
         return {r[0]: r[1] for r in self._rows(
             "SELECT name, last_received_ms FROM things WHERE last_received_ms IS NOT NULL")}
+
+    def record_reports(self, rows: Iterable[Tuple[int, int, int, str]]) -> None:
+        """record_report for many (report id, received ms, how many reports, thing) at once."""
+        with self._lock:
+            self._conn.executemany("UPDATE things SET last_report_id = ?, last_received_ms = ?, "
+                                   "reports = reports + ? WHERE name = ?", list(rows))
 
     def record_report(self, name: str, report_id: int, received_ms: int) -> None:
         self._exec("UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 "
@@ -416,6 +474,13 @@ class Store:
         return [r[0] for r in self._rows(
             f"SELECT DISTINCT profile FROM attachments WHERE target IN ({marks}) ORDER BY profile", targets)]
 
+    def attachments_by_target(self) -> Dict[str, List[str]]:
+        """Every attachment: target -> its profiles (sorted)."""
+        out: Dict[str, List[str]] = {}
+        for target, profile in self._rows("SELECT target, profile FROM attachments ORDER BY profile"):
+            out.setdefault(target, []).append(profile)
+        return out
+
     def things_under_profile(self, profile: str) -> List[str]:
         """Things the profile applies to now: registered things if it is attached to all, named
         things, and members of attached groups."""
@@ -448,6 +513,14 @@ class Store:
                    "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
                    "updated_ms = excluded.updated_ms", (thing, profile, behavior, _dumps(state), now_ms))
 
+    def put_states(self, rows: Iterable[Tuple[str, str, str, Any, int]]) -> None:
+        """put_state for many (thing, profile, behavior, state, now_ms) at once (group commit)."""
+        with self._lock:
+            self._conn.executemany(
+                "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
+                "updated_ms = excluded.updated_ms", [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows])
+
     def delete_state(self, thing: str, profile: str, behavior: str) -> None:
         self._exec("DELETE FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
                    (thing, profile, behavior))
@@ -468,6 +541,13 @@ class Store:
     def update_violation_value(self, violation_id: str, value: Any, time_ms: int, additional_info: Any) -> None:
         self._exec("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? "
                    "WHERE violation_id = ?", (_dumps(value), time_ms, _dumps(additional_info), violation_id))
+
+    def update_violation_values(self, rows: Iterable[Tuple[str, Any, int, Any]]) -> None:
+        """update_violation_value for many (violation id, value, time ms, additional info)."""
+        with self._lock:
+            self._conn.executemany("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? "
+                                   "WHERE violation_id = ?",
+                                   [(_dumps(v), ms, _dumps(info), vid) for vid, v, ms, info in rows])
 
     def close_violation(self, violation_id: str, end_type: str, time_ms: int) -> None:
         self._exec("UPDATE violations SET end_ms = ?, end_type = ? WHERE violation_id = ? AND end_ms IS NULL",

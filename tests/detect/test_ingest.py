@@ -231,7 +231,8 @@ def test_strict_mode_refuses_unregistered_things():
     ledger = MemoryLedger(registered={"known"})
     ingestor = Ingestor(ledger, strict=True)
     reply = ingestor.handle("$aws/things/stranger/defender/metrics/json", payload(1), T0)
-    assert reply.error_code == UNREGISTERED_THING and reply.report_id == 1
+    # refused before the payload is decoded (cheap checks first), so the reply has no report id
+    assert reply.error_code == UNREGISTERED_THING and reply.report_id is None
     assert ingestor.handle("$aws/things/known/defender/metrics/json", payload(1), T0).accepted
     assert list(ledger.reports) == ["known"]
     # not strict: anyone may report
@@ -477,3 +478,48 @@ def test_the_real_engine_is_a_sink(aws_reports, tmp_path):
                              T0).error_code == UNREGISTERED_THING
     finally:
         store.close()
+
+
+# ---- fabricated history (issue 10 item 10) ------------------------------------------------------
+
+def test_a_new_thing_cannot_backdate_its_reports(ingestor, ledger):
+    """Fails on the old code: the 7 days of ids below were all accepted as a spooled backlog."""
+    from garrison.detect.ingest.frontdoor import REPORT_TOO_OLD
+    topic = "$aws/things/forger/defender/metrics/json"
+    now = T0
+    fabricated = [now - 7 * 86_400_000 + 60_000 + k * 300_000 for k in range(20)]
+    outcomes = [ingestor.handle(topic, payload(rid), now) for rid in fabricated]
+    assert [r.error_code for r in outcomes] == [REPORT_TOO_OLD] * 20
+    assert "before the thing was first seen" in outcomes[0].error_message
+    assert "forger" not in ledger.reports
+    # a first report made a moment before it arrived is fine
+    assert ingestor.handle(topic, payload(now - 2_000), now).accepted
+
+
+def test_ids_older_than_the_spool_keeps_are_refused_but_counters_and_seconds_are_not(ingestor):
+    from garrison.detect.ingest.frontdoor import REPORT_TOO_OLD
+    topic = "$aws/things/{}/defender/metrics/json"
+    reply = ingestor.handle(topic.format("a"), payload(T0 - 8 * 86_400_000), T0)
+    assert reply.error_code == REPORT_TOO_OLD and "7 days" in reply.error_message
+    assert ingestor.handle(topic.format("b"), payload(7), T0).accepted              # a counter
+    assert ingestor.handle(topic.format("c"), payload(1530304554), T0).accepted     # epoch seconds
+
+
+def test_a_known_thing_cannot_date_reports_before_it_was_first_seen(tmp_path):
+    """With the real engine: first seen is the thing's registration (its first report)."""
+    from garrison.detect.clock import ManualClock
+    from garrison.detect.engine import Engine
+    from garrison.detect.ingest.frontdoor import REPORT_TOO_OLD
+    from garrison.detect.state.store import Store
+    engine = Engine(Store(tmp_path / "e.db"), ManualClock(T0 / 1000), ml=None)
+    ingestor = Ingestor(engine, min_interval_s=300)
+    topic = "$aws/things/t/defender/metrics/json"
+    assert ingestor.handle(topic, payload(7), T0).accepted  # a counter id: dated by its arrival
+    assert engine.store.first_seen("t") == T0
+    now = T0 + 3_600_000
+    # higher than 7, so not stale: but it dates the report 5 days before the thing was first seen
+    backdated = ingestor.handle(topic, payload(T0 - 5 * 86_400_000), now)
+    assert backdated.error_code == REPORT_TOO_OLD
+    # the hour since it was first seen is fair game (a spooled backlog)
+    assert ingestor.handle(topic, payload(T0 + 600_000), now).accepted
+    assert engine.store.last_report("t") == (T0 + 600_000, T0 + 600_000)

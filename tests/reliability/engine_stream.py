@@ -42,8 +42,10 @@ def report(report_id: int, connections: int) -> bytes:
 class Engine:
     """`garrison-detect serve` as a child process, on one database."""
 
-    def __init__(self, workdir: Path, broker_url: str, *extra: str):
+    def __init__(self, workdir: Path, broker_url: str, *extra: str, memory_limit: Optional[int] = None):
+        """memory_limit: the process's address space in bytes (RLIMIT_AS, as `prlimit --as`)."""
         self.workdir, self.broker_url, self.extra = Path(workdir), broker_url, extra
+        self.memory_limit = memory_limit
         self.db = self.workdir / "engine.db"
         self.config = self.workdir / "engine.toml"
         self.config.write_text("[alerts]\nlog = false\nmqtt = false\n")
@@ -56,13 +58,22 @@ class Engine:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(CLI + ["serve", "--broker", self.broker_url, "--db", str(self.db),
                                                 "--config", str(self.config), "--min-report-interval", "0",
-                                                *self.extra], stdout=out, stderr=out, cwd=REPO)
+                                                *self.extra], stdout=out, stderr=out, cwd=REPO,
+                                         preexec_fn=self._limit if self.memory_limit else None,
+                                         env=dict(os.environ, MALLOC_ARENA_MAX="2") if self.memory_limit else None)
         deadline = time.monotonic() + 60
         while "listening for Device Defender reports" not in self.log.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve did not connect: {self.log.read_text()[-2000:]}")
             time.sleep(0.05)
         return self
+
+    def _limit(self) -> None:  # in the child, before exec
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def pid(self) -> int:
