@@ -104,6 +104,8 @@ class MqttIngest:
         side = self.side_channels.get(msg.topic) if self.side_channels else None
         if side is not None:   # not a report: never queued behind them (the worker may wait on it)
             side(msg.payload)
+            if self._manual_ack and msg.qos > 0:  # else it holds one of the broker's in-flight slots
+                client.ack(msg.mid, msg.qos)
             return
         try:
             self._queue.put_nowait(msg)
