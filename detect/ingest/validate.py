@@ -107,8 +107,8 @@ def _spec(field: schema.Field):
         table = {}
         for name, sub in _children(field).items():
             fast = sub.kind
-            if sub.kind == "str":
-                fast = _ENDPOINT if sub.long == "remote_addr" else _PLAIN_TEXT
+            if sub.kind == "str":  # (a field with choices takes the full check)
+                fast = _ENDPOINT if sub.long == "remote_addr" else "str" if sub.choices else _PLAIN_TEXT
             low = sub.minimum if sub.minimum is not None else -math.inf
             high = sub.maximum if sub.maximum is not None else math.inf
             table[name] = (sub.long, fast, low, high, sub)
