@@ -207,11 +207,20 @@ class MqttIngest:
             if outcome is not None:
                 self._reply(outcome)
             self._ack(message)
+            self._count_latency(message)
+        stats = self.ingestor.stats  # read by /metrics (garrison.detect.console.prometheus)
+        stats["batches"] += 1
+        stats["batch_reports"] += len(batch)
         if self.in_flight is not None:
             self.in_flight.end()
             for message in batch:
                 self.in_flight.cleared(message.digest)
         return waiting
+
+    def _count_latency(self, message: "_Message") -> None:
+        stats = self.ingestor.stats
+        stats["latency_seconds_sum"] += time.monotonic() - message.received
+        stats["latency_count"] += 1
 
     def _give_up(self, message: "_Message", reason: str, retry: Optional[Retry] = None) -> bool:
         """Dead-letter `message` once it failed max_attempts times: kept, answered, acknowledged."""
@@ -297,10 +306,11 @@ _RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0
 class _Message:
     """A received message and how often handling it failed."""
 
-    __slots__ = ("msg", "topic", "raw_topic", "digest", "attempts", "transient")
+    __slots__ = ("msg", "topic", "raw_topic", "digest", "attempts", "transient", "received")
 
     def __init__(self, msg):
         self.msg = msg
+        self.received = time.monotonic()  # ingest latency: from arrival to the broker ack
         self.raw_topic = getattr(msg, "_topic", b"") or b""
         try:
             self.topic = msg.topic

@@ -11,6 +11,7 @@ from garrison.agent import report
 from garrison.detect.ingest.frontdoor import INTERNAL_ERROR, INVALID_THING_NAME, PAYLOAD_TOO_LARGE, STALE_REPORT_ID, THROTTLED, UNREGISTERED_THING, Ingestor, parse_topic
 from garrison.detect.ingest.mqtt import MqttIngest
 from garrison.agent.transports.paho_compat import parse_broker_url
+from fixtures import wait_for
 from ledger import MemoryLedger
 from garrison.detect.ingest.validate import INVALID_PAYLOAD
 from garrison.agent.transports.paho_compat import new_client
@@ -340,6 +341,11 @@ def test_mqtt_ingest_replies_on_a_real_broker(mosquitto):
         assert [(r.accepted, r.report_id, r.error_code) for r in got] == [
             (True, 100, None), (False, 101, THROTTLED), (False, None, INVALID_PAYLOAD)]
         assert ledger.last["live-1"][0] == 100
+        # what /metrics exports: every answered message counted in a batch and timed to its ack
+        stats = engine.ingestor.stats
+        assert wait_for(lambda: stats["latency_count"] == 3, 10, "the third ack to be counted")
+        assert stats["batch_reports"] == 3 and 1 <= stats["batches"] <= 3
+        assert 0 < stats["latency_seconds_sum"] < 30
         device.close()
     finally:
         engine.stop()
