@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
+from garrison.detect.judge import cloudmetrics, evaluate, fleetstats, metrics, mlbridge
 from garrison.detect.respond import violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertMessage
@@ -78,12 +78,17 @@ class Engine:
         self.runner = None   # garrison.detect.respond.runner.ActionRunner: carries out pending actions
         self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
+        # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
+        # it follows a broker log; None: the cloud-side metrics other than disconnect-duration
+        # have no source
+        self.broker_view: Any = None
         self._dispatch_lock = threading.Lock()
         self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
         self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
         # first, so devices that did report are not taken for silent ones
-        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0}
+        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0,
+                     "cloud": time.monotonic() + self.config.cloud_metrics_interval_s}
         for group in self.actions.groups():  # a quarantine group exists before it is needed
             store.create_group(group, self.clock.now_ms())
 
@@ -136,7 +141,7 @@ class Engine:
         value = metrics.extract(report, behavior.metric, behavior.spec)
         if value is None:
             return None
-        if behavior.metric == metrics.DISCONNECT_DURATION:
+        if behavior.metric in metrics.SILENCE_METRICS:
             # the sweep measures silence from the report's arrival: a spooled backlog dated in the
             # past still shows the device is connected now
             state = dict(state or {}, seen_ms=max(received_ms, self.clock.now_ms()))
@@ -259,6 +264,9 @@ class Engine:
         if now >= self._due["sweep"]:
             self._due["sweep"] = now + self.config.sweep_interval_s
             self.sweep()
+        if self.broker_view is not None and now >= self._due["cloud"]:
+            self._due["cloud"] = now + self.config.cloud_metrics_interval_s
+            self.evaluate_cloud_metrics()
         self.dispatch_alerts()
         if self.runner is not None:
             self.runner.wake()
@@ -273,8 +281,11 @@ class Engine:
         return events
 
     def _measure_disconnects(self, now_ms: int) -> List[Event]:
-        """One aws:disconnect-duration datapoint per thing under each profile with such a behavior:
-        whole units since its last accepted report (things that never reported have none)."""
+        """One datapoint per thing under each profile with an aws:disconnect-duration or
+        garrison:report-silence behavior, in whole units: for report silence, since the thing's
+        last accepted report; for disconnect-duration, since its connection ended (0 while
+        connected) when the broker view knows the thing, else as report silence (things that
+        neither reported nor were seen have none)."""
         events = []
         unit_ms = self.config.disconnect_duration_unit_s * 1000
         with self.store.transaction():
@@ -282,18 +293,27 @@ class Engine:
             for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
                 profile = self._profile(name)
                 behaviors = [b for b in (profile.behaviors if profile else ())
-                             if b.metric == metrics.DISCONNECT_DURATION and b.kind == "rule"]
+                             if b.metric in metrics.SILENCE_METRICS and b.kind == "rule"]
                 if not behaviors:
                     continue
                 if last_seen is None:
                     last_seen = self.store.last_received_times()
-                things = [thing for thing in self.store.things_under_profile(name) if thing in last_seen]
+                view = self.broker_view
+                under = self.store.things_under_profile(name)
                 for behavior in behaviors:
                     states = self.store.states_of_behavior(name, behavior.name)
-                    for thing in things:
+                    for thing in under:
                         state = states.get(thing)
-                        since = max(last_seen[thing], (state or {}).get("seen_ms", 0))
-                        value = max(0, int((now_ms - since) // unit_ms))
+                        connection = (view.connection(thing) if view is not None
+                                      and behavior.metric == metrics.DISCONNECT_DURATION else None)
+                        if connection is not None:
+                            connected, since = connection
+                            value = 0 if connected else max(0, int((now_ms - since) // unit_ms))
+                        elif thing in last_seen:
+                            since = max(last_seen[thing], (state or {}).get("seen_ms", 0))
+                            value = max(0, int((now_ms - since) // unit_ms))
+                        else:
+                            continue
                         if _changes_nothing(behavior, state, value):
                             continue
                         event = self._judge(thing, name, behavior, value, now_ms, state)
@@ -301,6 +321,59 @@ class Engine:
                             events.append(event)
                             self.actions.run(self.store, event, now_ms)
         return events
+
+    def evaluate_cloud_metrics(self, now_ms: Optional[int] = None) -> List[Event]:
+        """One datapoint per thing under each profile with a behavior on a metric the broker view
+        computes (garrison.detect.judge.cloudmetrics), over the behavior's durationSeconds."""
+        view = self.broker_view
+        if view is None:
+            return []
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        events = []
+        with self.store.transaction():
+            for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
+                profile = self._profile(name)
+                behaviors = [b for b in (profile.behaviors if profile else ())
+                             if b.metric in cloudmetrics.WINDOW_METRICS and b.kind in ("rule", "statistical")]
+                if not behaviors:
+                    continue
+                under = self.store.things_under_profile(name)
+                for behavior in behaviors:
+                    states = self.store.states_of_behavior(name, behavior.name)
+                    matches = self._dimension_matcher(behavior)
+                    for thing in under:
+                        value = view.value(thing, behavior.metric, behavior.duration_seconds, now_ms, matches)
+                        if value is None:
+                            continue
+                        state = states.get(thing)
+                        if behavior.kind == "rule" and _changes_nothing(behavior, state, value):
+                            continue
+                        event = self._judge(thing, name, behavior, value, now_ms, state)
+                        if event is not None:
+                            events.append(event)
+                            self.actions.run(self.store, event, now_ms)
+        self.dispatch_alerts()
+        return events
+
+    def _dimension_matcher(self, behavior):
+        """A topic predicate for a behavior's metricDimension (None: every topic)."""
+        return None
+
+    def unsourced_metrics(self, profile: SecurityProfile) -> List[str]:
+        """The metrics of `profile` that get no datapoint in this deployment: the broker's
+        metrics while no `serve` follows a broker log (recorded in the database at its start)."""
+        sources = self.cloud_metric_sources()
+        computed = set(sources.get("metrics", ())) if sources else set()
+        names = [b.metric for b in profile.behaviors] + [m.get("metric") for m in profile.additional_metrics]
+        return sorted({m for m in names if m in metrics.BROKER_METRICS and m not in computed})
+
+    def cloud_metric_sources(self) -> Optional[Dict[str, Any]]:
+        """What `serve` computes the cloud-side metrics from ({"source", "path", "metrics"}), or None."""
+        text = self.store.get_meta("cloud_metric_sources")
+        return json.loads(text) if text else None
+
+    def set_cloud_metric_sources(self, sources: Optional[Dict[str, Any]]) -> None:
+        self.store.put_meta("cloud_metric_sources", json.dumps(sources) if sources else None)
 
     def _invalidate_stale(self, now_ms: int, silent_before_ms: Optional[int] = None) -> List[Event]:
         events = []
@@ -327,8 +400,10 @@ class Engine:
         if last is None:
             return THING_DELETED
         if (silent_before_ms is not None and (last[1] or 0) < silent_before_ms
-                and json.loads(row["behavior"]).get("metric") != metrics.DISCONNECT_DURATION):
-            return DEVICE_SILENT  # (a disconnect-duration violation is about that very silence)
+                and json.loads(row["behavior"]).get("metric") not in metrics.CLOUD_METRICS):
+            # a disconnect-duration violation is about that very silence; the broker's metrics
+            # are measured without reports (a device that stops reporting may still misbehave)
+            return DEVICE_SILENT
         profile = self._profile(row["profile"])
         if profile is None:
             return PROFILE_DELETED

@@ -34,6 +34,7 @@ from garrison.detect.cli import respond as respond_cli
 from garrison.detect.respond.alerts import AlertConfigError
 from garrison.detect.clock import SystemClock, from_environment
 from garrison.detect.judge.profiles import ProfileError
+from garrison.detect.cli.cloud import start_broker_view, warn_unsourced
 from garrison.detect.state.store import Store, StoreError
 from garrison.detect.respond.violations import VERIFICATION_STATES
 
@@ -101,6 +102,7 @@ def cmd_profiles(args) -> int:
         targets = engine.store.attachments_of(profile.name)
         print(f"{'created' if created else 'updated'} security profile {profile.name} "
               f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})")
+        warn_unsourced(engine, profile)
     elif args.action == "list":
         items = engine.list_profiles()
         _print(args, items, ("PROFILE", "BEHAVIORS", "TARGETS"),
@@ -314,10 +316,12 @@ def cmd_serve(args) -> int:
     store = Store(args.db)
     lock = _lock_database(args.db)
     engine = Engine(store, from_environment(args.clock_offset), config)
+    follower = start_broker_view(engine, args.broker_log or config.broker_log)
     for path, target in config.profiles:
         profile, created = engine.apply_profile(path, attach=target)
         log.info("%s security profile %s from %s%s", "created" if created else "replaced", profile.name, path,
                  f", attached to {target}" if target else "")
+        warn_unsourced(engine, profile)
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         username=user, password=password, now_ms=engine.clock.now_ms)
@@ -355,6 +359,8 @@ def cmd_serve(args) -> int:
         log.info("stopping")
         ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
         runner.stop()
+        if follower:
+            follower.stop()
         if api:
             api.stop()
         engine.dispatch_alerts()
@@ -418,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-token-file", metavar="FILE", help="file holding the API token (default DB.api-token)")
     serve.add_argument("--metrics-public", action="store_true", help="serve GET /metrics (Prometheus) without the "
                        "API token ([api] metrics_public); the console is at /console on the API's address")
+    serve.add_argument("--broker-log", metavar="FILE", help="Mosquitto's log file (broker-config --metrics-log): "
+                       "the source of the cloud-side metrics (aws:num-messages-sent, ...; docs/profiles.md)")
     serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
     serve.set_defaults(func=cmd_serve)
 

@@ -268,7 +268,7 @@ def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping
         if not spec.numeric:
             raise ProfileError(f"statistical thresholds need a numeric metric; {spec.id} is a "
                                f"{spec.value_type} metric", name, "criteria.statisticalThreshold")
-        if spec.id == metrics.DISCONNECT_DURATION:  # AWS: Rules Detect only
+        if spec.id in metrics.SILENCE_METRICS:  # AWS: Rules Detect only
             raise ProfileError(f"{spec.id} takes only a comparisonOperator and a value (a rule)",
                                name, "criteria.statisticalThreshold")
         if operator is None:

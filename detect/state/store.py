@@ -260,6 +260,18 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchone()
 
+    def get_meta(self, key: str) -> Optional[str]:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else row[0]
+
+    def put_meta(self, key: str, value: Optional[str]) -> None:
+        """Set (or, with None, remove) a value in the meta table."""
+        if value is None:
+            self._exec("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value = excluded.value", (key, value))
+
     # ---- things -------------------------------------------------------------------------------
 
     def register_thing(self, name: str, now_ms: int, pre_registered: bool = False) -> bool:
