@@ -31,7 +31,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from garrison.detect.judge import cloudmetrics, evaluate, fleetstats, metrics, mlbridge
-from garrison.detect.respond import violations
+from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertMessage
 from garrison.detect.audit.store import record_posture
@@ -145,10 +145,14 @@ class Engine:
             # the sweep measures silence from the report's arrival: a spooled backlog dated in the
             # past still shows the device is connected now
             state = dict(state or {}, seen_ms=max(received_ms, self.clock.now_ms()))
-        return self._judge(thing, profile, behavior, value, received_ms, state)
+        context = (owners.note(behavior, report, value)
+                   if behavior.metric in owners.PORT_METRICS or behavior.metric == owners.DESTINATIONS else None)
+        return self._judge(thing, profile, behavior, value, received_ms, state, context)
 
     def _judge(self, thing: str, profile: str, behavior, value: Any, received_ms: int,
-               state: Optional[Dict[str, Any]]) -> Optional[Event]:
+               state: Optional[Dict[str, Any]], context: Optional[Dict[str, Any]] = None) -> Optional[Event]:
+        """`context`: more violationEventAdditionalInfo (the processes behind the offending
+        ports or connections, garrison.detect.respond.owners)."""
         """Step one datapoint of `behavior` and record what it does to the thing's violation."""
         threshold = verdict = judgement = None
         if behavior.kind == "statistical":
@@ -163,10 +167,13 @@ class Engine:
             self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
         if outcome.violating is None:
             return None
+        info = self._additional_info(behavior, outcome, judgement)
+        if context and outcome.violating:
+            info.update(context)
         return violations.record_datapoint(
             self.store, thing, profile, behavior.doc, transition=outcome.transition,
             violating=outcome.violating, metric_value=evaluate.violation_value(behavior.spec, outcome.value),
-            time_ms=received_ms, additional_info=self._additional_info(behavior, outcome, judgement))
+            time_ms=received_ms, additional_info=info)
 
     @staticmethod
     def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -136,7 +136,7 @@ def cmd_violations(args) -> int:
         _print(args, records, ("VIOLATION ID", "THING", "PROFILE", "BEHAVIOR", "LAST VALUE", "STARTED",
                                "STATUS", "VERIFICATION"),
                [(r["violationId"], r["thingName"], r["securityProfileName"], r["behavior"].get("name"),
-                 _value(r["lastViolationValue"]), _when(r["violationStartTime"]),
+                 _value(r["lastViolationValue"]) + _explained(r), _when(r["violationStartTime"]),
                  "active" if r.get("active", True) else r.get("violationEndType"), r["verificationState"])
                 for r in records], "no active violations" if args.active else "no violations")
     elif args.action == "events":
@@ -146,6 +146,12 @@ def cmd_violations(args) -> int:
                  r["securityProfileName"], r["behavior"].get("name"), _value(r["metricValue"]), r["violationId"])
                 for r in records], "no violation events")
     return 0
+
+
+def _explained(record) -> str:
+    """The violation's explanation (the process behind a port, an ML model's reason), if any."""
+    text = (record.get("violationEventAdditionalInfo") or {}).get("explanation")
+    return f" ({text})" if isinstance(text, str) and text else ""
 
 
 def cmd_things(args) -> int:
