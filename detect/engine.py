@@ -40,6 +40,8 @@ from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
 from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
+from garrison.detect.state import history
+from garrison.detect.state.history import MetricHistory
 from garrison.detect.state.store import NotFound, Store, StoreError, parse_target
 from garrison.detect.respond.violations import Event
 
@@ -82,6 +84,10 @@ class Engine:
         # it follows a broker log; None: the cloud-side metrics other than disconnect-duration
         # have no source
         self.broker_view: Any = None
+        # metric history (ListMetricValues) and its export; `metric_exporter(topic, payload)` is set
+        # by `serve` (the engine's MQTT connection)
+        self.history = MetricHistory(store, self.config.metric_retention_s)
+        self.metric_exporter: Any = None
         self._dispatch_lock = threading.Lock()
         self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
         self._in_flight_lock = threading.Lock()
@@ -123,15 +129,18 @@ class Engine:
     def _evaluate(self, thing: str, report: Mapping[str, Any], received_ms: int) -> List[Event]:
         events = []
         states = self.store.states_of_thing(thing)
+        applied = []
         for name in self.store.profiles_for_thing(thing):
             profile = self._profile(name)
             if profile is None:
                 continue
+            applied.append(profile)
             for behavior in profile.behaviors:
                 event = self._step(thing, name, behavior, report, received_ms, states.get((name, behavior.name)))
                 if event is not None:
                     events.append(event)
                     self.actions.run(self.store, event, received_ms)
+        self.history.record_report(thing, applied, report, received_ms)
         return events
 
     def _step(self, thing: str, profile: str, behavior, report: Mapping[str, Any], received_ms: int,
@@ -277,6 +286,7 @@ class Engine:
         self.dispatch_alerts()
         if self.runner is not None:
             self.runner.wake()
+        self.history.flush_exports(self.metric_exporter)
 
     def sweep(self, now_ms: Optional[int] = None) -> List[Event]:
         """Measure the disconnect duration of silent things, then invalidate episodes of silent
@@ -284,6 +294,10 @@ class Engine:
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         events = self._measure_disconnects(now_ms)
         events += self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
+        pruned = self.history.prune(now_ms)
+        if pruned:
+            log.info("metric history: %d datapoints past the %gs retention dropped", pruned,
+                     self.config.metric_retention_s)
         self.dispatch_alerts()
         return events
 
@@ -337,6 +351,7 @@ class Engine:
             return []
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         events = []
+        recorded: set = set()
         with self.store.transaction():
             for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
                 profile = self._profile(name)
@@ -345,6 +360,7 @@ class Engine:
                 if not behaviors:
                     continue
                 under = self.store.things_under_profile(name)
+                exports = history.retained(profile)
                 for behavior in behaviors:
                     states = self.store.states_of_behavior(name, behavior.name)
                     matches = self._dimension_matcher(behavior)
@@ -352,6 +368,11 @@ class Engine:
                         value = view.value(thing, behavior.metric, behavior.duration_seconds, now_ms, matches)
                         if value is None:
                             continue
+                        key = (thing, behavior.metric, (behavior.metric_dimension or {}).get("dimensionName"))
+                        if key not in recorded:
+                            recorded.add(key)
+                            self.history.record(thing, behavior.metric, evaluate.violation_value(behavior.spec, value),
+                                                now_ms, exports[behavior.metric][1], behavior.metric_dimension)
                         state = states.get(thing)
                         if behavior.kind == "rule" and _changes_nothing(behavior, state, value):
                             continue
@@ -361,6 +382,19 @@ class Engine:
                             self.actions.run(self.store, event, now_ms)
         self.dispatch_alerts()
         return events
+
+    def list_metric_values(self, thing: str, metric: str, start_s: Optional[float] = None,
+                           end_s: Optional[float] = None, dimension_name: Optional[str] = None,
+                           dimension_operator: Optional[str] = None, max_results: Optional[int] = None,
+                           next_token: Optional[str] = None) -> Dict[str, Any]:
+        """ListMetricValues over the metric history (garrison.detect.state.history)."""
+        if self.store.last_report(thing) is None:
+            raise NotFound(f"no thing named {thing!r}")
+        try:
+            return self.history.list_values(thing, metric, start_s, end_s, dimension_name, dimension_operator,
+                                            max_results, next_token)
+        except history.HistoryError as exc:
+            raise StoreError(str(exc)) from None
 
     def _dimension_matcher(self, behavior):
         """A topic predicate for a behavior's metricDimension (None: every topic)."""

@@ -337,6 +337,7 @@ def cmd_serve(args) -> int:
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
     runner = respond_cli.start_runner(engine, ingest, args.broker_control)
+    engine.metric_exporter = lambda topic, payload: ingest.publish(topic, payload, qos=1)  # exportMetric
     api = _start_api(engine, config, args.db)
     from garrison.detect.audit.schedule import Scheduler
     audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
@@ -511,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     from garrison.detect.audit import cli as audit_cli  # the audit commands live with the audit
     audit_cli.add_parser(sub, db_anywhere)
     respond_cli.add_commands(command, actions_of, action)
+    from garrison.detect.cli import metrics as metrics_cli   # the CLI's own modules (split later)
+    metrics_cli.add_parser(command, actions_of, action)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

@@ -48,6 +48,7 @@ from garrison.wire.topics import FORMATS, control_filter, report_filter
 
 PROG = "garrison-detect broker-config"
 ALERT_TOPICS = "garrison/alerts/#"
+METRICS_EXPORT_TOPICS = "garrison/metrics/#"   # a profile's metricsExportConfig.mqttTopic goes under it
 # Reports are at most 128 KB (AWS's limit, which the engine enforces with a PayloadTooLarge
 # reply). The limit applies to the whole MQTT packet: 1 KB covers the fixed header, the longest
 # report topic (162 bytes), the packet id and MQTT 5 properties. Mosquitto disconnects a client
@@ -83,7 +84,8 @@ def acl_text(engine_identity: str = DEFAULT_ENGINE_IDENTITY) -> str:
     for fmt in FORMATS:
         every = report_filter(thing="+", fmt=fmt)
         lines += [f"topic read {every}", f"topic write {every}/accepted", f"topic write {every}/rejected"]
-    lines += [f"topic write {ALERT_TOPICS}", f"topic write {control_filter('+')}", ""]
+    lines += [f"topic write {ALERT_TOPICS}", f"topic write {control_filter('+')}",
+              f"topic write {METRICS_EXPORT_TOPICS}", ""]
     return "\n".join(lines)
 
 

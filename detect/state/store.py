@@ -141,6 +141,16 @@ CREATE TABLE IF NOT EXISTS ml_priors (
     built_ms INTEGER NOT NULL,
     PRIMARY KEY (profile, behavior)
 );
+-- metric history (ListMetricValues): each retained metric's value per thing and datapoint
+CREATE TABLE IF NOT EXISTS metric_values (
+    thing TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    dimension TEXT NOT NULL DEFAULT '',
+    time_ms INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (thing, metric, dimension, time_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_values_time ON metric_values(time_ms);
 CREATE TABLE IF NOT EXISTS action_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms INTEGER NOT NULL,
@@ -289,6 +299,7 @@ class Store:
             self._exec("DELETE FROM eval_state WHERE thing = ?", (name,))
             self._exec("DELETE FROM fleet_samples WHERE thing = ?", (name,))
             self._exec("DELETE FROM ml_models WHERE thing = ?", (name,))
+            self._exec("DELETE FROM metric_values WHERE thing = ?", (name,))
             self._exec("DELETE FROM attachments WHERE target = ?", (f"thing:{name}",))
             return self._exec("DELETE FROM things WHERE name = ?", (name,)).rowcount == 1
 
@@ -621,6 +632,25 @@ class Store:
         self._exec("INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
                    (profile, behavior, None if state is None else bytes(state), built_ms))
+
+    # ---- metric history -----------------------------------------------------------------------
+
+    def put_metric_value(self, thing: str, metric: str, time_ms: int, value: Any, dimension: str = "") -> None:
+        """Keep one datapoint (a MetricValue such as {"count": 3}); the same instant again replaces it."""
+        self._exec("INSERT OR REPLACE INTO metric_values (thing, metric, dimension, time_ms, value) "
+                   "VALUES (?, ?, ?, ?, ?)", (thing, metric, dimension, time_ms, _dumps(value)))
+
+    def metric_values(self, thing: str, metric: str, start_ms: int, end_ms: int, dimension: str = "",
+                      after_ms: Optional[int] = None, limit: int = 250) -> List[Tuple[int, Any]]:
+        """(time_ms, value) in [start_ms, end_ms], oldest first, after `after_ms` (paging)."""
+        low = start_ms if after_ms is None else max(start_ms, after_ms + 1)
+        return [(r[0], _loads(r[1])) for r in self._rows(
+            "SELECT time_ms, value FROM metric_values WHERE thing = ? AND metric = ? AND dimension = ? "
+            "AND time_ms BETWEEN ? AND ? ORDER BY time_ms LIMIT ?", (thing, metric, dimension, low, end_ms, limit))]
+
+    def prune_metric_values(self, before_ms: int) -> int:
+        """Drop datapoints older than `before_ms` (retention); returns how many."""
+        return self._exec("DELETE FROM metric_values WHERE time_ms < ?", (before_ms,)).rowcount
 
     # ---- mitigation audit log -----------------------------------------------------------------
 
