@@ -30,10 +30,11 @@ import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from garrison.detect import profilesync
 from garrison.detect.judge import cloudmetrics, evaluate, fleetstats, metrics, mlbridge
 from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
-from garrison.detect.respond.alerts import AlertMessage
+from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
 from garrison.detect.audit.store import record_posture
 from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
 from garrison.detect.clock import SystemClock
@@ -46,6 +47,9 @@ from garrison.detect.state.store import NotFound, Store, StoreError, parse_targe
 from garrison.detect.respond.violations import Event
 
 log = logging.getLogger("garrison.engine")
+
+# the alertTargets keys Garrison delivers to (AWS's "SNS" is kept but cannot be; see docs/profiles.md)
+PROFILE_ALERT_KEYS = ("log", "mqtt", "webhooks", "webhook")
 
 # Why an episode was invalidated (violationEventAdditionalInfo.invalidationReason).
 DEVICE_SILENT = "device-silent"
@@ -89,7 +93,11 @@ class Engine:
         self.history = MetricHistory(store, self.config.metric_retention_s)
         self.metric_exporter: Any = None
         self._dispatch_lock = threading.Lock()
-        self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
+        self._alerts_in_flight: set = set()
+        # builds a profile's own alert targets from its alertTargets (set by `serve`: they publish
+        # on its MQTT connection); None: only the engine-wide `alerts`
+        self.alert_target_builder: Any = None
+        self._profile_alerts: Dict[str, Tuple[str, Any]] = {}   # outbox seqs handed to the targets, outcome not known yet
         self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
         # first, so devices that did report are not taken for silent ones
@@ -225,14 +233,15 @@ class Engine:
         pending when the engine stops is sent after its restart."""
         if self.alerts is None:
             return 0
-        tracked = getattr(self.alerts, "tracks_delivery", False)
         sent = 0
         with self._dispatch_lock:
             for row in self.store.pending_alerts():
                 with self._in_flight_lock:
                     if row["seq"] in self._alerts_in_flight:
                         continue
-                if tracked and not self.alerts.has_room():
+                targets = self._alert_targets_for(row["profile"])
+                tracked = getattr(targets, "tracks_delivery", False)
+                if tracked and not targets.has_room():
                     break  # the rest waits in the outbox for the next tick
                 event = Event.from_row(row)
                 info = event.additional_info or {}
@@ -246,12 +255,35 @@ class Engine:
                 if tracked:
                     with self._in_flight_lock:
                         self._alerts_in_flight.add(event.seq)
-                    self.alerts.deliver(message, done=self._alert_outcome_recorder(event.seq))
+                    targets.deliver(message, done=self._alert_outcome_recorder(event.seq))
                 else:  # a plain deliver(message): handing it over is all there is
-                    self.alerts.deliver(message)
+                    targets.deliver(message)
                     self.store.mark_alerted(event.seq, self.clock.now_ms())
                 sent += 1
         return sent
+
+    def _alert_targets_for(self, profile_name: str):
+        """The engine-wide targets, plus the profile's own `alertTargets` (its mqtt / webhooks /
+        log entries, garrison.detect.respond.alerts syntax) when `alert_target_builder` can build
+        them: one dispatcher fanning out to both, cached per profile version."""
+        builder = self.alert_target_builder
+        profile = self._profile(profile_name) if builder is not None else None
+        own = {k: v for k, v in (profile.alert_targets if profile else {}).items() if k in PROFILE_ALERT_KEYS}
+        if not own:
+            return self.alerts
+        key = json.dumps(own, sort_keys=True, default=str)
+        cached = self._profile_alerts.get(profile_name)
+        if cached is None or cached[0] != key:
+            if cached is not None:
+                cached[1].targets[-1].close(1.0)
+            try:
+                dispatcher = AlertDispatcher([self.alerts, builder(dict({"log": False}, **own))])
+            except Exception as exc:
+                log.error("alertTargets of security profile %s cannot be used (%s); engine-wide targets only",
+                          profile_name, exc)
+                return self.alerts
+            cached = self._profile_alerts[profile_name] = (key, dispatcher)
+        return cached[1]
 
     def _alert_outcome_recorder(self, seq: int):
         def done(outcome: str, detail: str) -> None:  # called on an alert worker's thread
@@ -508,6 +540,24 @@ class Engine:
             self._invalidate_stale(now)
         self.dispatch_alerts()
         return profile, created
+
+    def sync_profiles(self, wanted, prune: bool = False, dry_run: bool = False, detach: bool = True):
+        """Make the profiles and their attachments match `wanted` [(document, targets)]; returns
+        the plan (garrison.detect.profilesync.Step list), applied unless `dry_run`."""
+        for doc, _ in wanted:
+            load_profile(doc)   # every document valid before anything is planned
+        steps = profilesync.plan(self, wanted, prune=prune, detach=detach)
+        if steps and not dry_run:
+            profilesync.apply(self, wanted, steps)
+        return steps
+
+    def validate_behaviors(self, behaviors: Any) -> Dict[str, Any]:
+        """ValidateSecurityProfileBehaviors (nothing is stored)."""
+        return profilesync.validate_behaviors(behaviors)
+
+    def profiles_for_target(self, target: str, recursive: bool = False) -> Dict[str, Any]:
+        """ListSecurityProfilesForTarget."""
+        return profilesync.profiles_for_target(self, target, recursive)
 
     def delete_profile(self, name: str) -> None:
         now = self.clock.now_ms()

@@ -323,11 +323,8 @@ def cmd_serve(args) -> int:
     lock = _lock_database(args.db)
     engine = Engine(store, from_environment(args.clock_offset), config)
     follower = start_broker_view(engine, args.broker_log or config.broker_log)
-    for path, target in config.profiles:
-        profile, created = engine.apply_profile(path, attach=target)
-        log.info("%s security profile %s from %s%s", "created" if created else "replaced", profile.name, path,
-                 f", attached to {target}" if target else "")
-        warn_unsourced(engine, profile)
+    from garrison.detect.cli.profiles_code import sync_configured
+    sync_configured(engine, config.profiles)   # the `profiles sync` path, never detaching
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         username=user, password=password, now_ms=engine.clock.now_ms)
@@ -337,6 +334,7 @@ def cmd_serve(args) -> int:
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
     runner = respond_cli.start_runner(engine, ingest, args.broker_control)
+    engine.alert_target_builder = lambda conf: AlertDispatcher(targets_from_config(conf, mqtt_publish=ingest))
     engine.metric_exporter = lambda topic, payload: ingest.publish(topic, payload, qos=1)  # exportMetric
     api = _start_api(engine, config, args.db)
     from garrison.detect.audit.schedule import Scheduler
@@ -450,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.add_argument("target")
     profiles.set_defaults(func=cmd_profiles)
+    from garrison.detect.cli import profiles_code   # sync, validate, for-target
+    profiles_code.add_actions(psub, action)
 
     viol = command("violations", "Violations and their events.")
     vsub = actions_of(viol)

@@ -32,9 +32,17 @@ def unsourced_message(engine, profile) -> Optional[str]:
             "(no `serve --broker-log` recorded in this database; see docs/profiles.md, cloud-side metrics)")
 
 
+def sns_message(profile) -> Optional[str]:
+    if "SNS" not in profile.alert_targets:
+        return None
+    return (f"security profile {profile.name}: alertTargets.SNS is kept but Garrison cannot publish to SNS; "
+            "add \"mqtt\" or \"webhooks\" to its alertTargets (docs/profiles.md, Alerts)")
+
+
 def warn_unsourced(engine, profile, to_stderr: bool = True) -> None:
-    message = unsourced_message(engine, profile)
-    if message:
+    for message in (unsourced_message(engine, profile), sns_message(profile)):
+        if not message:
+            continue
         log.warning("%s", message)
-        if to_stderr and not logging.getLogger().isEnabledFor(logging.WARNING):
+        if to_stderr and not logging.getLogger().hasHandlers():
             print(f"warning: {message}", file=sys.stderr)
