@@ -31,7 +31,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from garrison.detect import profilesync
-from garrison.detect.judge import cloudmetrics, evaluate, fleetstats, metrics, mlbridge
+from garrison.detect.judge import cloudmetrics, dimensions, evaluate, fleetstats, metrics, mlbridge
 from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
@@ -400,7 +400,8 @@ class Engine:
                         value = view.value(thing, behavior.metric, behavior.duration_seconds, now_ms, matches)
                         if value is None:
                             continue
-                        key = (thing, behavior.metric, (behavior.metric_dimension or {}).get("dimensionName"))
+                        dimension = behavior.metric_dimension or {}
+                        key = (thing, behavior.metric, dimension.get("dimensionName"), dimension.get("operator", "IN"))
                         if key not in recorded:
                             recorded.add(key)
                             self.history.record(thing, behavior.metric, evaluate.violation_value(behavior.spec, value),
@@ -429,8 +430,53 @@ class Engine:
             raise StoreError(str(exc)) from None
 
     def _dimension_matcher(self, behavior):
-        """A topic predicate for a behavior's metricDimension (None: every topic)."""
-        return None
+        """A topic predicate for a behavior's metricDimension (None: every topic). A dimension
+        deleted meanwhile matches nothing (IN) or everything (NOT_IN)."""
+        if not behavior.metric_dimension:
+            return None
+        found = self.store.get_dimension(behavior.metric_dimension["dimensionName"])
+        return dimensions.matcher(found["values"] if found else (), behavior.metric_dimension.get("operator", "IN"))
+
+    # ---- dimensions (CreateDimension, ...) -----------------------------------------------------
+
+    def create_dimension(self, name: str, dimension_type: str, values: Any) -> Dict[str, Any]:
+        values = self._checked_dimension(name, dimension_type, values)
+        if not self.store.put_dimension(name, dimension_type, values, self.clock.now_ms()):
+            raise StoreError(f"dimension {name!r} already exists (update it instead)")
+        return {"name": name}
+
+    def update_dimension(self, name: str, values: Any) -> Dict[str, Any]:
+        values = self._checked_dimension(name, "TOPIC_FILTER", values)
+        if not self.store.put_dimension(name, "TOPIC_FILTER", values, self.clock.now_ms(), create=False):
+            raise NotFound(f"no dimension named {name!r}")
+        return self.describe_dimension(name)
+
+    def list_dimensions(self) -> Dict[str, Any]:
+        return {"dimensionNames": self.store.list_dimensions()}
+
+    def describe_dimension(self, name: str) -> Dict[str, Any]:
+        found = self.store.get_dimension(name)
+        if found is None:
+            raise NotFound(f"no dimension named {name!r}")
+        return dimensions.record(found)
+
+    def delete_dimension(self, name: str) -> None:
+        """Refused while a profile's behavior uses it (as AWS)."""
+        with self.store.transaction():
+            users = sorted({p["securityProfileName"] for p in self.store.list_profiles()
+                            for b in p["doc"].get("behaviors", [])
+                            if isinstance(b, dict) and (b.get("metricDimension") or {}).get("dimensionName") == name})
+            if users:
+                raise StoreError(f"dimension {name!r} is used by security profile(s) {', '.join(users)}")
+            if not self.store.delete_dimension(name):
+                raise NotFound(f"no dimension named {name!r}")
+
+    @staticmethod
+    def _checked_dimension(name, dimension_type, values):
+        try:
+            return dimensions.check(name, dimension_type, values)
+        except dimensions.DimensionError as exc:
+            raise StoreError(str(exc)) from None
 
     def unsourced_metrics(self, profile: SecurityProfile) -> List[str]:
         """The metrics of `profile` that get no datapoint in this deployment: the broker's
@@ -524,6 +570,11 @@ class Engine:
         open violations are invalidated. Returns (profile, created).
         """
         profile = load_profile(source)
+        for behavior in profile.behaviors:   # as AWS: a metricDimension names an existing dimension
+            wanted = (behavior.metric_dimension or {}).get("dimensionName")
+            if wanted and self.store.get_dimension(wanted) is None:
+                raise ProfileError(f"no dimension named {wanted!r} (garrison-detect dimensions create)",
+                                   behavior.name, "metricDimension.dimensionName")
         if attach:
             _check_target(attach)
         now = self.clock.now_ms()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from garrison.detect.judge.profiles import ProfileError, load_profile, parse_behavior
+from garrison.detect.judge.profiles import ProfileError, load_profile
 from garrison.detect.state.store import StoreError, parse_target
 
 TARGETS_KEY = "targets"
@@ -117,8 +117,8 @@ def validate_behaviors(behaviors: Any) -> Dict[str, Any]:
         return {"valid": False, "validationErrors": [{"errorMessage": "behaviors must be a list"}]}
     errors, seen = [], set()
     for raw in behaviors:
-        try:
-            behavior = parse_behavior(raw)
+        try:   # each alone, through the whole loader (shape, then the metric's rules)
+            behavior = load_profile({"securityProfileName": "validate", "behaviors": [raw]}).behaviors[0]
         except ProfileError as exc:
             errors.append({"errorMessage": str(exc)})
             continue

@@ -514,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     respond_cli.add_commands(command, actions_of, action)
     from garrison.detect.cli import metrics as metrics_cli   # the CLI's own modules (split later)
     metrics_cli.add_parser(command, actions_of, action)
+    from garrison.detect.cli import dimensions as dimensions_cli
+    dimensions_cli.add_parser(command, actions_of, action)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

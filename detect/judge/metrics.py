@@ -220,6 +220,9 @@ SILENCE_METRICS = (DISCONNECT_DURATION, REPORT_SILENCE)
 BROKER_METRICS = ("aws:num-messages-received", "aws:num-messages-sent", "aws:message-byte-size",
                   "aws:num-authorization-failures", "aws:num-connection-attempts", "aws:num-disconnects",
                   "aws:source-ip-address")
+# the metrics a metricDimension (a TOPIC_FILTER dimension) may narrow, as on AWS
+DIMENSION_METRICS = ("aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
+                     "aws:num-authorization-failures")
 CLOUD_METRICS: Dict[str, MetricSpec] = {spec.id: spec for spec in (
     *(_spec(metric_id, "cidrs" if metric_id == "aws:source-ip-address" else "count", False, _never)
       for metric_id in BROKER_METRICS),

@@ -81,13 +81,14 @@ class MetricHistory:
     def record(self, thing: str, metric_id: str, value: Dict[str, Any], time_ms: int,
                export_topic: Optional[str] = None, dimension: Optional[Mapping[str, Any]] = None) -> None:
         name = dimension.get("dimensionName", "") if dimension else ""
-        self.store.put_metric_value(thing, metric_id, time_ms, value, name)
+        operator = dimension.get("operator", "IN") if dimension else "IN"
+        self.store.put_metric_value(thing, metric_id, time_ms, value, _dimension_key(name, operator))
         if export_topic:
             if len(self._exports) == self._exports.maxlen:
                 self.dropped_exports += 1
             entry = {"name": metric_id, "thing": thing, "value": value, "version": 1, "timestamp": time_ms}
             if dimension:
-                entry["dimension"] = {"name": name, "operator": dimension.get("operator", "IN")}
+                entry["dimension"] = {"name": name, "operator": operator}
             self._exports.append((export_topic, entry))
 
     def flush_exports(self, publish: Optional[Callable[[str, bytes], Any]]) -> int:
@@ -126,12 +127,18 @@ class MetricHistory:
         start_ms = 0 if start_s is None else int(start_s * 1000)
         end_ms = 2**62 if end_s is None else int(end_s * 1000)
         after = _decode_token(next_token) if next_token else None
-        rows = self.store.metric_values(thing, metric, start_ms, end_ms, dimension_name or "", after, limit + 1)
+        rows = self.store.metric_values(thing, metric, start_ms, end_ms,
+                                       _dimension_key(dimension_name or "", dimension_operator or "IN"), after, limit + 1)
         page = rows[:limit]
         out: Dict[str, Any] = {"metricDatumList": [{"timestamp": t / 1000.0, "value": v} for t, v in page]}
         if len(rows) > limit:
             out["nextToken"] = _encode_token(page[-1][0])
         return out
+
+
+def _dimension_key(name: str, operator: str) -> str:
+    """How a datapoint's dimension is stored: its name, with "|NOT_IN" for the NOT_IN operator."""
+    return f"{name}|NOT_IN" if name and operator == "NOT_IN" else name
 
 
 def _encode_token(time_ms: int) -> str:

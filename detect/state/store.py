@@ -141,6 +141,14 @@ CREATE TABLE IF NOT EXISTS ml_priors (
     built_ms INTEGER NOT NULL,
     PRIMARY KEY (profile, behavior)
 );
+-- dimensions (CreateDimension): named MQTT topic filters for behaviors' metricDimension
+CREATE TABLE IF NOT EXISTS dimensions (
+    name TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    string_values TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 -- metric history (ListMetricValues): each retained metric's value per thing and datapoint
 CREATE TABLE IF NOT EXISTS metric_values (
     thing TEXT NOT NULL,
@@ -632,6 +640,30 @@ class Store:
         self._exec("INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
                    (profile, behavior, None if state is None else bytes(state), built_ms))
+
+    # ---- dimensions ---------------------------------------------------------------------------
+
+    def put_dimension(self, name: str, dimension_type: str, values: List[str], now_ms: int,
+                      create: bool = True) -> bool:
+        """Create (create=True; False if it exists) or update (False if it does not) a dimension."""
+        if create:
+            return self._exec("INSERT OR IGNORE INTO dimensions (name, type, string_values, created_ms, updated_ms) "
+                              "VALUES (?, ?, ?, ?, ?)", (name, dimension_type, _dumps(values), now_ms, now_ms)
+                              ).rowcount == 1
+        return self._exec("UPDATE dimensions SET string_values = ?, updated_ms = ? WHERE name = ?",
+                          (_dumps(values), now_ms, name)).rowcount == 1
+
+    def get_dimension(self, name: str) -> Optional[Dict[str, Any]]:
+        row = self._one("SELECT * FROM dimensions WHERE name = ?", (name,))
+        return None if row is None else {"name": row["name"], "type": row["type"],
+                                         "values": _loads(row["string_values"]),
+                                         "created_ms": row["created_ms"], "updated_ms": row["updated_ms"]}
+
+    def list_dimensions(self) -> List[str]:
+        return [r[0] for r in self._rows("SELECT name FROM dimensions ORDER BY name")]
+
+    def delete_dimension(self, name: str) -> bool:
+        return self._exec("DELETE FROM dimensions WHERE name = ?", (name,)).rowcount == 1
 
     # ---- metric history -----------------------------------------------------------------------
 

@@ -272,3 +272,93 @@ def test_silent_but_connected_is_its_own_signal(tmp_path):
     with pytest.raises(Exception, match="rule"):
         load_profile(profile("S", behavior("m", "garrison:report-silence", "less-than",
                                            statisticalThreshold={"statistic": "p90"})))
+
+
+# ------------------------------------------------------------------------------ dimensions
+
+def test_topic_filters_and_their_validation():
+    from garrison.detect.judge.dimensions import DimensionError, check, matches
+    assert matches("devices/+/debug", "devices/cam-1/debug") and not matches("devices/+/debug", "devices/a/b/debug")
+    assert matches("admin/#", "admin") and matches("admin/#", "admin/x/y") and not matches("admin/#", "adminx")
+    assert matches("#", "a/b") and not matches("#", "$SYS/x") and not matches("+/x", "$aws/x")
+    assert matches("a/b", "a/b") and not matches("a/b", "a/b/c") and not matches("a/b/c", "a/b")
+    for bad in (["a/#/b"], ["a+/b"], [], ["x"] * 6, ["a/b#"], [""]):
+        with pytest.raises(DimensionError):
+            check("d", "TOPIC_FILTER", bad)
+    with pytest.raises(DimensionError):
+        check("d", "CLIENT_ID", ["a"])
+
+
+def test_dimension_cli_api_and_use_in_profiles(tmp_path):
+    from garrison.detect.api.http import Api
+    db = tmp_path / "e.db"
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(db), *argv],  # noqa
+                                       capture_output=True, text=True)
+    assert run("dimensions", "create", "debug", "--value", "devices/+/debug", "--value", "admin/#").returncode == 0
+    assert run("dimensions", "create", "debug", "--value", "x").returncode != 0         # exists
+    assert "must be the last level" in run("dimensions", "create", "bad", "--value", "a/#/b").stderr
+    assert run("dimensions", "list").stdout.split() == ["debug"]
+    shown = json.loads(run("dimensions", "show", "debug").stdout)
+    assert shown["type"] == "TOPIC_FILTER" and shown["stringValues"] == ["devices/+/debug", "admin/#"]
+    doc = profile("Dim", dict(behavior("debug", "aws:num-messages-sent", "less-than", {"count": 3}),
+                              metricDimension={"dimensionName": "debug", "operator": "IN"}))
+    engine = Engine(Store(db), SystemClock(), Config())
+    engine.apply_profile(doc)
+    missing = dict(doc, behaviors=[dict(doc["behaviors"][0], metricDimension={"dimensionName": "nope"})])
+    with pytest.raises(Exception, match="no dimension named 'nope'"):
+        engine.apply_profile(missing)
+    assert "used by security profile(s) Dim" in run("dimensions", "delete", "debug").stderr
+    api = Api(engine)
+    assert api.list_dimensions({}, {}, None) == {"dimensionNames": ["debug"]}
+    api.create_dimension({"name": "other"}, {}, {"stringValues": ["x/+"]})
+    assert api.update_dimension({"name": "other"}, {}, {"stringValues": ["y/#"]})["stringValues"] == ["y/#"]
+    api.delete_dimension({"name": "other"}, {}, None)
+    assert api.list_dimensions({}, {}, None) == {"dimensionNames": ["debug"]}
+
+
+def test_dimensions_narrow_message_and_authorization_metrics(tmp_path, broker):
+    mosq, log_file = broker
+    mosq.start()
+    engine = Engine(Store(tmp_path / "engine.db"), SystemClock(), Config(), alerts=Collect())
+    engine.broker_view = view = BrokerView(engine.clock.now_ms)
+    follower = LogFollower(str(log_file), view.feed, poll_s=0.05).start()
+    engine.create_dimension("debug", "TOPIC_FILTER", ["devices/+/debug"])
+    engine.create_dimension("others", "TOPIC_FILTER", ["devices/someone-else/#"])
+    engine.apply_profile(profile(
+        "Dims",
+        dict(behavior("debug-msgs", "aws:num-messages-sent", "less-than", {"count": 3}),
+             metricDimension={"dimensionName": "debug"}),
+        dict(behavior("non-debug-msgs", "aws:num-messages-sent", "less-than", {"count": 8}),
+             metricDimension={"dimensionName": "debug", "operator": "NOT_IN"}),
+        dict(behavior("snooping", "aws:num-authorization-failures", "less-than", {"count": 1}),
+             metricDimension={"dimensionName": "others"}),
+    ), attach="all")
+    for name in ("chatty", "debugger", "snoop"):
+        engine.add_thing(name)
+    chatty = device(mosq, "chatty")        # 10 telemetry messages: NOT_IN debug alarms, IN debug does not
+    for i in range(10):
+        chatty.publish("devices/chatty/telemetry", b"%d" % i, qos=1).wait_for_publish(5)
+    debugger = device(mosq, "debugger")    # 4 debug messages: IN debug alarms
+    for i in range(4):
+        debugger.publish("devices/debugger/debug", b"%d" % i, qos=1).wait_for_publish(5)
+    snoop = device(mosq, "snoop")          # denied on another device's topic and on an admin topic
+    snoop.publish("devices/someone-else/cmd", b"x", qos=1).wait_for_publish(5)
+    snoop.publish("admin/reboot", b"x", qos=1).wait_for_publish(5)
+    later = lambda: engine.clock.now_ms() + 1000  # noqa: E731
+    wait_for(lambda: view.value("chatty", "aws:num-messages-sent", 300, later()) == 10
+             and view.value("debugger", "aws:num-messages-sent", 300, later()) == 4
+             and view.value("snoop", "aws:num-authorization-failures", 300, later()) == 2, what="the broker log")
+    engine.evaluate_cloud_metrics(later())
+    alarms = {(r["thingName"], r["behavior"]["name"]): r["lastViolationValue"] for r in engine.active_violations()}
+    assert alarms == {("chatty", "non-debug-msgs"): {"count": 10}, ("debugger", "debug-msgs"): {"count": 4},
+                      ("snoop", "snooping"): {"count": 1}}
+    # the history keeps the value under the dimension's name
+    kept = engine.list_metric_values("debugger", "aws:num-messages-sent", dimension_name="debug")
+    assert [d["value"] for d in kept["metricDatumList"]] == [{"count": 4}]
+    kept = engine.list_metric_values("chatty", "aws:num-messages-sent", dimension_name="debug",
+                                     dimension_operator="NOT_IN")
+    assert [d["value"] for d in kept["metricDatumList"]] == [{"count": 10}]
+    for client in (chatty, debugger, snoop):
+        client.disconnect()
+        client.loop_stop()
+    follower.stop()
