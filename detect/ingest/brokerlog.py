@@ -13,6 +13,9 @@ The cloud-side metrics (garrison.detect.judge.cloudmetrics) are computed from th
   1764400000: Denied PUBLISH from cam-1 (d0, q1, r0, m2, 'x/y', ... (6 bytes))               debug
   1764400000: Sending PUBLISH to cam-1 (d0, q0, r0, m0, 'a/b/accepted', ... (90 bytes))      debug
 
+It is the one parser of Mosquitto's log: the audit's connection checks read it too
+(garrison.detect.audit.sources.parse_log_lines).
+
 The debug lines never reach `log_dest topic` (Mosquitto keeps them off `$SYS/broker/log` so
 that logging a publish does not publish again, verified here), so the source is a log file
 (`log_dest file`), followed by `LogFollower`. `broker-config --metrics-log FILE` writes that
@@ -37,6 +40,7 @@ READ_CHUNK = 256 * 1024   # bytes read per poll: a burst is spread over polls, n
 CONNECT = "connect"            # value: source address
 CONNECT_REFUSED = "connect-refused"
 DISCONNECT = "disconnect"
+TAKEOVER = "takeover"          # another connection with the same client id closed this one
 PUBLISH_IN = "publish-in"      # device -> broker; topic, size
 PUBLISH_DENIED = "publish-denied"
 PUBLISH_OUT = "publish-out"    # broker -> device; topic, size
@@ -50,15 +54,19 @@ class BrokerEvent:
     address: Optional[str] = None
     topic: Optional[str] = None
     size: Optional[int] = None
+    port: Optional[int] = None       # CONNECT: the client's source port
+    username: Optional[str] = None   # CONNECT: the u'...' of the line, when given
 
 
-_TS = r"^(?:(?P<ts>\d{9,11}): )?"
+_TS = r"^(?:(?P<ts>\d{9,11})(?:\.\d+)?: )?"
 _CID = r"(?P<cid>\S{1,256})"
 _PATTERNS = (
-    (CONNECT, re.compile(_TS + r"New client connected from (?P<addr>\S+):(?P<port>\d+) as " + _CID + r" \(")),
+    (CONNECT, re.compile(_TS + r"New client connected from (?P<addr>\S+):(?P<port>\d+) as " + _CID
+                         + r" \((?P<flags>[^)]*)\)")),
+    (TAKEOVER, re.compile(_TS + r"Client " + _CID + r"(?: \[\S+\])? already connected, closing old connection")),
     (CONNECT_REFUSED, re.compile(_TS + r"Client " + _CID + r"(?: \[\S+\])? disconnected, not authori[sz]ed\.?$")),
     (DISCONNECT, re.compile(_TS + r"(?:Client " + _CID + r"(?: \[\S+\])? (?:disconnected|closed its connection|"
-                            r"has exceeded timeout|already connected, closing old connection)"
+                            r"has exceeded timeout)"
                             r"|Socket error on client " + _CID.replace("cid", "cid2") + r", disconnecting)")),
     (PUBLISH_IN, re.compile(_TS + r"Received PUBLISH from " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
                             r"\.\.\. \((?P<size>\d+) bytes\)\)$")),
@@ -67,6 +75,7 @@ _PATTERNS = (
     (PUBLISH_OUT, re.compile(_TS + r"Sending PUBLISH to " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
                              r"\.\.\. \((?P<size>\d+) bytes\)\)$")),
 )
+_USER = re.compile(r"u'(?P<user>[^']*)'")
 # cheap prefilter: the words one of the patterns needs (most debug lines are PUBACKs, PINGs, ...)
 _WORDS = ("New client connected", "Client ", "Socket error", "PUBLISH")
 
@@ -86,7 +95,9 @@ def parse_line(line: str) -> Optional[BrokerEvent]:
             return None
         ts = int(groups["ts"]) if groups.get("ts") else None
         if kind == CONNECT:
-            return BrokerEvent(kind, client, ts, address=groups["addr"])
+            user = _USER.search(groups["flags"])
+            return BrokerEvent(kind, client, ts, address=groups["addr"], port=int(groups["port"]),
+                               username=user["user"] if user else None)
         if kind in (PUBLISH_IN, PUBLISH_DENIED, PUBLISH_OUT):
             return BrokerEvent(kind, client, ts, topic=groups["topic"], size=int(groups["size"]))
         return BrokerEvent(kind, client, ts)

@@ -35,7 +35,7 @@ MAX_THINGS = 200000
 
 COUNTED = {
     "aws:num-connection-attempts": (brokerlog.CONNECT, brokerlog.CONNECT_REFUSED),
-    "aws:num-disconnects": (brokerlog.DISCONNECT,),
+    "aws:num-disconnects": (brokerlog.DISCONNECT, brokerlog.TAKEOVER),
     "aws:num-authorization-failures": (brokerlog.PUBLISH_DENIED, brokerlog.CONNECT_REFUSED),
     "aws:num-messages-sent": (brokerlog.PUBLISH_IN,),
     "aws:num-messages-received": (brokerlog.PUBLISH_OUT,),
@@ -84,7 +84,7 @@ class BrokerView:
             if kind == brokerlog.CONNECT:
                 thing.connected, thing.since_ms, thing.address = True, time_ms, event.address
                 thing.events.append((time_ms, kind, None, event.address))
-            elif kind == brokerlog.DISCONNECT:
+            elif kind in (brokerlog.DISCONNECT, brokerlog.TAKEOVER):
                 if thing.connected is not False:
                     thing.connected, thing.since_ms = False, time_ms
                 thing.events.append((time_ms, kind, None, None))

@@ -290,7 +290,7 @@ def test_topic_filters_and_their_validation():
 
 
 def test_dimension_cli_api_and_use_in_profiles(tmp_path):
-    from garrison.detect.api.http import Api
+    from api_support import served
     db = tmp_path / "e.db"
     run = lambda *argv: subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(db), *argv],  # noqa
                                        capture_output=True, text=True)
@@ -308,12 +308,16 @@ def test_dimension_cli_api_and_use_in_profiles(tmp_path):
     with pytest.raises(Exception, match="no dimension named 'nope'"):
         engine.apply_profile(missing)
     assert "used by security profile(s) Dim" in run("dimensions", "delete", "debug").stderr
-    api = Api(engine)
-    assert api.list_dimensions({}, {}, None) == {"dimensionNames": ["debug"]}
-    api.create_dimension({"name": "other"}, {}, {"stringValues": ["x/+"]})
-    assert api.update_dimension({"name": "other"}, {}, {"stringValues": ["y/#"]})["stringValues"] == ["y/#"]
-    api.delete_dimension({"name": "other"}, {}, None)
-    assert api.list_dimensions({}, {}, None) == {"dimensionNames": ["debug"]}
+    with served(engine) as api:
+        assert api("GET", "/dimensions") == (200, {"dimensionNames": ["debug"]})
+        assert api("POST", "/dimensions/other", {"type": "TOPIC_FILTER", "stringValues": ["x/+"]})[0] == 200
+        assert api("POST", "/dimensions/bad", {"stringValues": ["a/#/b"]})[0] == 400
+        assert api("PUT", "/dimensions/other", {"stringValues": ["y/#"]})[1]["stringValues"] == ["y/#"]
+        assert api("GET", "/dimensions/other")[1]["type"] == "TOPIC_FILTER"
+        assert api("DELETE", "/dimensions/debug")[0] == 400          # in use
+        assert api("DELETE", "/dimensions/other")[0] == 200
+        assert api("GET", "/dimensions/other")[0] == 404
+        assert api("GET", "/dimensions") == (200, {"dimensionNames": ["debug"]})
 
 
 def test_dimensions_narrow_message_and_authorization_metrics(tmp_path, broker):

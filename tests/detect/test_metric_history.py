@@ -9,12 +9,12 @@ import threading
 import pytest
 
 from garrison.agent.transports.paho_compat import new_client
-from garrison.detect.api.http import Api
 from garrison.detect.clock import ManualClock
 from garrison.detect.config import Config
 from garrison.detect.engine import Engine
 from garrison.detect.state.store import Store, StoreError
 
+from api_support import served
 from engine_support import Collect, behavior, profile, validated
 from fixtures import wait_for
 
@@ -101,10 +101,13 @@ def test_cli_and_api_serve_list_metric_values(setup):
     text = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "metrics", "values", "--db", str(db),
                            "--thing", "dev1", "--metric", "temperature"], capture_output=True, text=True)
     assert text.returncode == 0 and '{"number":23}' in text.stdout, text.stdout + text.stderr
-    api = Api(engine)
-    assert api.metric_values({}, {"thingName": "dev1", "metricName": "aws:all-bytes-out", "maxResults": "2",
-                                  "nextToken": page["nextToken"]}, None)["metricDatumList"] == \
-        [{"timestamp": page["metricDatumList"][1]["timestamp"] + 300, "value": {"count": 300}}]
+    with served(engine) as api:
+        status, body = api("GET", "/metric-values", thingName="dev1", metricName="aws:all-bytes-out", maxResults=2,
+                           nextToken=page["nextToken"])
+        assert status == 200 and body["metricDatumList"] == \
+            [{"timestamp": page["metricDatumList"][1]["timestamp"] + 300, "value": {"count": 300}}]
+        assert api("GET", "/metric-values", thingName="nobody", metricName="aws:all-bytes-out")[0] == 404
+        assert api("GET", "/metric-values", thingName="dev1", metricName="x", nextToken="bad")[0] == 400
 
 
 def test_export_metric_publishes_aws_shaped_batches(tmp_path, mosquitto):

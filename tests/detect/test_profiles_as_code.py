@@ -9,13 +9,13 @@ import threading
 import pytest
 
 from garrison.agent.transports.paho_compat import new_client
-from garrison.detect.api.http import Api
 from garrison.detect.clock import ManualClock
 from garrison.detect.config import Config
 from garrison.detect.engine import Engine
 from garrison.detect.respond.alerts import AlertDispatcher, targets_from_config
 from garrison.detect.state.store import Store
 
+from api_support import served
 from engine_support import Collect, behavior, max_connections, profile, validated
 from fixtures import wait_for
 
@@ -84,9 +84,11 @@ def test_validate_behaviors_cli_and_api(tmp_path):
     assert len(errors) == 2 and "less-than" in errors[0] and "unique" in errors[1]
     engine = Engine(Store(db), ManualClock(), Config())
     assert engine.store.list_profiles() == []    # nothing was stored
-    api = Api(engine)
-    assert api.validate_behaviors({}, {}, {"behaviors": max_connections(5)["behaviors"]}) == \
-        {"valid": True, "validationErrors": []}
+    with served(engine) as api:
+        assert api("POST", "/security-profile-behaviors/validate", {"behaviors": max_connections(5)["behaviors"]}) == \
+            (200, {"valid": True, "validationErrors": []})
+        status, body = api("POST", "/security-profile-behaviors/validate", json.loads(bad.read_text()))
+        assert status == 200 and not body["valid"] and len(body["validationErrors"]) == 2
 
 
 def test_profiles_for_target(tmp_path):
@@ -101,8 +103,12 @@ def test_profiles_for_target(tmp_path):
     assert names(engine.profiles_for_target("thing:cam-1")) == [("Mine", "thing:cam-1")]
     assert names(engine.profiles_for_target("thing:cam-1", recursive=True)) == [
         ("Cams", "group:cams"), ("Fleet", "all"), ("Mine", "thing:cam-1")]
-    assert names(Api(engine).profiles_for_target({}, {"securityProfileTargetArn": "group:cams"}, None)) == \
-        [("Cams", "group:cams")]
+    with served(engine) as api:
+        status, body = api("GET", "/security-profiles-for-target", securityProfileTargetArn="group:cams")
+        assert status == 200 and names(body) == [("Cams", "group:cams")]
+        status, body = api("GET", "/security-profiles-for-target", securityProfileTargetArn="thing:cam-1",
+                           recursive="true")
+        assert names(body) == [("Cams", "group:cams"), ("Fleet", "all"), ("Mine", "thing:cam-1")]
     out = cli(tmp_path / "e.db", "profiles", "for-target", "thing:cam-1", "--recursive")
     assert out.returncode == 0 and out.stdout.splitlines()[0] == "Cams\tgroup:cams"
 
