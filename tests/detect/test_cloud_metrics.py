@@ -366,3 +366,51 @@ def test_dimensions_narrow_message_and_authorization_metrics(tmp_path, broker):
         client.disconnect()
         client.loop_stop()
     follower.stop()
+
+
+def test_serve_follows_the_broker_log_and_alarms(tmp_path, broker):
+    """`garrison-detect serve --broker-log`: the whole path in real processes, with the profile
+    from the engine's configuration (through the `profiles sync` path) and the alert on MQTT."""
+    import shutil
+    import signal
+    mosq, log_file = broker
+    (tmp_path / "acl").write_text(ACL + "\nuser garrison-detect\ntopic readwrite #\n")
+    mosq.start()
+    db = tmp_path / "serve.db"
+    (tmp_path / "authz.json").write_text(json.dumps(
+        profile("Authz", behavior("authz", "aws:num-authorization-failures", "less-than", {"count": 1}))))
+    (tmp_path / "engine.toml").write_text('cloud_metrics_interval = "1s"\nbroker_log = "metrics.log"\n'
+                                          '[alerts]\nmqtt = {topic = "garrison/alerts/{thing}"}\n'
+                                          '[[profiles]]\nfile = "authz.json"\nattach = "all"\n')
+    cli = [shutil.which("garrison-detect") or sys.executable, *([] if shutil.which("garrison-detect")
+                                                                  else ["-m", "garrison.detect.cli"])]
+    assert subprocess.run(cli + ["things", "add", "intruder", "--db", str(db)], capture_output=True).returncode == 0
+    alerts = []
+    reader = new_client("alert-reader")
+    reader.username_pw_set("garrison-detect")
+    reader.on_message = lambda c, u, m: alerts.append(json.loads(m.payload))
+    reader.connect(mosq.host, mosq.port)
+    reader.loop_start()
+    reader.subscribe("garrison/alerts/#", qos=1)
+    serve_log = tmp_path / "serve.log"
+    with open(serve_log, "wb") as out:
+        proc = subprocess.Popen(cli + ["serve", "--broker", f"mqtt://garrison-detect@{mosq.host}:{mosq.port}",
+                                       "--db", str(db), "--config", str(tmp_path / "engine.toml")],
+                                stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "serving:" in serve_log.read_text() or proc.poll() is not None, 30, "serve to start")
+        assert proc.poll() is None, serve_log.read_text()
+        assert "cloud-side metrics from the broker log" in serve_log.read_text()
+        intruder = device(mosq, "intruder")
+        intruder.publish("devices/victim/cmd", b"open", qos=1).wait_for_publish(5)
+        wait_for(lambda: any(a.get("thingName") == "intruder" for a in alerts), 30, "the alarm on MQTT")
+        [alert] = [a for a in alerts if a["thingName"] == "intruder"]
+        assert (alert["behavior"]["name"], alert["violationEventType"], alert["metricValue"]) == \
+            ("authz", "in-alarm", {"count": 1})
+        intruder.disconnect()
+        intruder.loop_stop()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        reader.disconnect()
+        reader.loop_stop()
