@@ -175,7 +175,7 @@ class ConfigFile(_Section):
     audit: Dict[str, Any] = Field(default_factory=dict)
     broker_log: Optional[NonEmpty] = Field(None, description="Mosquitto's log file, relative to the config file")
     cloud_metrics_interval: Annotated[float, BeforeValidator(_duration("cloud_metrics_interval", True))] = 60.0
-    metric_retention: Annotated[float, BeforeValidator(_duration("metric_retention", True))] = 14 * 86400.0
+    metric_retention: Annotated[float, BeforeValidator(_duration("metric_retention"))] = 14 * 86400.0  # 0: none
 
 
 def _describe(exc: ValidationError) -> str:

@@ -413,6 +413,7 @@ class Engine:
                         if event is not None:
                             events.append(event)
                             self.actions.run(self.store, event, now_ms)
+            self.history.flush()
         self.dispatch_alerts()
         return events
 

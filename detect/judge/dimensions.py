@@ -6,11 +6,11 @@ dimension's filters; with NOT_IN only those matching none. Filters use MQTT's wi
 exactly one level, `#` (last, alone in its level) any number of levels including none. As in
 MQTT, a filter starting with a wildcard does not match a topic starting with `$`.
 """
-import re
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
+from garrison.wire import names
+
 TYPES = ("TOPIC_FILTER",)
-NAME_RE = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 MAX_VALUES = 5          # AWS: 1-5 stringValues
 MAX_VALUE_LENGTH = 256  # AWS: each 1-256 characters
 
@@ -21,8 +21,8 @@ class DimensionError(ValueError):
 
 def check(name: Any, dimension_type: Any, values: Any) -> List[str]:
     """The dimension's filters, validated (DimensionError names the problem)."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise DimensionError(f"dimension name must be 1-128 characters of [a-zA-Z0-9:_-], got {name!r}")
+    if not names.NAME.valid(name):
+        raise DimensionError(f"dimension names are {names.SHAPE}, got {name!r}")
     if dimension_type not in TYPES:
         raise DimensionError(f"type must be TOPIC_FILTER, got {dimension_type!r}")
     if not isinstance(values, list) or not 1 <= len(values) <= MAX_VALUES:

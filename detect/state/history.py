@@ -3,8 +3,8 @@ and exported as Device Defender's metrics export.
 
 Retained, per thing, for `metric_retention` (14 days by default, as AWS): every metric a behavior
 of a profile that applies to the thing uses, plus the profile's `additionalMetricsToRetainV2`.
-Each datapoint is one row (thing, metric, dimension, time, AWS MetricValue JSON); the sweep
-drops rows past the retention. A metric that several profiles retain is kept once.
+Each report is one row (thing, time, {metric: AWS MetricValue}), and so is each evaluation of the
+broker's metrics for a thing; the sweep drops rows past the retention. A metric that several profiles retain is kept once.
 
 `exportMetric: true` (on a behavior or an additionalMetricsToRetainV2 entry) with the profile's
 `metricsExportConfig.mqttTopic` publishes the datapoints, batched, in AWS's metrics-export shape:
@@ -16,6 +16,7 @@ before it stopped is not exported again; the history itself is in the database).
 import base64
 import json
 import logging
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
@@ -34,8 +35,19 @@ class HistoryError(ValueError):
     """A bad ListMetricValues request."""
 
 
+_RETAINED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # per parsed profile
+
+
 def retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
-    """metric id -> (spec, export topic or None) that `profile` retains."""
+    """metric id -> (spec, export topic or None) that `profile` retains (computed once per
+    parsed profile: the engine re-parses a profile only when it changes)."""
+    known = _RETAINED.get(profile)
+    if known is None:
+        known = _RETAINED[profile] = _retained(profile)
+    return known
+
+
+def _retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
     topic = (profile.doc.get("metricsExportConfig") or {}).get("mqttTopic") if isinstance(
         profile.doc.get("metricsExportConfig"), Mapping) else None
     topic = topic if isinstance(topic, str) and topic else None
@@ -61,11 +73,14 @@ class MetricHistory:
         self.store = store
         self.retention_ms = int(retention_s * 1000)
         self._exports: Deque[Tuple[str, Dict[str, Any]]] = deque(maxlen=EXPORT_QUEUE)
+        self._pending: Dict[Tuple[str, int], Dict[str, Any]] = {}
         self.dropped_exports = 0
 
     def record_report(self, thing: str, profiles: List[Any], report: Mapping[str, Any], received_ms: int) -> None:
         """Keep the report's values of every metric the thing's profiles retain (device-side and
-        custom metrics; the broker's are recorded when they are computed)."""
+        custom metrics; the broker's are recorded when they are computed), in one row."""
+        if not self.retention_ms:
+            return   # metric_retention = 0: no history
         wanted: Dict[str, Tuple[Any, Optional[str]]] = {}
         for profile in profiles:
             for metric_id, (spec, topic) in retained(profile).items():
@@ -73,23 +88,43 @@ class MetricHistory:
                     continue
                 known = wanted.get(metric_id)
                 wanted[metric_id] = (spec, (known and known[1]) or topic)
+        values = {}
         for metric_id, (spec, topic) in wanted.items():
             value = spec.extract(report)
-            if value is not None:
-                self.record(thing, metric_id, evaluate.violation_value(spec, value), received_ms, topic)
+            if value is None:
+                continue
+            values[metric_id] = value = evaluate.violation_value(spec, value)
+            if topic:
+                self._export(topic, {"name": metric_id, "thing": thing, "value": value, "version": 1,
+                                     "timestamp": received_ms})
+        if values:
+            self.store.put_metric_values(thing, received_ms, "report", values)
 
     def record(self, thing: str, metric_id: str, value: Dict[str, Any], time_ms: int,
                export_topic: Optional[str] = None, dimension: Optional[Mapping[str, Any]] = None) -> None:
+        """One datapoint of the broker's metrics; kept in the row of (thing, time_ms) that
+        `flush()` writes (one per thing per evaluation)."""
+        if not self.retention_ms:
+            return
         name = dimension.get("dimensionName", "") if dimension else ""
         operator = dimension.get("operator", "IN") if dimension else "IN"
-        self.store.put_metric_value(thing, metric_id, time_ms, value, _dimension_key(name, operator))
+        self._pending.setdefault((thing, time_ms), {})[_key(metric_id, name, operator)] = value
         if export_topic:
-            if len(self._exports) == self._exports.maxlen:
-                self.dropped_exports += 1
             entry = {"name": metric_id, "thing": thing, "value": value, "version": 1, "timestamp": time_ms}
             if dimension:
                 entry["dimension"] = {"name": name, "operator": operator}
-            self._exports.append((export_topic, entry))
+            self._export(export_topic, entry)
+
+    def flush(self) -> None:
+        """Write the broker datapoints `record` collected (call inside the evaluation's transaction)."""
+        pending, self._pending = self._pending, {}
+        for (thing, time_ms), values in pending.items():
+            self.store.put_metric_values(thing, time_ms, "broker", values)
+
+    def _export(self, topic: str, entry: Dict[str, Any]) -> None:
+        if len(self._exports) == self._exports.maxlen:
+            self.dropped_exports += 1   # the oldest waiting one goes
+        self._exports.append((topic, entry))
 
     def flush_exports(self, publish: Optional[Callable[[str, bytes], Any]]) -> int:
         """Publish the waiting exports in batches of EXPORT_BATCH per topic; returns how many."""
@@ -127,8 +162,8 @@ class MetricHistory:
         start_ms = 0 if start_s is None else int(start_s * 1000)
         end_ms = 2**62 if end_s is None else int(end_s * 1000)
         after = _decode_token(next_token) if next_token else None
-        rows = self.store.metric_values(thing, metric, start_ms, end_ms,
-                                       _dimension_key(dimension_name or "", dimension_operator or "IN"), after, limit + 1)
+        rows = self.store.metric_values(thing, _key(metric, dimension_name or "", dimension_operator or "IN"),
+                                        start_ms, end_ms, after, limit + 1)
         page = rows[:limit]
         out: Dict[str, Any] = {"metricDatumList": [{"timestamp": t / 1000.0, "value": v} for t, v in page]}
         if len(rows) > limit:
@@ -136,9 +171,11 @@ class MetricHistory:
         return out
 
 
-def _dimension_key(name: str, operator: str) -> str:
-    """How a datapoint's dimension is stored: its name, with "|NOT_IN" for the NOT_IN operator."""
-    return f"{name}|NOT_IN" if name and operator == "NOT_IN" else name
+def _key(metric: str, dimension: str, operator: str) -> str:
+    """A datapoint's key in its row: the metric, with "|dimension" (and "|NOT_IN") when it has one."""
+    if not dimension:
+        return metric
+    return f"{metric}|{dimension}" + ("|NOT_IN" if operator == "NOT_IN" else "")
 
 
 def _encode_token(time_ms: int) -> str:

@@ -149,14 +149,16 @@ CREATE TABLE IF NOT EXISTS dimensions (
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 );
--- metric history (ListMetricValues): each retained metric's value per thing and datapoint
+-- metric history (ListMetricValues): one row per thing and datapoint time and source (a report,
+-- or an evaluation of the broker's metrics), holding every retained metric's value:
+-- {"aws:all-bytes-out": {"count": 3}, "aws:num-messages-sent|debug": {"count": 2}, ...}
+-- (one row per report rather than per metric: a report costs one insert)
 CREATE TABLE IF NOT EXISTS metric_values (
     thing TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    dimension TEXT NOT NULL DEFAULT '',
     time_ms INTEGER NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (thing, metric, dimension, time_ms)
+    source TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (thing, time_ms, source)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS metric_values_time ON metric_values(time_ms);
 CREATE TABLE IF NOT EXISTS action_log (
@@ -667,18 +669,20 @@ class Store:
 
     # ---- metric history -----------------------------------------------------------------------
 
-    def put_metric_value(self, thing: str, metric: str, time_ms: int, value: Any, dimension: str = "") -> None:
-        """Keep one datapoint (a MetricValue such as {"count": 3}); the same instant again replaces it."""
-        self._exec("INSERT OR REPLACE INTO metric_values (thing, metric, dimension, time_ms, value) "
-                   "VALUES (?, ?, ?, ?, ?)", (thing, metric, dimension, time_ms, _dumps(value)))
+    def put_metric_values(self, thing: str, time_ms: int, source: str, values: Dict[str, Any]) -> None:
+        """Keep the datapoints of one report (source "report") or evaluation ("broker"):
+        {metric key: MetricValue}; the same thing, time and source again replaces them."""
+        self._exec("INSERT OR REPLACE INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?)",
+                   (thing, time_ms, source, _dumps(values)))
 
-    def metric_values(self, thing: str, metric: str, start_ms: int, end_ms: int, dimension: str = "",
+    def metric_values(self, thing: str, key: str, start_ms: int, end_ms: int,
                       after_ms: Optional[int] = None, limit: int = 250) -> List[Tuple[int, Any]]:
-        """(time_ms, value) in [start_ms, end_ms], oldest first, after `after_ms` (paging)."""
+        """(time_ms, value) of one metric key in [start_ms, end_ms], oldest first, after `after_ms`."""
         low = start_ms if after_ms is None else max(start_ms, after_ms + 1)
+        path = "$." + json.dumps(key)   # keys hold ':' and '|': quoted
         return [(r[0], _loads(r[1])) for r in self._rows(
-            "SELECT time_ms, value FROM metric_values WHERE thing = ? AND metric = ? AND dimension = ? "
-            "AND time_ms BETWEEN ? AND ? ORDER BY time_ms LIMIT ?", (thing, metric, dimension, low, end_ms, limit))]
+            "SELECT time_ms, json_extract(doc, ?) AS v FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
+            "AND v IS NOT NULL ORDER BY time_ms LIMIT ?", (path, thing, low, end_ms, limit))]
 
     def prune_metric_values(self, before_ms: int) -> int:
         """Drop datapoints older than `before_ms` (retention); returns how many."""
