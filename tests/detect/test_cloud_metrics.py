@@ -414,3 +414,21 @@ def test_serve_follows_the_broker_log_and_alarms(tmp_path, broker):
         proc.wait(20)
         reader.disconnect()
         reader.loop_stop()
+
+
+def test_broker_config_writes_the_metrics_log(tmp_path):
+    """broker-config --metrics-log: the file is the broker's one log destination, with debug
+    (publishes, denials) and epoch timestamps; a different --log-file is refused (Mosquitto
+    writes one log file), and the same one is accepted (the audit reads it too)."""
+    from garrison.detect.ops import brokerconf, pki
+    ca = pki.FleetCA(tmp_path / "pki")
+    ca.init()
+    cert, key = ca.issue_server(["localhost"])
+    log = tmp_path / "metrics.log"
+    conf, _ = brokerconf.write(tmp_path / "out", ca.cert_path, cert, key, metrics_log=log)
+    lines = [line.strip() for line in conf.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert [line for line in lines if line.startswith("log_dest")] == [f"log_dest file {log.resolve()}"]
+    assert "log_type all" in lines and "log_timestamp_format %s" in lines
+    with pytest.raises(brokerconf.BrokerConfigError, match="one log file"):
+        brokerconf.write(tmp_path / "out2", ca.cert_path, cert, key, metrics_log=log, log_file=tmp_path / "other.log")
+    brokerconf.write(tmp_path / "out3", ca.cert_path, cert, key, metrics_log=log, log_file=log)
