@@ -59,9 +59,10 @@ class ReportCollector:
                  interfaces: Optional[List[str]] = None, include_loopback: bool = False,
                  max_list_items: int = DEFAULT_MAX_LIST_ITEMS, persist: bool = True,
                  events: Any = None, interval_extension: bool = False, fold_interval: bool = False,
-                 posture_checks: Optional[List[str]] = None):
+                 posture_checks: Optional[List[str]] = None, socket_owners: bool = False):
         # events: a started collectors.sockevents.SocketEvents (sockets closed between reports)
         self.events, self.interval_extension, self.fold_interval = events, interval_extension, fold_interval
+        self.socket_owners = socket_owners   # add the socket_owners extension (garrison.agent.owners)
         self.collectors = make_collectors(enabled, socket_backend, interfaces, include_loopback, posture_checks)
         self.deltas = NetworkDeltas(Path(state_dir), persist=persist) if "network_stats" in self.collectors else None
         self.max_list_items = max_list_items
@@ -92,7 +93,19 @@ class ReportCollector:
                              **groups)
         if self.events is not None:
             self._add_interval(built)
+        if self.socket_owners and any(k in groups for k in ("listening_tcp", "listening_udp", "connections")):
+            self._add_owners(built, groups)
         return built, results
+
+    def _add_owners(self, built: Dict[str, Any], groups: Mapping[str, Any]) -> None:
+        from garrison.agent import owners
+        try:
+            if not hasattr(self, "_owner_cache"):
+                self._owner_cache = owners.OwnerCache()
+            built.setdefault("metrics", {})["socket_owners"] = owners.extension(groups, self.max_list_items,
+                                                                                cache=self._owner_cache)
+        except Exception as exc:   # best effort: the report goes without owners
+            log.warning("socket owners left out of this report: %s: %s", type(exc).__name__, exc)
 
     def _add_interval(self, built: Dict[str, Any]) -> None:
         """The sockets closed since the last report (agent.interval), when the kernel tells us."""

@@ -169,6 +169,9 @@ OPTIONS: Tuple[Option, ...] = (
            "established-connections list (works on AWS IoT too), so aws:destination-ip-addresses sees "
            "connections that closed between reports; aws:num-established-tcp-connections then counts "
            "them as well."),
+    Option("socket_owners", "str", "auto", "Name the process (pid, name, executable, user) behind each "
+           "listening port and connection in the socket_owners extension: auto or on (Garrison engines "
+           "only; never sent to AWS IoT Core), or off.", choices=("auto", "on", "off")),
     Option("spool_max_reports", "int", 1000, "Most reports kept while the broker is unreachable; the "
            "oldest are dropped (and counted) beyond it.", minimum=1),
     Option("spool_max_bytes", "int", 16 * 1024 * 1024, "Most bytes of spooled reports.", minimum=1024),

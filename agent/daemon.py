@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from garrison.agent import delivery, interval, report, sdnotify
+from garrison.agent import delivery, interval, owners, report, sdnotify
 from garrison.agent.collect import ReportCollector
 from garrison.agent.config import Config, ConfigError
 from garrison.agent.control import AgentControl
@@ -88,7 +88,8 @@ class Daemon:
                                          config.interfaces, config.include_loopback, config.max_list_items,
                                          persist=persist_state, events=self.events,
                                          interval_extension=extension, fold_interval=fold,
-                                         posture_checks=config.posture_checks)
+                                         posture_checks=config.posture_checks,
+                                         socket_owners=owners.enabled(config))
         try:
             self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
                                config.spool_max_age) if persist_state else None

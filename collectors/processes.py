@@ -90,3 +90,26 @@ class SocketOwnersCollector:
 
     def collect(self) -> CollectorResult:
         return timed(self.name, lambda: socket_owners(self.root))
+
+
+def describe(pid: int, name: str = "", root: str = "/proc", _users: Optional[Dict[int, str]] = None) -> Dict:
+    """{pid, process, executable, user} of a process; fields we may not read stay out (a
+    non-root agent cannot read other users' /proc/<pid>/exe)."""
+    out: Dict = {"pid": pid, "process": name or _process_name(root, pid)}
+    try:
+        out["executable"] = os.readlink(f"{root}/{pid}/exe")
+    except OSError:
+        pass
+    try:
+        uid = os.stat(f"{root}/{pid}").st_uid
+    except OSError:
+        return out
+    users = {} if _users is None else _users
+    if uid not in users:
+        try:
+            import pwd
+            users[uid] = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            users[uid] = str(uid)
+    out["user"] = users[uid]
+    return out

@@ -9,6 +9,10 @@
     strict = false                 # true: only pre-registered things (garrison-detect things add)
     dry_run = false                # true: mitigation actions only log what they would do
     client_id = "garrison-detect"  # MQTT client id (the session the broker keeps for us)
+    broker_log = "/var/log/mosquitto/garrison-metrics.log"  # the cloud-side metrics' source
+                                   # (broker-config --metrics-log; docs/profiles.md)
+    cloud_metrics_interval = "60s" # how often the cloud-side metrics are evaluated
+    metric_retention = "14d"       # metric history kept per thing (ListMetricValues)
 
     [api]
     bind = "127.0.0.1:8765"
@@ -81,6 +85,9 @@ class Config:
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
     ml: Dict[str, Any] = field(default_factory=dict)                          # garrison.detect.judge.ml.MLConfig settings
     audit: Dict[str, Any] = field(default_factory=dict)                       # garrison.detect.audit.task sources
+    broker_log: Optional[str] = None          # Mosquitto log file for the cloud-side metrics
+    cloud_metrics_interval_s: float = 60.0    # how often the cloud-side metrics are evaluated
+    metric_retention_s: float = 14 * 86400.0  # metric history kept for ListMetricValues
 
     @property
     def api_enabled(self) -> bool:
@@ -166,6 +173,9 @@ class ConfigFile(_Section):
     profiles: List[ProfileEntry] = Field(default_factory=list)
     ml: Dict[str, Any] = Field(default_factory=dict)
     audit: Dict[str, Any] = Field(default_factory=dict)
+    broker_log: Optional[NonEmpty] = Field(None, description="Mosquitto's log file, relative to the config file")
+    cloud_metrics_interval: Annotated[float, BeforeValidator(_duration("cloud_metrics_interval", True))] = 60.0
+    metric_retention: Annotated[float, BeforeValidator(_duration("metric_retention"))] = 14 * 86400.0  # 0: none
 
 
 def _describe(exc: ValidationError) -> str:
@@ -209,7 +219,9 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
         api_bind=parsed.api.bind, api_token=parsed.api.token, api_token_file=parsed.api.token_file,
         metrics_public=parsed.api.metrics_public,
         alerts=doc.get("alerts"), actions=dict(parsed.actions), ml=dict(parsed.ml), audit=dict(parsed.audit),
-        profiles=[(str(base / entry.file), entry.attach) for entry in parsed.profiles])
+        profiles=[(str(base / entry.file), entry.attach) for entry in parsed.profiles],
+        broker_log=str(base / parsed.broker_log) if parsed.broker_log else None,
+        cloud_metrics_interval_s=parsed.cloud_metrics_interval, metric_retention_s=parsed.metric_retention)
 
 
 def load(path: str) -> Config:

@@ -31,20 +31,26 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from garrison.detect.judge import evaluate, fleetstats, metrics, mlbridge
-from garrison.detect.respond import violations
+from garrison.detect import profilesync
+from garrison.detect.judge import cloudmetrics, dimensions, evaluate, fleetstats, metrics, mlbridge
+from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
-from garrison.detect.respond.alerts import AlertMessage
+from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
 from garrison.detect.audit.store import record_posture
 from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
 from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
+from garrison.detect.state import history
+from garrison.detect.state.history import MetricHistory
 from garrison.detect.state.store import NotFound, Store, StoreError, parse_target
 from garrison.detect.respond.violations import Event
 
 log = logging.getLogger("garrison.engine")
+
+# the alertTargets keys Garrison delivers to (AWS's "SNS" is kept but cannot be; see docs/profiles.md)
+PROFILE_ALERT_KEYS = ("log", "mqtt", "webhooks", "webhook")
 
 # Why an episode was invalidated (violationEventAdditionalInfo.invalidationReason).
 DEVICE_SILENT = "device-silent"
@@ -106,10 +112,23 @@ class Engine:
         self._pending_violations: Dict[str, Tuple[Any, int, Any]] = {}
         self._dispatch_lock = threading.RLock()  # before the store's lock, never after
         self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
+        # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
+        # it follows a broker log; None: the cloud-side metrics other than disconnect-duration
+        # have no source
+        self.broker_view: Any = None
+        # metric history (ListMetricValues) and its export; `metric_exporter(topic, payload)` is set
+        # by `serve` (the engine's MQTT connection)
+        self.history = MetricHistory(store, self.config.metric_retention_s)
+        self.metric_exporter: Any = None
+        # builds a profile's own alert targets from its alertTargets (set by `serve`: they publish
+        # on its MQTT connection); None: only the engine-wide `alerts`
+        self.alert_target_builder: Any = None
+        self._profile_alerts: Dict[str, Tuple[str, Any]] = {}   # profile -> (its alertTargets, their dispatcher)
         self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
         # first, so devices that did report are not taken for silent ones
-        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0}
+        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0,
+                     "cloud": time.monotonic() + self.config.cloud_metrics_interval_s}
         for group in self.actions.groups():  # a quarantine group exists before it is needed
             store.create_group(group, self.clock.now_ms())
 
@@ -279,15 +298,18 @@ class Engine:
         else:
             states = self.store.states_of_thing(thing)
             names = self.store.profiles_for_thing(thing)
+        applied = []
         for name in names:
             profile = self._profile(name)
             if profile is None:
                 continue
+            applied.append(profile)
             for behavior in profile.behaviors:
                 event = self._step(thing, name, behavior, report, received_ms, states.get((name, behavior.name)))
                 if event is not None:
                     events.append(event)
                     self.actions.run(self.store, event, received_ms)
+        self.history.record_report(thing, applied, report, received_ms)
         return events
 
     def _step(self, thing: str, profile: str, behavior, report: Mapping[str, Any], received_ms: int,
@@ -297,15 +319,19 @@ class Engine:
         value = metrics.extract(report, behavior.metric, behavior.spec)
         if value is None:
             return None
-        if behavior.metric == metrics.DISCONNECT_DURATION:
+        if behavior.metric in metrics.SILENCE_METRICS:
             # the sweep measures silence from the report's arrival: a spooled backlog dated in the
             # past still shows the device is connected now
             state = dict(state or {}, seen_ms=max(received_ms, self.clock.now_ms()))
-        return self._judge(thing, profile, behavior, value, received_ms, state)
+        context = (owners.note(behavior, report, value)
+                   if behavior.metric in owners.PORT_METRICS or behavior.metric == owners.DESTINATIONS else None)
+        return self._judge(thing, profile, behavior, value, received_ms, state, context)
 
     def _judge(self, thing: str, profile: str, behavior, value: Any, received_ms: int,
-               state: Optional[Dict[str, Any]]) -> Optional[Event]:
-        """Step one datapoint of `behavior` and record what it does to the thing's violation."""
+               state: Optional[Dict[str, Any]], context: Optional[Dict[str, Any]] = None) -> Optional[Event]:
+        """Step one datapoint of `behavior` and record what it does to the thing's violation.
+        `context`: more violationEventAdditionalInfo (the processes behind the offending ports or
+        connections, garrison.detect.respond.owners)."""
         threshold = verdict = judgement = None
         if behavior.kind == "statistical":
             known = self.store.get_threshold(profile, behavior.name)
@@ -326,6 +352,9 @@ class Engine:
             self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
         if outcome.violating is None:
             return None
+        info = self._additional_info(behavior, outcome, judgement)
+        if context and outcome.violating:
+            info.update(context)
         if self._batching:
             key = (thing, profile, behavior.name)
             if outcome.transition is None:
@@ -339,14 +368,14 @@ class Engine:
                 if violation_id is not None:
                     self._staged_violations[violation_id] = (
                         evaluate.violation_value(behavior.spec, outcome.value), received_ms,
-                        self._additional_info(behavior, outcome, judgement))
+                        info)
                 return None
             self._hot_open.pop(key, None)
             self._flush()  # an episode starts or ends: what is held back for it goes first
         return violations.record_datapoint(
             self.store, thing, profile, behavior.doc, transition=outcome.transition,
             violating=outcome.violating, metric_value=evaluate.violation_value(behavior.spec, outcome.value),
-            time_ms=received_ms, additional_info=self._additional_info(behavior, outcome, judgement))
+            time_ms=received_ms, additional_info=info)
 
     @staticmethod
     def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -397,14 +426,15 @@ class Engine:
         pending when the engine stops is sent after its restart."""
         if self.alerts is None:
             return 0
-        tracked = getattr(self.alerts, "tracks_delivery", False)
         sent = 0
         with self._dispatch_lock:
             for row in self.store.pending_alerts():
                 with self._in_flight_lock:
                     if row["seq"] in self._alerts_in_flight:
                         continue
-                if tracked and not self.alerts.has_room():
+                targets = self._alert_targets_for(row["profile"])
+                tracked = getattr(targets, "tracks_delivery", False)
+                if tracked and not targets.has_room():
                     break  # the rest waits in the outbox for the next tick
                 event = Event.from_row(row)
                 info = event.additional_info or {}
@@ -418,12 +448,35 @@ class Engine:
                 if tracked:
                     with self._in_flight_lock:
                         self._alerts_in_flight.add(event.seq)
-                    self.alerts.deliver(message, done=self._alert_outcome_recorder(event.seq))
+                    targets.deliver(message, done=self._alert_outcome_recorder(event.seq))
                 else:  # a plain deliver(message): handing it over is all there is
-                    self.alerts.deliver(message)
+                    targets.deliver(message)
                     self.store.mark_alerted(event.seq, self.clock.now_ms())
                 sent += 1
         return sent
+
+    def _alert_targets_for(self, profile_name: str):
+        """The engine-wide targets, plus the profile's own `alertTargets` (its mqtt / webhooks /
+        log entries, garrison.detect.respond.alerts syntax) when `alert_target_builder` can build
+        them: one dispatcher fanning out to both, cached per profile version."""
+        builder = self.alert_target_builder
+        profile = self._profile(profile_name) if builder is not None else None
+        own = {k: v for k, v in (profile.alert_targets if profile else {}).items() if k in PROFILE_ALERT_KEYS}
+        if not own:
+            return self.alerts
+        key = json.dumps(own, sort_keys=True, default=str)
+        cached = self._profile_alerts.get(profile_name)
+        if cached is None or cached[0] != key:
+            if cached is not None:
+                cached[1].targets[-1].close(1.0)
+            try:
+                dispatcher = AlertDispatcher([self.alerts, builder(dict({"log": False}, **own))])
+            except Exception as exc:
+                log.error("alertTargets of security profile %s cannot be used (%s); engine-wide targets only",
+                          profile_name, exc)
+                return self.alerts
+            cached = self._profile_alerts[profile_name] = (key, dispatcher)
+        return cached[1]
 
     def _alert_outcome_recorder(self, seq: int):
         def done(outcome: str, detail: str) -> None:  # called on an alert worker's thread
@@ -452,9 +505,13 @@ class Engine:
         if now >= self._due["sweep"]:
             self._due["sweep"] = now + self.config.sweep_interval_s
             self.sweep()
+        if self.broker_view is not None and now >= self._due["cloud"]:
+            self._due["cloud"] = now + self.config.cloud_metrics_interval_s
+            self.evaluate_cloud_metrics()
         self.dispatch_alerts()
         if self.runner is not None:
             self.runner.wake()
+        self.history.flush_exports(self.metric_exporter)
 
     def sweep(self, now_ms: Optional[int] = None) -> List[Event]:
         """Measure the disconnect duration of silent things, then invalidate episodes of silent
@@ -462,12 +519,19 @@ class Engine:
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         events = self._measure_disconnects(now_ms)
         events += self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
+        pruned = self.history.prune(now_ms)
+        if pruned:
+            log.info("metric history: %d datapoints past the %gs retention dropped", pruned,
+                     self.config.metric_retention_s)
         self.dispatch_alerts()
         return events
 
     def _measure_disconnects(self, now_ms: int) -> List[Event]:
-        """One aws:disconnect-duration datapoint per thing under each profile with such a behavior:
-        whole units since its last accepted report (things that never reported have none)."""
+        """One datapoint per thing under each profile with an aws:disconnect-duration or
+        garrison:report-silence behavior, in whole units: for report silence, since the thing's
+        last accepted report; for disconnect-duration, since its connection ended (0 while
+        connected) when the broker view knows the thing, else as report silence (things that
+        neither reported nor were seen have none)."""
         events = []
         unit_ms = self.config.disconnect_duration_unit_s * 1000
         with self.store.transaction():
@@ -475,18 +539,27 @@ class Engine:
             for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
                 profile = self._profile(name)
                 behaviors = [b for b in (profile.behaviors if profile else ())
-                             if b.metric == metrics.DISCONNECT_DURATION and b.kind == "rule"]
+                             if b.metric in metrics.SILENCE_METRICS and b.kind == "rule"]
                 if not behaviors:
                     continue
                 if last_seen is None:
                     last_seen = self.store.last_received_times()
-                things = [thing for thing in self.store.things_under_profile(name) if thing in last_seen]
+                view = self.broker_view
+                under = self.store.things_under_profile(name)
                 for behavior in behaviors:
                     states = self.store.states_of_behavior(name, behavior.name)
-                    for thing in things:
+                    for thing in under:
                         state = states.get(thing)
-                        since = max(last_seen[thing], (state or {}).get("seen_ms", 0))
-                        value = max(0, int((now_ms - since) // unit_ms))
+                        connection = (view.connection(thing) if view is not None
+                                      and behavior.metric == metrics.DISCONNECT_DURATION else None)
+                        if connection is not None:
+                            connected, since = connection
+                            value = 0 if connected else max(0, int((now_ms - since) // unit_ms))
+                        elif thing in last_seen:
+                            since = max(last_seen[thing], (state or {}).get("seen_ms", 0))
+                            value = max(0, int((now_ms - since) // unit_ms))
+                        else:
+                            continue
                         if _changes_nothing(behavior, state, value):
                             continue
                         event = self._judge(thing, name, behavior, value, now_ms, state)
@@ -494,6 +567,126 @@ class Engine:
                             events.append(event)
                             self.actions.run(self.store, event, now_ms)
         return events
+
+    def evaluate_cloud_metrics(self, now_ms: Optional[int] = None) -> List[Event]:
+        """One datapoint per thing under each profile with a behavior on a metric the broker view
+        computes (garrison.detect.judge.cloudmetrics), over the behavior's durationSeconds."""
+        view = self.broker_view
+        if view is None:
+            return []
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        events = []
+        recorded: set = set()
+        with self.store.transaction():
+            for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
+                profile = self._profile(name)
+                behaviors = [b for b in (profile.behaviors if profile else ())
+                             if b.metric in cloudmetrics.WINDOW_METRICS and b.kind in ("rule", "statistical")]
+                if not behaviors:
+                    continue
+                under = self.store.things_under_profile(name)
+                exports = history.retained(profile)
+                for behavior in behaviors:
+                    states = self.store.states_of_behavior(name, behavior.name)
+                    matches = self._dimension_matcher(behavior)
+                    for thing in under:
+                        value = view.value(thing, behavior.metric, behavior.duration_seconds, now_ms, matches)
+                        if value is None:
+                            continue
+                        dimension = behavior.metric_dimension or {}
+                        key = (thing, behavior.metric, dimension.get("dimensionName"), dimension.get("operator", "IN"))
+                        if key not in recorded:
+                            recorded.add(key)
+                            self.history.record(thing, behavior.metric, evaluate.violation_value(behavior.spec, value),
+                                                now_ms, exports[behavior.metric][1], behavior.metric_dimension)
+                        state = states.get(thing)
+                        if behavior.kind == "rule" and _changes_nothing(behavior, state, value):
+                            continue
+                        event = self._judge(thing, name, behavior, value, now_ms, state)
+                        if event is not None:
+                            events.append(event)
+                            self.actions.run(self.store, event, now_ms)
+            self.history.flush()
+        self.dispatch_alerts()
+        return events
+
+    def list_metric_values(self, thing: str, metric: str, start_s: Optional[float] = None,
+                           end_s: Optional[float] = None, dimension_name: Optional[str] = None,
+                           dimension_operator: Optional[str] = None, max_results: Optional[int] = None,
+                           next_token: Optional[str] = None) -> Dict[str, Any]:
+        """ListMetricValues over the metric history (garrison.detect.state.history)."""
+        if self.store.last_report(thing) is None:
+            raise NotFound(f"no thing named {thing!r}")
+        try:
+            return self.history.list_values(thing, metric, start_s, end_s, dimension_name, dimension_operator,
+                                            max_results, next_token)
+        except history.HistoryError as exc:
+            raise StoreError(str(exc)) from None
+
+    def _dimension_matcher(self, behavior):
+        """A topic predicate for a behavior's metricDimension (None: every topic). A dimension
+        deleted meanwhile matches nothing (IN) or everything (NOT_IN)."""
+        if not behavior.metric_dimension:
+            return None
+        found = self.store.get_dimension(behavior.metric_dimension["dimensionName"])
+        return dimensions.matcher(found["values"] if found else (), behavior.metric_dimension.get("operator", "IN"))
+
+    # ---- dimensions (CreateDimension, ...) -----------------------------------------------------
+
+    def create_dimension(self, name: str, dimension_type: str, values: Any) -> Dict[str, Any]:
+        values = self._checked_dimension(name, dimension_type, values)
+        if not self.store.put_dimension(name, dimension_type, values, self.clock.now_ms()):
+            raise StoreError(f"dimension {name!r} already exists (update it instead)")
+        return {"name": name}
+
+    def update_dimension(self, name: str, values: Any) -> Dict[str, Any]:
+        values = self._checked_dimension(name, "TOPIC_FILTER", values)
+        if not self.store.put_dimension(name, "TOPIC_FILTER", values, self.clock.now_ms(), create=False):
+            raise NotFound(f"no dimension named {name!r}")
+        return self.describe_dimension(name)
+
+    def list_dimensions(self) -> Dict[str, Any]:
+        return {"dimensionNames": self.store.list_dimensions()}
+
+    def describe_dimension(self, name: str) -> Dict[str, Any]:
+        found = self.store.get_dimension(name)
+        if found is None:
+            raise NotFound(f"no dimension named {name!r}")
+        return dimensions.record(found)
+
+    def delete_dimension(self, name: str) -> None:
+        """Refused while a profile's behavior uses it (as AWS)."""
+        with self.store.transaction():
+            users = sorted({p["securityProfileName"] for p in self.store.list_profiles()
+                            for b in p["doc"].get("behaviors", [])
+                            if isinstance(b, dict) and (b.get("metricDimension") or {}).get("dimensionName") == name})
+            if users:
+                raise StoreError(f"dimension {name!r} is used by security profile(s) {', '.join(users)}")
+            if not self.store.delete_dimension(name):
+                raise NotFound(f"no dimension named {name!r}")
+
+    @staticmethod
+    def _checked_dimension(name, dimension_type, values):
+        try:
+            return dimensions.check(name, dimension_type, values)
+        except dimensions.DimensionError as exc:
+            raise StoreError(str(exc)) from None
+
+    def unsourced_metrics(self, profile: SecurityProfile) -> List[str]:
+        """The metrics of `profile` that get no datapoint in this deployment: the broker's
+        metrics while no `serve` follows a broker log (recorded in the database at its start)."""
+        sources = self.cloud_metric_sources()
+        computed = set(sources.get("metrics", ())) if sources else set()
+        names = [b.metric for b in profile.behaviors] + [m.get("metric") for m in profile.additional_metrics]
+        return sorted({m for m in names if m in metrics.BROKER_METRICS and m not in computed})
+
+    def cloud_metric_sources(self) -> Optional[Dict[str, Any]]:
+        """What `serve` computes the cloud-side metrics from ({"source", "path", "metrics"}), or None."""
+        text = self.store.get_meta("cloud_metric_sources")
+        return json.loads(text) if text else None
+
+    def set_cloud_metric_sources(self, sources: Optional[Dict[str, Any]]) -> None:
+        self.store.put_meta("cloud_metric_sources", json.dumps(sources) if sources else None)
 
     def _invalidate_stale(self, now_ms: int, silent_before_ms: Optional[int] = None) -> List[Event]:
         events = []
@@ -520,8 +713,10 @@ class Engine:
         if last is None:
             return THING_DELETED
         if (silent_before_ms is not None and (last[1] or 0) < silent_before_ms
-                and json.loads(row["behavior"]).get("metric") != metrics.DISCONNECT_DURATION):
-            return DEVICE_SILENT  # (a disconnect-duration violation is about that very silence)
+                and json.loads(row["behavior"]).get("metric") not in metrics.CLOUD_METRICS):
+            # a disconnect-duration violation is about that very silence; the broker's metrics
+            # are measured without reports (a device that stops reporting may still misbehave)
+            return DEVICE_SILENT
         profile = self._profile(row["profile"])
         if profile is None:
             return PROFILE_DELETED
@@ -569,6 +764,11 @@ class Engine:
         open violations are invalidated. Returns (profile, created).
         """
         profile = load_profile(source)
+        for behavior in profile.behaviors:   # as AWS: a metricDimension names an existing dimension
+            wanted = (behavior.metric_dimension or {}).get("dimensionName")
+            if wanted and self.store.get_dimension(wanted) is None:
+                raise ProfileError(f"no dimension named {wanted!r} (garrison-detect dimensions create)",
+                                   behavior.name, "metricDimension.dimensionName")
         if attach:
             _check_target(attach)
         now = self.clock.now_ms()
@@ -585,6 +785,24 @@ class Engine:
             self._invalidate_stale(now)
         self.dispatch_alerts()
         return profile, created
+
+    def sync_profiles(self, wanted, prune: bool = False, dry_run: bool = False, detach: bool = True):
+        """Make the profiles and their attachments match `wanted` [(document, targets)]; returns
+        the plan (garrison.detect.profilesync.Step list), applied unless `dry_run`."""
+        for doc, _ in wanted:
+            load_profile(doc)   # every document valid before anything is planned
+        steps = profilesync.plan(self, wanted, prune=prune, detach=detach)
+        if steps and not dry_run:
+            profilesync.apply(self, wanted, steps)
+        return steps
+
+    def validate_behaviors(self, behaviors: Any) -> Dict[str, Any]:
+        """ValidateSecurityProfileBehaviors (nothing is stored)."""
+        return profilesync.validate_behaviors(behaviors)
+
+    def profiles_for_target(self, target: str, recursive: bool = False) -> Dict[str, Any]:
+        """ListSecurityProfilesForTarget."""
+        return profilesync.profiles_for_target(self, target, recursive)
 
     def delete_profile(self, name: str) -> None:
         now = self.clock.now_ms()

@@ -93,6 +93,30 @@ _INTERVAL_SOCKETS = Field(
         _count("lost", "lo", "Times the kernel dropped events (the collector fell behind)."),
     ))
 
+# Garrison's extension (not AWS's; never sent to AWS IoT): the process behind each listening
+# port and connection (garrison.agent.owners). Strings are bounded by the validator (1024 chars).
+OWNERS_MAX_ITEMS = 1000
+_OWNER = (
+    Field("pid", "pid", "int", "Process id.", minimum=1, maximum=2**31 - 1, required=True),
+    Field("process", "pn", "str", "Process name (comm)."),
+    Field("executable", "exe", "str", "Path of the process's executable (when the agent may read it)."),
+    Field("user", "usr", "str", "User the process runs as (name, or uid when it has none)."),
+)
+_SOCKET_OWNERS = Field(
+    "socket_owners", "sow", "object",
+    "Garrison extension: the processes owning the listening ports and connections (never sent to AWS IoT).",
+    children=(
+        Field("listening_ports", "lps", "list", "Owner of each listening port (capped).",
+              max_items=OWNERS_MAX_ITEMS, children=(
+                  Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
+                  _PROTOCOL, *_OWNER)),
+        Field("connections", "cs", "list", "Owner of each established connection (capped).",
+              max_items=OWNERS_MAX_ITEMS, children=(
+                  Field("remote_addr", "rad", "str", 'Remote "ip:port", IPv6 as "[addr]:port".', required=True),
+                  Field("local_port", "lp", "int", "Local port.", minimum=0, maximum=MAX_PORT),
+                  *_OWNER)),
+    ))
+
 REPORT = Field("report", "report", "object", "A Device Defender metric report.", children=(
     Field("header", "hed", "object", "Report header.", required=True, children=(
         Field("report_id", "rid", "int", "Positive, increasing per device (epoch ms).",
@@ -116,6 +140,7 @@ REPORT = Field("report", "report", "object", "A Device Defender metric report.",
             _count("packets_out", "po", "Packets sent."),
         )),
         _INTERVAL_SOCKETS,
+        _SOCKET_OWNERS,
     )),
     Field("custom_metrics", "cmet", "custom",
           "Custom metrics: name -> [{number | number_list | string_list | ip_list}]."),

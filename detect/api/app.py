@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from pydantic import FiniteFloat
 
 from garrison.agent import __version__
-from garrison.detect.api import audit, errors, models
+from garrison.detect.api import audit, broker, errors, models
 from garrison.detect.api.auth import require_token, token_matches
 from garrison.detect.api.errors import ApiError
 from garrison.detect.api.guard import BODY_TIMEOUT, BodyGuard
@@ -202,6 +202,7 @@ def ml_training_summaries(profile: Optional[str] = ProfileFilter,
 
 
 audit_routes = audit.router([Depends(require_token)], _DOCUMENTED_ERRORS)  # Device Defender Audit (garrison.detect.audit)
+broker_routes = broker.router([Depends(require_token)], _DOCUMENTED_ERRORS)  # metric history, dimensions, ...
 
 
 def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
@@ -213,6 +214,7 @@ def create_app(engine, token: str, body_timeout: float = BODY_TIMEOUT) -> Any:
     app.include_router(public)
     app.include_router(api)
     app.include_router(audit_routes)
+    app.include_router(broker_routes)
     errors.install(app)
     console.install(app, engine)  # the browser console under /console, and GET /metrics
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -247,7 +249,7 @@ def openapi_document() -> Dict[str, Any]:
 
 def routes() -> set:
     """(METHOD, path) of every route the application dispatches on."""
-    return {(method, route.path) for route in public.routes + api.routes + audit_routes.routes
+    return {(method, route.path) for route in public.routes + api.routes + audit_routes.routes + broker_routes.routes
             if isinstance(route, APIRoute) for method in route.methods}
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from garrison.detect.ingest import brokerlog
+
 MAX_CERT_FILES = 100000
 MAX_CERT_BYTES = 64 * 1024
 MAX_CONF_FILES = 256
@@ -322,14 +324,9 @@ def load_acl(path: Path) -> List[AclRule]:
 
 # ----------------------------------------------------------------------------- broker log
 
-# `1764400000: New client connected from 10.0.0.5:50000 as cam-1 (p2, c1, k60, u'cam-1').`
-_TS = r"(?P<ts>\d{9,11})(?:\.\d+)?: "
-_CONNECTED = re.compile(_TS + r"New client connected from (?P<addr>\S+?):(?P<port>\d+) as (?P<cid>\S+) "
-                        r"\((?P<flags>[^)]*)\)\.?$")
-_TAKEOVER = re.compile(_TS + r"Client (?P<cid>\S+) already connected, closing old connection\.?$")
-_GONE = re.compile(_TS + r"(?:Client (?P<cid>\S+) (?:disconnected|closed its connection|has exceeded timeout)"
-                   r"|Socket error on client (?P<cid2>\S+), disconnecting)")
-_USER = re.compile(r"u'(?P<user>[^']*)'")
+# Parsed by garrison.detect.ingest.brokerlog, the one parser of Mosquitto's log (the engine's
+# cloud-side metrics read the same lines).
+_KINDS = {brokerlog.CONNECT: "connect", brokerlog.TAKEOVER: "takeover", brokerlog.DISCONNECT: "disconnect"}
 
 
 @dataclass
@@ -345,20 +342,12 @@ class LogEvent:
 def parse_log_lines(lines, first_line: int = 1) -> List[LogEvent]:
     events = []
     for number, raw in enumerate(lines, first_line):
-        text = raw.rstrip("\r\n")
-        match = _CONNECTED.match(text)
-        if match:
-            user = _USER.search(match["flags"])
-            events.append(LogEvent(int(match["ts"]), "connect", match["cid"], user["user"] if user else None,
-                                   f"{match['addr']}:{match['port']}", number))
+        event = brokerlog.parse_line(raw)
+        kind = _KINDS.get(event.kind) if event is not None else None
+        if kind is None or event.time_s is None:
             continue
-        match = _TAKEOVER.match(text)
-        if match:
-            events.append(LogEvent(int(match["ts"]), "takeover", match["cid"], line=number))
-            continue
-        match = _GONE.match(text)
-        if match:
-            events.append(LogEvent(int(match["ts"]), "disconnect", match["cid"] or match["cid2"], line=number))
+        address = f"{event.address}:{event.port}" if kind == "connect" else None
+        events.append(LogEvent(event.time_s, kind, event.client, event.username, address, number))
     return events
 
 

@@ -34,6 +34,7 @@ from garrison.detect.cli import respond as respond_cli
 from garrison.detect.respond.alerts import AlertConfigError
 from garrison.detect.clock import SystemClock, from_environment
 from garrison.detect.judge.profiles import ProfileError
+from garrison.detect.cli.cloud import start_broker_view, warn_unsourced
 from garrison.detect.state.store import Store, StoreBusy, StoreError
 from garrison.detect.respond.violations import VERIFICATION_STATES
 
@@ -101,6 +102,7 @@ def cmd_profiles(args) -> int:
         targets = engine.store.attachments_of(profile.name)
         print(f"{'created' if created else 'updated'} security profile {profile.name} "
               f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})")
+        warn_unsourced(engine, profile)
     elif args.action == "list":
         items = engine.list_profiles()
         _print(args, items, ("PROFILE", "BEHAVIORS", "TARGETS"),
@@ -134,7 +136,7 @@ def cmd_violations(args) -> int:
         _print(args, records, ("VIOLATION ID", "THING", "PROFILE", "BEHAVIOR", "LAST VALUE", "STARTED",
                                "STATUS", "VERIFICATION"),
                [(r["violationId"], r["thingName"], r["securityProfileName"], r["behavior"].get("name"),
-                 _value(r["lastViolationValue"]), _when(r["violationStartTime"]),
+                 _value(r["lastViolationValue"]) + _explained(r), _when(r["violationStartTime"]),
                  "active" if r.get("active", True) else r.get("violationEndType"), r["verificationState"])
                 for r in records], "no active violations" if args.active else "no violations")
     elif args.action == "events":
@@ -144,6 +146,12 @@ def cmd_violations(args) -> int:
                  r["securityProfileName"], r["behavior"].get("name"), _value(r["metricValue"]), r["violationId"])
                 for r in records], "no violation events")
     return 0
+
+
+def _explained(record) -> str:
+    """The violation's explanation (the process behind a port, an ML model's reason), if any."""
+    text = (record.get("violationEventAdditionalInfo") or {}).get("explanation")
+    return f" ({text})" if isinstance(text, str) and text else ""
 
 
 def cmd_things(args) -> int:
@@ -324,10 +332,9 @@ def cmd_serve(args) -> int:
     store = Store(args.db, busy_timeout_ms=SERVE_BUSY_TIMEOUT_MS)  # ingest must not wait on a CLI write
     lock = _lock_database(args.db)
     engine = Engine(store, from_environment(args.clock_offset), config)
-    for path, target in config.profiles:
-        profile, created = engine.apply_profile(path, attach=target)
-        log.info("%s security profile %s from %s%s", "created" if created else "replaced", profile.name, path,
-                 f", attached to {target}" if target else "")
+    follower = start_broker_view(engine, args.broker_log or config.broker_log)
+    from garrison.detect.cli.profiles_code import sync_configured
+    sync_configured(engine, config.profiles)   # the `profiles sync` path, never detaching
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         username=user, password=password, now_ms=engine.clock.now_ms,
@@ -338,6 +345,8 @@ def cmd_serve(args) -> int:
     # alerts leave over the ingest connection: one MQTT session per engine identity
     engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
     runner = respond_cli.start_runner(engine, ingest, args.broker_control)
+    engine.alert_target_builder = lambda conf: AlertDispatcher(targets_from_config(conf, mqtt_publish=ingest))
+    engine.metric_exporter = lambda topic, payload: ingest.publish(topic, payload, qos=1)  # exportMetric
     api = _start_api(engine, config, args.db)
     from garrison.detect.audit.schedule import Scheduler
     audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
@@ -369,6 +378,8 @@ def cmd_serve(args) -> int:
         log.info("stopping")
         ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
         runner.stop()
+        if follower:
+            follower.stop()
         if api:
             api.stop()
         engine.dispatch_alerts()
@@ -440,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-token-file", metavar="FILE", help="file holding the API token (default DB.api-token)")
     serve.add_argument("--metrics-public", action="store_true", help="serve GET /metrics (Prometheus) without the "
                        "API token ([api] metrics_public); the console is at /console on the API's address")
+    serve.add_argument("--broker-log", metavar="FILE", help="Mosquitto's log file (broker-config --metrics-log): "
+                       "the source of the cloud-side metrics (aws:num-messages-sent, ...; docs/profiles.md)")
     serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
     serve.set_defaults(func=cmd_serve)
 
@@ -457,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         p.add_argument("target")
     profiles.set_defaults(func=cmd_profiles)
+    from garrison.detect.cli import profiles_code   # sync, validate, for-target
+    profiles_code.add_actions(psub, action)
 
     viol = command("violations", "Violations and their events.")
     vsub = actions_of(viol)
@@ -524,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     from garrison.detect.audit import cli as audit_cli  # the audit commands live with the audit
     audit_cli.add_parser(sub, db_anywhere)
     respond_cli.add_commands(command, actions_of, action)
+    from garrison.detect.cli import metrics as metrics_cli   # the CLI's own modules (split later)
+    metrics_cli.add_parser(command, actions_of, action)
+    from garrison.detect.cli import dimensions as dimensions_cli
+    dimensions_cli.add_parser(command, actions_of, action)
 
     for name, (_, help_text) in DELEGATED.items():
         delegated = sub.add_parser(name, help=help_text, add_help=False)

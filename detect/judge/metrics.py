@@ -208,17 +208,26 @@ def _connected(report: Mapping[str, Any]) -> int:
 DISCONNECT_DURATION = "aws:disconnect-duration"
 DISCONNECT_OPERATORS = ("less-than", "less-than-equals")  # AWS: a maximum time disconnected
 
-# AWS's cloud-side metrics: measured by AWS IoT Core, never by a device. Profiles naming them
-# load unchanged (so AWS profiles import as they are); apart from aws:disconnect-duration their
-# behaviors get no datapoints.
+# Garrison's own: whole minutes since the last accepted report, whatever the connection does
+# ("silent but connected" is its own signal; aws:disconnect-duration is the real connection state
+# when the engine has a broker view, garrison.detect.judge.cloudmetrics).
+REPORT_SILENCE = "garrison:report-silence"
+SILENCE_METRICS = (DISCONNECT_DURATION, REPORT_SILENCE)
+
+# AWS's cloud-side metrics: measured by AWS IoT Core, never by a device. Reports carry none of
+# them (their extractors give no datapoint); the engine computes them from the broker's log
+# (garrison.detect.judge.cloudmetrics) when it has one, and aws:disconnect-duration in its sweep.
+BROKER_METRICS = ("aws:num-messages-received", "aws:num-messages-sent", "aws:message-byte-size",
+                  "aws:num-authorization-failures", "aws:num-connection-attempts", "aws:num-disconnects",
+                  "aws:source-ip-address")
+# the metrics a metricDimension (a TOPIC_FILTER dimension) may narrow, as on AWS
+DIMENSION_METRICS = ("aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
+                     "aws:num-authorization-failures")
 CLOUD_METRICS: Dict[str, MetricSpec] = {spec.id: spec for spec in (
-    *(_spec(metric_id, value_type, False, _never) for metric_id, value_type in (
-        ("aws:num-messages-received", "count"), ("aws:num-messages-sent", "count"),
-        ("aws:message-byte-size", "count"), ("aws:num-authorization-failures", "count"),
-        ("aws:num-connection-attempts", "count"), ("aws:num-disconnects", "count"),
-        ("aws:source-ip-address", "cidrs"),
-    )),
+    *(_spec(metric_id, "cidrs" if metric_id == "aws:source-ip-address" else "count", False, _never)
+      for metric_id in BROKER_METRICS),
     MetricSpec(DISCONNECT_DURATION, "count", DISCONNECT_OPERATORS, False, _connected),
+    MetricSpec(REPORT_SILENCE, "count", DISCONNECT_OPERATORS, False, _connected),
 )}
 
 
@@ -273,6 +282,8 @@ def spec_for(metric_id: str, criteria: Optional[Mapping[str, Any]] = None,
         except KeyError:
             raise MetricError(f"unknown metric {metric_id!r}; device metrics are: "
                               + ", ".join(CATALOGUE)) from None
+    if metric_id == REPORT_SILENCE:
+        return CLOUD_METRICS[metric_id]
     value_type = custom_value_type(criteria, declared_type)
     return _spec(metric_id, value_type, False, _custom(metric_id, value_type), custom=True)
 

@@ -268,7 +268,7 @@ def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping
         if not spec.numeric:
             raise ProfileError(f"statistical thresholds need a numeric metric; {spec.id} is a "
                                f"{spec.value_type} metric", name, "criteria.statisticalThreshold")
-        if spec.id == metrics.DISCONNECT_DURATION:  # AWS: Rules Detect only
+        if spec.id in metrics.SILENCE_METRICS:  # AWS: Rules Detect only
             raise ProfileError(f"{spec.id} takes only a comparisonOperator and a value (a rule)",
                                name, "criteria.statisticalThreshold")
         if operator is None:
@@ -293,6 +293,9 @@ def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping
     dimension = doc.get("metricDimension")
     if dimension is not None and spec.custom:
         raise ProfileError("dimensions cannot be used with custom metrics", name, "metricDimension")
+    if dimension is not None and spec.id not in metrics.DIMENSION_METRICS:   # as AWS
+        raise ProfileError(f"dimensions apply only to {', '.join(metrics.DIMENSION_METRICS)}, not {spec.id}",
+                           name, "metricDimension")
 
     return Behavior(
         name=name, metric=metric_id, spec=spec, kind=kind, operator=operator, value=raw_value,

@@ -48,6 +48,7 @@ from garrison.wire.topics import FORMATS, control_filter, report_filter
 
 PROG = "garrison-detect broker-config"
 ALERT_TOPICS = "garrison/alerts/#"
+METRICS_EXPORT_TOPICS = "garrison/metrics/#"   # a profile's metricsExportConfig.mqttTopic goes under it
 # Reports are at most 128 KB (AWS's limit, which the engine enforces with a PayloadTooLarge
 # reply). The limit applies to the whole MQTT packet: 1 KB covers the fixed header, the longest
 # report topic (162 bytes), the packet id and MQTT 5 properties. Mosquitto disconnects a client
@@ -83,7 +84,8 @@ def acl_text(engine_identity: str = DEFAULT_ENGINE_IDENTITY) -> str:
     for fmt in FORMATS:
         every = report_filter(thing="+", fmt=fmt)
         lines += [f"topic read {every}", f"topic write {every}/accepted", f"topic write {every}/rejected"]
-    lines += [f"topic write {ALERT_TOPICS}", f"topic write {control_filter('+')}", ""]
+    lines += [f"topic write {ALERT_TOPICS}", f"topic write {control_filter('+')}",
+              f"topic write {METRICS_EXPORT_TOPICS}", ""]
     return "\n".join(lines)
 
 
@@ -158,8 +160,10 @@ def write(out_dir: Path, ca: Path, cert: Path, key: Path, port: int = 8883, bind
           engine_identity: Optional[str] = None, persistence_dir: Optional[Path] = None,
           run_as: Optional[str] = None, force: bool = False, lock_client_ids: bool = True,
           max_queued_bytes: int = MAX_QUEUED_BYTES, log_file: Optional[Path] = None,
-          dynamic_security: bool = False) -> List[Path]:
+          dynamic_security: bool = False, metrics_log: Optional[Path] = None) -> List[Path]:
     """Write DIR/mosquitto.conf and DIR/acl, copy the TLS files into DIR; returns the first two.
+    `metrics_log`: log every client's connects, publishes and denials there, the source of the
+    engine's cloud-side metrics (`serve --broker-log`).
     `engine_identity` None: the one recorded in the PKI directory that holds `ca`."""
     engine_identity = engine_identity_for(ca, engine_identity)
     if not valid_name(engine_identity):
@@ -168,6 +172,9 @@ def write(out_dir: Path, ca: Path, cert: Path, key: Path, port: int = 8883, bind
         raise BrokerConfigError(f"port {port} is out of range 1-65535")
     if max_queued_bytes < 1:
         raise BrokerConfigError("max queued bytes must be positive")
+    if metrics_log and log_file and Path(log_file).resolve() != Path(metrics_log).resolve():
+        raise BrokerConfigError("Mosquitto writes one log file: give --log-file and --metrics-log the same FILE "
+                                "(or only --metrics-log, which the audit reads too)")
     sources = []
     for label, path in (("--ca", ca), ("--cert", cert), ("--key", key)):
         if not Path(path).is_file():
@@ -193,7 +200,8 @@ def write(out_dir: Path, ca: Path, cert: Path, key: Path, port: int = 8883, bind
                                                 bind=bind, persistence_dir=persistence_dir, run_as=run_as,
                                                 lock_client_ids=lock_client_ids, max_queued_bytes=max_queued_bytes,
                                                 crlfile=(out_dir / "crl.pem").resolve() if crl else None,
-                                                log_file=log_file, dynsec=dynsec))
+                                                log_file=None if metrics_log else log_file, dynsec=dynsec)
+                      + metrics_log_lines(metrics_log))
     return [conf_path, acl_path]
 
 
@@ -222,6 +230,26 @@ def _write_dynsec(out_dir: Path, engine_identity: str, run_as: Optional[str], fo
             for path in (state_dir, state):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
     return plugin, state.resolve()
+
+
+def metrics_log_lines(path: Optional[Path]) -> str:
+    """The logging the cloud-side metrics need (garrison.detect.ingest.brokerlog): publishes and
+    denied publishes are logged only at debug, connections at notice; epoch timestamps. The file
+    is then the broker's only log destination (debug lines would flood the journal), and the one
+    `garrison-detect audit --broker-log` reads too."""
+    if not path:
+        return ""
+    return "\n".join([
+        "",
+        "# Cloud-side metrics (garrison-detect serve --broker-log): every connect, disconnect,",
+        "# publish and denied publish. Mosquitto logs publishes only at debug level, which applies to",
+        "# every log destination; rotate the file (logrotate copytruncate, or SIGHUP after a move).",
+        f"log_dest file {Path(path).resolve()}",
+        "log_type all",
+        "log_timestamp true",
+        "log_timestamp_format %s",
+        "connection_messages true",
+        ""])
 
 
 def _broker_group(run_as: Optional[str]) -> Optional[int]:
@@ -310,6 +338,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load Mosquitto's dynamic security plugin with the engine as its administrator, so "
                              "quarantine, release, disable and enable take effect on the broker at once "
                              "(docs/actions.md); its state is kept in DIR/dynamic-security/")
+    parser.add_argument("--metrics-log", metavar="FILE",
+                        help="log connects, publishes and denied publishes to FILE (debug level) for the "
+                             "engine's cloud-side metrics: give the same FILE to `garrison-detect serve "
+                             "--broker-log` (docs/profiles.md)")
     parser.add_argument("--force", action="store_true", help="replace existing files")
 
 
@@ -321,7 +353,8 @@ def run(args) -> int:
                           run_as=args.run_as, force=args.force, lock_client_ids=args.lock_client_ids,
                           max_queued_bytes=args.max_queued_bytes,
                           log_file=Path(args.log_file) if args.log_file else None,
-                          dynamic_security=getattr(args, "dynamic_security", False))
+                          dynamic_security=getattr(args, "dynamic_security", False),
+                          metrics_log=Path(args.metrics_log) if args.metrics_log else None)
     except BrokerConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

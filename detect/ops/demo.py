@@ -225,8 +225,9 @@ class Demo:
         name = behavior.get("name") if isinstance(behavior, dict) else behavior
         self.counts[event] = self.counts.get(event, 0) + 1
         label = {"in-alarm": "ALARM  ", "alarm-cleared": "CLEARED"}.get(event, event.upper())
+        explained = alert.get("explanation")   # e.g. "4444/tcp opened by /usr/bin/python3, pid 812, user me"
         self.say(f"{label} {alert.get('thingName')}: {alert.get('securityProfileName')}/{name} {event}, "
-                 f"value {json.dumps(alert.get('metricValue'))}")
+                 f"value {json.dumps(alert.get('metricValue'))}" + (f": {explained}" if explained else ""))
         if event == "in-alarm" and name == TRIP_BEHAVIOR and self.listener is not None:
             self.listener.close()
             self.listener = None

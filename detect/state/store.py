@@ -141,6 +141,26 @@ CREATE TABLE IF NOT EXISTS ml_priors (
     built_ms INTEGER NOT NULL,
     PRIMARY KEY (profile, behavior)
 );
+-- dimensions (CreateDimension): named MQTT topic filters for behaviors' metricDimension
+CREATE TABLE IF NOT EXISTS dimensions (
+    name TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    string_values TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+-- metric history (ListMetricValues): one row per thing and datapoint time and source (a report,
+-- or an evaluation of the broker's metrics), holding every retained metric's value:
+-- {"aws:all-bytes-out": {"count": 3}, "aws:num-messages-sent|debug": {"count": 2}, ...}
+-- (one row per report rather than per metric: a report costs one insert)
+CREATE TABLE IF NOT EXISTS metric_values (
+    thing TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (thing, time_ms, source)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_values_time ON metric_values(time_ms);
 CREATE TABLE IF NOT EXISTS action_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms INTEGER NOT NULL,
@@ -307,6 +327,18 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchone()
 
+    def get_meta(self, key: str) -> Optional[str]:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else row[0]
+
+    def put_meta(self, key: str, value: Optional[str]) -> None:
+        """Set (or, with None, remove) a value in the meta table."""
+        if value is None:
+            self._exec("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                       "value = excluded.value", (key, value))
+
     # ---- things -------------------------------------------------------------------------------
 
     def register_thing(self, name: str, now_ms: int, pre_registered: bool = False) -> bool:
@@ -324,6 +356,7 @@ class Store:
             self._exec("DELETE FROM eval_state WHERE thing = ?", (name,))
             self._exec("DELETE FROM fleet_samples WHERE thing = ?", (name,))
             self._exec("DELETE FROM ml_models WHERE thing = ?", (name,))
+            self._exec("DELETE FROM metric_values WHERE thing = ?", (name,))
             self._exec("DELETE FROM attachments WHERE target = ?", (f"thing:{name}",))
             return self._exec("DELETE FROM things WHERE name = ?", (name,)).rowcount == 1
 
@@ -689,6 +722,51 @@ class Store:
         self._exec("INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
                    (profile, behavior, None if state is None else bytes(state), built_ms))
+
+    # ---- dimensions ---------------------------------------------------------------------------
+
+    def put_dimension(self, name: str, dimension_type: str, values: List[str], now_ms: int,
+                      create: bool = True) -> bool:
+        """Create (create=True; False if it exists) or update (False if it does not) a dimension."""
+        if create:
+            return self._exec("INSERT OR IGNORE INTO dimensions (name, type, string_values, created_ms, updated_ms) "
+                              "VALUES (?, ?, ?, ?, ?)", (name, dimension_type, _dumps(values), now_ms, now_ms)
+                              ).rowcount == 1
+        return self._exec("UPDATE dimensions SET string_values = ?, updated_ms = ? WHERE name = ?",
+                          (_dumps(values), now_ms, name)).rowcount == 1
+
+    def get_dimension(self, name: str) -> Optional[Dict[str, Any]]:
+        row = self._one("SELECT * FROM dimensions WHERE name = ?", (name,))
+        return None if row is None else {"name": row["name"], "type": row["type"],
+                                         "values": _loads(row["string_values"]),
+                                         "created_ms": row["created_ms"], "updated_ms": row["updated_ms"]}
+
+    def list_dimensions(self) -> List[str]:
+        return [r[0] for r in self._rows("SELECT name FROM dimensions ORDER BY name")]
+
+    def delete_dimension(self, name: str) -> bool:
+        return self._exec("DELETE FROM dimensions WHERE name = ?", (name,)).rowcount == 1
+
+    # ---- metric history -----------------------------------------------------------------------
+
+    def put_metric_values(self, thing: str, time_ms: int, source: str, values: Dict[str, Any]) -> None:
+        """Keep the datapoints of one report (source "report") or evaluation ("broker"):
+        {metric key: MetricValue}; the same thing, time and source again replaces them."""
+        self._exec("INSERT OR REPLACE INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?)",
+                   (thing, time_ms, source, _dumps(values)))
+
+    def metric_values(self, thing: str, key: str, start_ms: int, end_ms: int,
+                      after_ms: Optional[int] = None, limit: int = 250) -> List[Tuple[int, Any]]:
+        """(time_ms, value) of one metric key in [start_ms, end_ms], oldest first, after `after_ms`."""
+        low = start_ms if after_ms is None else max(start_ms, after_ms + 1)
+        path = "$." + json.dumps(key)   # keys hold ':' and '|': quoted
+        return [(r[0], _loads(r[1])) for r in self._rows(
+            "SELECT time_ms, json_extract(doc, ?) AS v FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
+            "AND v IS NOT NULL ORDER BY time_ms LIMIT ?", (path, thing, low, end_ms, limit))]
+
+    def prune_metric_values(self, before_ms: int) -> int:
+        """Drop datapoints older than `before_ms` (retention); returns how many."""
+        return self._exec("DELETE FROM metric_values WHERE time_ms < ?", (before_ms,)).rowcount
 
     # ---- mitigation audit log -----------------------------------------------------------------
 

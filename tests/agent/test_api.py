@@ -38,7 +38,7 @@ def test_tick_publishes_when_due(tmp_path, shared_mosquitto, responder):
 
 def test_failed_collector_omits_its_group_only(tmp_path):
     agent = Agent(thing="partial", state_dir=str(tmp_path), collectors=["listening_tcp", "listening_udp"],
-                  socket_events="off")
+                  socket_events="off", socket_owners="off")
 
     class Broken:
         name = "listening_udp"

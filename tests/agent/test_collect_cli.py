@@ -52,7 +52,8 @@ def test_disabled_collectors_leave_their_groups_out(tmp_path):
     result = run_agent("collect", "--state-dir", str(tmp_path), "--collectors", "listening_tcp,network_stats",
                        "--disable-collector", "network_stats")
     assert result.returncode == 0, result.stderr
-    assert list(json.loads(result.stdout)["metrics"]) == ["listening_tcp_ports"]
+    # socket_owners (on by default towards Garrison engines) names the owners of what was collected
+    assert list(json.loads(result.stdout)["metrics"]) == ["listening_tcp_ports", "socket_owners"]
 
 
 def test_version_flag():

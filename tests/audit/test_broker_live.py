@@ -76,8 +76,9 @@ def test_broker_config_output_passes_the_broker_checks(broker):
     task, findings = audit(broker, "LOGGING_DISABLED_CHECK", "BROKER_ANONYMOUS_ACCESS_CHECK",
                            "BROKER_PLAINTEXT_LISTENER_CHECK", "IOT_POLICY_OVERLY_PERMISSIVE_CHECK")
     assert findings == []
-    # 13 ACL rules, and the two of the control topic (device reads its own, the engine writes them all)
-    assert task["auditDetails"]["IOT_POLICY_OVERLY_PERMISSIVE_CHECK"]["totalResourcesCount"] == 15
+    # 13 ACL rules, the two of the control topic (device reads its own, the engine writes them all) and
+    # the engine's metrics export (garrison/metrics/#)
+    assert task["auditDetails"]["IOT_POLICY_OVERLY_PERMISSIVE_CHECK"]["totalResourcesCount"] == 16
 
 
 def test_a_revoked_device_is_refused_once_the_broker_has_the_crl(broker):

@@ -32,6 +32,8 @@ def test_demo_raises_and_clears_the_alarm(tmp_path):
     assert "ALARM   demo-device: demo/NoBackdoorListener in-alarm" in out, out
     if "opened TCP port 4444" in out:  # else something else holds 4444 on this machine
         assert "CLEARED demo-device: demo/NoBackdoorListener alarm-cleared" in out, out
+        # the alarm names the process behind the port: the demo itself opened it
+        assert f"4444/tcp opened by " in out and " pid " in out, out
         assert "alarms: 1 raised, 1 cleared" in out
     # the engine stored it: the violation history survives the demo
     events = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "violations", "events", "--json",

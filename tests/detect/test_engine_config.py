@@ -5,7 +5,8 @@ import pytest
 from garrison.detect.config import ConfigError, from_dict
 
 KNOWN_TOP = ("invalidation_period, sweep_interval, disconnect_duration_unit, fleet_stats_interval, fleet_min_devices, "
-             "min_report_interval, strict, dry_run, client_id, api, alerts, actions, profiles, ml, audit")
+             "min_report_interval, strict, dry_run, client_id, api, alerts, actions, profiles, ml, audit, broker_log, "
+             "cloud_metrics_interval, metric_retention")
 
 
 @pytest.mark.parametrize("doc, message", [

@@ -63,7 +63,9 @@ def test_the_openapi_document_describes_every_route(served):
     assert status == 200 and doc == openapi_document()
     assert doc["openapi"].startswith("3.") and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     described = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
-    assert described == routes() and len(described) == 33 and ("POST", "/audit/tasks") in described
+    # 33 routes of main, and this branch's 8: metric values, validate, for-target, five for dimensions
+    assert described == routes() and len(described) == 41 and ("POST", "/audit/tasks") in described
+    assert ("GET", "/metric-values") in described and ("DELETE", "/dimensions/{name}") in described
 
 
 def test_profiles_violations_and_verification_over_http(served):

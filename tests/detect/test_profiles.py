@@ -91,7 +91,8 @@ def test_count_as_a_string_of_digits_like_cloudformation():
 
 
 def test_extras_are_kept():
-    doc = _profile(_rule(), alertTargets={"SNS": {"alertTargetArn": "arn:x", "roleArn": "arn:y"}},
+    doc = _profile(_rule(metric="aws:num-authorization-failures"),
+                   alertTargets={"SNS": {"alertTargetArn": "arn:x", "roleArn": "arn:y"}},
                    tags=[{"Key": "k", "Value": "v"}], additionalMetricsToRetainV2=[{"metric": "aws:num-disconnects"}],
                    securityProfileArn="arn:aws:iot:us-east-1:1:securityprofile/p1", version=3)
     doc["behaviors"][0]["metricDimension"] = {"dimensionName": "TopicFilterForAuthMessages", "operator": "NOT_IN"}
@@ -320,6 +321,8 @@ def test_dimension_checks():
     c = _rule(metric="cpu", value={"number": 1})
     c["metricDimension"] = {"dimensionName": "d"}
     _refused(_profile(c), "metricDimension: dimensions cannot be used with custom metrics")
+    b["metricDimension"] = {"dimensionName": "d"}   # AWS: message and authorization metrics only
+    _refused(_profile(b), "metricDimension: dimensions apply only to aws:num-messages-sent")
 
 
 def test_booleans_and_unknown_criteria_fields():
