@@ -56,7 +56,8 @@ class AuditSources:
 
 
 _KEYS = {"pki_dir", "broker_config", "broker_log", "expiring_days", "age_days", "debian_blocklist",
-         "engine_identity", "checks", "min_takeovers"}
+         "engine_identity", "checks", "min_takeovers",
+         "broker_pid_file"}   # for the `disable` response's SIGHUP (garrison.detect.respond.revocation)
 
 
 def sources_from_config(doc: Optional[Mapping[str, Any]]) -> AuditSources:
@@ -67,7 +68,7 @@ def sources_from_config(doc: Optional[Mapping[str, Any]]) -> AuditSources:
     unknown = set(doc) - _KEYS
     if unknown:
         raise AuditError(f"audit: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(_KEYS))})")
-    for key in ("pki_dir", "broker_config", "broker_log", "debian_blocklist", "engine_identity"):
+    for key in ("pki_dir", "broker_config", "broker_log", "debian_blocklist", "engine_identity", "broker_pid_file"):
         if key in doc and (not isinstance(doc[key], str) or not doc[key]):
             raise AuditError(f"audit.{key}: expected a non-empty string")
     for key in ("expiring_days", "age_days", "min_takeovers"):

@@ -39,8 +39,9 @@ def add_commands(command, action_of, action) -> None:
     for kind, text in (
         ("quarantine", "only its reports and replies from now on (dynamic security plugin)"),
         ("release", "give a quarantined thing back its previous rights"),
-        ("disable", "disconnect it; no rights at all if it reconnects"),
-        ("enable", "undo disable")):
+        ("disable", "disconnect it and revoke its certificate (with [audit] pki_dir and broker_config in serve's "
+                    "config), so its reconnect is refused; without them it may reconnect, with no rights"),
+        ("enable", "undo disable on the broker (a revoked certificate stays revoked)")):
         verb(kind, text)
     p = verb("run-command", "run a program (no shell) with a JSON event for the thing on stdin")
     p.add_argument("--timeout", type=float, default=10, help="seconds before it is killed (default 10, at most 300)")
@@ -101,5 +102,7 @@ def start_runner(engine, ingest, broker_control: bool):
     if broker_control:
         control = brokercontrol.BrokerControl(ingest)
         ingest.side_channels[brokercontrol.DYNSEC_RESPONSE_TOPIC] = control.on_response
-    engine.runner = ActionRunner(engine.store, control, publish=ingest.publish, connected=ingest.connected.is_set)
+    from garrison.detect.respond.revocation import Revocation
+    engine.runner = ActionRunner(engine.store, control, publish=ingest.publish, connected=ingest.connected.is_set,
+                                 revocation=Revocation.from_config(engine.config.audit), now_ms=engine.clock.now_ms)
     return engine.runner

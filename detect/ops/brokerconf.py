@@ -22,7 +22,9 @@ read the 0700 PKI directory). The rules they enforce:
 - With --dynamic-security: Mosquitto's dynamic security plugin is loaded before the ACL file,
   with the engine as its administrator, so the engine can quarantine, release, disable and
   enable a client at run time (garrison.detect.respond.brokercontrol). Its state lives in
-  DIR/dynamic-security/dynamic-security.json, which the broker rewrites.
+  DIR/dynamic-security/dynamic-security.json, which the broker rewrites. If the CA's directory
+  holds ca.key and no crl.pem, an empty CRL is created there, so the listener has a `crlfile`
+  from the start and `disable` can revoke with a SIGHUP, without a restart.
 - No retained messages (`retain_available false`): a device cannot retain a report that the
   broker would replay to the engine at every subscription.
 - Bounded memory: no packet above a report's size plus headers, and a byte bound on the queue
@@ -193,6 +195,8 @@ def write(out_dir: Path, ca: Path, cert: Path, key: Path, port: int = 8883, bind
         _install_tls_file(source, copy, secret=copy.name.endswith(".key"), run_as=run_as)
     dynsec = _write_dynsec(out_dir, engine_identity, run_as, force) if dynamic_security else None
     _write_atomically(acl_path, acl_text(engine_identity))
+    if dynamic_security:
+        _start_crl(sources[0])
     crl = crl_beside(sources[0])
     if crl is not None:  # the revoked certificates, readable by the broker's user like the TLS copies
         _install_tls_file(crl, out_dir / "crl.pem", secret=False, run_as=run_as)
@@ -283,6 +287,20 @@ def _install_tls_file(source: Path, dest: Path, secret: bool, run_as: Optional[s
     os.replace(tmp, dest)
 
 
+def _start_crl(ca: Path) -> None:
+    """With --dynamic-security, `disable` revokes into the CRL and SIGHUPs the broker, which
+    re-reads a changed CRL but takes a new `crlfile` only at start: so the listener gets one from
+    the start, an empty CRL signed by the fleet CA, where its key is here and there is no CRL yet."""
+    from garrison.detect.ops.pki import FleetCA, PkiError
+    ca_dir = Path(ca).resolve().parent
+    if crl_beside(ca) is not None or not os.access(ca_dir / "ca.key", os.R_OK):
+        return
+    try:
+        FleetCA(ca_dir).revoke_serials([])
+    except PkiError as exc:
+        raise BrokerConfigError(f"cannot start the CRL in {ca_dir}: {exc}") from None
+
+
 def crl_beside(ca: Path) -> Optional[Path]:
     """The fleet's CRL (`garrison-detect pki revoke` writes it next to ca.crt), if there is one."""
     crl = Path(ca).resolve().parent / "crl.pem"
@@ -337,7 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-security", action="store_true",
                         help="load Mosquitto's dynamic security plugin with the engine as its administrator, so "
                              "quarantine, release, disable and enable take effect on the broker at once "
-                             "(docs/actions.md); its state is kept in DIR/dynamic-security/")
+                             "(docs/actions.md); its state is kept in DIR/dynamic-security/. Starts an empty "
+                             "CRL (crl.pem next to --ca, when ca.key is there) so that disable can revoke")
     parser.add_argument("--metrics-log", metavar="FILE",
                         help="log connects, publishes and denied publishes to FILE (debug level) for the "
                              "engine's cloud-side metrics: give the same FILE to `garrison-detect serve "

@@ -8,7 +8,8 @@ membership. So:
   add-thing-to-group       {"type": "add-thing-to-group", "group": "quarantine"}
   remove-thing-from-group  {"type": "remove-thing-from-group", "group": "quarantine"}
   quarantine / release     {"type": "quarantine"}: on the broker, reports and replies only (release undoes it)
-  disable / enable         {"type": "disable"}: on the broker, disconnected and no rights at all
+  disable / enable         {"type": "disable"}: on the broker, disconnected and no rights at all; its
+                           certificate revoked too where the engine knows the PKI (respond.revocation)
   run-command              {"type": "run-command", "command": ["/usr/local/bin/ticket", "--high"],
                             "timeout_seconds": 10}: the event as JSON on standard input, no shell
   reconfigure              {"type": "reconfigure", "request": {"request": "report-every", "seconds": 30,

@@ -17,7 +17,8 @@ reconnects under them). Release / enable remove the role again, which gives back
 client had before (its ACL-file rights and any role an operator gave it). Mosquitto 2.0 skips the
 plugin's login check for clients whose user name is their certificate's CN, so a disabled
 device may still complete a connection but can neither publish nor receive anything; refusing
-its TLS handshake needs its certificate in the CRL (Audit's `pki revoke`, see docs/actions.md).
+its TLS handshake needs its certificate in the CRL, which the runner's `disable` does first where
+the engine knows the PKI (garrison.detect.respond.revocation, docs/actions.md).
 
 Used by: the quarantine / release / disable / enable actions (garrison.detect.respond.runner);
 Audit's mitigations should call the same `BrokerControl` rather than speak to the plugin.

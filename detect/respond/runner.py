@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 from garrison.detect.respond.actions import BROKER_TYPES, RECONFIGURE, RUN_COMMAND
 from garrison.detect.respond.brokercontrol import BrokerControl, BrokerControlError
+from garrison.detect.respond.revocation import NOT_DURABLE, Revocation
 from garrison.detect.state.store import Store
 from garrison.wire.topics import control_topic
 
@@ -31,12 +32,16 @@ POLL_S = 1.0
 
 class ActionRunner:
     """broker: a BrokerControl (None: broker actions fail, saying why); publish(topic, payload, qos):
-    the engine's MQTT publish, for reconfiguration requests (None: likewise)."""
+    the engine's MQTT publish, for reconfiguration requests (None: likewise); revocation: makes
+    `disable` durable by revoking the certificate (None: the broker step only, and the log says so)."""
 
     def __init__(self, store: Store, broker: Optional[BrokerControl] = None,
-                 publish: Optional[Callable[..., Any]] = None, connected: Callable[[], bool] = lambda: True):
+                 publish: Optional[Callable[..., Any]] = None, connected: Callable[[], bool] = lambda: True,
+                 revocation: Optional[Revocation] = None, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)):
         self.store = store
         self.broker = broker
+        self.revocation = revocation
+        self.now_ms = now_ms
         self.publish = publish
         self.connected = connected   # while False, actions that need the broker wait, still pending
         self._wake = threading.Event()
@@ -67,7 +72,12 @@ class ActionRunner:
                 if self.broker is None:
                     return "failed", (f"{kind} {thing}: no broker control here (serve with --broker-control, "
                                       "on a broker set up by broker-config --dynamic-security)")
-                return "done", getattr(self.broker, kind)(thing)
+                if kind == "disable":
+                    return self.disable(thing)
+                detail = getattr(self.broker, kind)(thing)
+                if kind == "enable" and self.revocation is not None:
+                    detail += self.revocation.enable_note(thing)
+                return "done", detail
             if kind == RUN_COMMAND:
                 return run_command(action["command"], action.get("timeout_seconds", 10),
                                    action.get("event") or {"thingName": thing})
@@ -84,6 +94,20 @@ class ActionRunner:
         except Exception as exc:   # one broken action must not stop the others
             log.exception("action %s on %s failed", kind, thing)
             return "failed", f"{type(exc).__name__}: {exc}"
+
+    def disable(self, thing: str):
+        """Revoke first, then drop the connection: the broker has re-read its CRL when the device
+        reconnects (garrison.detect.respond.revocation says why), so its reconnect is refused."""
+        if self.revocation is None:
+            return "done", f"{self.broker.disable(thing)}; {NOT_DURABLE}"
+        refused, steps = self.revocation.revoke(thing, self.now_ms())
+        try:
+            steps.append(self.broker.disable(thing))
+        except BrokerControlError as exc:   # the revocation stands: say both
+            return "failed", "; ".join(steps + [str(exc)])
+        if refused:
+            steps.append("its reconnect is refused at the TLS handshake")
+        return ("done" if refused else "failed"), "; ".join(steps)
 
     # ---- the thread serve runs ------------------------------------------------------------
 
