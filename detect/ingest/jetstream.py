@@ -16,10 +16,11 @@ garrison.detect.ingest.leases) and runs the same `Ingestor` as the MQTT path:
   anything newer, with `in_progress()` holding its redelivery back; one that keeps failing is
   set aside on `garrison.deadletter.{partition}` (a stream of its own), answered InternalError
   and acknowledged;
-- at most `batch_size` messages of a partition are unacknowledged (the consumer's
-  max_ack_pending), so when a worker dies its batch is redelivered, after ACK_WAIT_S, before
-  anything newer. Reports it had stored but not acknowledged come back as duplicates: the
-  engine does not apply them again and answers ACCEPTED, as AWS does for a resend.
+- order across a takeover: a worker that takes a partition over waits until what the previous
+  owner had fetched but not acknowledged is due for redelivery (ACK_WAIT_S) before fetching, so
+  those reports come back before anything newer of the same things (JetStream redelivers
+  first); a report the previous owner had stored comes back as a duplicate, which the engine
+  does not apply again and answers ACCEPTED, as AWS does for a resend.
 """
 import asyncio
 import concurrent.futures
@@ -37,7 +38,8 @@ STREAM = "GARRISON_REPORTS"
 DEADLETTER_STREAM = "GARRISON_DEADLETTER"
 DEADLETTER_SUBJECT = "garrison.deadletter"
 SUBJECTS = "reports.>"
-ACK_WAIT_S = 10.0
+ACK_WAIT_S = 5.0
+FETCH_EXPIRES_S = 1.0
 MAX_ATTEMPTS = 3
 MAX_AGE_S = 7 * 86400      # the agent spools a week of reports; the stream keeps no longer
 DEADLETTER_MAX_AGE_S = 30 * 86400
@@ -280,11 +282,12 @@ class NatsIngest:
         import nats.errors
         sub = None
         log.info("consuming partition %d", p)
+        await self._after_previous_owner(p)
         while self._owned.get(p) is asyncio.current_task():
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe_bind(durable=consumer_name(p), stream=STREAM)
-                msgs = await sub.fetch(self.batch_size, timeout=1.0)
+                msgs = await sub.fetch(self.batch_size, timeout=FETCH_EXPIRES_S)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # a node went away, the consumer's leader moved: try again
@@ -302,6 +305,20 @@ class NatsIngest:
             except Exception:
                 pass
         log.info("stopped consuming partition %d", p)
+
+    async def _after_previous_owner(self, p: int) -> None:
+        """Wait until reports the partition's previous owner fetched but did not acknowledge are
+        redelivered first (see the module docstring)."""
+        await asyncio.sleep(FETCH_EXPIRES_S)  # a dead owner's last pull request expires
+        try:
+            pending = (await self._js.consumer_info(STREAM, consumer_name(p))).num_ack_pending
+        except Exception as exc:
+            log.warning("partition %d: cannot read the consumer (%s); waiting for redeliveries anyway", p, exc)
+            pending = 1
+        if pending:
+            log.info("partition %d: %d reports of its previous owner were not acknowledged; they come back "
+                     "first, in %gs", p, pending, ACK_WAIT_S)
+            await asyncio.sleep(ACK_WAIT_S)
 
     async def _handle(self, p: int, msgs: list) -> None:
         loop = asyncio.get_running_loop()

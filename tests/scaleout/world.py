@@ -76,33 +76,37 @@ class Worker:
         return self.proc.returncode if self.proc else 0
 
 
-def owners(dsn: str) -> Dict[int, int]:
-    """partition -> pid of the PostgreSQL session holding its lease."""
+def owners(dsn: str) -> Dict[int, str]:
+    """partition -> the application name of the worker session holding its lease
+    ("garrison-detect[PREFERRED,...]")."""
     import psycopg
     from garrison.detect.ingest.leases import OWN
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT objid::bigint, pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                            "AND classid::bigint = %s AND objsubid = 2", (OWN,)).fetchall()
-    return {int(p): pid for p, pid in rows}
+        rows = conn.execute("SELECT l.objid::bigint, a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                            "AND l.classid::bigint = %s AND l.objsubid = 2", (OWN,)).fetchall()
+    return {int(p): name for p, name in rows}
 
 
 class Device:
     """An MQTT client on one NATS node: publishes reports (QoS 1), records replies and alerts."""
 
-    def __init__(self, host: str, port: int, name: str = "device"):
+    def __init__(self, host: str, port: int, name: str = "device", inflight: int = 200, subscribe: bool = True):
         self.messages: List[Tuple[str, dict]] = []
         self.by_report: Dict[Tuple[str, int], List[str]] = {}
+        self.first_reply: Dict[Tuple[str, int], float] = {}  # time.monotonic() of each report's first reply
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = new_client(f"{name}-{os.getpid()}-{time.monotonic_ns()}")
-        self.client.max_inflight_messages_set(200)
+        self.client.max_inflight_messages_set(inflight)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.connect(host, port)
         self.client.loop_start()
-        self.client.subscribe([("$aws/things/+/defender/metrics/+/accepted", 1),
-                               ("$aws/things/+/defender/metrics/+/rejected", 1), ("garrison/alerts/#", 1)])
-        assert self.subscribed.wait(20), "no SUBACK from the NATS MQTT listener"
+        if subscribe:
+            self.client.subscribe([("$aws/things/+/defender/metrics/+/accepted", 1),
+                                   ("$aws/things/+/defender/metrics/+/rejected", 1), ("garrison/alerts/#", 1)])
+            assert self.subscribed.wait(20), "no SUBACK from the NATS MQTT listener"
 
     def _on_message(self, client, userdata, msg):
         payload = wire.decode(msg.payload, "cbor" if "/cbor/" in msg.topic else "json")
@@ -110,7 +114,9 @@ class Device:
             self.messages.append((msg.topic, payload))
             if msg.topic.startswith("$aws/"):
                 key = (msg.topic.split("/")[2], payload.get("reportId"))
-                self.by_report.setdefault(key, []).append(payload["status"])
+                self.first_reply.setdefault(key, time.monotonic())
+                code = payload.get("statusDetails", {}).get("ErrorCode")
+                self.by_report.setdefault(key, []).append(payload["status"] + (f":{code}" if code else ""))
 
     def find(self, predicate):
         with self.lock:
