@@ -91,21 +91,26 @@ def owners(dsn: str) -> Dict[int, str]:
 class Device:
     """An MQTT client on one NATS node: publishes reports (QoS 1), records replies and alerts."""
 
-    def __init__(self, host: str, port: int, name: str = "device", inflight: int = 200, subscribe: bool = True):
+    def __init__(self, host: str, port: int, name: str = "device", inflight: int = 200, subscribe: bool = True,
+                 persistent: bool = False):
+        """persistent: a persistent session (clean_session=False), so replies published while the
+        connection is down (a NATS node failing over) wait for the device, as an agent's do."""
         self.messages: List[Tuple[str, dict]] = []
         self.by_report: Dict[Tuple[str, int], List[str]] = {}
         self.first_reply: Dict[Tuple[str, int], float] = {}  # time.monotonic() of each report's first reply
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = new_client(f"{name}-{os.getpid()}-{time.monotonic_ns()}")
+        self.client = new_client(f"{name}-{os.getpid()}-{time.monotonic_ns()}", clean_session=not persistent)
         self.client.max_inflight_messages_set(inflight)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.connect(host, port)
+        if subscribe:  # on every (re)connection, as an agent does
+            self.client.on_connect = lambda client, *a: client.subscribe(
+                [("$aws/things/+/defender/metrics/+/accepted", 1), ("$aws/things/+/defender/metrics/+/rejected", 1),
+                 ("garrison/alerts/#", 1)])
         self.client.loop_start()
         if subscribe:
-            self.client.subscribe([("$aws/things/+/defender/metrics/+/accepted", 1),
-                                   ("$aws/things/+/defender/metrics/+/rejected", 1), ("garrison/alerts/#", 1)])
             assert self.subscribed.wait(20), "no SUBACK from the NATS MQTT listener"
 
     def _on_message(self, client, userdata, msg):
