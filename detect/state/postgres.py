@@ -10,7 +10,9 @@ module only translates what differs:
     -> TEXT COLLATE "C" so ORDER BY sorts names bytewise, as SQLite does, whatever the server's locale.
 Rows answer `row[0]` and `row["name"]` like sqlite3.Row.
 
-Transactions are REPEATABLE READ: the workers own disjoint things (partitions), but periodic
+Inside a transaction, statements are pipelined (psycopg's pipeline mode): writes whose results
+nobody reads (the engine's state updates) go out together instead of one round trip each; a
+read, or a look at a write's rowcount, waits for what is in flight. Transactions are REPEATABLE READ: the workers own disjoint things (partitions), but periodic
 work and the CLI may touch a worker's rows; a concurrent update of the same row then fails
 with a serialization error (StoreConflict, `transient`: nothing was written, the same work can
 be done again) instead of one write silently overwriting the other. One connection per Store,
@@ -93,6 +95,26 @@ class Row:
         return f"Row({dict(zip(self._index, self._values))!r})"
 
 
+class _Pipelined:
+    """A cursor whose statement may still be in the pipeline: its rowcount waits for it."""
+
+    __slots__ = ("_cursor", "_pipe")
+
+    def __init__(self, cursor, pipe):
+        self._cursor, self._pipe = cursor, pipe
+
+    @property
+    def rowcount(self) -> int:
+        self._pipe.sync()
+        return self._cursor.rowcount
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
+
+
 def _row_factory(cursor):
     index = {col.name: i for i, col in enumerate(cursor.description or ())}
     return lambda values: Row(values, index)
@@ -108,6 +130,7 @@ class PostgresStore(Store):
         self.path = redact_dsn(dsn)
         self._lock = threading.RLock()
         self._depth = 0
+        self._pipe = None  # the open pipeline, inside a transaction
         self._conn = self._connect()
         try:
             self._create_schema()
@@ -162,7 +185,13 @@ class PostgresStore(Store):
                 raise self._error(exc) from None
             self._depth = 1
             try:
-                yield self
+                with self._conn.pipeline() as pipe:
+                    self._pipe = pipe
+                    try:
+                        yield self
+                        pipe.sync()  # every statement's error, if any, surfaces here, before COMMIT
+                    finally:
+                        self._pipe = None
                 self._conn.execute("COMMIT")
             except BaseException as exc:
                 if not self._conn.closed:
@@ -220,7 +249,8 @@ class PostgresStore(Store):
                 raise error from exc
 
     def _exec(self, sql: str, params: Iterable[Any] = ()):
-        return self._execute(sql, params)
+        cursor = self._execute(sql, params)
+        return cursor if self._pipe is None else _Pipelined(cursor, self._pipe)
 
     def _many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """One statement for many parameter rows (group commit)."""
