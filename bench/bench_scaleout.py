@@ -10,7 +10,10 @@ Measured in one run:
   node's MQTT listener; throughput = reports answered / time from the first publish to the last
   first reply; end-to-end latency = publish -> first reply at the device, per report (p50/p95/p99);
 - per worker count, a paced run at RATE reports/s (below capacity): latency when nothing queues;
-- every report answered ACCEPTED and applied exactly once (the database's per-thing count).
+- every report answered ACCEPTED and applied exactly once (the database's per-thing count);
+- CPU seconds per 1,000 reports of the burst, per component (workers, nats-server x3,
+  PostgreSQL): on a machine this small the parts compete for the same two cores, so the
+  throughput is a floor; the CPU cost is what projects to a larger deployment (docs/scale-out.md).
 
     python3 bench/bench_scaleout.py [--things 500] [--reports 4] [--rate 100] [--record docs/bench-scaleout.md]
 """
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for sub in ("", "tests", "tests/scaleout", "tests/detect", "bench"):
     sys.path.insert(0, str(ROOT / sub))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 
 from garrison.agent import report as wire  # noqa: E402
@@ -69,12 +73,33 @@ def _percentiles(values):
     return pick(0.50), pick(0.95), pick(0.99)
 
 
+def _cpu(processes):
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system + getattr(times, "children_user", 0) + getattr(times, "children_system", 0)
+        except psutil.Error:
+            pass
+    return total
+
+
+def _components(cluster, workers):
+    """psutil processes per component: workers, nats-server nodes, the PostgreSQL server."""
+    postgres = [p for p in psutil.process_iter(["name", "username"]) if p.info["name"] == "postgres"]
+    return {"workers": [psutil.Process(w.proc.pid) for w in workers],
+            "nats": [psutil.Process(n.proc.pid) for n in cluster.nodes],
+            "postgres": postgres}
+
+
 def run_load(cluster, dsn, workers, plan, rate=None, timeout=300):
     """Publish `plan` (paced at `rate`/s, else as fast as possible); wait for every reply."""
     device = Device("127.0.0.1", cluster.nodes[1].mqtt_port, name="bench-replies")
     publisher = Device("127.0.0.1", cluster.nodes[0].mqtt_port, name="bench-publisher", inflight=1000,
                        subscribe=False)
     sent = {}
+    components = _components(cluster, workers)
+    cpu_before = {name: _cpu(procs) for name, procs in components.items()}
     try:
         start = time.monotonic()
         for i, (thing, report_id, payload) in enumerate(plan):
@@ -93,8 +118,9 @@ def run_load(cluster, dsn, workers, plan, rate=None, timeout=300):
         publisher.close()
     elapsed = max(replies.values()) - start
     latencies = [(replies[key] - t) * 1000 for key, t in sent.items() if key in replies]
+    cpu = {name: (_cpu(procs) - cpu_before[name]) * 1000 / len(plan) for name, procs in components.items()}
     return {"rate": len(plan) / elapsed, "latency_ms": _percentiles(latencies), "statuses": sorted(statuses),
-            "elapsed": elapsed}
+            "elapsed": elapsed, "cpu_s_per_1000": cpu}
 
 
 def bench_workers(cluster, pg, count, things, reports, rate, workdir):
@@ -153,12 +179,18 @@ def main(argv=None):
         "p50 / p95 / p99 ms | answers | applied exactly once |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    body = []
     for r in results:
         b, p = r["burst"], r["paced"]
         lines.append(f"| {r['workers']} | {b['rate']:,.0f} | {b['rate'] / relay:.2f} | "
                      f"{' / '.join(f'{v:,.0f}' for v in b['latency_ms'])} | {args.rate:g}/s | "
                      f"{' / '.join(f'{v:,.0f}' for v in p['latency_ms'])} | "
                      f"{', '.join(sorted(set(b['statuses']) | set(p['statuses'])))} | {r['exactly_once']} |")
+        cpu = b["cpu_s_per_1000"]
+        body.append(f"| {r['workers']} | {cpu['workers']:.1f} | {cpu['nats']:.1f} | {cpu['postgres']:.1f} | "
+                    f"{sum(cpu.values()):.1f} |")
+    lines += ["", "CPU seconds per 1,000 reports of the burst (all processes of each component):", "",
+              "| workers | workers | nats-server x3 | PostgreSQL | total |", "|---|---|---|---|---|"] + body
     text = "\n".join(lines) + "\n"
     print(text)
     print(json.dumps(results, indent=1))
