@@ -16,8 +16,8 @@
     garrison-detect demo ... | pki ... | broker-config ...   (each with its own --help)
 
 Every command but `demo` works on the SQLite file given by --db (default $GARRISON_DB, else
-./garrison-detect.db); WAL mode lets them run while `serve` uses the same file. A
-postgresql:// URL as --db uses PostgreSQL instead (the scale-out deployment: docs/scale-out.md). --json prints
+./garrison-detect.db); WAL mode lets them run while `serve` uses the same file. A postgresql://
+URL as --db uses PostgreSQL instead (the scale-out deployment: docs/scale-out.md). --json prints
 AWS-shaped records; otherwise a table. Bad input: one line on stderr, exit status 2.
 """
 import argparse
