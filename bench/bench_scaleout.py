@@ -153,10 +153,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="garrison-bench-scaleout-"))
-    cluster = NatsCluster(partitions=PARTITIONS, root=workdir / "nats").start()
-    pg = Postgres().start()
     load_before = os.getloadavg()[0]
+    cluster, pg = NatsCluster(partitions=PARTITIONS, root=workdir / "nats"), Postgres()
     try:
+        cluster.start()
+        pg.start()
         payload = wire.encode(typical_report(), "json")
         relay, finished = bench_broker(_Node(cluster.nodes[0].mqtt_port), payload, 1, args.relay_messages)
         results = [bench_workers(cluster, pg, n, args.things, args.reports, args.rate, workdir) for n in (1, 2)]
