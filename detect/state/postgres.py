@@ -157,6 +157,24 @@ class PostgresStore(Store):
                 raise StoreError(f"cannot create the schema in {self.path}: {_first_line(exc)}") from None
             self._migrate()
 
+    def create_tables(self, ddl: str) -> bool:
+        """The SQLite store's create_tables on PostgreSQL: tables that exist are not touched (no
+        lock, so workers do not queue behind each other); missing ones are created under the
+        schema lock, in the caller's transaction if there is one."""
+        statements = [pg_ddl(st) for st in ddl.split(";") if st.strip()]
+        tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)
+        with self._lock:
+            try:
+                if tables and all(self._one("SELECT to_regclass(?)", (t,))[0] is not None for t in tables):
+                    return True
+                with self.transaction():
+                    self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                    for statement in statements:
+                        self._conn.execute(statement)
+            except psycopg.Error as exc:
+                raise StoreError(f"cannot create tables in {self.path}: {_first_line(exc)}") from None
+            return self._depth == 0
+
     def _script(self, sql: str) -> None:
         self._conn.execute(pg_ddl(sql))
 

@@ -236,6 +236,19 @@ class Store:
                 raise StoreError(f"{self.path} is not a Garrison database: {exc}") from None
             self._migrate()
 
+    def create_tables(self, ddl: str) -> bool:
+        """Run a module's own CREATE ... IF NOT EXISTS statements (`;`-separated, SQLite types; the
+        PostgreSQL backend translates them), joining the caller's transaction if there is one.
+        True when the tables now exist for good (created outside a transaction), so the caller
+        need not check again."""
+        with self._lock:
+            try:  # statement by statement: executescript would commit the caller's transaction
+                for statement in filter(str.strip, ddl.split(";")):
+                    self._conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot create tables in {self.path}: {exc}") from None
+            return not self._conn.in_transaction
+
     def _script(self, sql: str) -> None:
         """Run several statements (the backend's DDL dialect)."""
         self._conn.executescript(sql)

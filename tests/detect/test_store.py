@@ -200,3 +200,14 @@ def test_a_postgresql_url_that_cannot_be_reached_is_one_line_without_the_passwor
         Store("postgresql://garrison:s3cret@127.0.0.1:1/garrison?connect_timeout=2")
     assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
     assert "cannot open database postgresql://garrison:***@127.0.0.1:1/garrison" in str(err.value)
+
+
+def test_a_modules_own_tables_and_the_latest_report_work_on_both_backends(store):
+    from garrison.detect.state.latest import forget, latest_report, record_latest_report
+    with store.transaction():  # the engine's hook runs inside the report's transaction
+        record_latest_report(store, "dev1", {"header": {"report_id": 1}}, T0)
+    record_latest_report(store, "dev1", {"header": {"report_id": 2}}, T0 + 300_000)  # replaces the row
+    assert latest_report(store, "dev1") == {"time_ms": T0 + 300_000, "report": {"header": {"report_id": 2}}}
+    forget(store, "dev1")
+    assert latest_report(store, "dev1") is None
+    assert store.create_tables("CREATE TABLE IF NOT EXISTS extra (k TEXT PRIMARY KEY, n INTEGER)") is True
