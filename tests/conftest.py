@@ -61,3 +61,35 @@ def aws_reports():
     """The directory of real Device Defender payloads (tests/data/aws-reports). Missing is a failure."""
     assert (AWS_REPORTS / "README.md").is_file(), f"{AWS_REPORTS} is missing: the AWS fixtures are part of the tests"
     return AWS_REPORTS
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (tests/scaleout.py); tests get their own schema."""
+    from scaleout import PG_BIN, Postgres
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL is not installed (scripts/install.sh installs it)")
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+_schemas = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pg_dsn(postgres_server):
+    """A DSN whose tables live in a fresh, empty schema (search_path), like a new database."""
+    import psycopg
+    name = f"t{next(_schemas)}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return f"{postgres_server.dsn}?options=-csearch_path%3D{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path):
+    """The engine's --db on each backend: a SQLite file, then a PostgreSQL database (same behaviour)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "engine.db")
+    return request.getfixturevalue("pg_dsn")

@@ -1,6 +1,8 @@
 """`garrison-detect`: run the detect engine and manage its state.
 
     garrison-detect serve --broker mqtt://HOST:PORT --db PATH [--config FILE] [--min-report-interval S]
+    garrison-detect serve --nats nats://A,nats://B,... --db postgresql://... [--worker-index I --workers N]
+    garrison-detect nats-setup --nats URLS --partitions P [--replicas 3]
     garrison-detect profiles apply FILE [--attach all|group:NAME|thing:NAME]
     garrison-detect profiles list | show NAME | delete NAME | attach NAME TARGET | detach NAME TARGET
     garrison-detect violations list [--active] [--thing T] [--json]
@@ -14,7 +16,8 @@
     garrison-detect demo ... | pki ... | broker-config ...   (each with its own --help)
 
 Every command but `demo` works on the SQLite file given by --db (default $GARRISON_DB, else
-./garrison-detect.db); WAL mode lets them run while `serve` uses the same file. --json prints
+./garrison-detect.db); WAL mode lets them run while `serve` uses the same file. A postgresql://
+URL as --db uses PostgreSQL instead (the scale-out deployment: docs/scale-out.md). --json prints
 AWS-shaped records; otherwise a table. Bad input: one line on stderr, exit status 2.
 """
 import argparse
@@ -35,7 +38,7 @@ from garrison.detect.respond.alerts import AlertConfigError
 from garrison.detect.clock import SystemClock, from_environment
 from garrison.detect.judge.profiles import ProfileError
 from garrison.detect.cli.cloud import start_broker_view, warn_unsourced
-from garrison.detect.state.store import Store, StoreBusy, StoreError
+from garrison.detect.state.store import Store, StoreBusy, StoreError, is_postgres
 from garrison.detect.respond.violations import VERIFICATION_STATES
 
 PROG = "garrison-detect"
@@ -306,6 +309,9 @@ def _start_api(engine, config, db: str):
 def _lock_database(db: str):
     """Refuse a second `serve` on the same database: two engines would fight over one MQTT session."""
     import fcntl
+    if is_postgres(db):
+        from garrison.detect.cli.scaleout import serve_lock
+        return serve_lock(db)
     lock = open(f"{db}.serve-lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -323,9 +329,17 @@ def cmd_serve(args) -> int:
     from garrison.agent.transports.paho_compat import redact_broker_url
     from garrison.detect.ops.broker_credentials import broker_credentials
 
+    if args.nats:  # the scale-out deployment: NATS JetStream + PostgreSQL
+        from garrison.detect.cli.scaleout import serve_nats
+        return serve_nats(args)
+    if not args.broker:
+        raise UsageError("serve needs --broker mqtt://HOST:PORT (or --nats nats://... with a postgresql:// --db)")
     # everything that can be wrong with the command line or the config fails here, in one line,
     # before any thread or connection starts
     config = _serve_config(args)
+    if is_postgres(args.db):
+        from garrison.detect.cli.scaleout import check_api_token
+        check_api_token(config)
     user, password = broker_credentials(args.broker, args.broker_user, args.broker_password_file)
     tls = _tls_files(args)
     from garrison.detect.engine import SERVE_BUSY_TIMEOUT_MS
@@ -338,7 +352,9 @@ def cmd_serve(args) -> int:
     ingest = MqttIngest(args.broker, Ingestor(engine, min_interval_s=config.min_report_interval_s,
                                               strict=config.strict), client_id=config.client_id, tls=tls,
                         username=user, password=password, now_ms=engine.clock.now_ms,
-                        dead_letters=f"{args.db}.dead-letters", in_flight=f"{args.db}.inflight")
+                        # beside a SQLite file; a PostgreSQL engine logs what it gives up on instead
+                        dead_letters=None if is_postgres(args.db) else f"{args.db}.dead-letters",
+                        in_flight=None if is_postgres(args.db) else f"{args.db}.inflight")
     from garrison.detect.console.prometheus import watch_ingest
     watch_ingest(engine, ingest.ingestor, ingest)  # GET /metrics reads its counters and queue
     alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
@@ -401,7 +417,7 @@ def _log_busy(exc, last: float) -> float:
 # ---------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    db_help = f"SQLite database (default ${DB_ENV} or ./{DEFAULT_DB})"
+    db_help = f"SQLite database, or a postgresql:// URL (default ${DB_ENV} or ./{DEFAULT_DB})"
     default_db = os.environ.get(DB_ENV) or DEFAULT_DB
     parser = _Parser(prog=PROG, description="Garrison detect engine: judge Device Defender reports against "
                      "security profiles, keep violations, alert and act.")
@@ -425,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         return actions.add_parser(name, help=help_text, parents=[db_anywhere])
 
     serve = command("serve", "Run the engine: ingest reports from the broker, evaluate, alert, act.")
-    serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT (user@ or user:pass@ "
+    serve.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT (user@ or user:pass@ "
                        "allowed; a password there is visible in `ps`: prefer --broker-password-file)")
     serve.add_argument("--broker-user", metavar="NAME", help="MQTT user name (default: the one in --broker)")
     serve.add_argument("--broker-password-file", metavar="FILE", help="file whose first line is the MQTT password "
@@ -454,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker-log", metavar="FILE", help="Mosquitto's log file (broker-config --metrics-log): "
                        "the source of the cloud-side metrics (aws:num-messages-sent, ...; docs/profiles.md)")
     serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
+    from garrison.detect.cli import scaleout
+    scaleout.add_serve_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+    scaleout.add_setup_command(sub, [db_anywhere])
 
     profiles = command("profiles", "Security profiles (AWS CreateSecurityProfile JSON).")
     psub = actions_of(profiles)

@@ -7,10 +7,9 @@ audit's posture): the table stays the size of the fleet. Reports are bounded by 
 audit's tables, so garrison.detect.state.store's schema is untouched.
 """
 import json
-import sqlite3
 from typing import Any, Dict, Mapping, Optional
 
-from garrison.detect.state.store import Store, StoreError
+from garrison.detect.state.store import Store
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS latest_reports (thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, "
            "report TEXT NOT NULL)")
@@ -24,18 +23,15 @@ def ensure_table(store: Store) -> None:
     if getattr(store, "_latest_table", False):
         return
     with store._lock:
-        try:  # a plain statement: executescript would commit the caller's transaction
-            store._conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot create the latest_reports table in {store.path}: {exc}") from None
-        if not store._conn.in_transaction:
+        if store.create_tables(_SCHEMA):  # SQLite or PostgreSQL (garrison.detect.state.postgres)
             store._latest_table = True
 
 
 def record_latest_report(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
     """The engine's hook (inside the report's transaction)."""
     ensure_table(store)
-    store._exec("INSERT OR REPLACE INTO latest_reports VALUES (?, ?, ?)",
+    store._exec("INSERT INTO latest_reports VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE "
+                "SET time_ms = excluded.time_ms, report = excluded.report",
                 (thing, received_ms, json.dumps(report_long, separators=(",", ":"), default=str)))
 
 

@@ -13,6 +13,12 @@ open their own Store on the same file: WAL lets them read and write while `serve
 
 Every table is keyed by thing name where a thing is involved, so the state can be split across
 workers by thing (see docs/detect.md, "Partitioning").
+
+`Store(dsn)` with a `postgresql://` URL opens the same schema on PostgreSQL instead
+(garrison.detect.state.postgres, the scale-out deployment: docs/scale-out.md). The SQL here is
+the dialect both agree on (INSERT ... ON CONFLICT, RETURNING, `?` placeholders); the PostgreSQL
+backend translates the placeholders and the DDL's types. Schema changes are MIGRATIONS, applied
+in order by both backends and counted in meta.schema_version.
 """
 import json
 import sqlite3
@@ -21,6 +27,8 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 SCHEMA_VERSION = 1
+# version -> the SQL that takes the schema from version - 1 to it (both dialects; see _migrate)
+MIGRATIONS: Dict[int, str] = {}
 MAX_PROFILES_PER_TARGET = 5
 BUSY_TIMEOUT_MS = 15000
 
@@ -212,8 +220,19 @@ def parse_target(target: str) -> Tuple[str, Optional[str]]:
     return kind, name
 
 
+def is_postgres(db: Any) -> bool:
+    """Whether `--db` names a PostgreSQL database (a postgresql:// URL) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
 class Store:
     """The engine's SQLite state. Thread-safe; open one per process."""
+
+    def __new__(cls, path: Any = None, *args: Any, **kwargs: Any):
+        if cls is Store and is_postgres(path):  # the same interface on PostgreSQL
+            from garrison.detect.state.postgres import PostgresStore
+            return super().__new__(PostgresStore)
+        return super().__new__(cls)
 
     def __init__(self, path: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         """busy_timeout_ms: how long a statement waits for another process's write lock (the
@@ -248,11 +267,37 @@ class Store:
                 self._conn.executescript(_SCHEMA)
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"{self.path} is not a Garrison database: {exc}") from None
-            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} was written by a newer Garrison (schema {row[0]})")
+            self._migrate()
+
+    def create_tables(self, ddl: str) -> bool:
+        """Run a module's own CREATE ... IF NOT EXISTS statements (`;`-separated, SQLite types; the
+        PostgreSQL backend translates them), joining the caller's transaction if there is one.
+        True when the tables now exist for good (created outside a transaction), so the caller
+        need not check again."""
+        with self._lock:
+            try:  # statement by statement: executescript would commit the caller's transaction
+                for statement in filter(str.strip, ddl.split(";")):
+                    self._conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot create tables in {self.path}: {exc}") from None
+            return not self._conn.in_transaction
+
+    def _script(self, sql: str) -> None:
+        """Run several statements (the backend's DDL dialect)."""
+        self._conn.executescript(sql)
+
+    def _migrate(self) -> None:
+        """Record the schema version of a new database; bring an older one up to SCHEMA_VERSION,
+        one migration per transaction; refuse a newer one."""
+        row = self._one("SELECT value FROM meta WHERE key='schema_version'")
+        if row is None:
+            self._exec("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", (str(SCHEMA_VERSION),))
+            return
+        if int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer Garrison (schema {row[0]})")
+        for version in range(int(row[0]) + 1, SCHEMA_VERSION + 1):
+            self._script(f"BEGIN; {MIGRATIONS[version]}; "
+                         f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'; COMMIT;")
 
     def close(self) -> None:
         with self._lock:
@@ -319,6 +364,11 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, tuple(params))
 
+    def _many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        """One statement for many parameter rows (group commit)."""
+        with self._lock:
+            self._conn.executemany(sql, [tuple(r) for r in rows])
+
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
@@ -343,7 +393,8 @@ class Store:
 
     def register_thing(self, name: str, now_ms: int, pre_registered: bool = False) -> bool:
         """Register `name` (no-op if known); True if it is new."""
-        cur = self._exec("INSERT OR IGNORE INTO things (name, registered_ms, pre_registered) VALUES (?, ?, ?)",
+        cur = self._exec("INSERT INTO things (name, registered_ms, pre_registered) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO NOTHING",
                          (name, now_ms, int(pre_registered)))
         return cur.rowcount == 1
 
@@ -386,9 +437,8 @@ class Store:
 
     def record_reports(self, rows: Iterable[Tuple[int, int, int, str]]) -> None:
         """record_report for many (report id, received ms, how many reports, thing) at once."""
-        with self._lock:
-            self._conn.executemany("UPDATE things SET last_report_id = ?, last_received_ms = ?, "
-                                   "reports = reports + ? WHERE name = ?", list(rows))
+        self._many("UPDATE things SET last_report_id = ?, last_received_ms = ?, "
+                   "reports = reports + ? WHERE name = ?", rows)
 
     def record_report(self, name: str, report_id: int, received_ms: int) -> None:
         self._exec("UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 "
@@ -397,7 +447,8 @@ class Store:
     # ---- groups -------------------------------------------------------------------------------
 
     def create_group(self, name: str, now_ms: int, description: str = "") -> bool:
-        cur = self._exec("INSERT OR IGNORE INTO thing_groups (name, created_ms, description) VALUES (?, ?, ?)",
+        cur = self._exec("INSERT INTO thing_groups (name, created_ms, description) VALUES (?, ?, ?) "
+                         "ON CONFLICT DO NOTHING",
                          (name, now_ms, description))
         return cur.rowcount == 1
 
@@ -414,7 +465,8 @@ class Store:
         with self.transaction():
             if not self.group_exists(group):
                 raise NotFound(f"no thing group named {group!r}")
-            cur = self._exec("INSERT OR IGNORE INTO group_members (group_name, thing, added_ms) VALUES (?, ?, ?)",
+            cur = self._exec("INSERT INTO group_members (group_name, thing, added_ms) VALUES (?, ?, ?) "
+                             "ON CONFLICT DO NOTHING",
                              (group, thing, now_ms))
             return cur.rowcount == 1
 
@@ -518,10 +570,10 @@ class Store:
         """Things the profile applies to now: registered things if it is attached to all, named
         things, and members of attached groups."""
         rows = self._rows(
-            "SELECT name FROM things WHERE EXISTS (SELECT 1 FROM attachments WHERE profile = ?1 AND target = 'all') "
-            "UNION SELECT substr(target, 7) FROM attachments WHERE profile = ?1 AND target LIKE 'thing:%' "
+            "SELECT name FROM things WHERE EXISTS (SELECT 1 FROM attachments WHERE profile = ? AND target = 'all') "
+            "UNION SELECT substr(target, 7) FROM attachments WHERE profile = ? AND target LIKE 'thing:%' "
             "UNION SELECT m.thing FROM group_members m JOIN attachments a ON a.target = 'group:' || m.group_name "
-            "WHERE a.profile = ?1 ORDER BY 1", (profile,))
+            "WHERE a.profile = ? ORDER BY 1", (profile,) * 3)
         return [r[0] for r in rows]
 
     # ---- evaluation state ---------------------------------------------------------------------
@@ -548,11 +600,9 @@ class Store:
 
     def put_states(self, rows: Iterable[Tuple[str, str, str, Any, int]]) -> None:
         """put_state for many (thing, profile, behavior, state, now_ms) at once (group commit)."""
-        with self._lock:
-            self._conn.executemany(
-                "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
-                "updated_ms = excluded.updated_ms", [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows])
+        self._many("INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
+                   "updated_ms = excluded.updated_ms", [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows])
 
     def delete_state(self, thing: str, profile: str, behavior: str) -> None:
         self._exec("DELETE FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
@@ -577,10 +627,8 @@ class Store:
 
     def update_violation_values(self, rows: Iterable[Tuple[str, Any, int, Any]]) -> None:
         """update_violation_value for many (violation id, value, time ms, additional info)."""
-        with self._lock:
-            self._conn.executemany("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? "
-                                   "WHERE violation_id = ?",
-                                   [(_dumps(v), ms, _dumps(info), vid) for vid, v, ms, info in rows])
+        self._many("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? WHERE violation_id = ?",
+                   [(_dumps(v), ms, _dumps(info), vid) for vid, v, ms, info in rows])
 
     def close_violation(self, violation_id: str, end_type: str, time_ms: int) -> None:
         self._exec("UPDATE violations SET end_ms = ?, end_type = ? WHERE violation_id = ? AND end_ms IS NULL",
@@ -616,13 +664,13 @@ class Store:
                      behavior: Dict[str, Any], metric_value: Any, additional_info: Any,
                      suppress_alerts: bool) -> Optional[int]:
         """Record an event; None if this episode already has an event of this type."""
-        cur = self._exec("INSERT OR IGNORE INTO violation_events (violation_id, event_type, time_ms, thing, "
-                         "profile, behavior, metric_value, additional_info, suppress_alerts, alerted_ms) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (violation_id, event_type, time_ms, thing, profile, _dumps(behavior),
-                          _dumps(metric_value), _dumps(additional_info), int(suppress_alerts),
-                          time_ms if suppress_alerts else None))
-        return cur.lastrowid if cur.rowcount == 1 else None
+        rows = self._rows("INSERT INTO violation_events (violation_id, event_type, time_ms, thing, "
+                          "profile, behavior, metric_value, additional_info, suppress_alerts, alerted_ms) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
+                          (violation_id, event_type, time_ms, thing, profile, _dumps(behavior),
+                           _dumps(metric_value), _dumps(additional_info), int(suppress_alerts),
+                           time_ms if suppress_alerts else None))
+        return rows[0][0] if rows else None
 
     def list_events(self, thing: Optional[str] = None, profile: Optional[str] = None,
                     start_ms: Optional[int] = None, end_ms: Optional[int] = None,
@@ -653,7 +701,8 @@ class Store:
         with self.transaction():
             self._exec("UPDATE violation_events SET alerted_ms = ? WHERE seq = ?", (now_ms, seq))
             if failure is not None:
-                self._exec("INSERT OR REPLACE INTO alert_failures (seq, failed_ms, detail) VALUES (?, ?, ?)",
+                self._exec("INSERT INTO alert_failures (seq, failed_ms, detail) VALUES (?, ?, ?) ON CONFLICT(seq) "
+                           "DO UPDATE SET failed_ms = excluded.failed_ms, detail = excluded.detail",
                            (seq, now_ms, failure[:2000]))
 
     def alert_failures(self) -> List[sqlite3.Row]:
@@ -773,11 +822,10 @@ class Store:
     def log_action(self, time_ms: int, thing: str, action: Dict[str, Any], dry_run: bool, outcome: str,
                    detail: str = "", violation_id: Optional[str] = None, profile: Optional[str] = None,
                    behavior: Optional[str] = None) -> int:
-        cur = self._exec("INSERT INTO action_log (time_ms, violation_id, thing, profile, behavior, action, "
-                         "dry_run, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (time_ms, violation_id, thing, profile, behavior, _dumps(action), int(dry_run),
-                          outcome, detail))
-        return cur.lastrowid
+        return self._rows("INSERT INTO action_log (time_ms, violation_id, thing, profile, behavior, action, "
+                          "dry_run, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                          (time_ms, violation_id, thing, profile, behavior, _dumps(action), int(dry_run),
+                           outcome, detail))[0][0]
 
     def list_actions(self, thing: Optional[str] = None) -> List[Dict[str, Any]]:
         where, params = self._filters(thing=thing)

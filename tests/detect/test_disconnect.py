@@ -27,8 +27,8 @@ def clock():
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "engine.db"
+def db(any_db):
+    return any_db  # SQLite, then PostgreSQL
 
 
 def make_engine(db, clock, **config):

@@ -16,8 +16,8 @@ DAY = 86400
 
 
 @pytest.fixture
-def db(tmp_path):
-    return tmp_path / "engine.db"
+def db(any_db):
+    return any_db  # a SQLite file, then a PostgreSQL database: the engine behaves the same on both
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""garrison.detect.state.store on real SQLite files."""
+"""garrison.detect.state.store on real SQLite files and a real PostgreSQL server (same behaviour)."""
 import sqlite3
 
 import pytest
+
+from garrison.detect.state import store as store_module
 
 from garrison.detect.state.store import MAX_PROFILES_PER_TARGET, NotFound, Store, StoreError
 
@@ -9,13 +11,31 @@ T0 = 1_700_000_000_000
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(any_db):
+    s = Store(any_db)
+    s.db = any_db
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = Store(tmp_path / "engine.db")
     yield s
     s.close()
 
 
-def test_the_file_is_in_wal_mode_and_has_the_schema(tmp_path, store):
+def _integrity_errors():
+    errors = [sqlite3.IntegrityError]
+    try:
+        import psycopg
+        errors.append(psycopg.IntegrityError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def test_the_file_is_in_wal_mode_and_has_the_schema(tmp_path, sqlite_store):
     conn = sqlite3.connect(tmp_path / "engine.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -102,8 +122,8 @@ def test_a_failed_transaction_leaves_nothing(store):
     assert store.list_things() == [] and store.list_groups() == []
 
 
-def test_another_connection_sees_committed_work_only(tmp_path, store):
-    other = Store(tmp_path / "engine.db")
+def test_another_connection_sees_committed_work_only(store):
+    other = Store(store.db)
     try:
         store.register_thing("dev1", T0)
         assert [t["thingName"] for t in other.list_things()] == ["dev1"]
@@ -116,7 +136,7 @@ def test_another_connection_sees_committed_work_only(tmp_path, store):
 def test_one_open_violation_per_thing_profile_behavior_and_one_event_of_each_type(store):
     behavior = {"name": "b", "metric": "aws:num-listening-tcp-ports"}
     store.insert_violation("v1", "dev1", "P", behavior, {"count": 3}, T0, {})
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_integrity_errors()):
         store.insert_violation("v2", "dev1", "P", behavior, {"count": 4}, T0, {})
     assert store.insert_event("v1", "in-alarm", T0, "dev1", "P", behavior, {"count": 3}, {}, False) is not None
     assert store.insert_event("v1", "in-alarm", T0 + 1, "dev1", "P", behavior, {"count": 3}, {}, False) is None
@@ -155,3 +175,39 @@ def test_the_action_audit_log(store):
     assert entry["seq"] == seq and entry["dryRun"] is True and entry["outcome"] == "dry-run"
     assert entry["action"] == {"type": "add-thing-to-group", "group": "q"} and entry["time"] == T0 / 1000
     assert store.list_actions(thing="other") == []
+
+
+def test_an_older_schema_is_migrated_in_place_and_a_newer_one_is_refused(any_db, monkeypatch):
+    Store(any_db).close()                                             # written at version 1
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(store_module.MIGRATIONS, 2, "ALTER TABLE things ADD COLUMN note TEXT")
+    s = Store(any_db)
+    try:
+        s.register_thing("dev1", T0)
+        s._exec("UPDATE things SET note = ? WHERE name = ?", ("migrated", "dev1"))
+        assert s._one("SELECT note FROM things")[0] == "migrated"
+        assert s._one("SELECT value FROM meta WHERE key = 'schema_version'")[0] == "2"
+    finally:
+        s.close()
+    Store(any_db).close()                                             # already at 2: nothing to do
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
+    with pytest.raises(StoreError, match="newer Garrison"):
+        Store(any_db)
+
+
+def test_a_postgresql_url_that_cannot_be_reached_is_one_line_without_the_password():
+    with pytest.raises(StoreError) as err:
+        Store("postgresql://garrison:s3cret@127.0.0.1:1/garrison?connect_timeout=2")
+    assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
+    assert "cannot open database postgresql://garrison:***@127.0.0.1:1/garrison" in str(err.value)
+
+
+def test_a_modules_own_tables_and_the_latest_report_work_on_both_backends(store):
+    from garrison.detect.state.latest import forget, latest_report, record_latest_report
+    with store.transaction():  # the engine's hook runs inside the report's transaction
+        record_latest_report(store, "dev1", {"header": {"report_id": 1}}, T0)
+    record_latest_report(store, "dev1", {"header": {"report_id": 2}}, T0 + 300_000)  # replaces the row
+    assert latest_report(store, "dev1") == {"time_ms": T0 + 300_000, "report": {"header": {"report_id": 2}}}
+    forget(store, "dev1")
+    assert latest_report(store, "dev1") is None
+    assert store.create_tables("CREATE TABLE IF NOT EXISTS extra (k TEXT PRIMARY KEY, n INTEGER)") is True

@@ -16,8 +16,8 @@ EVENT_FIELDS = {"violationId", "thingName", "securityProfileName", "behavior", "
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "v.db")
+def store(any_db):
+    s = Store(any_db)  # SQLite, then PostgreSQL
     yield s
     s.close()
 
