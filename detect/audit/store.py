@@ -5,7 +5,6 @@ Tables are created here with CREATE TABLE IF NOT EXISTS (garrison.detect.state.s
 Tasks and their findings are kept for 90 days, as AWS keeps audit results.
 """
 import json
-import sqlite3
 from typing import Any, Dict, List, Mapping, Optional
 
 from garrison.detect.state.store import NotFound, Store, StoreError
@@ -37,13 +36,9 @@ class AuditStore:
     def __init__(self, store: Store):
         self.store = store
         if not getattr(store, "_audit_tables", False):
-            with store._lock:
-                try:  # statement by statement: executescript would commit the caller's transaction
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        store._conn.execute(statement)
-                except sqlite3.Error as exc:
-                    raise StoreError(f"cannot create the audit tables in {store.path}: {exc}") from None
-            store._audit_tables = True
+            # on either backend (PostgreSQL translates the types); marked done only when the
+            # tables exist for good, not inside a transaction that may still roll back
+            store._audit_tables = store.create_tables(_SCHEMA)
 
     # ---- tasks and findings -------------------------------------------------------------------
 
@@ -94,7 +89,9 @@ class AuditStore:
 
     def suppress(self, check: str, resource_key: str, expiration_ms: Optional[int], description: str,
                  now_ms: int) -> None:
-        self.store._exec("INSERT OR REPLACE INTO audit_suppressions VALUES (?, ?, ?, ?, ?)",
+        self.store._exec("INSERT INTO audit_suppressions VALUES (?, ?, ?, ?, ?) ON CONFLICT (check_name, resource_key) "
+                         "DO UPDATE SET expiration_ms = excluded.expiration_ms, description = excluded.description, "
+                         "created_ms = excluded.created_ms",
                          (check, resource_key, expiration_ms, description, now_ms))
 
     def unsuppress(self, check: str, resource_key: str) -> bool:
@@ -117,11 +114,10 @@ class AuditStore:
 
     def put_schedule(self, doc: Dict[str, Any], next_ms: int) -> bool:
         """Create (True) or refuse a duplicate name (StoreError)."""
-        try:
-            self.store._exec("INSERT INTO audit_schedules (name, doc, next_ms) VALUES (?, ?, ?)",
-                             (doc["scheduledAuditName"], json.dumps(doc), next_ms))
-        except sqlite3.IntegrityError:
-            raise StoreError(f"a scheduled audit named {doc['scheduledAuditName']!r} exists") from None
+        added = self.store._exec("INSERT INTO audit_schedules (name, doc, next_ms) VALUES (?, ?, ?) "
+                                 "ON CONFLICT (name) DO NOTHING", (doc["scheduledAuditName"], json.dumps(doc), next_ms))
+        if added.rowcount != 1:
+            raise StoreError(f"a scheduled audit named {doc['scheduledAuditName']!r} exists")
         return True
 
     def delete_schedule(self, name: str) -> None:
@@ -141,7 +137,8 @@ class AuditStore:
     # ---- posture ------------------------------------------------------------------------------
 
     def put_posture(self, thing: str, time_ms: int, metrics: Mapping[str, Any]) -> None:
-        self.store._exec("INSERT OR REPLACE INTO audit_posture VALUES (?, ?, ?)", (thing, time_ms, json.dumps(metrics)))
+        self.store._exec("INSERT INTO audit_posture VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE SET "
+                         "time_ms = excluded.time_ms, metrics = excluded.metrics", (thing, time_ms, json.dumps(metrics)))
 
     def postures(self) -> Dict[str, Dict[str, Any]]:
         return {r["thing"]: {"time_ms": r["time_ms"], "metrics": json.loads(r["metrics"])}

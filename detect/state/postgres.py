@@ -55,6 +55,7 @@ def pg_ddl(sql: str) -> str:
     sql = re.sub(r"\bINTEGER\b", "BIGINT", sql)
     sql = re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
     sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
+    sql = re.sub(r"\)\s*WITHOUT ROWID", ")", sql)  # a SQLite storage hint
     return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)
 
 

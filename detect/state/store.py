@@ -778,8 +778,8 @@ class Store:
                       create: bool = True) -> bool:
         """Create (create=True; False if it exists) or update (False if it does not) a dimension."""
         if create:
-            return self._exec("INSERT OR IGNORE INTO dimensions (name, type, string_values, created_ms, updated_ms) "
-                              "VALUES (?, ?, ?, ?, ?)", (name, dimension_type, _dumps(values), now_ms, now_ms)
+            return self._exec("INSERT INTO dimensions (name, type, string_values, created_ms, updated_ms) "
+                              "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (name, dimension_type, _dumps(values), now_ms, now_ms)
                               ).rowcount == 1
         return self._exec("UPDATE dimensions SET string_values = ?, updated_ms = ? WHERE name = ?",
                           (_dumps(values), now_ms, name)).rowcount == 1
@@ -801,7 +801,8 @@ class Store:
     def put_metric_values(self, thing: str, time_ms: int, source: str, values: Dict[str, Any]) -> None:
         """Keep the datapoints of one report (source "report") or evaluation ("broker"):
         {metric key: MetricValue}; the same thing, time and source again replaces them."""
-        self._exec("INSERT OR REPLACE INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?)",
+        self._exec("INSERT INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (thing, time_ms, source) DO UPDATE SET doc = excluded.doc",
                    (thing, time_ms, source, _dumps(values)))
 
     def metric_values(self, thing: str, key: str, start_ms: int, end_ms: int,

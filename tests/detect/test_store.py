@@ -211,3 +211,15 @@ def test_a_modules_own_tables_and_the_latest_report_work_on_both_backends(store)
     forget(store, "dev1")
     assert latest_report(store, "dev1") is None
     assert store.create_tables("CREATE TABLE IF NOT EXISTS extra (k TEXT PRIMARY KEY, n INTEGER)") is True
+
+
+def test_sql_stays_in_the_dialect_both_backends_speak():
+    """SQLite-only statements (INSERT OR IGNORE / REPLACE) fail on PostgreSQL at the first report:
+    the engine writes ON CONFLICT instead, everywhere (state, audit, console, history...)."""
+    import re
+    from pathlib import Path
+    import garrison.detect
+    offenders = [f"{path.name}:{n}" for path in Path(garrison.detect.__file__).parent.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"INSERT\s+OR\s+(IGNORE|REPLACE)", line)]
+    assert offenders == []
