@@ -65,7 +65,7 @@ class BodyGuard:
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _error(send_no_store, 413, "PayloadTooLarge", f"the body is over {self.max_bytes} bytes")
         try:
-            body = await asyncio.wait_for(self._read(receive), self.body_timeout)
+            body = await asyncio.wait_for(read_body(receive, self.max_bytes), self.body_timeout)
         except asyncio.TimeoutError:
             return await _error(send_no_store, 408, "RequestTimeout", f"the body did not arrive within "
                                 f"{self.body_timeout:g} s")
@@ -100,18 +100,6 @@ class BodyGuard:
         return await self.app(scope, replay, send_no_store)
 
 
-    async def _read(self, receive) -> Optional[bytearray]:
-        """The whole body, or as soon as it is over the limit; None when the client left."""
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes or not message.get("more_body", False):
-                return body
-
-
 async def _error(send, status: int, code: str, message: str) -> None:
     data = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
@@ -120,3 +108,15 @@ async def _error(send, status: int, code: str, message: str) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="garrison-detect"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+async def read_body(receive, limit: int) -> Optional[bytearray]:
+    """The whole request body, or as soon as it is over `limit`; None when the client left."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit or not message.get("more_body", False):
+            return body

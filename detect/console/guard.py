@@ -10,6 +10,7 @@ import asyncio
 from http.cookies import SimpleCookie
 from typing import Optional
 
+from garrison.detect.api.guard import read_body
 from garrison.detect.console.sessions import COOKIE
 
 PREFIX = b"/console"
@@ -37,7 +38,7 @@ class ConsoleFront:
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await _plain(send, 413, b"the form is too large")
         try:
-            body = await asyncio.wait_for(_read(receive, limit), self.body_timeout)
+            body = await asyncio.wait_for(read_body(receive, limit), self.body_timeout)
         except asyncio.TimeoutError:
             return await _plain(send, 408, b"the form did not arrive in time")
         if body is None:
@@ -66,17 +67,6 @@ def _cookie(headers) -> Optional[str]:
             if COOKIE in jar:
                 return jar[COOKIE].value
     return None
-
-
-async def _read(receive, limit: int) -> Optional[bytearray]:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body += message.get("body", b"")
-        if len(body) > limit or not message.get("more_body"):
-            return body
 
 
 async def _plain(send, status: int, text: bytes) -> None:
