@@ -48,6 +48,11 @@ mappings = {{ {REPORT_MAPPING % partitions} }}
         return f"nats://127.0.0.1:{self.client_port}"
 
     @property
+    def monitor_url(self) -> str:
+        """The node's monitoring endpoint (`http:`): /connz feeds the cloud-side metrics."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
     def mqtt_url(self) -> str:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
 

@@ -24,12 +24,34 @@ def start_broker_view(engine, broker_log: Optional[str]):
     return LogFollower(broker_log, engine.broker_view.feed).start()
 
 
+def start_nats_view(engine, monitor_urls: Optional[str]):
+    """Poll the NATS nodes' monitoring endpoints into the engine's broker view (returns the poller
+    to stop), and record what that computes (not aws:message-byte-size) for `profiles apply`."""
+    if not monitor_urls:
+        engine.set_cloud_metric_sources(None)
+        return None
+    from garrison.detect.ingest.natsmonitor import METRICS, ConnzPoller
+    from garrison.detect.judge.cloudmetrics import BrokerView
+    urls = [u.strip().rstrip("/") for u in monitor_urls.split(",") if u.strip()]
+    engine.broker_view = BrokerView(engine.clock.now_ms, source="nats-monitor", has_topics=False)
+    engine.set_cloud_metric_sources({"source": "nats-monitor", "path": ",".join(urls),
+                                     "metrics": [*METRICS, metrics.DISCONNECT_DURATION]})
+    log.info("cloud-side metrics from the NATS monitoring endpoints %s", ",".join(urls))
+    return ConnzPoller(urls, engine.broker_view.feed).start()
+
+
 def unsourced_message(engine, profile) -> Optional[str]:
     missing = engine.unsourced_metrics(profile)
     if not missing:
         return None
-    return (f"security profile {profile.name}: {', '.join(missing)} get no datapoints in this deployment "
-            "(no `serve --broker-log` recorded in this database; see docs/profiles.md, cloud-side metrics)")
+    sources = engine.cloud_metric_sources()
+    if sources and sources.get("source") == "nats-monitor":
+        why = ("this database's `serve --nats --nats-monitor` reads NATS's /connz, which has no per-message "
+               "size; see docs/profiles.md, cloud-side metrics")
+    else:
+        why = ("no `serve --broker-log` or `serve --nats --nats-monitor` recorded in this database; "
+               "see docs/profiles.md, cloud-side metrics")
+    return f"security profile {profile.name}: {', '.join(missing)} get no datapoints in this deployment ({why})"
 
 
 def sns_message(profile) -> Optional[str]:

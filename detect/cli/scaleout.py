@@ -38,6 +38,10 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--no-takeover", action="store_true", help="never consume partitions other workers prefer "
                        "(by default a worker takes over the partitions of a dead one until it is back)")
     group.add_argument("--nats-creds", metavar="FILE", help="NATS user credentials file")
+    group.add_argument("--nats-monitor", metavar="URLS", help="the nodes' monitoring endpoints, http://HOST:PORT "
+                       "(nats-server's `http:`), comma-separated, one per node: the cloud-side metrics (connections, "
+                       "attempts, disconnects, messages, source address) are computed from their /connz "
+                       "(docs/profiles.md); give every worker the same list")
 
 
 def add_setup_command(sub, parents) -> None:
@@ -61,6 +65,16 @@ def _servers(text: str) -> List[str]:
     if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
         raise UsageError(f"--nats takes nats://HOST:PORT URLs, comma-separated, got {text!r}")
     return servers
+
+
+def _monitor_urls(text: Optional[str]) -> Optional[str]:
+    from garrison.detect.cli import UsageError
+    if not text:
+        return None
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise UsageError(f"--nats-monitor takes http://HOST:PORT URLs, comma-separated, got {text!r}")
+    return ",".join(urls)
 
 
 def preferred_partitions(args, count: int) -> List[int]:
@@ -109,6 +123,7 @@ def cmd_nats_setup(args) -> int:
 
 def serve_nats(args) -> int:
     from garrison.detect.cli import UsageError, _serve_config, _start_api
+    from garrison.detect.cli.cloud import start_nats_view
     from garrison.detect.engine import Engine
     from garrison.detect.ingest.frontdoor import Ingestor
     from garrison.detect.ingest.leases import PartitionLeases
@@ -121,6 +136,7 @@ def serve_nats(args) -> int:
         raise UsageError("--nats and --broker exclude each other (devices reach NATS's MQTT listener)")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    monitor = _monitor_urls(args.nats_monitor)
     config = _serve_config(args)
     check_api_token(config)
     store = Store(args.db)
@@ -144,6 +160,7 @@ def serve_nats(args) -> int:
     leases = PartitionLeases(args.db, count, preferred, ingest.own, ingest.disown, takeover=not args.no_takeover,
                              name=tag)
     api = _start_api(engine, config, args.db)
+    poller = start_nats_view(engine, monitor)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -165,6 +182,8 @@ def serve_nats(args) -> int:
                     log.exception("periodic work failed; retrying on the next tick")
     finally:
         log.info("stopping")
+        if poller:
+            poller.stop()
         leases.stop()  # answers and acknowledges the batches in hand, then lets the partitions go
         if api:
             api.stop()

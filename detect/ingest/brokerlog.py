@@ -56,6 +56,7 @@ class BrokerEvent:
     size: Optional[int] = None
     port: Optional[int] = None       # CONNECT: the client's source port
     username: Optional[str] = None   # CONNECT: the u'...' of the line, when given
+    count: int = 1                   # how many such events this one stands for (NATS's counters: natsmonitor)
 
 
 _TS = r"^(?:(?P<ts>\d{9,11})(?:\.\d+)?: )?"

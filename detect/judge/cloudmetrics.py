@@ -53,7 +53,7 @@ class _Thing:
     __slots__ = ("events", "connected", "since_ms", "address")
 
     def __init__(self) -> None:
-        self.events: Deque[Tuple[int, str, Optional[str], Any]] = deque(maxlen=MAX_EVENTS_PER_THING)
+        self.events: Deque[Tuple[int, str, Optional[str], Any, int]] = deque(maxlen=MAX_EVENTS_PER_THING)
         self.connected: Optional[bool] = None
         self.since_ms = 0
         self.address: Optional[str] = None
@@ -62,9 +62,11 @@ class _Thing:
 class BrokerView:
     """Per-thing broker events in memory; thread-safe (one feeding thread, readers elsewhere)."""
 
-    def __init__(self, now_ms: Callable[[], int], source: str = "mosquitto-log"):
+    def __init__(self, now_ms: Callable[[], int], source: str = "mosquitto-log", has_topics: bool = True):
         self.now_ms = now_ms
         self.source = source
+        # False when the source sees counts but no topics (NATS's /connz): a metricDimension gets no datapoint
+        self.has_topics = has_topics
         self._things: Dict[str, _Thing] = {}
         self._lock = threading.Lock()
         self.events = 0
@@ -83,13 +85,13 @@ class BrokerView:
             kind = event.kind
             if kind == brokerlog.CONNECT:
                 thing.connected, thing.since_ms, thing.address = True, time_ms, event.address
-                thing.events.append((time_ms, kind, None, event.address))
+                thing.events.append((time_ms, kind, None, event.address, 1))
             elif kind in (brokerlog.DISCONNECT, brokerlog.TAKEOVER):
                 if thing.connected is not False:
                     thing.connected, thing.since_ms = False, time_ms
-                thing.events.append((time_ms, kind, None, None))
+                thing.events.append((time_ms, kind, None, None, event.count))
             else:
-                thing.events.append((time_ms, kind, event.topic, event.size))
+                thing.events.append((time_ms, kind, event.topic, event.size, event.count))
             events = thing.events
             while events and events[0][0] <= time_ms - KEEP_MS:
                 events.popleft()
@@ -121,12 +123,14 @@ class BrokerView:
             window = [e for e in known.events if start < e[0] <= now_ms] if known else []
             current = known.address if known is not None and known.connected else None
         if topic_matches is not None:
+            if not self.has_topics:
+                return None
             window = [e for e in window if e[2] is not None and topic_matches(e[2])]
         if metric in COUNTED:
             kinds = COUNTED[metric]
-            return sum(1 for e in window if e[1] in kinds)
+            return sum(e[4] for e in window if e[1] in kinds)
         if metric == MESSAGE_BYTE_SIZE:
-            sizes = [e[3] for e in window if e[1] == brokerlog.PUBLISH_IN]
+            sizes = [e[3] for e in window if e[1] == brokerlog.PUBLISH_IN and e[3] is not None]
             return max(sizes) if sizes else None
         if metric == SOURCE_IP:
             addresses = {e[3] for e in window if e[1] == brokerlog.CONNECT and e[3]}
