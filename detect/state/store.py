@@ -809,10 +809,22 @@ class Store:
                       after_ms: Optional[int] = None, limit: int = 250) -> List[Tuple[int, Any]]:
         """(time_ms, value) of one metric key in [start_ms, end_ms], oldest first, after `after_ms`."""
         low = start_ms if after_ms is None else max(start_ms, after_ms + 1)
-        path = "$." + json.dumps(key)   # keys hold ':' and '|': quoted
-        return [(r[0], _loads(r[1])) for r in self._rows(
-            "SELECT time_ms, json_extract(doc, ?) AS v FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
-            "AND v IS NOT NULL ORDER BY time_ms LIMIT ?", (path, thing, low, end_ms, limit))]
+        # the key is picked out here, not with SQLite's json_extract: the same query on PostgreSQL;
+        # rows without the key are skipped, a chunk at a time
+        found: List[Tuple[int, Any]] = []
+        while len(found) < limit:
+            rows = self._rows("SELECT time_ms, doc FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
+                              "ORDER BY time_ms LIMIT ?", (thing, low, end_ms, 4 * limit))
+            for time_ms, doc in rows:
+                value = json.loads(doc).get(key)
+                if value is not None:
+                    found.append((time_ms, value))
+                    if len(found) == limit:
+                        break
+            if len(rows) < 4 * limit:
+                break
+            low = rows[-1][0] + 1
+        return found
 
     def prune_metric_values(self, before_ms: int) -> int:
         """Drop datapoints older than `before_ms` (retention); returns how many."""

@@ -223,3 +223,14 @@ def test_sql_stays_in_the_dialect_both_backends_speak():
                  for n, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"INSERT\s+OR\s+(IGNORE|REPLACE)", line)]
     assert offenders == []
+
+
+def test_metric_history_reads_one_metric_on_both_backends(store):
+    store.put_metric_values("cam-1", 1000, "report", {"aws:all-bytes-out": {"count": 3}})
+    store.put_metric_values("cam-1", 2000, "report", {"aws:num-listening-tcp-ports": {"count": 1}})
+    store.put_metric_values("cam-1", 3000, "report", {"aws:all-bytes-out": {"count": 5}, "x|d": {"count": 1}})
+    store.put_metric_values("cam-2", 1500, "report", {"aws:all-bytes-out": {"count": 9}})
+    assert store.metric_values("cam-1", "aws:all-bytes-out", 0, 10_000) == [(1000, {"count": 3}), (3000, {"count": 5})]
+    assert store.metric_values("cam-1", "aws:all-bytes-out", 0, 10_000, limit=1) == [(1000, {"count": 3})]
+    assert store.metric_values("cam-1", "aws:all-bytes-out", 0, 10_000, after_ms=1000) == [(3000, {"count": 5})]
+    assert store.metric_values("cam-1", "x|d", 0, 2999) == []
