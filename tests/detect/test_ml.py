@@ -86,6 +86,24 @@ def test_sustained_modest_increase_is_flagged_as_a_shift():
     assert "sustained shift" in judgement.explanation
 
 
+
+def test_weak_exfiltration_on_a_steep_rhythm_is_found_at_medium():
+    # Issue 17, harder fleet seed 11: the exfiltrations MEDIUM missed were x1.45-1.56 on devices
+    # with a steep daily rhythm. The shift average follows the error beyond the +-1 h phase
+    # envelope, which on a steep rhythm forgives most of such an increase, and online learning
+    # absorbs the rest during the day: the average peaked at 0.85-0.92 sigma, under MEDIUM's
+    # former limit 0.95. The limit is 0.85 now; a clean day of the same device stays silent.
+    rng = random.Random(0)
+    points = traffic(rng, MONDAY_MS, 15, amp=1.2, noise=0.3)
+    model = Model.new(MLConfig())
+    for ts, value in points[:14 * PER_DAY]:
+        model.update(value, ts)
+    clean = Model.from_state(model.to_state())
+    exfil = [(ts, value * 1.4) for ts, value in points[14 * PER_DAY:]]     # x1.4 for 24 h
+    flagged = count_anomalies(model, exfil, "MEDIUM")
+    assert flagged and all(j.kind == "shift" for _, j in flagged)
+    assert count_anomalies(clean, points[14 * PER_DAY:], "MEDIUM") == []
+
 def test_explanation_names_metric_value_band_and_confidence():
     rng = random.Random(4)
     model = trained(rng, days=14)

@@ -19,9 +19,11 @@ SUPPORTED_METRICS = (
 # HIGH confidence = lowest sensitivity = widest band, as AWS defines it. Tuned with bench/bench_ml.py:
 # the shift limits are lower than the first release's (VERSION1_BANDS) because the shift average
 # now follows the error beyond the phase envelope, which is quieter.
+# MEDIUM's was 0.95 until the harder fleet (seed 11) showed x1.45-1.56 exfiltrations on steep-rhythm
+# devices peaking at 0.85-0.92 there (docs/ml-detect.md); 0.85 raised no false alarm on the benchmark.
 DEFAULT_BANDS: Dict[str, Tuple[float, float]] = {
     "LOW": (4.0, 0.8),
-    "MEDIUM": (5.0, 0.95),
+    "MEDIUM": (5.0, 0.85),
     "HIGH": (6.5, 1.2),
 }
 VERSION1_BANDS: Dict[str, Tuple[float, float]] = {
