@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from garrison.detect.ingest.frontdoor import Ingestor, Reply, _RateLimitedLog
+from garrison.wire import topics
 
 log = logging.getLogger("garrison.ingest")
 
@@ -70,7 +71,10 @@ def report_topic(subject: str) -> Optional[str]:
     parts = subject.split(".")
     if len(parts) != 4 or parts[0] != "reports":
         return None
-    return f"$aws/things/{parts[2]}/defender/metrics/{parts[3]}"
+    try:
+        return topics.report_topic(parts[2], parts[3])
+    except ValueError:  # not json or cbor: no report topic (the front door drops it, logged)
+        return None
 
 
 def nats_subject(topic: str) -> Optional[str]:
