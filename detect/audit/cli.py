@@ -136,7 +136,7 @@ def _date(text: str) -> float:
 
 
 def run(args) -> int:
-    from garrison.detect import cli as base
+    from garrison.detect.cli import common as base
     from garrison.detect.state.store import Store
     astore = AuditStore(Store(args.db))
     now = time.time()
@@ -161,14 +161,14 @@ def run(args) -> int:
             print()
             _print_findings(base, result["findings"])
     elif args.action == "checks":
-        print(base._table(("CHECK", "SEVERITY", "SOURCES", "DEFAULT", "WHAT"),
+        print(base.table(("CHECK", "SEVERITY", "SOURCES", "DEFAULT", "WHAT"),
                           [(c.name, c.severity, ",".join(c.needs), "on" if c.enabled_by_default else "off",
                             c.description) for c in registry().values()]))
     elif args.action == "tasks":
         tasks = astore.list_tasks()
-        base._print(args, {"tasks": tasks}, ("TASK ID", "TYPE", "STATUS", "STARTED", "CHECKS", "NON-COMPLIANT",
+        base.show(args, {"tasks": tasks}, ("TASK ID", "TYPE", "STATUS", "STARTED", "CHECKS", "NON-COMPLIANT",
                                               "FAILED", "SCHEDULE"),
-                    [(t["taskId"], t["taskType"], t["taskStatus"], base._when(t["taskStartTime"]),
+                    [(t["taskId"], t["taskType"], t["taskStatus"], base.when(t["taskStartTime"]),
                       t["taskStatistics"]["totalChecks"], t["taskStatistics"]["nonCompliantChecks"],
                       t["taskStatistics"]["failedChecks"], t.get("scheduledAuditName")) for t in tasks],
                     "no audit tasks")
@@ -190,15 +190,15 @@ def run(args) -> int:
         astore.suppress(args.check, args.resource, None if until is None else int(until * 1000),
                         args.description, int(now * 1000))
         print(f"suppressed {args.check} findings on {args.resource} "
-              f"{'indefinitely' if until is None else 'until ' + base._when(until)}")
+              f"{'indefinitely' if until is None else 'until ' + base.when(until)}")
     elif args.action == "unsuppress":
         done = astore.unsuppress(args.check, args.resource)
         print(f"{'removed' if done else 'there was no'} suppression of {args.check} on {args.resource}")
     elif args.action == "suppressions":
         items = astore.suppressions(int(now * 1000))
-        base._print(args, {"suppressions": items}, ("CHECK", "RESOURCE", "UNTIL", "DESCRIPTION"),
+        base.show(args, {"suppressions": items}, ("CHECK", "RESOURCE", "UNTIL", "DESCRIPTION"),
                     [(s["checkName"], s["resourceKey"], "indefinitely" if s["suppressIndefinitely"]
-                      else base._when(s["expirationDate"]), s["description"]) for s in items], "no suppressions")
+                      else base.when(s["expirationDate"]), s["description"]) for s in items], "no suppressions")
     elif args.action == "schedule":
         _schedule(base, args, astore, now)
     elif args.action == "mitigate":
@@ -207,7 +207,7 @@ def run(args) -> int:
                         args.broker_pid, int(now * 1000))
         if alerts:
             alerts.close(5.0)
-        base._print(args, {"actions": done}, ("THING", "ACTION", "OUTCOME", "DETAIL"),
+        base.show(args, {"actions": done}, ("THING", "ACTION", "OUTCOME", "DETAIL"),
                     [(d["thingName"], d["action"]["type"], d["outcome"], d["detail"]) for d in done], "nothing done")
     return 0
 
@@ -217,14 +217,14 @@ def _schedule(base, args, astore: AuditStore, now: float) -> None:
         doc = schedules.create(astore, args.name, args.frequency, args.day_of_week, args.day_of_month, args.time,
                                args.check, int(now * 1000))
         print(f"created scheduled audit {doc['scheduledAuditName']} ({doc['frequency']}); "
-              f"next run {base._when(doc['nextRunTime'])}")
+              f"next run {base.when(doc['nextRunTime'])}")
     elif args.verb == "list":
         items = astore.schedules()
-        base._print(args, {"scheduledAudits": items}, ("NAME", "FREQUENCY", "DAY", "TIME", "CHECKS", "NEXT RUN",
+        base.show(args, {"scheduledAudits": items}, ("NAME", "FREQUENCY", "DAY", "TIME", "CHECKS", "NEXT RUN",
                                                        "LAST RUN"),
                     [(s["scheduledAuditName"], s["frequency"], s.get("dayOfWeek") or s.get("dayOfMonth"),
-                      s["timeOfDay"], ",".join(s["targetCheckNames"]) or "(enabled)", base._when(s["nextRunTime"]),
-                      base._when(s["lastRunTime"])) for s in items], "no scheduled audits")
+                      s["timeOfDay"], ",".join(s["targetCheckNames"]) or "(enabled)", base.when(s["nextRunTime"]),
+                      base.when(s["lastRunTime"])) for s in items], "no scheduled audits")
     else:
         astore.delete_schedule(args.name)
         print(f"deleted scheduled audit {args.name}")
@@ -234,7 +234,7 @@ def _print_task(base, task) -> None:
     stats = task["taskStatistics"]
     print(f"audit task {task['taskId']} ({task['taskType']}): {task['taskStatus']}; {stats['totalChecks']} checks, "
           f"{stats['nonCompliantChecks']} non-compliant, {stats['failedChecks']} failed")
-    print(base._table(("CHECK", "STATUS", "RESOURCES", "NON-COMPLIANT", "SUPPRESSED", "NOTE"),
+    print(base.table(("CHECK", "STATUS", "RESOURCES", "NON-COMPLIANT", "SUPPRESSED", "NOTE"),
                       [(name, d["checkRunStatus"], d["totalResourcesCount"], d["nonCompliantResourcesCount"],
                         d["suppressedNonCompliantResourcesCount"], d.get("message")) for name, d in
                        task["auditDetails"].items()]))
@@ -250,6 +250,6 @@ def _print_findings(base, findings: List[dict]) -> None:
     if not findings:
         print("no findings")
         return
-    print(base._table(("CHECK", "SEVERITY", "RESOURCE", "REASON", "SUPPRESSED"),
+    print(base.table(("CHECK", "SEVERITY", "RESOURCE", "REASON", "SUPPRESSED"),
                       [(f["checkName"], f["severity"], _resource_text(f), f["reasonForNonCompliance"],
                         "yes" if f["isSuppressed"] else "") for f in findings]))

@@ -3,7 +3,14 @@ DescribeDimension, DeleteDimension (type TOPIC_FILTER)."""
 import json
 
 
-def add_parser(command, actions_of, action) -> None:
+def add_parser(sub, db_parent) -> None:
+    """Add the command to the `garrison-detect` subparsers `sub`."""
+    from garrison.detect.cli import common
+    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
+                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+
+def add_commands(command, actions_of, action) -> None:
     dims = command("dimensions", "Dimensions: named MQTT topic filters (+, #) that narrow a behavior's message "
                    "and authorization metrics (metricDimension {dimensionName, operator IN | NOT_IN}).")
     sub = actions_of(dims)

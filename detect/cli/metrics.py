@@ -3,7 +3,14 @@ import json
 from datetime import datetime, timezone
 
 
-def add_parser(command, actions_of, action) -> None:
+def add_parser(sub, db_parent) -> None:
+    """Add the command to the `garrison-detect` subparsers `sub`."""
+    from garrison.detect.cli import common
+    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
+                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+
+def add_commands(command, actions_of, action) -> None:
     """Hook the `metrics` command into the CLI's parser (the helpers of detect.cli.build_parser)."""
     metrics = command("metrics", "Metric history (ListMetricValues): what a thing reported and the broker saw.")
     sub = actions_of(metrics)

@@ -21,6 +21,13 @@ from garrison.detect.state.store import Store
 WAIT_STEP_S = 0.2
 
 
+def add_parser(sub, db_parent) -> None:
+    """Add `respond` to the `garrison-detect` subparsers `sub`."""
+    from garrison.detect.cli import common
+    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
+                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+
 def add_commands(command, action_of, action) -> None:
     """Hook into detect.cli's parser (its `command`, `actions_of` and `action` helpers)."""
     respond = command("respond", "Responses on one thing: quarantine, release, disable, enable (on the broker), "

@@ -122,7 +122,9 @@ def cmd_nats_setup(args) -> int:
 
 
 def serve_nats(args) -> int:
-    from garrison.detect.cli import UsageError, _serve_config, _start_api
+    from garrison.detect.cli import UsageError
+    from garrison.detect.cli.serve import config_from as _serve_config
+    from garrison.detect.service import _start_api
     from garrison.detect.cli.cloud import start_nats_view
     from garrison.detect.engine import Engine
     from garrison.detect.ingest.frontdoor import Ingestor

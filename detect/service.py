@@ -1,0 +1,197 @@
+"""What `garrison-detect serve` runs: the engine wired to its broker, store, alerts, API and timers.
+
+`Service(settings).run()` opens the store (and a lock on it: one `serve` per database), builds
+the engine facade, applies the config's profiles, connects the MQTT ingest, sends alerts and
+carries out responses (the action runner) over that same connection (one MQTT session per
+engine identity), serves the HTTP API (and the console, /metrics) when
+configured, and then ticks the engine's periodic work and the scheduled audits every half second
+until SIGTERM/SIGINT (or `stop()`). Stopping answers what is queued, flushes the alert outbox,
+then disconnects. Everything that can be wrong with the settings fails in `start()`, as a
+`ServiceError` with one line for the operator, before any thread or connection starts.
+"""
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from garrison.detect import config as configuration
+from garrison.detect.config import Config
+
+log = logging.getLogger("garrison.detect")
+
+TICK_S = 0.5          # periodic work (sweep, fleet thresholds, scheduled audits) is looked at this often
+CONNECT_WAIT_S = 10   # how long start() waits for the broker before saying it retries in the background
+ALERT_FLUSH_S = 5.0   # on stop, how long queued alerts get to leave
+
+
+class ServiceError(Exception):
+    """The service cannot start as configured (one line for the operator)."""
+
+
+@dataclass
+class BrokerLink:
+    """Where and how the ingest connects: the URL, credentials, and (ca, cert, key) for TLS or None."""
+    url: str
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None
+
+
+class Service:
+    def __init__(self, db: str, broker: BrokerLink, config: Optional[Config] = None,
+                 clock_offset_s: Optional[float] = None, broker_control: bool = False,
+                 broker_log: Optional[str] = None):
+        self.db = db
+        self.broker = broker
+        self.config = config or Config()
+        self.clock_offset_s = clock_offset_s
+        self.broker_control = broker_control
+        self.broker_log = broker_log or self.config.broker_log   # the cloud-side metrics' source
+        self.follower = None
+        self._busy_logged = 0.0
+        self.engine = None
+        self.api = None
+        self._stop = threading.Event()
+        self._opened: list = []   # what stop() closes, in reverse order
+
+    def start(self) -> "Service":
+        from garrison.detect.audit.schedule import Scheduler
+        from garrison.detect.clock import from_environment
+        from garrison.detect.engine import Engine
+        from garrison.detect.ingest.frontdoor import Ingestor
+        from garrison.detect.ingest.mqtt import MqttIngest
+        from garrison.detect.respond.alerts import AlertDispatcher, targets_from_config
+        from garrison.detect.cli.cloud import start_broker_view
+        from garrison.detect.cli.profiles_code import sync_configured
+        from garrison.detect.engine import SERVE_BUSY_TIMEOUT_MS
+        from garrison.detect.state.store import Store, is_postgres
+
+        config = self.config
+        store = Store(self.db, busy_timeout_ms=SERVE_BUSY_TIMEOUT_MS)  # ingest must not wait on a CLI write
+        self._opened.append(store.close)
+        try:
+            lock = _lock_database(self.db)
+            if lock is not None:
+                self._opened.append(lock.close)
+            self.engine = engine = Engine(store, from_environment(self.clock_offset_s), config)
+            self.follower = start_broker_view(engine, self.broker_log)
+            if self.follower:
+                self._opened.append(self.follower.stop)   # stopped before the store closes
+            sync_configured(engine, config.profiles)   # the `profiles sync` path, never detaching
+            self.ingest = MqttIngest(self.broker.url, Ingestor(engine, min_interval_s=config.min_report_interval_s,
+                                                               strict=config.strict),
+                                     client_id=config.client_id, tls=self.broker.tls, username=self.broker.username,
+                                     password=self.broker.password, now_ms=engine.clock.now_ms,
+                                     # beside a SQLite file; a PostgreSQL engine logs what it gives up on instead
+                                     dead_letters=None if is_postgres(self.db) else f"{self.db}.dead-letters",
+                                     in_flight=None if is_postgres(self.db) else f"{self.db}.inflight")
+            from garrison.detect.console.prometheus import watch_ingest
+            watch_ingest(engine, self.ingest.ingestor, self.ingest)  # GET /metrics reads its counters and queue
+            alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
+            # alerts leave over the ingest connection: one MQTT session per engine identity
+            engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=self.ingest))
+            from garrison.detect.cli import respond as respond_cli
+            self.runner = respond_cli.start_runner(engine, self.ingest, self.broker_control)
+            ingest = self.ingest
+            engine.alert_target_builder = lambda conf: AlertDispatcher(targets_from_config(conf, mqtt_publish=ingest))
+            engine.metric_exporter = lambda topic, payload: ingest.publish(topic, payload, qos=1)  # exportMetric
+            self.api = _start_api(engine, config, self.db)
+            self.audits = Scheduler(engine)  # scheduled audits (garrison-detect audit schedule create)
+        except BaseException:
+            self._close_opened()
+            raise
+        self.ingest.start()
+        self.runner.start()
+        deadline = time.monotonic() + CONNECT_WAIT_S
+        while not (self.ingest.connected.wait(0.25) or self._stop.is_set() or time.monotonic() > deadline):
+            pass   # a SIGTERM in this first wait must not wait it out
+        if not self.ingest.connected.is_set() and not self._stop.is_set():
+            log.warning("broker %s not reachable yet; retrying in the background", self._broker_shown())
+        log.info("serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
+                 self._broker_shown(), self.db, config.min_report_interval_s, config.invalidation_period_s,
+                 ", strict" if config.strict else "", f", API {self.api.url}" if self.api else "")
+        return self
+
+    def run(self, handle_signals: bool = True) -> None:
+        """start(), tick until SIGTERM/SIGINT (or stop()), then shut down in order."""
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self._stop.set())
+        self.start()
+        try:
+            while not self._stop.wait(TICK_S):
+                self.tick()
+        finally:
+            self.shutdown()
+
+    def tick(self) -> None:
+        from garrison.detect.state.store import StoreBusy
+        try:
+            self.engine.tick()
+            self.audits.tick()
+        except StoreBusy as exc:  # another process writes for long: nothing lost, try again
+            if time.monotonic() - self._busy_logged >= 60:   # at most one line a minute
+                log.warning("periodic work waits: %s", exc)
+                self._busy_logged = time.monotonic()
+        except Exception:  # periodic work must never stop the engine
+            log.exception("periodic work failed; retrying on the next tick")
+
+    def stop(self) -> None:
+        """Ask run() to return (thread-safe)."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        log.info("stopping")
+        self.ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
+        self.runner.stop()
+        if self.api:
+            self.api.stop()
+        self.engine.dispatch_alerts()
+        self.engine.alerts.close(ALERT_FLUSH_S)
+        self.ingest.disconnect()
+        self._close_opened()
+
+    def _close_opened(self) -> None:
+        while self._opened:
+            self._opened.pop()()
+
+    def _broker_shown(self) -> str:
+        from garrison.agent.transports.paho_compat import redact_broker_url
+        return redact_broker_url(self.broker.url)
+
+
+def _lock_database(db: str):
+    """Refuse a second `serve` on the same database: two engines would fight over one MQTT session."""
+    import fcntl
+    from garrison.detect.state.store import is_postgres
+    if is_postgres(db):
+        from garrison.detect.cli.scaleout import serve_lock
+        return serve_lock(db)
+    lock = open(f"{db}.serve-lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ServiceError(f"another garrison-detect serve is running on {db}") from None
+    return lock  # held until the service shuts down (or the process exits)
+
+
+def _start_api(engine, config: Config, db: str):
+    """The HTTP API when configured; a token is generated into a 0600 file when none is given."""
+    from garrison.detect.api.auth import load_or_create_token
+    from garrison.detect.api.server import ApiServer
+    if not config.api_enabled:
+        return None
+    token = config.api_token
+    if not token:
+        token_file = config.api_token_file or f"{db}.api-token"
+        token, created = load_or_create_token(token_file)
+        if created:
+            log.warning("generated an API token in %s (mode 0600)", token_file)
+    host, port = configuration.parse_bind(config.api_bind or configuration.DEFAULT_API_BIND)
+    try:
+        return ApiServer(engine, token, host, port).start()
+    except OSError as exc:
+        raise ServiceError(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}") from None
