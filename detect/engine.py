@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from garrison.detect import profilesync
 from garrison.detect.judge import cloudmetrics, dimensions, evaluate, fleetstats, metrics, mlbridge
@@ -40,6 +40,7 @@ from garrison.detect.audit.store import record_posture
 from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
+from garrison.detect.hooks import ActionRules, AlertSink, Clock, MlJudge, ResponseRunner
 from garrison.wire.names import SHAPE as NAME_SHAPE, valid_thing_name
 from garrison.detect.judge.profiles import ProfileError, SecurityProfile, load_profile
 from garrison.detect.state import history
@@ -71,24 +72,24 @@ SERVE_BUSY_TIMEOUT_MS = 1000
 class Engine:
     """Evaluates reports and owns the engine's state in `store`.
 
-    clock: garrison.detect.clock (now() / now_ms()); alerts: something with `deliver(message)` (an
-    garrison.detect.respond.alerts.AlertDispatcher) or None, in which case events stay in the outbox for the
-    process that has targets (`serve`). ml: the ML Detect hook (garrison.detect.judge.mlbridge.MlRegistry:
-    `judge(thing, profile, behavior, value, received_ms) -> {"anomalous", "explanation", ...} | None`,
-    `status(profile, behavior, now_ms)`, `training_summaries(profile, behavior, now_ms, members,
-    thing)`, `rebuild_priors(pairs, now_ms)`); "auto" makes one
-    when garrison.detect.judge.ml is available, None disables it: ML behaviors then stay PENDING_BUILD with no verdict.
+    The hooks are typed in garrison.detect.hooks: clock (Clock; the wall clock by default); alerts
+    (AlertSink, e.g. an AlertDispatcher) or None, in which case events stay in the outbox for the
+    process that has targets (`serve`); ml (MlJudge): "auto" makes a garrison.detect.judge.mlbridge
+    registry when garrison.detect.judge.ml is available, None disables it (ML behaviors then stay
+    PENDING_BUILD with no verdict); actions (ActionRules): the config's [actions] rules by default;
+    runner (ResponseRunner, set by `serve`): woken when a report caused events.
     """
 
-    def __init__(self, store: Store, clock: Any = None, config: Optional[Config] = None,
-                 alerts: Any = None, ml: Any = "auto"):
+    def __init__(self, store: Store, clock: Optional[Clock] = None, config: Optional[Config] = None,
+                 alerts: Optional[AlertSink] = None, ml: Union[MlJudge, str, None] = "auto",
+                 actions: Optional[ActionRules] = None):
         self.store = store
         self.clock = clock or SystemClock()
         self.config = config or Config()
-        self.actions = Actions(self.config.actions, dry_run=self.config.dry_run)
-        self.alerts = alerts
-        self.runner = None   # garrison.detect.respond.runner.ActionRunner: carries out pending actions
-        self.ml = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml
+        self.actions: ActionRules = actions or Actions(self.config.actions, dry_run=self.config.dry_run)
+        self.alerts: Optional[AlertSink] = alerts
+        self.runner: Optional[ResponseRunner] = None   # carries out pending actions (respond.runner.ActionRunner)
+        self.ml: Optional[MlJudge] = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml  # type: ignore[assignment]
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
         # group commit (batch()): what reports read again and again. Profiles and attachments are
         # kept across batches while nobody else writes (store.change_marker, see _hot_valid);
@@ -965,6 +966,27 @@ class Engine:
         if self.ml is not None:  # FALSE/BENIGN_POSITIVE teach an ML behavior's device model
             self.ml.feedback(record, state)
         return record
+
+    # ---- reads the CLI and the API make (so neither reaches into the store) --------------------
+
+    def list_things(self) -> List[Dict[str, Any]]:
+        return self.store.list_things()
+
+    def list_groups(self) -> List[Dict[str, Any]]:
+        return self.store.list_groups()
+
+    def profile_targets(self, profile: str) -> List[str]:
+        """What the profile is attached to: all | group:NAME | thing:NAME."""
+        return self.store.attachments_of(profile)
+
+    def list_actions(self, thing: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The audit log of mitigation actions, optionally of one thing."""
+        return self.store.list_actions(thing)
+
+    def audit_store(self):
+        """The audit's tasks, findings, suppressions and schedules, in the engine's database."""
+        from garrison.detect.audit.store import AuditStore
+        return AuditStore(self.store)
 
 
 def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> bool:

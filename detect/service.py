@@ -92,8 +92,7 @@ class Service:
             alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
             # alerts leave over the ingest connection: one MQTT session per engine identity
             engine.alerts = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=self.ingest))
-            from garrison.detect.cli import respond as respond_cli
-            self.runner = respond_cli.start_runner(engine, self.ingest, self.broker_control)
+            self.runner = _start_runner(engine, store, self.ingest, self.broker_control)
             ingest = self.ingest
             engine.alert_target_builder = lambda conf: AlertDispatcher(targets_from_config(conf, mqtt_publish=ingest))
             engine.metric_exporter = lambda topic, payload: ingest.publish(topic, payload, qos=1)  # exportMetric
@@ -160,6 +159,21 @@ class Service:
     def _broker_shown(self) -> str:
         from garrison.agent.transports.paho_compat import redact_broker_url
         return redact_broker_url(self.broker.url)
+
+
+def _start_runner(engine, store, ingest, broker_control: bool):
+    """The action runner, speaking over the ingest connection (one session per engine identity);
+    broker actions only with --broker-control."""
+    from garrison.detect.respond import brokercontrol
+    from garrison.detect.respond.runner import ActionRunner
+    control = None
+    if broker_control:
+        control = brokercontrol.BrokerControl(ingest)
+        ingest.side_channels[brokercontrol.DYNSEC_RESPONSE_TOPIC] = control.on_response
+    from garrison.detect.respond.revocation import Revocation
+    engine.runner = ActionRunner(store, control, publish=ingest.publish, connected=ingest.connected.is_set,
+                                 revocation=Revocation.from_config(engine.config.audit), now_ms=engine.clock.now_ms)
+    return engine.runner
 
 
 def _lock_database(db: str):

@@ -64,7 +64,7 @@ def openapi(request: Request):
 
 @_route(api, "GET", "/things", models.ThingList, "List things (registered on first report or pre-registered).")
 def list_things(engine=Depends(engine_of)):
-    return {"things": engine.store.list_things()}
+    return {"things": engine.list_things()}
 
 
 @_route(api, "POST", "/things/{thingName}", models.ThingCreated,
@@ -82,7 +82,7 @@ def delete_thing(thingName: str = ThingName, engine=Depends(engine_of)):
 
 @_route(api, "GET", "/thing-groups", models.ThingGroupList, "List thing groups and their members.")
 def list_groups(engine=Depends(engine_of)):
-    return {"thingGroups": engine.store.list_groups()}
+    return {"thingGroups": engine.list_groups()}
 
 
 @_route(api, "POST", "/thing-groups/{thingGroupName}", models.GroupCreated, "Create a thing group.")
@@ -125,7 +125,7 @@ def put_profile(securityProfileName: str, body: models.ProfileDocument,
         raise ApiError(400, "InvalidRequest", "securityProfileName in the body differs from the path")
     profile, created = engine.apply_profile(doc, attach=target)
     return {"securityProfileName": profile.name, "created": created,
-            "targets": engine.store.attachments_of(profile.name)}
+            "targets": engine.profile_targets(profile.name)}
 
 
 @_route(api, "GET", "/security-profiles/{securityProfileName}", models.ProfileDescription,
@@ -181,7 +181,7 @@ def verify(violationId: str, body: models.VerificationRequest, engine=Depends(en
 
 @_route(api, "GET", "/mitigation-actions", models.ActionExecutionList, "The audit log of mitigation actions.")
 def actions(thing: Optional[str] = ThingFilter, engine=Depends(engine_of)):
-    return {"actionExecutions": engine.store.list_actions(thing)}
+    return {"actionExecutions": engine.list_actions(thing)}
 
 
 @_route(api, "POST", "/things/{thingName}/responses", models.ActionExecution,

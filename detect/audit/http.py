@@ -6,7 +6,6 @@ from typing import Any, Dict
 
 from garrison.detect.audit import schedule as schedules
 from garrison.detect.audit.mitigate import mitigate
-from garrison.detect.audit.store import AuditStore
 from garrison.detect.audit.task import ON_DEMAND, AuditError, notify, run_audit, sources_from_config
 from garrison.detect.state.store import StoreError
 
@@ -40,7 +39,7 @@ def _body(b: Any) -> Dict[str, Any]:
 
 def handle(name: str, engine, p: Dict[str, str], q: Dict[str, str], b: Any) -> Any:
     try:
-        return globals()[name](engine, AuditStore(engine.store), p, q, _body(b))
+        return globals()[name](engine, engine.audit_store(), p, q, _body(b))
     except AuditError as exc:
         raise StoreError(str(exc)) from None
 

@@ -114,7 +114,7 @@ class Scheduler:
         from garrison.detect.audit.task import sources_from_config
         self.engine = engine
         self.sources = sources_from_config(getattr(engine.config, "audit", None))
-        self.store = AuditStore(engine.store)
+        self.store = engine.audit_store()
         self.every_ms = int(every_s * 1000)
         self._next_ms = 0
 

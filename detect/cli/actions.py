@@ -1,5 +1,5 @@
 """`garrison-detect actions list`: the audit log of mitigation actions."""
-from garrison.detect.cli.common import action, actions_of, command, show, when
+from garrison.detect.cli.common import action, actions_of, command, engine_on, show, when
 
 
 def add_parser(sub, db_parent) -> None:
@@ -12,8 +12,7 @@ def add_parser(sub, db_parent) -> None:
 
 
 def run(args) -> int:
-    from garrison.detect.state.store import Store
-    entries = Store(args.db).list_actions(args.thing)
+    entries = engine_on(args.db).list_actions(args.thing)
     show(args, entries, ("TIME", "THING", "ACTION", "GROUP", "OUTCOME", "VIOLATION ID"),
          [(when(e["time"]), e["thingName"], e["action"]["type"], e["action"].get("group"),
            e["outcome"], e["violationId"]) for e in entries], "no mitigation actions")

@@ -20,7 +20,7 @@ def add_parser(sub, db_parent) -> None:
 def run(args) -> int:
     engine = engine_on(args.db)
     if args.action == "list":
-        groups = engine.store.list_groups()
+        groups = engine.list_groups()
         show(args, groups, ("GROUP", "THINGS", "MEMBERS"),
              [(g["groupName"], len(g["things"]), value(g["things"])) for g in groups], "no thing groups")
     elif args.action == "create":

@@ -28,7 +28,7 @@ def run(args) -> int:
     engine = engine_on(args.db)
     if args.action == "apply":
         profile, created = engine.apply_profile(args.file, attach=args.attach)
-        targets = engine.store.attachments_of(profile.name)
+        targets = engine.profile_targets(profile.name)
         print(f"{'created' if created else 'updated'} security profile {profile.name} "
               f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})")
         warn_unsourced(engine, profile)

@@ -98,18 +98,3 @@ def cmd_respond(args) -> int:
         print(f"action {entry['seq']}: {outcome}: {detail}" +
               (" (serve carries it out; see `garrison-detect actions list`)" if outcome == "pending" else ""))
     return 1 if outcome == "failed" else 0
-
-
-def start_runner(engine, ingest, broker_control: bool):
-    """The action runner for `serve`, speaking over the ingest connection (one session per
-    engine identity); broker actions only with --broker-control."""
-    from garrison.detect.respond import brokercontrol
-    from garrison.detect.respond.runner import ActionRunner
-    control = None
-    if broker_control:
-        control = brokercontrol.BrokerControl(ingest)
-        ingest.side_channels[brokercontrol.DYNSEC_RESPONSE_TOPIC] = control.on_response
-    from garrison.detect.respond.revocation import Revocation
-    engine.runner = ActionRunner(engine.store, control, publish=ingest.publish, connected=ingest.connected.is_set,
-                                 revocation=Revocation.from_config(engine.config.audit), now_ms=engine.clock.now_ms)
-    return engine.runner

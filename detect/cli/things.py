@@ -14,7 +14,7 @@ def add_parser(sub, db_parent) -> None:
 def run(args) -> int:
     engine = engine_on(args.db)
     if args.action == "list":
-        things = engine.store.list_things()
+        things = engine.list_things()
         show(args, things, ("THING", "REPORTS", "LAST REPORT", "GROUPS"),
              [(t["thingName"], t["reports"], when(t["lastReportTime"]), ", ".join(t["groups"])) for t in things],
              "no things")

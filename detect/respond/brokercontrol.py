@@ -25,7 +25,7 @@ Audit's mitigations should call the same `BrokerControl` rather than speak to th
 
 The link is anything with `publish(topic, payload, qos)` whose messages on
 DYNSEC_RESPONSE_TOPIC are handed to `BrokerControl.on_response`: in serve, the engine's one MQTT
-connection (garrison.detect.cli.respond.start_runner), since a second connection with the same
+connection (garrison.detect.service), since a second connection with the same
 certificate would take over the first.
 """
 import glob

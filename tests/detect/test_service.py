@@ -23,5 +23,5 @@ def test_service_runs_stops_and_releases_its_lock(mosquitto, tmp_path):
         runner.join(30)
     assert not runner.is_alive()
     second = Service(db, BrokerLink(mosquitto.url)).start()   # the lock went with the first
-    assert second.engine.store.list_things() == []
+    assert second.engine.list_things() == []
     second.shutdown()
