@@ -10,8 +10,9 @@ Workload: 1,000 things, realistic reports (5 TCP + 3 UDP listening ports, 12 est
 connections: 11 to a fleet-wide pool of 500 servers, 1 to a never-seen address; network stats,
 a custom metric) in short names as the agent sends them, the
 10-behavior rule profile detect/ops/examples/aws-rule-based.json, one evaluation state per
-(thing, behavior) kept in memory as the engine keeps it (JSON-able dicts). A second line runs the
-statistical profile (fleet percentiles through garrison.detect.judge.fleetstats.FleetWindow).
+(thing, behavior) kept in memory as the engine keeps it (JSON-able dicts). (Statistical
+thresholds are recomputed by the engine from its store once a minute, not per report, so they
+are not on this per-report path: bench/bench_engine.py measures the engine with its store.)
 
 Usage: python3 bench/bench_evaluate.py [--things 1000] [--reports 20000] [--relay 20000]
        [--record docs/bench-evaluate.md]
@@ -35,7 +36,6 @@ from garrison.agent import report  # noqa: E402
 from garrison.wire import schema  # noqa: E402
 from garrison.collectors.base import Connection, ListeningSocket  # noqa: E402
 from garrison.detect.judge import evaluate  # noqa: E402
-from garrison.detect.judge import fleetstats  # noqa: E402
 from garrison.detect.judge.profiles import load_profile  # noqa: E402
 
 try:
@@ -95,24 +95,17 @@ def timed(fn, n):
     return n / max(best_cpu, 1e-9), n / max(best_wall, 1e-9)
 
 
-def evaluator(profile, fleet=None):
+def evaluator(profile):
     """A closure evaluating a validated report for a thing against `profile`, states in memory."""
     states = {}
     behaviors = [(b, b.spec, b.spec.extract) for b in profile.behaviors]
-    windows = {b.name: fleetstats.FleetWindow(b.duration_seconds) for b in profile.behaviors} if fleet else {}
 
     def run(thing, report_long, received_ms):
         transitions = 0
         for behavior, spec, extract in behaviors:
             key = (thing, behavior.name)
-            threshold = None
-            window = windows.get(behavior.name)
-            if window is not None:
-                threshold = window.threshold(received_ms, behavior.statistic)
-            out = evaluate.step(behavior, states.get(key), extract(report_long), received_ms, threshold=threshold)
+            out = evaluate.step(behavior, states.get(key), extract(report_long), received_ms)
             states[key] = out.state
-            if window is not None and out.value is not None:
-                window.add(thing, out.value, received_ms)
             if out.transition:
                 transitions += 1
                 evaluate.violation_value(spec, out.value)
@@ -120,7 +113,7 @@ def evaluator(profile, fleet=None):
     return run, states
 
 
-def bench_pipeline(payloads, profile_path, fleet=False):
+def bench_pipeline(payloads, profile_path):
     profile = load_profile(profile_path)
     decoded = [(thing, ts, report.decode(p, "json")) for thing, ts, p in payloads]
     validated = [(thing, ts, _validate(doc)) for thing, ts, doc in decoded]
@@ -128,11 +121,11 @@ def bench_pipeline(payloads, profile_path, fleet=False):
     rates = {}
     rates["decode"] = timed(lambda: [report.decode(p, "json") for _, _, p in payloads], n)
     rates["validate"] = timed(lambda: [_validate(d) for _, _, d in decoded], n)
-    # Repeats replay the same reports against the states the previous run left: the windows
-    # drop the stale entries and the alarms stay as they were, as after an engine restart.
-    run, _ = evaluator(profile, fleet)
+    # Repeats replay the same reports against the states the previous run left: the alarms stay
+    # as they were, as after an engine restart.
+    run, _ = evaluator(profile)
     rates["evaluate"] = timed(lambda: [run(thing, doc, ts) for thing, ts, doc in validated], n)
-    run, states = evaluator(profile, fleet)
+    run, states = evaluator(profile)
     rates["pipeline"] = timed(lambda: [run(thing, _validate(report.decode(p, "json")), ts)
                                        for thing, ts, p in payloads], n)
     json.dumps([[list(k), v] for k, v in list(states.items())[:100]])  # states stay JSON
@@ -173,9 +166,8 @@ def main(argv=None):
     print(f"validator: {VALIDATOR}")
 
     rows = []
-    for label, path, fleet in (("rules", EXAMPLES / "aws-rule-based.json", False),
-                               ("statistical", EXAMPLES / "aws-statistical.json", True)):
-        behaviors, rates, states = bench_pipeline(payloads, path, fleet)
+    for label, path in (("rules", EXAMPLES / "aws-rule-based.json"),):
+        behaviors, rates, states = bench_pipeline(payloads, path)
         rows.append((label, behaviors, rates))
         print(f"\nprofile {path.name}: {behaviors} behaviors, {states} evaluation states in memory")
         for stage, (cpu_rate, wall_rate) in rates.items():
@@ -214,8 +206,8 @@ def main(argv=None):
         lines += [
             "",
             "Stages: `decode` = garrison.agent.report.decode; `validate` = the validator on decoded reports; "
-            "`evaluate` = metric extraction + garrison.detect.judge.evaluate.step for every behavior (plus FleetWindow "
-            "threshold/add for the statistical profile); `pipeline` = all three per report.",
+            "`evaluate` = metric extraction + garrison.detect.judge.evaluate.step for every behavior; "
+            "`pipeline` = all three per report.",
             "",
             f"Baseline in the same run: Mosquitto relays {relay_rate:,.0f} msg/s (best of {REPEATS}) of the same "
             "payload from a paho publisher to a paho subscriber on loopback (QoS 0). That rate is bounded by the Python MQTT client "

@@ -3,12 +3,14 @@
 Everything time-dependent in the engine (received times, the invalidation sweep, fleet
 statistics windows) asks a clock instead of calling `time.time()`, so a test can run two days
 of device silence in a second. `SystemClock(offset_s)` is wall time shifted by a fixed offset;
-`garrison-detect serve --clock-offset SECONDS` (hidden, for tests) or the environment variable
-GARRISON_CLOCK_OFFSET set it. `ManualClock` only moves when told to.
+`garrison-detect serve --clock-offset SECONDS` (a simulation feature: see docs/detect.md,
+"Simulating time") or the environment variable GARRISON_CLOCK_OFFSET set it. `ManualClock` only
+moves when told to.
 """
 import os
 import threading
 import time
+from typing import Optional
 
 CLOCK_OFFSET_ENV = "GARRISON_CLOCK_OFFSET"
 
@@ -51,7 +53,7 @@ class ManualClock:
             self._now = float(epoch_s)
 
 
-def from_environment(offset_s: float = None) -> SystemClock:
+def from_environment(offset_s: Optional[float] = None) -> SystemClock:
     """The clock `serve` uses: an explicit offset wins over GARRISON_CLOCK_OFFSET."""
     if offset_s is None:
         raw = os.environ.get(CLOCK_OFFSET_ENV, "").strip()

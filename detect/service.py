@@ -75,7 +75,8 @@ class Service:
             lock = _lock_database(self.db)
             if lock is not None:
                 self._opened.append(lock.close)
-            self.engine = engine = Engine(store, from_environment(self.clock_offset_s), config)
+            clock = from_environment(self.clock_offset_s)
+            self.engine = engine = Engine(store, clock, config)
             self.follower = start_broker_view(engine, self.broker_log)
             if self.follower:
                 self._opened.append(self.follower.stop)   # stopped before the store closes
@@ -101,6 +102,9 @@ class Service:
         except BaseException:
             self._close_opened()
             raise
+        if clock.offset_s:
+            log.warning("simulation: the engine's clock runs %+g s from the wall clock (--clock-offset / "
+                        "$GARRISON_CLOCK_OFFSET); never set this in production", clock.offset_s)
         self.ingest.start()
         self.runner.start()
         deadline = time.monotonic() + CONNECT_WAIT_S

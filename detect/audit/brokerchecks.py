@@ -3,8 +3,8 @@ from typing import List, Optional
 
 from garrison.detect.audit.checks import CRITICAL, HIGH, LOW, Check, Context, finding
 from garrison.detect.audit.sources import AclRule, Listener
+from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY
 
-DEFAULT_ENGINE_IDENTITY = "garrison-detect"
 # Mosquitto logs "New client connected ..." at notice and "... already connected, closing old
 # connection" at information; its default log_type (no log_type line) includes both.
 NEEDED_LOG_TYPES = ("notice", "information")

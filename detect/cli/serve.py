@@ -1,5 +1,4 @@
 """`garrison-detect serve`: parse the flags into the engine's config and run garrison.detect.service."""
-import argparse
 import os
 
 from garrison.detect import config as configuration
@@ -36,7 +35,9 @@ def add_parser(sub, db_parent) -> None:
                        "API token ([api] metrics_public); the console is at /console on the API's address")
     serve.add_argument("--broker-log", metavar="FILE", help="Mosquitto's log file (broker-config --metrics-log): "
                        "the source of the cloud-side metrics (aws:num-messages-sent, ...; docs/profiles.md)")
-    serve.add_argument("--clock-offset", type=float, help=argparse.SUPPRESS)  # tests: shift the engine's clock
+    serve.add_argument("--clock-offset", type=float, metavar="SECONDS",
+                       help="simulation only: run the engine's clock this many seconds ahead (e.g. 259200 to see "
+                       "three days of device silence now); also $GARRISON_CLOCK_OFFSET. Logged as a warning")
     from garrison.detect.cli import scaleout
     scaleout.add_serve_arguments(serve)
     serve.set_defaults(func=run)

@@ -28,11 +28,12 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
+from garrison.detect.respond.violations import EVENT_TYPES
+
 log = logging.getLogger("garrison.alerts")
 
 _MQTT_ERR_NO_CONN = 4  # paho's MQTT_ERR_NO_CONN (the same in paho 1.6 and 2.x)
 
-EVENT_TYPES = ("in-alarm", "alarm-cleared", "alarm-invalidated")
 DEFAULT_TOPIC = "garrison/alerts/{thing}"
 DEFAULT_QUEUE_SIZE = 1000
 MAX_BACKOFF_SECONDS = 60.0

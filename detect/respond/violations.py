@@ -14,10 +14,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from garrison.detect.judge.evaluate import ALARM_CLEARED, IN_ALARM  # the judge names the transitions
 from garrison.detect.state.store import NotFound, Store, StoreError, loads
 
-IN_ALARM = "in-alarm"
-ALARM_CLEARED = "alarm-cleared"
 ALARM_INVALIDATED = "alarm-invalidated"
 EVENT_TYPES = (IN_ALARM, ALARM_CLEARED, ALARM_INVALIDATED)
 VERIFICATION_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE", "TRUE_POSITIVE", "UNKNOWN")

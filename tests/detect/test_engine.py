@@ -232,6 +232,25 @@ def test_no_statistical_threshold_with_too_few_devices(db, clock):
     engine.store.close()
 
 
+def test_fleet_population_counts_each_device_once_and_drops_silent_ones(db, clock):
+    """The population rules of docs/profiles.md: each device once, with its latest value; devices
+    silent for the behavior's duration leave it."""
+    engine, _ = make_engine(db, clock, fleet_min_devices=2)
+    engine.apply_profile(profile("Stat", behavior("conns", "aws:num-established-tcp-connections", "greater-than-equals",
+                                                  statisticalThreshold={"statistic": "p0"},
+                                                  durationSeconds=300)), attach="all")
+    feed(engine, clock, thing="dev0", every=10, connections=10)
+    feed(engine, clock, thing="dev1", every=10, connections=20)
+    assert engine.recompute_fleet_stats() == {("Stat", "conns"): 10}
+    feed(engine, clock, thing="dev0", every=10, connections=50)      # dev0's 10 is replaced, not added
+    assert engine.recompute_fleet_stats() == {("Stat", "conns"): 20}
+    feed(engine, clock, thing="dev2", every=400, connections=30)     # dev0 and dev1 silent for 300 s+
+    feed(engine, clock, thing="dev3", every=10, connections=40)
+    assert engine.recompute_fleet_stats() == {("Stat", "conns"): 30}
+    assert engine.describe_profile("Stat")["statisticalThresholds"]["conns"]["devices"] == 2
+    engine.store.close()
+
+
 def test_quarantine_action_moves_the_thing_under_a_stricter_profile(db, clock):
     actions = {"Fleet/conns": {"type": "add-thing-to-group", "group": "quarantine"}}
     engine, _ = make_engine(db, clock, actions=actions)
