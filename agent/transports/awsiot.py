@@ -10,6 +10,7 @@ import threading
 from typing import Optional
 
 from garrison.wire import replies, topics
+from garrison.agent.transports.backoff import Backoff
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,15 @@ class AwsIotTransport(Transport):
 
     def _connect(self) -> None:
         # The first connect is not retried by the SDK; later interruptions are.
-        delay = 1.0
+        backoff = Backoff(1.0, 120.0)
         while not self._stopping.is_set():
             try:
                 self._connection.connect().result()
                 break
             except Exception as exc:
                 log.warning("cannot reach AWS IoT %s:%s: %s; retrying in %.0f s", self.endpoint, self.port,
-                            exc, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 120.0)
+                            exc, backoff.delay)
+                backoff.wait(self._stopping)
         else:
             return
         self._subscribe()

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from garrison.wire import replies, topics
 from garrison.agent import report
+from garrison.agent.transports.backoff import Backoff
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -84,22 +85,21 @@ class GreengrassTransport(Transport):
         self._thread.start()
 
     def _run(self) -> None:
-        """Connect and subscribe; on a lost stream, reconnect with exponential backoff."""
-        backoff = 1.0
+        """Connect and subscribe; on a lost stream, reconnect with jittered exponential backoff."""
+        backoff = Backoff(1.0, MAX_BACKOFF_S)
         while not self._stopping.is_set():
             self._reconnect.clear()
             try:
                 self._open()
-                backoff = 1.0
+                backoff.reset()
                 log.info("connected to the Greengrass nucleus IPC; replies on %s",
                          ", ".join(topics.reply_topics(self.thing, self.fmt)))
                 self._reconnect.wait()  # set by a failed stream, or by stop()
             except Exception as exc:  # the SDK raises many types; all mean "not connected"
-                log.warning("Greengrass IPC unavailable (%s); retrying in %.0f s", exc, backoff)
+                log.warning("Greengrass IPC unavailable (%s); retrying in %.0f s", exc, backoff.delay)
             self._close()
-            if self._stopping.wait(backoff):
+            if backoff.wait(self._stopping):
                 break
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _open(self) -> None:
         client = self._factory()

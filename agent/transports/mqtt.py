@@ -6,7 +6,6 @@ reconnect, while ours already wait in the on-disk spool; a fresh client resends 
 spool alone decides what is sent, in order.
 """
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -16,6 +15,7 @@ from typing import Dict, Optional
 import paho.mqtt.client as mqtt
 
 from garrison.wire import replies, topics
+from garrison.agent.transports.backoff import Backoff
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 from garrison.agent.transports.paho_compat import new_client
 
@@ -102,7 +102,7 @@ class MqttTransport(Transport):
 
     def _run(self) -> None:
         """Connect, serve the network loop, and reconnect with jittered exponential backoff."""
-        delay = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max)
         while not self._stopping.is_set():
             client = self._new_client()
             with self._acks:
@@ -111,9 +111,9 @@ class MqttTransport(Transport):
             try:
                 client.connect(self.host, self.port, self.keepalive)
             except (OSError, ssl.SSLError) as exc:
-                log.warning("cannot reach broker %s:%s: %s; retrying in %.0f s", self.host, self.port, exc, delay)
-                self._stopping.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.backoff_max)
+                log.warning("cannot reach broker %s:%s: %s; retrying in %.0f s", self.host, self.port, exc,
+                            backoff.delay)
+                backoff.wait(self._stopping)
                 continue
             self._client = client
             self._refused = False
@@ -121,7 +121,7 @@ class MqttTransport(Transport):
                 if client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
                     break
             if self._connected.is_set():
-                delay = self.backoff_min      # the session was up: start the backoff afresh
+                backoff.reset()               # the session was up: start the backoff afresh
             was_connected = self._connected.is_set()
             self._connected.clear()
             with self._acks:
@@ -138,9 +138,8 @@ class MqttTransport(Transport):
             elif not self._refused:
                 log.warning("broker %s:%s closed the connection before accepting it (client certificate "
                             "missing or refused, or not an MQTT broker?); retrying in %.0f s",
-                            self.host, self.port, delay)
-            self._stopping.wait(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.backoff_max)
+                            self.host, self.port, backoff.delay)
+            backoff.wait(self._stopping)
         self._client = None
 
     # -- callbacks (signatures differ between paho 1.6 and 2.x: positional, with *rest) --------
