@@ -2,8 +2,6 @@
 
 Importable helpers (used by tests/conftest.py fixtures, benchmarks and firmware-sim alike).
 """
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -49,7 +47,8 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
 
 @dataclass
 class Certs:
-    """A CA, a server certificate for localhost/127.0.0.1 and client certificates, as files."""
+    """A fleet CA (the product's, garrison.detect.ops.pki.FleetCA), a server certificate for
+    localhost/127.0.0.1 and client certificates, as files."""
 
     dir: Path
     ca: Path
@@ -57,74 +56,29 @@ class Certs:
     server_key: Path
 
     def client(self, name: str):
-        """(cert, key) paths for a client whose certificate CN is `name`, signed by the CA."""
-        cert, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        """(cert, key) paths for a client whose certificate CN is `name`, signed by the CA (the
+        engine's default identity gets the engine's certificate, as `pki engine` issues it)."""
+        from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY, FleetCA
+        ca = FleetCA(self.dir)
+        engine = name == DEFAULT_ENGINE_IDENTITY
+        cert, key = (self.dir / "engine.crt", self.dir / "engine.key") if engine else ca.thing_paths(name)
         if not cert.exists():
-            _issue(self.dir, name, cert, key, server=False)
+            ca.issue_engine(name, days=2) if engine else ca.issue_thing(name, days=2)
         return cert, key
 
 
-def _write_key(path: Path, key) -> None:
-    from cryptography.hazmat.primitives import serialization
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-
-
-def _issue(directory: Path, cn: str, cert_path: Path, key_path: Path, server: bool) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-               .issuer_name(ca_cert.subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=2)))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH
-    else:
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
-
-
 def make_certs(directory: Path) -> Certs:
-    """Generate a fresh CA and a localhost server certificate in `directory`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Garrison test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(directory / "ca.key", key)
-    certs = Certs(directory, directory / "ca.crt", directory / "server.crt", directory / "server.key")
-    _issue(directory, "localhost", certs.server_cert, certs.server_key, server=True)
-    return certs
+    """A fresh fleet CA and a localhost server certificate in `directory` (garrison-detect pki)."""
+    from garrison.detect.ops.pki import FleetCA
+    ca = FleetCA(directory)
+    ca.init(days=2, name="Garrison test CA")
+    server_cert, server_key = ca.issue_server(["localhost", "127.0.0.1"], days=2)
+    return Certs(Path(directory), ca.cert_path, server_cert, server_key)
 
 
 class Mosquitto:
-    """A real Mosquitto broker on a free loopback port, optionally TLS (and mutual TLS).
+    """A real Mosquitto broker on a free loopback port, optionally TLS (and mutual TLS): the
+    product's local broker launcher (garrison.detect.ops.broker) with the tests' settings.
 
     `extra_config` lines are appended to the listener's configuration (e.g. an ACL file).
     `persistent` keeps sessions and queued messages across a restart, as production brokers do.
@@ -132,31 +86,19 @@ class Mosquitto:
 
     def __init__(self, workdir: Path, certs: Optional[Certs] = None, require_certificate: bool = False,
                  extra_config: str = "", persistent: bool = False):
+        from garrison.detect.ops import broker
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
+        self.host = broker.HOST
         self.port = free_port()
         self.certs = certs
-        persistence = ["persistence true", f"persistence_location {self.workdir}/"] if persistent else \
-            ["persistence false"]
-        lines = [f"listener {self.port} {self.host}", "allow_anonymous true", *persistence,
-                 "log_dest stderr", "log_type error", "log_type warning", "max_queued_messages 100000",
-                 # no Nagle delay on small packets: an agent waits for each reply before its next report
-                 "set_tcp_nodelay true"]
-        if os.geteuid() == 0:
-            lines.append("user root")  # else mosquitto drops to its own user and cannot read our temp files
-        if certs:
-            lines += [f"cafile {certs.ca}", f"certfile {certs.server_cert}", f"keyfile {certs.server_key}",
-                      f"require_certificate {'true' if require_certificate else 'false'}"]
-            if require_certificate:
-                lines.append("use_identity_as_username true")
-        if extra_config:
-            lines.append(extra_config)
-        self.config = self.workdir / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
+        tls = broker.TlsListener(certs.ca, certs.server_cert, certs.server_key, require_certificate) if certs else None
+        self.config = broker.mosquitto_config(self.workdir, self.port, persistent=persistent, tls=tls,
+                                              extra_config=extra_config, log_types=("error", "warning"))
         self.log = self.workdir / "mosquitto.log"
+        self._broker = None
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -164,24 +106,19 @@ class Mosquitto:
         return f"{'mqtts' if self.certs else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self) -> "Mosquitto":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=log, stderr=log)
+        from garrison.detect.ops import broker
         try:
-            wait_for_port(self.host, self.port)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
+            self._broker = broker.launch("mosquitto", broker.mosquitto_argv(self.config), self.port, self.log,
+                                         timeout=10, tls=bool(self.certs))
+        except broker.BrokerError as exc:
+            raise RuntimeError(str(exc)) from None
+        self.proc = self._broker.proc
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self._broker is not None:
+            self._broker.stop()
+        self._broker = self.proc = None
 
     def restart(self) -> None:
         self.stop()

@@ -1,8 +1,10 @@
 """Start a local MQTT broker on loopback: Mosquitto if installed, else the embedded amqtt.
 
-For one-machine setups and the demo. Mosquitto (from the OS packages) is the real thing; the
-pure-Python amqtt broker is the fallback where Mosquitto is absent. Both listen on 127.0.0.1
-only, allow anonymous clients (loopback only) and run as a child process we stop on `.stop()`.
+For one-machine setups, the demo and the test suite. Mosquitto (from the OS packages) is the
+real thing; the pure-Python amqtt broker is the fallback where Mosquitto is absent. Both listen
+on 127.0.0.1 only and run as a child process we stop on `.stop()`. Mosquitto can also serve TLS
+(mutual TLS with the certificate's CN as the user name) and take extra configuration lines
+(`mosquitto_config`), which is how the tests run it (tests/fixtures.py).
 """
 import json
 import logging
@@ -12,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence
 
 log = logging.getLogger("garrison.broker")
 HOST = "127.0.0.1"
@@ -51,16 +54,33 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-class LocalBroker:
-    """A running local broker: `.url`, `.kind` ("mosquitto" or "amqtt"), `.stop()`."""
+@dataclass
+class TlsListener:
+    """The listener's TLS files; with `require_certificate`, clients need one signed by `ca` and
+    its CN becomes their user name (what per-thing ACLs match)."""
+    ca: Path
+    cert: Path
+    key: Path
+    require_certificate: bool = False
 
-    def __init__(self, kind: str, port: int, proc: subprocess.Popen, log_path: Path):
+
+class LocalBroker:
+    """A running local broker: `.url`, `.kind` ("mosquitto" or "amqtt"), `.stop()`, `.restart()`."""
+
+    def __init__(self, kind: str, port: int, proc: subprocess.Popen, log_path: Path,
+                 argv: Sequence[str] = (), tls: bool = False):
         self.kind, self.host, self.port = kind, HOST, port
         self.proc, self.log_path = proc, log_path
+        self.argv, self.tls = list(argv), tls
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Stop and start the same broker on the same port (persistent sessions survive)."""
+        self.stop()
+        self.proc = _spawn(self.kind, self.argv, self.port, self.log_path, timeout)
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -81,17 +101,52 @@ class LocalBroker:
         self.stop()
 
 
-def _mosquitto_argv(workdir: Path, port: int):
-    lines = [f"listener {port} {HOST}", "allow_anonymous true",
-             # keep persistent sessions and queued QoS 1 reports across broker restarts
-             "persistence true", f"persistence_location {workdir}/",
-             "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
-             "max_queued_messages 100000", "set_tcp_nodelay true"]  # replies without Nagle delay
+def mosquitto_config(workdir: Path, port: int, persistent: bool = True, tls: Optional[TlsListener] = None,
+                     extra_config: str = "", log_types: Sequence[str] = ("error", "warning", "notice")) -> Path:
+    """Write WORKDIR/mosquitto.conf for a loopback listener on `port`; returns its path."""
+    workdir = Path(workdir)
+    # persistence keeps persistent sessions and queued QoS 1 reports across broker restarts
+    persistence = ["persistence true", f"persistence_location {workdir}/"] if persistent else ["persistence false"]
+    lines = [f"listener {port} {HOST}", "allow_anonymous true", *persistence,
+             "log_dest stderr", *(f"log_type {t}" for t in log_types), "max_queued_messages 100000",
+             "set_tcp_nodelay true"]  # replies without Nagle delay (an agent waits for each)
     if os.geteuid() == 0:
         lines.append("user root")  # else it drops to the mosquitto user and cannot use workdir
+    if tls:
+        lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}",
+                  f"require_certificate {'true' if tls.require_certificate else 'false'}"]
+        if tls.require_certificate:
+            lines.append("use_identity_as_username true")
+    if extra_config:
+        lines.append(extra_config)
     config = workdir / "mosquitto.conf"
     config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def mosquitto_argv(config: Path) -> List[str]:
     return [shutil.which("mosquitto") or "mosquitto", "-c", str(config)]
+
+
+def launch(kind: str, argv: Sequence[str], port: int, log_path: Path, timeout: float = 20.0,
+           tls: bool = False) -> LocalBroker:
+    """Run the broker `argv` (its output appended to `log_path`) and wait until `port` answers."""
+    proc = _spawn(kind, argv, port, log_path, timeout)
+    broker = LocalBroker(kind, port, proc, log_path, argv, tls)
+    log.info("started %s on %s (log: %s)", kind, broker.url, log_path)
+    return broker
+
+
+def _spawn(kind: str, argv: Sequence[str], port: int, log_path: Path, timeout: float) -> subprocess.Popen:
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(list(argv), stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
+    if not _wait_for_port(port, proc, timeout):
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        tail = log_path.read_text(errors="replace")[-1000:].strip()
+        raise BrokerError(f"{kind} did not start on {HOST}:{port}: {tail or 'no output'}")
+    return proc
 
 
 def _amqtt_argv(workdir: Path, port: int):
@@ -126,17 +181,8 @@ def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto",
         _check_port_free(port)
     else:
         port = _free_port()
-    argv = _mosquitto_argv(workdir, port) if kind == "mosquitto" else _amqtt_argv(workdir, port)
-    log_path = workdir / f"{kind}.log"
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
-    broker = LocalBroker(kind, port, proc, log_path)
-    if not _wait_for_port(port, proc, timeout):
-        broker.stop()
-        tail = log_path.read_text(errors="replace")[-1000:].strip()
-        raise BrokerError(f"{kind} did not start on {HOST}:{port}: {tail or 'no output'}")
-    log.info("started %s on %s (log: %s)", kind, broker.url, log_path)
-    return broker
+    argv = mosquitto_argv(mosquitto_config(workdir, port)) if kind == "mosquitto" else _amqtt_argv(workdir, port)
+    return launch(kind, argv, port, workdir / f"{kind}.log", timeout)
 
 
 # ------------------------------------------------------------------ the embedded amqtt broker

@@ -43,6 +43,7 @@ from pathlib import Path
 import json
 from typing import List, Optional, Tuple
 
+from garrison.agent.statefile import atomic_write
 from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY, NAME_RULE, valid_name
 from garrison.detect.ops.pki_names import recorded_engine_identity
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
@@ -269,6 +270,8 @@ def _broker_group(run_as: Optional[str]) -> Optional[int]:
 
 def _install_tls_file(source: Path, dest: Path, secret: bool, run_as: Optional[str]) -> None:
     """Copy `source` to `dest`: certificates 0644; the key 0640 to the broker's group (or 0600)."""
+    # not garrison.agent.statefile.atomic_write: a key must have its final owner and mode before
+    # it is in place (never readable by others, not even for a moment), and dest must not be a link
     if source == dest.resolve():
         return
     group = _broker_group(run_as) if secret else None
@@ -317,10 +320,8 @@ def logging_lines(log_file: Optional[Path] = None) -> List[str]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)  # mosquitto drops privileges and must still read it
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
+    os.chmod(path, 0o644)  # mosquitto drops privileges and must still read it
 
 
 # -------------------------------------------------------------------------------------- CLI

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from garrison.agent.statefile import atomic_write
 from garrison.detect.ops import pki_names
 from garrison.wire import names
 
@@ -255,10 +256,8 @@ class FleetCA:
                 entry = entry.add_extension(x509.CRLReason(flag), critical=False)
             builder = builder.add_revoked_certificate(entry.build())
         crl = builder.sign(ca_key, hashes.SHA256())
-        tmp = self.crl_path.with_name("crl.pem.tmp")
-        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        os.chmod(tmp, 0o644)  # the broker reads it
-        os.replace(tmp, self.crl_path)
+        atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        os.chmod(self.crl_path, 0o644)  # the broker reads it
         return self.crl_path
 
 
