@@ -397,7 +397,9 @@ def markdown() -> str:
         default = opt.default_doc or (", ".join(opt.default) if isinstance(opt.default, list) else opt.default)
         kind = opt.kind + (" (" + " \\| ".join(opt.choices) + ")" if opt.choices else "")
         if opt.minimum is not None or opt.maximum is not None:
-            kind += f", {opt.minimum if opt.minimum is not None else ''}–{opt.maximum if opt.maximum is not None else ''}"
+            low = opt.minimum if opt.minimum is not None else ""
+            high = opt.maximum if opt.maximum is not None else ""
+            kind += f", {low}–{high}"
         if opt.default_doc:
             shown = opt.default_doc
         elif isinstance(default, bool):

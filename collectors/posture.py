@@ -66,7 +66,7 @@ def insecure_services(root: Path) -> List[str]:
             found.add(f"{INSECURE_TCP[port]}:{port}/tcp")
         elif port == MQTT_PLAIN and not _loopback(address):
             found.add(f"mqtt:{port}/tcp")
-    for _family, address, port, _ra, _rp, _inode in proc.query("udp", _UDP_BOUND):
+    for _family, _address, port, _ra, _rp, _inode in proc.query("udp", _UDP_BOUND):
         if port in INSECURE_UDP:
             found.add(f"{INSECURE_UDP[port]}:{port}/udp")
     return sorted(found)

@@ -229,7 +229,7 @@ class SocketEvents:
         low, high = self.ephemeral
         limit = self.max_entries
         connections, listeners = interval.connections, interval.listeners
-        for protocol, state, local, lport, remote, rport, received, acked in events:
+        for protocol, _state, local, lport, remote, rport, received, acked in events:
             interval.events += 1
             if remote not in _WILDCARDS:
                 # a peer (a refused blocking connect() leaves the peer's address but port 0)

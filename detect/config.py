@@ -83,7 +83,7 @@ class Config:
     alerts: Any = None                      # None: log + MQTT on the engine's own connection
     actions: Dict[str, Any] = field(default_factory=dict)
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
-    ml: Dict[str, Any] = field(default_factory=dict)                          # garrison.detect.judge.ml.MLConfig settings
+    ml: Dict[str, Any] = field(default_factory=dict)                          # judge.ml.MLConfig settings
     audit: Dict[str, Any] = field(default_factory=dict)                       # garrison.detect.audit.task sources
     broker_log: Optional[str] = None          # Mosquitto log file for the cloud-side metrics
     cloud_metrics_interval_s: float = 60.0    # how often the cloud-side metrics are evaluated

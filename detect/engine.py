@@ -137,7 +137,9 @@ class Engine:
 
     def last_report(self, thing: str) -> Optional[Tuple[int, int]]:
         last = self._last_of(thing)
-        return None if last is None or last[0] is None else (last[0], last[1])
+        if last is None or last[0] is None or last[1] is None:
+            return None
+        return last[0], last[1]
 
     def is_registered(self, thing: str) -> bool:
         return self._last_of(thing) is not None
@@ -519,7 +521,8 @@ class Engine:
         devices and of behaviors that no longer apply."""
         now_ms = self.clock.now_ms() if now_ms is None else now_ms
         events = self._measure_disconnects(now_ms)
-        events += self._invalidate_stale(now_ms, silent_before_ms=now_ms - int(self.config.invalidation_period_s * 1000))
+        silent_before_ms = now_ms - int(self.config.invalidation_period_s * 1000)
+        events += self._invalidate_stale(now_ms, silent_before_ms=silent_before_ms)
         pruned = self.history.prune(now_ms)
         if pruned:
             log.info("metric history: %d datapoints past the %gs retention dropped", pruned,
@@ -750,7 +753,7 @@ class Engine:
                     window_ms = (behavior.duration_seconds or fleetstats.DEFAULT_DURATION_SECONDS) * 1000
                     values = [value for thing, _, value in self.store.samples(name, behavior.name, now_ms - window_ms)
                               if thing in members]
-                    value = (fleetstats.percentile(values, behavior.statistic)
+                    value = (fleetstats.percentile(values, behavior.statistic or "")
                              if len(values) >= self.config.fleet_min_devices else None)
                     self.store.put_threshold(name, behavior.name, value, len(values), now_ms)
                     thresholds[(name, behavior.name)] = value
@@ -824,7 +827,7 @@ class Engine:
         doc = self.store.get_profile(name)
         if doc is None:
             raise NotFound(f"no security profile named {name!r}")
-        out = {"securityProfileName": name, "profile": doc, "targets": self.store.attachments_of(name)}
+        out: Dict[str, Any] = {"securityProfileName": name, "profile": doc, "targets": self.store.attachments_of(name)}
         profile = self._profile(name)
         for behavior in (profile.behaviors if profile else ()):
             if behavior.kind == "statistical":

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from garrison.detect import config as configuration
 from garrison.detect.config import Config
@@ -49,10 +49,13 @@ class Service:
         self.clock_offset_s = clock_offset_s
         self.broker_control = broker_control
         self.broker_log = broker_log or self.config.broker_log   # the cloud-side metrics' source
-        self.follower = None
+        self.follower: Any = None
         self._busy_logged = 0.0
-        self.engine = None
-        self.api = None
+        self.engine: Any = None   # the Engine, once start() built it
+        self.ingest: Any = None
+        self.runner: Any = None
+        self.audits: Any = None
+        self.api: Any = None
         self._stop = threading.Event()
         self._opened: list = []   # what stop() closes, in reverse order
 

@@ -11,7 +11,8 @@ from typing import Optional
 class Backoff:
     """Delays of `first`, 2x`first`, ... up to `cap` seconds; `reset()` after a good connection."""
 
-    def __init__(self, first: float = 1.0, cap: float = 120.0, jitter: float = 0.2, rng: Optional[random.Random] = None):
+    def __init__(self, first: float = 1.0, cap: float = 120.0, jitter: float = 0.2,
+                 rng: Optional[random.Random] = None):
         if not 0 < first <= cap:
             raise ValueError(f"backoff: need 0 < first ({first}) <= cap ({cap})")
         self.first, self.cap, self.jitter = float(first), float(cap), jitter

@@ -44,7 +44,7 @@ def parse_broker_url(url: str, credentials: bool = True) -> BrokerURL:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+    except ValueError:
         # not `exc`: it can quote the password ("Port could not be cast to integer value as 'S3cret'")
         raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: its host or port cannot be read") from None
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:

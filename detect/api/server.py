@@ -108,7 +108,8 @@ class ApiServer:
         self.host, self.port = self.sock.getsockname()[:2]
         self.limits = limits
         config = uvicorn.Config(
-            create_app(engine, token, limits.body_timeout), http=_guarded_protocol(limits), lifespan="off", log_config=None,
+            create_app(engine, token, limits.body_timeout), http=_guarded_protocol(limits), lifespan="off",
+            log_config=None,
             access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
             limit_concurrency=limits.max_connections + 1,
             timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024,

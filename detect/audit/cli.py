@@ -27,7 +27,7 @@ from garrison.detect.audit import schedule as schedules
 from garrison.detect.audit.checks import registry
 from garrison.detect.audit.mitigate import ACTIONS, mitigate
 from garrison.detect.audit.store import AuditStore
-from garrison.detect.audit.task import AuditError, AuditSources, notify, run_audit, sources_from_config
+from garrison.detect.audit.task import AuditError, notify, run_audit, sources_from_config
 
 
 def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -79,7 +79,8 @@ def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentPars
     c.add_argument("--time", default="03:00", metavar="HH:MM", help="time of day, UTC (default 03:00)")
     c.add_argument("--check", action="append", default=[], metavar="NAME",
                    help="checks to run (repeatable); default: every enabled check whose sources are configured")
-    verbs.add_parser("list", help="list scheduled audits", parents=[db_parent]).add_argument("--json", action="store_true")
+    verbs.add_parser("list", help="list scheduled audits",
+                     parents=[db_parent]).add_argument("--json", action="store_true")
     verbs.add_parser("delete", help="delete a scheduled audit", parents=[db_parent]).add_argument("name")
     p = action("mitigate", "apply a mitigation action to a task's findings of one check (dry run unless --apply)")
     p.add_argument("--task", required=True, metavar="ID")

@@ -1,7 +1,6 @@
 """Connection checks over the broker's log: shared certificates, conflicting client ids,
 revoked certificates still in use."""
-import datetime
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Optional, Set
 
 from garrison.detect.audit.certchecks import _info
 from garrison.detect.audit.checks import CRITICAL, HIGH, MEDIUM, Check, Context, finding, iso

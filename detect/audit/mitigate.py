@@ -69,7 +69,8 @@ def _enable_logging(conf_path: Path, now_ms: int, log_file: Optional[str]) -> Li
         _write(path, "\n".join(lines) + "\n")
         changed.append(file)
     text = conf_path.read_text()
-    _write(conf_path, text.rstrip("\n") + "\n\n" + "\n".join(logging_lines(Path(log_file) if log_file else None)) + "\n")
+    lines = logging_lines(Path(log_file) if log_file else None)
+    _write(conf_path, text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
     if str(conf_path) not in changed:
         changed.append(str(conf_path))
     return changed
@@ -130,7 +131,7 @@ def mitigate(astore: AuditStore, task_id: str, check: str, action: str, apply: b
                 record(None, None, "done", f"copied the CRL next to {conf} and added crlfile; restart the broker "
                        "to enforce it")
             else:
-                record(None, None, "done", f"refreshed the broker's copy of the CRL" +
+                record(None, None, "done", "refreshed the broker's copy of the CRL" +
                        _reload(_broker_pid(src["broker_config"], broker_pid)))
     elif action == "ADD_THINGS_TO_THING_GROUP":
         for finding in findings:

@@ -3,7 +3,7 @@ the helpers that add a command and its actions, the engine on --db, and the tabl
 import argparse
 import json
 from datetime import datetime, timezone
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 PROG = "garrison-detect"
 DEFAULT_DB = "garrison-detect.db"
@@ -70,13 +70,13 @@ def percent(number: Optional[float]) -> str:
     return "-" if number is None else f"{number:g}%"
 
 
-def table(headers: Sequence[str], rows: List[Sequence[Any]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [list(map(str, headers))] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def show(args, records: Any, headers: Sequence[str], rows: List[Sequence[Any]], empty: str) -> None:
+def show(args, records: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
     """`records` as JSON with --json, else `rows` as a table (or `empty` when there are none)."""
     if getattr(args, "json", False):
         print(json.dumps(records, indent=2))

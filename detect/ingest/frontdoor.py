@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 from garrison.detect.ingest.validate import Invalid, report_id_of, validate
 from garrison.wire import cbor_guard, codec, names, replies
@@ -43,8 +43,8 @@ class Sink(Protocol):
     def is_registered(self, thing: str) -> bool:
         """Whether the thing is known to the engine (checked only in strict mode)."""
 
-    def accept(self, thing: str, report_long: Dict[str, Any], received_ms: int) -> None:
-        """Record the report id and process the report, atomically."""
+    def accept(self, thing: str, report_long: Dict[str, Any], received_ms: int) -> Any:
+        """Record the report id and process the report, atomically (what it returns is not used)."""
 
     # optional: first_seen(thing) -> epoch ms of its registration, or None (reports dated before
     # it are refused); batch() -> a context manager making the accepts inside one transaction

@@ -46,7 +46,8 @@ class MqttIngest:
     """
 
     def __init__(self, broker_url: str, ingestor: Ingestor, client_id: str = "garrison-detect",
-                 tls: Optional[Tuple[str, str, str]] = None, username: Optional[str] = None,
+                 tls: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None,
+                 username: Optional[str] = None,
                  password: Optional[str] = None, queue_size: int = 100,
                  reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
                  now_ms: Callable[[], int] = _wall_clock_ms, batch_size: int = _BATCH_SIZE,

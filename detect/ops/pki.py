@@ -30,7 +30,8 @@ from garrison.wire import names
 
 PROG = "garrison-detect pki"
 NAME_RULE = names.SHAPE   # thing names (garrison.wire.names.THING)
-_HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 DEFAULT_ENGINE_IDENTITY = "garrison-detect"
 CA_DAYS, LEAF_DAYS = 3650, 825
 

@@ -732,7 +732,8 @@ class Store:
         self._exec("DELETE FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
 
     def put_threshold(self, profile: str, behavior: str, value: Optional[float], devices: int, now_ms: int) -> None:
-        self._exec("INSERT INTO fleet_thresholds (profile, behavior, value, devices, computed_ms) VALUES (?, ?, ?, ?, ?) "
+        self._exec("INSERT INTO fleet_thresholds (profile, behavior, value, devices, computed_ms) "
+                   "VALUES (?, ?, ?, ?, ?) "
                    "ON CONFLICT(profile, behavior) DO UPDATE SET value = excluded.value, devices = excluded.devices, "
                    "computed_ms = excluded.computed_ms", (profile, behavior, value, devices, now_ms))
 

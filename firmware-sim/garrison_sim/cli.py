@@ -19,7 +19,7 @@ def _positive_duration(text: str) -> float:
     try:
         value = attacks.parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
@@ -29,7 +29,7 @@ def _attack(text: str) -> attacks.AttackSpec:
     try:
         return attacks.AttackSpec.parse(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _types(text: str):
@@ -81,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
                       "agent (--socket-events off, device NAME-blind): shows what reports miss between two "
                       "snapshots, e.g. --blind beacon,short-listener")
     scen.add_argument("--workdir", default=None, help="keep engine database and logs here (default: a temp dir)")
-    scen.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the clean baseline, then for the detections (default 60)")
+    scen.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds to wait for the clean baseline, then for the detections "
+                      "(default 60)")
     scen.add_argument("--json", action="store_true", help="print the matrix as JSON")
     return top
 
