@@ -15,7 +15,10 @@ def test_publish_once_with_custom_metrics(tmp_path, shared_mosquitto, responder)
         agent.add_custom_metric("broken_sensor", lambda: 1 / 0)      # left out, logged, no crash
         reply = agent.publish_once(timeout=20)
         assert reply is not None and reply.accepted
-        assert [r.name for r in agent.last_results] and all(r.duration_s >= 0 for r in agent.last_results)
+        results = agent.last_results
+        assert {"listening_tcp", "listening_udp", "established_connections", "interface_counters"} <= \
+            {r.name for r in results}, [r.name for r in results]
+        assert all(0 < r.duration_s < 20 for r in results), results   # each collector's run was timed
     (_, _, doc), = [r for r in responder.received if r[0] == "firmware-1"]
     own = {k: v for k, v in doc["custom_metrics"].items() if not k.startswith("posture:")}  # the posture collector's
     assert own == {"pump_pressure_kpa": [{"number": 101.5}], "open_valves": [{"string_list": ["v1", "v3"]}]}

@@ -95,12 +95,18 @@ def test_version_in_clean_root(root):
 
 
 def test_collect_in_clean_root_prints_a_report(root):
-    proc = root.run("/usr/bin/garrison-agent", "collect", "--state-dir", "/tmp/state", timeout=120)
+    with socket.socket() as server:   # a listener the report must show
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        proc = root.run("/usr/bin/garrison-agent", "collect", "--state-dir", "/tmp/state", timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     parsed = report.decode(proc.stdout, "json")
     assert parsed["header"]["version"] == "1.0" and parsed["header"]["report_id"] > 0
     assert {"listening_tcp_ports", "listening_udp_ports", "tcp_connections", "network_stats"} <= set(parsed["metrics"])
-    assert parsed["metrics"]["listening_tcp_ports"]["total"] >= 0
+    listening = parsed["metrics"]["listening_tcp_ports"]
+    assert {"port": port, "interface": "lo"} in listening["ports"]
+    assert listening["total"] >= len(listening["ports"]) >= 1   # total keeps the true count when capped
 
 
 def test_collect_unprivileged_in_clean_root(root):
