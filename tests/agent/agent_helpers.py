@@ -6,6 +6,7 @@ import time
 from typing import List, Optional
 
 import paho.mqtt.client as mqtt
+from fixtures import wait_for
 from garrison.agent.transports.paho_compat import new_client
 from garrison.wire import codec, replies, topics
 
@@ -65,13 +66,11 @@ class Responder:
                 for d in docs]
 
     def wait_for(self, thing: str, count: int, timeout: float = 20.0) -> List[int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The thing's report ids once at least `count` arrived (the test fails after `timeout`)."""
+        def enough():
             ids = self.report_ids(thing)
-            if len(ids) >= count:
-                return ids
-            time.sleep(0.05)
-        return self.report_ids(thing)
+            return ids if len(ids) >= count else None
+        return wait_for(enough, timeout, f"{count} report(s) from {thing}")
 
     def close(self):
         self.client.loop_stop()

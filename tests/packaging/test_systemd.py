@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from garrison.agent import report
 from garrison.agent.transports.paho_compat import new_client
+from fixtures import wait_for
 from pkg_units import AGENT_UNIT, DETECT_UNIT, PACKAGING, environment, exec_argv, read_unit, setting
 
 MAX_EXPOSURE = 2.0
@@ -120,12 +120,12 @@ class NotifyListener:
                 continue
 
     def wait_for(self, predicate, timeout=60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(list(self.messages)):
-                return True
-            time.sleep(0.05)
-        return False
+        """Whether the messages came to satisfy `predicate` within `timeout` (the caller says what
+        it saw when not)."""
+        try:
+            return bool(wait_for(lambda: predicate(list(self.messages)), timeout, "notify messages"))
+        except AssertionError:
+            return False
 
     def close(self):
         self._stop.set()
@@ -182,7 +182,7 @@ def test_agent_runs_as_the_unit_runs_it(tmp_path, tls_mosquitto, certs):
         assert ok, f"notify messages: {listener.messages}; agent stderr: {agent.stderr.read() if agent.poll() is not None else ''}"
         first_ready = listener.messages.index("READY=1")
         assert "WATCHDOG=1" in listener.messages[first_ready + 1:]
-        assert _wait(lambda: len(received) >= 2), "no reports reached the broker"
+        wait_for(lambda: len(received) >= 2, 60, "two reports to reach the broker")
         decoded = report.decode(received[0], "json")
         assert decoded["header"]["version"] == "1.0" and decoded["header"]["report_id"] > 0
         agent.send_signal(signal.SIGTERM)
@@ -198,10 +198,3 @@ def test_agent_runs_as_the_unit_runs_it(tmp_path, tls_mosquitto, certs):
         sub.disconnect()
 
 
-def _wait(predicate, timeout=60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

@@ -1,7 +1,6 @@
 """Helpers for the firmware-sim tests: where firmware-sim is, and a real MQTT subscriber that keeps
 every report (and reply) published on a broker."""
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,6 +8,8 @@ from garrison.agent import report as wire
 from garrison.wire import schema
 
 from garrison.sim import mqtt
+
+import fixtures
 
 FIRMWARE_SIM = Path(__file__).resolve().parents[2] / "firmware-sim"
 
@@ -40,13 +41,14 @@ class ReportLog:
                 self.replies[thing].append((parts[6], doc))
 
     def wait_for(self, predicate, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Whether `predicate(self)` came true within `timeout`."""
+        def holds():
             with self._lock:
-                if predicate(self):
-                    return True
-            time.sleep(0.05)
-        return False
+                return predicate(self)
+        try:
+            return bool(fixtures.wait_for(holds, timeout, "the observed reports"))
+        except AssertionError:
+            return False
 
     def close(self):
         self.client.disconnect()
