@@ -21,7 +21,7 @@ token, but the address should be reachable only from where Prometheus runs.
 import json
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response

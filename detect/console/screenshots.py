@@ -10,7 +10,6 @@
 picture: --size 1280x800 --viewport-only). Writes fleet.png, thing.png, violations.png, profiles.png, profile.png, audit.png, login.png.
 """
 import argparse
-import json
 import random
 import sys
 import tempfile

@@ -36,8 +36,8 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from garrison.wire.topics import (DOLLAR_ROOTS, DYNSEC_COMMAND_TOPIC, DYNSEC_FILTER, DYNSEC_RESPONSE_TOPIC,
-                                  FORMATS, report_topic, reply_topics)
+from garrison.wire.topics import DOLLAR_ROOTS, DYNSEC_COMMAND_TOPIC, DYNSEC_FILTER, FORMATS, report_topic, reply_topics
+from garrison.wire.topics import DYNSEC_RESPONSE_TOPIC  # noqa: F401  (used as brokercontrol.DYNSEC_RESPONSE_TOPIC)
 
 log = logging.getLogger("garrison.brokercontrol")
 
