@@ -46,7 +46,9 @@ def test_demo_raises_and_clears_the_alarm(tmp_path):
     browser = Browser(console.group(1).split("/console/")[0])
     browser.sign_in(console.group(2))
     assert 'data-thing="demo-device"' in browser.get("/console/fleet")[2]
-    rest, err = proc.communicate(timeout=120)
+    # read on through the same buffered file (communicate() would skip what it buffered already)
+    rest, err = proc.stdout.read(), proc.stderr.read()
+    proc.wait(timeout=60)
     out = "".join(lines) + rest
     assert proc.returncode == 0, out + err
     assert "report" in out and "accepted" in out and " 0 rejected" in out
@@ -56,7 +58,9 @@ def test_demo_raises_and_clears_the_alarm(tmp_path):
     assert "CLEARED demo-device: demo/NoBackdoorListener alarm-cleared" in out, out
     # the alarm names the process behind the port: the demo itself opened it
     assert "4444/tcp opened by " in out and " pid " in out, out
-    assert "alarms: 1 raised, 1 cleared" in out
+    # at least: another demo running on this machine at the same moment can trip it once more
+    raised, cleared = map(int, re.search(r"alarms: (\d+) raised, (\d+) cleared", out).groups())
+    assert raised >= 1 and cleared >= 1, out
     # the engine stored it: the violation history survives the demo
     events = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "violations", "events", "--json",
                              "--db", str(tmp_path / "garrison.db")], capture_output=True, text=True)
