@@ -601,7 +601,8 @@ class Engine:
                         key = (thing, behavior.metric, dimension.get("dimensionName"), dimension.get("operator", "IN"))
                         if key not in recorded:
                             recorded.add(key)
-                            self.history.record(thing, behavior.metric, evaluate.violation_value(behavior.spec, value),
+                            recorded_value = evaluate.violation_value(behavior.spec, value)  # not None: value is not
+                            self.history.record(thing, behavior.metric, recorded_value or {},
                                                 now_ms, exports[behavior.metric][1], behavior.metric_dimension)
                         state = states.get(thing)
                         if behavior.kind == "rule" and _changes_nothing(behavior, state, value):

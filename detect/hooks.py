@@ -7,7 +7,7 @@ clock: garrison.detect.clock.SystemClock / ManualClock; alerts: garrison.detect.
 garrison.detect.respond.actions.Actions; runner: garrison.detect.respond.runner.ActionRunner.
 Tests pass their own small objects of these shapes.
 """
-from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 # called on an alert worker's thread with (outcome, detail): "delivered" | "failed" | "dropped"
 AlertDone = Callable[[str, str], None]
@@ -55,10 +55,17 @@ class MlJudge(Protocol):
     def rebuild_priors(self, behaviors: Iterable[Tuple[str, str]], now_ms: int) -> None:
         """Recompute the fleet priors of these (profile, behavior) pairs."""
 
+    def feedback(self, record: Mapping[str, Any], state: str) -> str:
+        """A violation was verified (FALSE_POSITIVE / BENIGN_POSITIVE teach the device's model)."""
+
 
 class ActionRules(Protocol):
     """The configured mitigation actions that violation events trigger, run inside the event's
     transaction (they write pending entries the runner carries out)."""
+
+    @property
+    def rules(self) -> Mapping[str, Any]:
+        """The configured rules by "profile/behavior" key (empty: no actions)."""
 
     def groups(self) -> List[str]:
         """Thing groups the actions use (the engine creates them at start)."""

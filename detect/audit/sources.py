@@ -10,7 +10,6 @@ import glob
 import hashlib
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple

@@ -30,8 +30,8 @@ def add_commands(command, actions_of, action) -> None:
 
 
 def cmd_dimensions(args) -> int:
-    from garrison.detect.cli import _engine
-    engine = _engine(args)
+    from garrison.detect.cli.common import engine_on
+    engine = engine_on(args.db)
     if args.action == "create":
         engine.create_dimension(args.name, args.type, args.value)
         print(f"created dimension {args.name}: {', '.join(args.value)}")

@@ -29,8 +29,8 @@ def add_commands(command, actions_of, action) -> None:
 
 
 def cmd_metrics(args) -> int:
-    from garrison.detect.cli import _engine
-    engine = _engine(args)
+    from garrison.detect.cli.common import engine_on
+    engine = engine_on(args.db)
     page = engine.list_metric_values(args.thing, args.metric, args.start, args.end, args.dimension_name,
                                      args.dimension_operator, args.max_results, args.next_token)
     if args.json:

@@ -27,11 +27,11 @@ def add_actions(psub, action) -> None:
 
 
 def cmd_sync(args) -> int:
-    from garrison.detect.cli import _engine
+    from garrison.detect.cli.common import engine_on
     from garrison.detect.cli.cloud import warn_unsourced
     from garrison.detect.judge.profiles import load_profile
     from garrison.detect.profilesync import read_dir
-    engine = _engine(args)
+    engine = engine_on(args.db)
     wanted = [(doc, targets) for doc, targets, _ in read_dir(args.dir)]
     steps = engine.sync_profiles(wanted, prune=args.prune, dry_run=args.dry_run)
     for step in steps:
@@ -51,13 +51,13 @@ def _behaviors(path: str):
 
 
 def cmd_validate(args) -> int:
-    from garrison.detect.cli import _engine
+    from garrison.detect.cli.common import engine_on
     try:
         behaviors = _behaviors(args.file)
     except ValueError as exc:
         result = {"valid": False, "validationErrors": [{"errorMessage": f"{args.file} is not valid JSON: {exc}"}]}
     else:
-        result = _engine(args).validate_behaviors(behaviors)
+        result = engine_on(args.db).validate_behaviors(behaviors)
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["valid"]:
@@ -69,8 +69,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_for_target(args) -> int:
-    from garrison.detect.cli import _engine
-    result = _engine(args).profiles_for_target(args.target, args.recursive)
+    from garrison.detect.cli.common import engine_on
+    result = engine_on(args.db).profiles_for_target(args.target, args.recursive)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
