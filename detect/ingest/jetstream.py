@@ -349,7 +349,7 @@ class NatsIngest:
                             if hasattr(self.ingestor, "internal_error") else (i, None))
                         continue
                 retry.append(i)
-            for i, reply in done:
+            for _i, reply in done:
                 if reply is not None:
                     await self._reply(reply)
             await self._ack([msgs[i] for i, _ in done])
