@@ -13,6 +13,7 @@ Options are those of `garrison-agent run` (garrison.agent.config.OPTIONS) as key
 over the optional TOML `config_file`. GARRISON_* variables are ignored unless you pass
 `environ=os.environ`. Invalid options raise `garrison.agent.config.ConfigError` at construction.
 """
+
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -26,8 +27,13 @@ from garrison.collectors.base import CollectorResult
 
 
 class Agent:
-    def __init__(self, config_file: Optional[str] = None, transport: Optional[Transport] = None,
-                 environ: Optional[Dict[str, str]] = None, **options: Any):
+    def __init__(
+        self,
+        config_file: Optional[str] = None,
+        transport: Optional[Transport] = None,
+        environ: Optional[Dict[str, str]] = None,
+        **options: Any,
+    ):
         self.config = cfg.load(config_file, environ=environ if environ is not None else {}, **options)
         self._daemon = Daemon(self.config, transport=transport)
         self._next_due = 0.0

@@ -1,4 +1,5 @@
 """`garrison-agent`: collect Device Defender metric reports and publish them over MQTT."""
+
 import argparse
 import logging
 import os
@@ -23,40 +24,55 @@ log = logging.getLogger("garrison-agent")
 
 def parser() -> argparse.ArgumentParser:
     top = cfg._OneLineParser(
-        prog="garrison-agent", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="garrison-agent",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Report what the kernel sees (listening ports, connections, traffic) as "
-                    "AWS IoT Device Defender metric reports over MQTT.",
+        "AWS IoT Device Defender metric reports over MQTT.",
         epilog="Options come from defaults < TOML file (--config) < GARRISON_* environment < flags.\n"
-               "See `garrison-agent run --help`.\n\n" + EXIT_CODES)
+        "See `garrison-agent run --help`.\n\n" + EXIT_CODES,
+    )
     top.add_argument("--version", action="version", version=f"garrison-agent {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=cfg._OneLineParser)
     run = commands.add_parser(
-        "run", help="publish a report every interval (the service)",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        "run",
+        help="publish a report every interval (the service)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES,
         description=f"Publish a report every interval to {topics.report_filter('{thing}', '{format}')}, "
-                    "spooling reports on disk while the broker is unreachable.")
-    run.add_argument("--once", action="store_true",
-                     help="publish one report, wait for the accepted/rejected reply, exit (see exit codes)")
-    collect = commands.add_parser("collect", help="print one report to stdout and exit",
-                                  description="Collect one report and print it to stdout (JSON text, "
-                                              "or raw CBOR bytes).")
+        "spooling reports on disk while the broker is unreachable.",
+    )
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="publish one report, wait for the accepted/rejected reply, exit (see exit codes)",
+    )
+    collect = commands.add_parser(
+        "collect",
+        help="print one report to stdout and exit",
+        description="Collect one report and print it to stdout (JSON text, or raw CBOR bytes).",
+    )
     for sub, name in ((run, "run"), (collect, "collect")):
-        sub.add_argument("--config", metavar="FILE", default=None,
-                         help=f"TOML configuration file [env {cfg.ENV_PREFIX}CONFIG]")
+        sub.add_argument(
+            "--config", metavar="FILE", default=None, help=f"TOML configuration file [env {cfg.ENV_PREFIX}CONFIG]"
+        )
         cfg.add_flags(sub, name)
     return top
 
 
 def setup_logging(level: str) -> None:
     # Under systemd the journal adds timestamps; elsewhere we do.
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
 
 
 def _collect(config: cfg.Config) -> int:
     from garrison.agent.daemon import Daemon
-    daemon = Daemon(config, persist_state=False)   # a look: the running agent keeps its deltas
+
+    daemon = Daemon(config, persist_state=False)  # a look: the running agent keeps its deltas
     built, results = daemon.build()
     payload = daemon.encode(built)
     if config.format == "json":
@@ -69,6 +85,7 @@ def _collect(config: cfg.Config) -> int:
 
 def _run(config: cfg.Config, once: bool) -> int:
     from garrison.agent.daemon import Daemon
+
     daemon = Daemon(config)
 
     def on_signal(signum, frame):
@@ -89,8 +106,9 @@ def _run(config: cfg.Config, once: bool) -> int:
     if reply.accepted:
         return EXIT_OK
     from garrison.agent.delivery import settles
+
     if not settles(reply):
-        return EXIT_NO_REPLY     # InternalError: kept in the spool (logged by the daemon)
+        return EXIT_NO_REPLY  # InternalError: kept in the spool (logged by the daemon)
     log.error("report %s rejected: %s: %s", reply.report_id, reply.error_code, reply.error_message)
     return EXIT_REJECTED
 
@@ -112,6 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_CONFIG
     except Exception as exc:
         from garrison.agent.transports.base import TransportError
+
         if isinstance(exc, (TransportError, report.ReportError, OSError)):
             sys.stderr.write(f"garrison-agent: error: {exc}\n")
             return EXIT_CONFIG if isinstance(exc, TransportError) else 1

@@ -7,6 +7,7 @@ environment < command-line flags.
 
 Regenerate the docs with `python3 -m garrison.agent.config > docs/agent-configuration.md`.
 """
+
 import argparse
 import os
 import socket
@@ -47,10 +48,10 @@ class Option:
     choices: Tuple[str, ...] = ()
     minimum: Optional[float] = None
     maximum: Optional[float] = None
-    check: Optional[Callable[[Any], None]] = None   # raises ConfigError
+    check: Optional[Callable[[Any], None]] = None  # raises ConfigError
     metavar: Optional[str] = None
-    default_doc: Optional[str] = None               # for defaults computed at runtime
-    commands: Tuple[str, ...] = ("run",)            # subcommands that take the flag
+    default_doc: Optional[str] = None  # for defaults computed at runtime
+    commands: Tuple[str, ...] = ("run",)  # subcommands that take the flag
 
     @property
     def env(self) -> str:
@@ -62,7 +63,7 @@ class Option:
 
 
 def _check_thing(value: str) -> None:
-    if not names.valid_thing_name(value):   # AWS's rule; it also keeps MQTT wildcards out
+    if not names.valid_thing_name(value):  # AWS's rule; it also keeps MQTT wildcards out
         raise ConfigError(f"thing name {value!r} is invalid: {names.THING.text}")
 
 
@@ -72,6 +73,7 @@ def _check_broker(value: str) -> None:
 
 def _check_posture(value: List[str]) -> None:
     from garrison.collectors.posture import CHECKS
+
     unknown = [name for name in value if name not in CHECKS]
     if unknown:
         raise ConfigError(f"unknown posture check {unknown[0]!r} (choose from {', '.join(CHECKS)})")
@@ -113,17 +115,35 @@ def default_state_dir() -> str:
 BOTH = ("run", "collect")
 
 OPTIONS: Tuple[Option, ...] = (
-    Option("thing", "str", None, "Thing name: the topic's {thing} and the default MQTT client id.",
-           check=_check_thing, metavar="NAME", default_doc="the short hostname"),
-    Option("broker", "str", "mqtt://localhost:1883",
-           "Broker URL: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (default port 8883).",
-           check=_check_broker, metavar="URL"),
-    Option("transport", "str", "mqtt", "How reports leave the device: mqtt (paho-mqtt), awsiot "
-           "(AWS IoT Device SDK v2, extra 'aws'; needs mqtts:// with --cert and --key) or greengrass "
-           "(Greengrass v2 IPC inside the io.garrison.Agent component, extra 'aws').",
-           choices=("mqtt", "awsiot", "greengrass")),
-    Option("ca", "path", None, "CA bundle that signs the broker's certificate (TLS); system CAs if unset.",
-           metavar="FILE"),
+    Option(
+        "thing",
+        "str",
+        None,
+        "Thing name: the topic's {thing} and the default MQTT client id.",
+        check=_check_thing,
+        metavar="NAME",
+        default_doc="the short hostname",
+    ),
+    Option(
+        "broker",
+        "str",
+        "mqtt://localhost:1883",
+        "Broker URL: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (default port 8883).",
+        check=_check_broker,
+        metavar="URL",
+    ),
+    Option(
+        "transport",
+        "str",
+        "mqtt",
+        "How reports leave the device: mqtt (paho-mqtt), awsiot "
+        "(AWS IoT Device SDK v2, extra 'aws'; needs mqtts:// with --cert and --key) or greengrass "
+        "(Greengrass v2 IPC inside the io.garrison.Agent component, extra 'aws').",
+        choices=("mqtt", "awsiot", "greengrass"),
+    ),
+    Option(
+        "ca", "path", None, "CA bundle that signs the broker's certificate (TLS); system CAs if unset.", metavar="FILE"
+    ),
     Option("cert", "path", None, "Client certificate for mutual TLS (PEM).", metavar="FILE"),
     Option("key", "path", None, "Private key of the client certificate (PEM).", metavar="FILE"),
     Option("client_id", "str", None, "MQTT client id.", default_doc="the thing name"),
@@ -131,66 +151,200 @@ OPTIONS: Tuple[Option, ...] = (
     Option("password", "str", None, "MQTT password; prefer the GARRISON_PASSWORD environment variable."),
     Option("mqtt_version", "str", "3.1.1", "MQTT protocol version.", choices=("3.1.1", "5")),
     Option("keepalive", "int", 60, "MQTT keepalive in seconds.", minimum=5, maximum=65535),
-    Option("interval", "float", 300.0, "Seconds between reports (AWS accepts one per 300 s per thing).",
-           minimum=0.01, metavar="SECONDS"),
-    Option("jitter", "float", 0.1, "Random spread of each interval, as a fraction of it (0.1 = ±10%), "
-           "so a fleet does not report in lockstep.", minimum=0.0, maximum=0.5),
+    Option(
+        "interval",
+        "float",
+        300.0,
+        "Seconds between reports (AWS accepts one per 300 s per thing).",
+        minimum=0.01,
+        metavar="SECONDS",
+    ),
+    Option(
+        "jitter",
+        "float",
+        0.1,
+        "Random spread of each interval, as a fraction of it (0.1 = ±10%), so a fleet does not report in lockstep.",
+        minimum=0.0,
+        maximum=0.5,
+    ),
     Option("format", "str", "json", "Payload encoding.", choices=("json", "cbor"), commands=BOTH),
-    Option("short_names", "bool", False, "Use Device Defender's short field names (hed, met, tp, ...).",
-           commands=BOTH),
-    Option("state_dir", "str", None, "Directory for the last report id, the last interface counters "
-           "and the spool.", metavar="DIR", commands=BOTH,
-           default_doc="$STATE_DIRECTORY, else /var/lib/garrison-agent, else ~/.local/state/garrison-agent"),
-    Option("log_level", "str", "info", "Log verbosity (debug shows each collector's duration).",
-           choices=LOG_LEVELS, commands=BOTH),
-    Option("max_list_items", "int", 500, "Cap on each list in a report (ports, connections); totals "
-           "stay true.", minimum=1, maximum=100000, commands=BOTH),
-    Option("interfaces", "list", [], "Interfaces counted in network_stats (comma-separated); all if empty.",
-           metavar="LIST", commands=BOTH),
+    Option("short_names", "bool", False, "Use Device Defender's short field names (hed, met, tp, ...).", commands=BOTH),
+    Option(
+        "state_dir",
+        "str",
+        None,
+        "Directory for the last report id, the last interface counters and the spool.",
+        metavar="DIR",
+        commands=BOTH,
+        default_doc="$STATE_DIRECTORY, else /var/lib/garrison-agent, else ~/.local/state/garrison-agent",
+    ),
+    Option(
+        "log_level",
+        "str",
+        "info",
+        "Log verbosity (debug shows each collector's duration).",
+        choices=LOG_LEVELS,
+        commands=BOTH,
+    ),
+    Option(
+        "max_list_items",
+        "int",
+        500,
+        "Cap on each list in a report (ports, connections); totals stay true.",
+        minimum=1,
+        maximum=100000,
+        commands=BOTH,
+    ),
+    Option(
+        "interfaces",
+        "list",
+        [],
+        "Interfaces counted in network_stats (comma-separated); all if empty.",
+        metavar="LIST",
+        commands=BOTH,
+    ),
     Option("include_loopback", "bool", False, "Count loopback traffic in network_stats.", commands=BOTH),
-    Option("collectors", "list", list(COLLECTORS), "Collectors to run (comma-separated): "
-           + ", ".join(COLLECTORS) + ".", check=_check_collectors, metavar="LIST", commands=BOTH),
-    Option("disable_collector", "list", [], "Collectors not to run (comma-separated or repeated); "
-           "wins over --collectors.", check=_check_collectors, metavar="NAME", commands=BOTH),
-    Option("posture_checks", "list", ["services", "ssh", "accounts", "path", "sysctl"], "Checks of the "
-           "posture collector (custom metrics posture:*; see docs/audit.md): services, ssh, accounts "
-           "(needs root), path, sysctl.", check=_check_posture, metavar="LIST", commands=BOTH),
-    Option("socket_backend", "str", "auto", "How sockets are read: auto (netlink sock_diag, falling "
-           "back to /proc), netlink or procfs.", choices=("auto", "netlink", "procfs"), commands=BOTH),
-    Option("socket_events", "str", "auto", "Watch TCP/UDP sockets closing between reports (netlink "
-           "sock_diag destroy events), so a beacon or a listener that lives between two reports is still "
-           "reported: on, off, or auto (on, except where reports go to AWS IoT Core and fold_interval_"
-           "connections is off). The interval_sockets extension is only sent to Garrison engines.",
-           choices=("auto", "on", "off")),
-    Option("socket_events_max", "int", 256, "Most distinct remote addresses, and most listening ports, "
-           "kept per interval by the socket-event collector; the rest are counted as overflow.",
-           minimum=1, maximum=1000),
-    Option("fold_interval_connections", "bool", False, "Add the interval's TCP remote endpoints to the "
-           "established-connections list (works on AWS IoT too), so aws:destination-ip-addresses sees "
-           "connections that closed between reports; aws:num-established-tcp-connections then counts "
-           "them as well."),
-    Option("socket_owners", "str", "auto", "Name the process (pid, name, executable, user) behind each "
-           "listening port and connection in the socket_owners extension: auto or on (Garrison engines "
-           "only; never sent to AWS IoT Core), or off.", choices=("auto", "on", "off")),
-    Option("spool_max_reports", "int", 1000, "Most reports kept while the broker is unreachable; the "
-           "oldest are dropped (and counted) beyond it.", minimum=1),
+    Option(
+        "collectors",
+        "list",
+        list(COLLECTORS),
+        "Collectors to run (comma-separated): " + ", ".join(COLLECTORS) + ".",
+        check=_check_collectors,
+        metavar="LIST",
+        commands=BOTH,
+    ),
+    Option(
+        "disable_collector",
+        "list",
+        [],
+        "Collectors not to run (comma-separated or repeated); wins over --collectors.",
+        check=_check_collectors,
+        metavar="NAME",
+        commands=BOTH,
+    ),
+    Option(
+        "posture_checks",
+        "list",
+        ["services", "ssh", "accounts", "path", "sysctl"],
+        "Checks of the "
+        "posture collector (custom metrics posture:*; see docs/audit.md): services, ssh, accounts "
+        "(needs root), path, sysctl.",
+        check=_check_posture,
+        metavar="LIST",
+        commands=BOTH,
+    ),
+    Option(
+        "socket_backend",
+        "str",
+        "auto",
+        "How sockets are read: auto (netlink sock_diag, falling back to /proc), netlink or procfs.",
+        choices=("auto", "netlink", "procfs"),
+        commands=BOTH,
+    ),
+    Option(
+        "socket_events",
+        "str",
+        "auto",
+        "Watch TCP/UDP sockets closing between reports (netlink "
+        "sock_diag destroy events), so a beacon or a listener that lives between two reports is still "
+        "reported: on, off, or auto (on, except where reports go to AWS IoT Core and fold_interval_"
+        "connections is off). The interval_sockets extension is only sent to Garrison engines.",
+        choices=("auto", "on", "off"),
+    ),
+    Option(
+        "socket_events_max",
+        "int",
+        256,
+        "Most distinct remote addresses, and most listening ports, "
+        "kept per interval by the socket-event collector; the rest are counted as overflow.",
+        minimum=1,
+        maximum=1000,
+    ),
+    Option(
+        "fold_interval_connections",
+        "bool",
+        False,
+        "Add the interval's TCP remote endpoints to the "
+        "established-connections list (works on AWS IoT too), so aws:destination-ip-addresses sees "
+        "connections that closed between reports; aws:num-established-tcp-connections then counts "
+        "them as well.",
+    ),
+    Option(
+        "socket_owners",
+        "str",
+        "auto",
+        "Name the process (pid, name, executable, user) behind each "
+        "listening port and connection in the socket_owners extension: auto or on (Garrison engines "
+        "only; never sent to AWS IoT Core), or off.",
+        choices=("auto", "on", "off"),
+    ),
+    Option(
+        "spool_max_reports",
+        "int",
+        1000,
+        "Most reports kept while the broker is unreachable; the oldest are dropped (and counted) beyond it.",
+        minimum=1,
+    ),
     Option("spool_max_bytes", "int", 16 * 1024 * 1024, "Most bytes of spooled reports.", minimum=1024),
-    Option("spool_max_age", "float", 7 * 86400.0, "Spooled reports older than this many seconds are "
-           "dropped.", minimum=1.0, metavar="SECONDS"),
-    Option("publish_timeout", "float", 10.0, "Seconds to wait for the broker's acknowledgement (PUBACK).",
-           minimum=0.1, metavar="SECONDS"),
-    Option("reply_timeout", "float", 30.0, "Seconds to wait for a report's accepted/rejected reply "
-           "(`run` then sends it again later, with backoff; `run --once` gives up).",
-           minimum=0.1, metavar="SECONDS"),
-    Option("control", "bool", True, "Listen for the engine's reconfiguration requests on the thing's control "
-           "topic (report now, report more often for a while, collectors off/on; MQTT transport only). Requests "
-           "outside the control_* limits are refused and logged; nothing runs commands."),
-    Option("control_min_interval", "float", 10.0, "Shortest interval a control request may set, and the "
-           "least time between two report-now requests.", minimum=1.0, maximum=3600.0, metavar="SECONDS"),
-    Option("control_max_duration", "float", 3600.0, "Longest a control request's temporary interval lasts.",
-           minimum=1.0, maximum=86400.0, metavar="SECONDS"),
-    Option("control_collectors", "list", [], "Collectors a control request may turn off and on again "
-           "(comma-separated); none if empty.", check=_check_collectors, metavar="LIST"),
+    Option(
+        "spool_max_age",
+        "float",
+        7 * 86400.0,
+        "Spooled reports older than this many seconds are dropped.",
+        minimum=1.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "publish_timeout",
+        "float",
+        10.0,
+        "Seconds to wait for the broker's acknowledgement (PUBACK).",
+        minimum=0.1,
+        metavar="SECONDS",
+    ),
+    Option(
+        "reply_timeout",
+        "float",
+        30.0,
+        "Seconds to wait for a report's accepted/rejected reply "
+        "(`run` then sends it again later, with backoff; `run --once` gives up).",
+        minimum=0.1,
+        metavar="SECONDS",
+    ),
+    Option(
+        "control",
+        "bool",
+        True,
+        "Listen for the engine's reconfiguration requests on the thing's control "
+        "topic (report now, report more often for a while, collectors off/on; MQTT transport only). Requests "
+        "outside the control_* limits are refused and logged; nothing runs commands.",
+    ),
+    Option(
+        "control_min_interval",
+        "float",
+        10.0,
+        "Shortest interval a control request may set, and the least time between two report-now requests.",
+        minimum=1.0,
+        maximum=3600.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "control_max_duration",
+        "float",
+        3600.0,
+        "Longest a control request's temporary interval lasts.",
+        minimum=1.0,
+        maximum=86400.0,
+        metavar="SECONDS",
+    ),
+    Option(
+        "control_collectors",
+        "list",
+        [],
+        "Collectors a control request may turn off and on again (comma-separated); none if empty.",
+        check=_check_collectors,
+        metavar="LIST",
+    ),
 )
 BY_NAME: Dict[str, Option] = {opt.name: opt for opt in OPTIONS}
 
@@ -217,10 +371,14 @@ def _convert(opt: Option, value: Any, source: str, text: bool = True) -> Any:
             try:
                 value = number_type(value.strip())
             except ValueError:
-                raise ConfigError(f"{where} must be {'an integer' if opt.kind == 'int' else 'a number'}, "
-                                  f"got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (opt.kind == "int" and not isinstance(value, int)):
+                raise ConfigError(
+                    f"{where} must be {'an integer' if opt.kind == 'int' else 'a number'}, got {value!r}"
+                ) from None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (opt.kind == "int" and not isinstance(value, int))
+        ):
             raise ConfigError(f"{where} must be {'an integer' if opt.kind == 'int' else 'a number'}, got {value!r}")
         value = number_type(value)
         if opt.minimum is not None and value < opt.minimum:
@@ -286,8 +444,12 @@ def read_toml(path: str) -> Dict[str, Any]:
         raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
 
 
-def load(config_file: Optional[str] = None, flags: Optional[Mapping[str, Any]] = None,
-         environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> Config:
+def load(
+    config_file: Optional[str] = None,
+    flags: Optional[Mapping[str, Any]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    **overrides: Any,
+) -> Config:
     """Merge defaults, the TOML file, GARRISON_* variables, flags and keyword overrides, validated.
 
     `flags` holds only the options given on the command line; keyword overrides (the library
@@ -309,8 +471,9 @@ def load(config_file: Optional[str] = None, flags: Optional[Mapping[str, Any]] =
         raise ConfigError(f"unknown option {unknown[0]!r}")
     layers.append(("arguments", overrides))
 
-    values: Dict[str, Any] = {opt.name: (list(opt.default) if isinstance(opt.default, list) else opt.default)
-                              for opt in OPTIONS}
+    values: Dict[str, Any] = {
+        opt.name: (list(opt.default) if isinstance(opt.default, list) else opt.default) for opt in OPTIONS
+    }
     for source, layer in layers:
         for name, value in layer.items():
             if value is None:
@@ -357,8 +520,11 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
         elif opt.kind == "list":
             parser.add_argument(opt.flag, action=_ListAction, metavar=opt.metavar, **common)
         else:
-            parser.add_argument(opt.flag, metavar=opt.metavar or ("{" + ",".join(opt.choices) + "}"
-                                if opt.choices else opt.name.upper()), **common)
+            parser.add_argument(
+                opt.flag,
+                metavar=opt.metavar or ("{" + ",".join(opt.choices) + "}" if opt.choices else opt.name.upper()),
+                **common,
+            )
 
 
 class _ListAction(argparse.Action):

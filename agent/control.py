@@ -12,6 +12,7 @@ the operator listed in `control_collectors` off and on again.
   an earlier one; it never outlives the process). report-default ends it now.
 - collector NAME on/off: only names in `control_collectors` that were enabled at start.
 """
+
 import json
 import logging
 import threading
@@ -63,8 +64,7 @@ class AgentControl:
             now = self.clock()
             if kind == "report-now":
                 if now - self._last_now < self.min_interval:
-                    raise ControlRequestError(f"report-now again within control_min_interval "
-                                              f"({self.min_interval:g} s)")
+                    raise ControlRequestError(f"report-now again within control_min_interval ({self.min_interval:g} s)")
                 self._last_now = now
                 self._now.set()
                 log.warning("control%s: reporting now", tag)
@@ -72,9 +72,15 @@ class AgentControl:
                 every = max(float(request["seconds"]), self.min_interval)
                 lasting = min(float(request["for_seconds"]), self.max_duration)
                 self._every, self._until = every, now + lasting
-                self._now.set()   # the new schedule starts with a report
-                log.warning("control%s: reporting every %g s for %g s (asked: every %s s for %s s)", tag, every,
-                            lasting, request["seconds"], request["for_seconds"])
+                self._now.set()  # the new schedule starts with a report
+                log.warning(
+                    "control%s: reporting every %g s for %g s (asked: every %s s for %s s)",
+                    tag,
+                    every,
+                    lasting,
+                    request["seconds"],
+                    request["for_seconds"],
+                )
             elif kind == "report-default":
                 if self._every is not None:
                     log.warning("control%s: back to the configured interval", tag)

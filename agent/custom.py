@@ -7,6 +7,7 @@ own metric for that report, never the report. It is logged once (a warning) unti
 recovers, not at every cycle: a device reporting every few minutes would otherwise fill its log
 with the same line.
 """
+
 import logging
 from typing import Any, Callable, Dict, Mapping
 
@@ -19,7 +20,7 @@ class CustomMetricReader:
     """Calls the callbacks; returns the values that keep the contract, typed ({kind: value})."""
 
     def __init__(self) -> None:
-        self.failing: Dict[str, str] = {}   # metric name -> its last problem, while it fails
+        self.failing: Dict[str, str] = {}  # metric name -> its last problem, while it fails
 
     def read(self, callbacks: Mapping[str, Callable[[], Any]]) -> Dict[str, Dict[str, Any]]:
         """{name: {"number" | "number_list" | "string_list" | "ip_list": value}} for this report;
@@ -27,11 +28,11 @@ class CustomMetricReader:
         out: Dict[str, Dict[str, Any]] = {}
         for name, callback in callbacks.items():
             try:
-                names.check_custom_metric_name(name)   # checked when added; this covers direct edits
+                names.check_custom_metric_name(name)  # checked when added; this covers direct edits
                 value = callback()
                 if value is not None:
                     out[name] = values.custom_metric(value)[0]
-            except Exception as exc:   # the firmware's code, or a value the engine would refuse
+            except Exception as exc:  # the firmware's code, or a value the engine would refuse
                 self._failed(name, f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc))
                 continue
             self._recovered(name)
@@ -39,8 +40,12 @@ class CustomMetricReader:
 
     def _failed(self, name: str, problem: str) -> None:
         if name not in self.failing:
-            log.warning("custom metric %s left out of the report: %s (said once; the metric is "
-                        "left out until its value is valid again)", name, problem)
+            log.warning(
+                "custom metric %s left out of the report: %s (said once; the metric is "
+                "left out until its value is valid again)",
+                name,
+                problem,
+            )
         else:
             log.debug("custom metric %s still left out: %s", name, problem)
         self.failing[name] = problem

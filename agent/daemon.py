@@ -5,6 +5,7 @@ once it has an answer that settles it (accepted, or a rejection resending cannot
 agent.delivery), so nothing is lost to a dead link, an engine that failed to record it, or a
 kill -9. Reports go one at a time, oldest first, each after the previous one's answer.
 """
+
 import dataclasses
 import logging
 import os
@@ -29,7 +30,7 @@ from garrison.collectors.base import CollectorResult
 
 log = logging.getLogger(__name__)
 SPOOL_DROPPED_METRIC = "garrison:spool_dropped"
-MAX_SLICE = 1.0   # seconds; the loop wakes this often to flush a backlog and feed the watchdog
+MAX_SLICE = 1.0  # seconds; the loop wakes this often to flush a backlog and feed the watchdog
 
 
 def make_transport(config: Config) -> Transport:
@@ -37,17 +38,39 @@ def make_transport(config: Config) -> Transport:
     host, port, tls = config.broker_address
     if config.transport == "greengrass":
         from garrison.agent.transports.greengrass import GreengrassTransport
+
         return GreengrassTransport(config.thing, config.format)
     if config.transport == "awsiot":
         from garrison.agent.transports.awsiot import AwsIotTransport
-        return AwsIotTransport(config.thing, config.format, endpoint=host, port=port, cert=config.cert,
-                               key=config.key, ca=config.ca, client_id=config.client_id,
-                               keepalive=config.keepalive)
+
+        return AwsIotTransport(
+            config.thing,
+            config.format,
+            endpoint=host,
+            port=port,
+            cert=config.cert,
+            key=config.key,
+            ca=config.ca,
+            client_id=config.client_id,
+            keepalive=config.keepalive,
+        )
     from garrison.agent.transports.mqtt import MqttTransport
-    return MqttTransport(config.thing, config.format, host, port, tls=tls, ca=config.ca, cert=config.cert,
-                         key=config.key, client_id=config.client_id, username=config.username,
-                         password=config.password, mqtt_version=config.mqtt_version,
-                         keepalive=config.keepalive)
+
+    return MqttTransport(
+        config.thing,
+        config.format,
+        host,
+        port,
+        tls=tls,
+        ca=config.ca,
+        cert=config.cert,
+        key=config.key,
+        client_id=config.client_id,
+        username=config.username,
+        password=config.password,
+        mqtt_version=config.mqtt_version,
+        keepalive=config.keepalive,
+    )
 
 
 def warn_if_key_exposed(key_path: Optional[str]) -> None:
@@ -67,33 +90,50 @@ class Daemon:
     but never writes into it, so a look at the next report does not steal the running agent's
     deltas or report id (it still creates the directory when it can, with the caller's owner)."""
 
-    def __init__(self, config: Config, transport: Optional[Transport] = None,
-                 custom_metrics: Optional[Mapping[str, Callable[[], Any]]] = None, persist_state: bool = True):
+    def __init__(
+        self,
+        config: Config,
+        transport: Optional[Transport] = None,
+        custom_metrics: Optional[Mapping[str, Callable[[], Any]]] = None,
+        persist_state: bool = True,
+    ):
         self.config = config
         self.state_dir = Path(config.state_dir)
         try:
-            private_dir(self.state_dir, allow_symlink=True)   # 0700 whatever the umask
-            if persist_state:   # writes cut short by a crash or a full disk; never a look's business
+            private_dir(self.state_dir, allow_symlink=True)  # 0700 whatever the umask
+            if persist_state:  # writes cut short by a crash or a full disk; never a look's business
                 remove_stray_temp_files(self.state_dir)
             if persist_state and not os.access(self.state_dir, os.W_OK | os.X_OK):
                 raise PermissionError(13, "not writable")
         except OSError as exc:
-            if persist_state:   # a look (collect) works without a usable state directory
-                raise ConfigError(f"state directory {str(self.state_dir)!r} is unusable: "
-                                  f"{exc.strerror or exc}") from None
+            if persist_state:  # a look (collect) works without a usable state directory
+                raise ConfigError(
+                    f"state directory {str(self.state_dir)!r} is unusable: {exc.strerror or exc}"
+                ) from None
         self.ids = ReportIds(self.state_dir, persist=persist_state)
         _, extension, fold = interval.plan(config)
-        self.events = interval.make_events(config) if persist_state else None   # a look needs no history
-        self.collector = ReportCollector(self.state_dir, config.enabled_collectors, config.socket_backend,
-                                         config.interfaces, config.include_loopback, config.max_list_items,
-                                         persist=persist_state, events=self.events,
-                                         interval_extension=extension, fold_interval=fold,
-                                         posture_checks=config.posture_checks,
-                                         socket_owners=owners.enabled(config))
+        self.events = interval.make_events(config) if persist_state else None  # a look needs no history
+        self.collector = ReportCollector(
+            self.state_dir,
+            config.enabled_collectors,
+            config.socket_backend,
+            config.interfaces,
+            config.include_loopback,
+            config.max_list_items,
+            persist=persist_state,
+            events=self.events,
+            interval_extension=extension,
+            fold_interval=fold,
+            posture_checks=config.posture_checks,
+            socket_owners=owners.enabled(config),
+        )
         try:
-            self.spool = Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes,
-                               config.spool_max_age) if persist_state else None
-        except OSError as exc:   # e.g. STATE_DIR/spool is a symlink: refused, never followed
+            self.spool = (
+                Spool(self.state_dir / "spool", config.spool_max_reports, config.spool_max_bytes, config.spool_max_age)
+                if persist_state
+                else None
+            )
+        except OSError as exc:  # e.g. STATE_DIR/spool is a symlink: refused, never followed
             raise ConfigError(f"spool directory {exc.filename!r} is unusable: {exc.strerror or exc}") from None
         self._transport = transport
         self.custom_metrics: Dict[str, Callable[[], Any]] = dict(custom_metrics or {})
@@ -105,8 +145,8 @@ class Daemon:
         self._stop = threading.Event()
         self._started = False
         self._replies: Dict[int, Reply] = {}
-        self._awaiting: Optional[int] = None      # the report whose answer flush() waits for
-        self._answers: Dict[int, Reply] = {}      # the last answer to each recent report (run --once)
+        self._awaiting: Optional[int] = None  # the report whose answer flush() waits for
+        self._answers: Dict[int, Reply] = {}  # the last answer to each recent report (run --once)
         self._backoff = delivery.ResendBackoff()
         self._reply_cond = threading.Condition()
         self._watchdog = sdnotify.watchdog_interval()
@@ -122,7 +162,7 @@ class Daemon:
     # -- one report ------------------------------------------------------------------------------
 
     def _custom_values(self) -> Dict[str, Any]:
-        return self._custom_reader.read(self.custom_metrics)   # a bad value costs only its metric
+        return self._custom_reader.read(self.custom_metrics)  # a bad value costs only its metric
 
     def build(self) -> Tuple[Dict[str, Any], List[CollectorResult]]:
         """A new report (long names) with a fresh id, and the collector results behind it."""
@@ -148,7 +188,7 @@ class Daemon:
             built, _ = self.build()
             report_id = built["header"]["report_id"]
             self.spool.add(report_id, self.config.format, self.encode(built))
-        except Exception as exc:   # a broken cycle must not end the agent; the next one may work
+        except Exception as exc:  # a broken cycle must not end the agent; the next one may work
             log.error("could not build a report this cycle: %s", exc)
             return None
         self.flush(reply_timeout)
@@ -168,7 +208,7 @@ class Daemon:
             if payload is None:
                 continue
             with self._reply_cond:
-                reply = self._replies.pop(entry.report_id, None)   # a late answer to an earlier send
+                reply = self._replies.pop(entry.report_id, None)  # a late answer to an earlier send
             if reply is None or not delivery.settles(reply):
                 reply = self._send(entry, payload, reply_timeout)
                 if reply is False:
@@ -189,12 +229,11 @@ class Daemon:
         try:
             topic = report.topic(self.config.thing, entry.fmt)
             if not self.transport.publish(topic, payload, self.config.publish_timeout):
-                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id,
-                         len(self.spool))
+                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id, len(self.spool))
                 return False
             log.debug("report %d published (%d bytes)", entry.report_id, len(payload))
             self._ping_watchdog()
-            if entry.fmt != self.config.format:   # left from another format: we do not hear its replies
+            if entry.fmt != self.config.format:  # left from another format: we do not hear its replies
                 return Reply(self.config.thing, entry.report_id, True)
             return self.wait_reply(entry.report_id, reply_timeout)
         finally:
@@ -208,28 +247,43 @@ class Daemon:
             while len(self._answers) > 100:
                 self._answers.pop(next(iter(self._answers)))
         if reply is None and self._stop.is_set():
-            return False            # stopping: it stays spooled, nothing to say
+            return False  # stopping: it stays spooled, nothing to say
         if reply is not None and delivery.settles(reply):
             self.spool.remove(entry)
             self._backoff.reset()
             if reply.accepted:
                 log.info("report %s accepted by %s", entry.report_id, reply.thing)
             else:
-                log.warning("report %s rejected: %s: %s; dropped (resending cannot change that)",
-                            entry.report_id, reply.error_code, reply.error_message)
+                log.warning(
+                    "report %s rejected: %s: %s; dropped (resending cannot change that)",
+                    entry.report_id,
+                    reply.error_code,
+                    reply.error_message,
+                )
             return True
         delay = self._backoff.failed(time.monotonic())
-        why = f"no reply within {reply_timeout:g} s" if reply is None else \
-            f"rejected: {reply.error_code}: {reply.error_message}"
-        log.warning("report %s %s; kept in the spool and sent again in %.0f s (%d waiting)",
-                    entry.report_id, why, delay, len(self.spool))
+        why = (
+            f"no reply within {reply_timeout:g} s"
+            if reply is None
+            else f"rejected: {reply.error_code}: {reply.error_message}"
+        )
+        log.warning(
+            "report %s %s; kept in the spool and sent again in %.0f s (%d waiting)",
+            entry.report_id,
+            why,
+            delay,
+            len(self.spool),
+        )
         return False
 
     # -- replies ---------------------------------------------------------------------------------
 
     def _on_reply(self, reply: Reply) -> None:
-        log.debug("reply for report %s (%s)", reply.report_id,   # flush() logs what it does with it
-                  "accepted" if reply.accepted else reply.error_code)
+        log.debug(
+            "reply for report %s (%s)",
+            reply.report_id,  # flush() logs what it does with it
+            "accepted" if reply.accepted else reply.error_code,
+        )
         with self._reply_cond:
             if reply.report_id is None and self._awaiting is not None:
                 # a rejection before the id could be read (PayloadTooLarge, InvalidThingName):
@@ -248,7 +302,7 @@ class Daemon:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set():
                     return None
-                self._reply_cond.wait(min(remaining, 0.25))   # short: a stop is seen at once
+                self._reply_cond.wait(min(remaining, 0.25))  # short: a stop is seen at once
                 self._ping_watchdog()
             return self._replies.pop(report_id)
 
@@ -319,9 +373,14 @@ class Daemon:
         """Report every interval until stop(); tells systemd READY, WATCHDOG and STOPPING."""
         self.start()
         sdnotify.notify("READY=1")
-        log.info("agent started: thing %s, broker %s, every %.0f s, %s%s", self.config.thing,
-                 redact_broker_url(self.config.broker), self.config.interval, self.config.format,
-                 " (short names)" if self.config.short_names else "")
+        log.info(
+            "agent started: thing %s, broker %s, every %.0f s, %s%s",
+            self.config.thing,
+            redact_broker_url(self.config.broker),
+            self.config.interval,
+            self.config.format,
+            " (short names)" if self.config.short_names else "",
+        )
         # a moment for the first connection, so the first report goes out at once rather than spooled
         self.transport.wait_connected(min(5.0, self.config.publish_timeout))
         try:

@@ -17,14 +17,15 @@ after the thing's last accepted one, and resending it right away is refused agai
 for a whole interval would hold up every newer report behind it, which are then throttled in
 turn. The next report is sent at the normal interval; the throttled one is dropped and logged.
 """
+
 import random
 from typing import Optional
 
 from garrison.wire.replies import INTERNAL_ERROR, Reply
 
-RESEND_LATER = frozenset({INTERNAL_ERROR})   # the engine did not record it: same bytes again later
+RESEND_LATER = frozenset({INTERNAL_ERROR})  # the engine did not record it: same bytes again later
 FIRST_RESEND_S = 2.0
-MAX_RESEND_S = 300.0                           # the default report interval
+MAX_RESEND_S = 300.0  # the default report interval
 
 
 def settles(reply: Reply) -> bool:
@@ -38,14 +39,14 @@ class ResendBackoff:
     def __init__(self, first: float = FIRST_RESEND_S, most: float = MAX_RESEND_S):
         self.first, self.most = first, most
         self.attempts = 0
-        self.next_at: Optional[float] = None   # monotonic time the head may be sent again
+        self.next_at: Optional[float] = None  # monotonic time the head may be sent again
 
     def due(self, now: float) -> bool:
         return self.next_at is None or now >= self.next_at
 
     def failed(self, now: float) -> float:
         """The head was not settled: seconds until it is sent again."""
-        delay = min(self.first * 2 ** self.attempts, self.most) * random.uniform(0.8, 1.2)
+        delay = min(self.first * 2**self.attempts, self.most) * random.uniform(0.8, 1.2)
         self.attempts += 1
         self.next_at = now + delay
         return delay

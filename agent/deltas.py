@@ -9,6 +9,7 @@ miss one interval of its traffic but never report a spike, and never a negative 
 interface seen for the first time also contributes 0 (its counters hold traffic from before the
 agent's watch), which makes the first report after a fresh state directory all zeros.
 """
+
 import logging
 from pathlib import Path
 from typing import Dict, Mapping, Optional
@@ -17,7 +18,7 @@ from garrison.wire.schema import NETWORK_STATS_KEYS
 from garrison.agent.statefile import read_json, try_write_json
 
 log = logging.getLogger(__name__)
-KEYS = tuple(NETWORK_STATS_KEYS)   # bytes_in, bytes_out, packets_in, packets_out
+KEYS = tuple(NETWORK_STATS_KEYS)  # bytes_in, bytes_out, packets_in, packets_out
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -33,14 +34,15 @@ class NetworkDeltas:
 
     def __init__(self, state_dir: Path, boot_id: Optional[str] = None, persist: bool = True):
         self.path = Path(state_dir) / "counters.json"
-        self.persist = persist   # False: a look that leaves the baseline to the running agent
+        self.persist = persist  # False: a look that leaves the baseline to the running agent
         self.boot_id = boot_id if boot_id is not None else current_boot_id()
         stored = read_json(self.path)
         self.previous: Dict[str, Dict[str, int]] = {}
         if isinstance(stored, dict) and isinstance(stored.get("interfaces"), dict):
             if stored.get("boot_id") == self.boot_id:
-                self.previous = {name: values for name, values in stored["interfaces"].items()
-                                 if isinstance(values, dict)}
+                self.previous = {
+                    name: values for name, values in stored["interfaces"].items() if isinstance(values, dict)
+                }
             else:
                 log.info("kernel rebooted since the last report: network deltas restart from zero")
 

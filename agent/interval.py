@@ -8,6 +8,7 @@ Two ways, chosen by configuration (`plan`):
   list, so `aws:destination-ip-addresses` rules on any engine see them. The list's `total` grows
   with them, so `aws:num-established-tcp-connections` then counts them too.
 """
+
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -49,8 +50,9 @@ def make_events(config: Any):
     if not run:
         return None
     from garrison.collectors.sockevents import SocketEvents
+
     events = SocketEvents(config.socket_events_max)
-    events.start()   # logs once and stays unavailable where the kernel refuses the groups
+    events.start()  # logs once and stays unavailable where the kernel refuses the groups
     return events
 
 
@@ -59,25 +61,40 @@ def extension(interval: Mapping[str, Any], max_items: int) -> Dict[str, Any]:
 
     Capped entries are added to `overflow`, so nothing disappears without a count."""
     cap = min(max_items, schema.INTERVAL_MAX_ITEMS)
-    connections = [{"remote_addr": wire.endpoint(c["remote_address"], c["remote_port"]),
-                    "protocol": c["protocol"], "local_port": c["local_port"], "count": c["count"],
-                    "bytes_in": c["bytes_in"], "bytes_out": c["bytes_out"]}
-                   for c in interval["connections"]]                   # busiest first
+    connections = [
+        {
+            "remote_addr": wire.endpoint(c["remote_address"], c["remote_port"]),
+            "protocol": c["protocol"],
+            "local_port": c["local_port"],
+            "count": c["count"],
+            "bytes_in": c["bytes_in"],
+            "bytes_out": c["bytes_out"],
+        }
+        for c in interval["connections"]
+    ]  # busiest first
     listeners: Dict[Tuple[str, int], int] = {}
     for entry in interval["listeners"]:
         key = (entry["protocol"], entry["port"])
         listeners[key] = listeners.get(key, 0) + entry["count"]
     ports = [{"port": port, "protocol": protocol, "count": n} for (protocol, port), n in sorted(listeners.items())]
     capped = max(0, len(connections) - cap) + max(0, len(ports) - cap)
-    return {"connections": connections[:cap], "listening_ports": ports[:cap],
-            "events": interval["events"], "overflow": interval["overflow"] + capped, "lost": interval["lost"]}
+    return {
+        "connections": connections[:cap],
+        "listening_ports": ports[:cap],
+        "events": interval["events"],
+        "overflow": interval["overflow"] + capped,
+        "lost": interval["lost"],
+    }
 
 
 def fold(built: Dict[str, Any], interval: Mapping[str, Any], max_items: int) -> int:
     """Add the interval's TCP remote endpoints (one per address not already listed) to the
     established connections of `built`; returns how many were added."""
-    group = built.setdefault("metrics", {}).setdefault("tcp_connections", {}).setdefault(
-        "established_connections", {"connections": [], "total": 0})
+    group = (
+        built.setdefault("metrics", {})
+        .setdefault("tcp_connections", {})
+        .setdefault("established_connections", {"connections": [], "total": 0})
+    )
     listed: List[Dict[str, Any]] = group["connections"]
     present = {wire_ip(c["remote_addr"]) for c in listed}
     added = 0
@@ -87,8 +104,9 @@ def fold(built: Dict[str, Any], interval: Mapping[str, Any], max_items: int) -> 
         present.add(c["remote_address"])
         added += 1
         if len(listed) < max_items:
-            listed.append({"remote_addr": wire.endpoint(c["remote_address"], c["remote_port"]),
-                           "local_port": c["local_port"]})
+            listed.append(
+                {"remote_addr": wire.endpoint(c["remote_address"], c["remote_port"]), "local_port": c["local_port"]}
+            )
     group["total"] = group.get("total", len(listed)) + added
     return added
 
@@ -96,5 +114,5 @@ def fold(built: Dict[str, Any], interval: Mapping[str, Any], max_items: int) -> 
 def wire_ip(remote_addr: str) -> Optional[str]:
     """The address part of "ip:port" / "[v6]:port"."""
     if remote_addr.startswith("["):
-        return remote_addr[1:remote_addr.find("]")]
+        return remote_addr[1 : remote_addr.find("]")]
     return remote_addr.rpartition(":")[0] or None

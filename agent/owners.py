@@ -7,6 +7,7 @@ transports, nor to an `*.amazonaws.com` endpoint. The owners come from one scan 
 /proc/<pid>/fd per report (garrison.collectors.processes); a socket whose owner we may not see
 (another user's process, without root) is simply left out.
 """
+
 import logging
 from typing import Any, Dict, List, Mapping
 
@@ -31,12 +32,13 @@ class OwnerCache:
 
     def __init__(self) -> None:
         self.owners: Dict[int, Any] = {}
-        self.looked_for: set = set()   # inodes the last scan was for (some have no visible owner)
+        self.looked_for: set = set()  # inodes the last scan was for (some have no visible owner)
         self.described: Dict[int, Dict[str, Any]] = {}
         self.scans = 0
 
     def refresh_for(self, inodes: set, root: str) -> None:
         from garrison.collectors import processes
+
         if inodes - self.looked_for:
             self.owners = processes.socket_owners(root)
             self.looked_for = set(inodes)
@@ -44,11 +46,13 @@ class OwnerCache:
             self.scans += 1
 
 
-def extension(groups: Mapping[str, Any], max_items: int, root: str = "/proc",
-              cache: "OwnerCache" = None) -> Dict[str, Any]:
+def extension(
+    groups: Mapping[str, Any], max_items: int, root: str = "/proc", cache: "OwnerCache" = None
+) -> Dict[str, Any]:
     """{"listening_ports": [...], "connections": [...]} (long names) for the socket records of
     this report's groups (collectors.base ListeningSocket / Connection with their inode)."""
     from garrison.collectors import processes
+
     cap = min(max_items, schema.OWNERS_MAX_ITEMS)
     cache = cache or OwnerCache()
     records = [r for g in ("listening_tcp", "listening_udp", "connections") for r in groups.get(g) or ()]
@@ -80,6 +84,7 @@ def extension(groups: Mapping[str, Any], max_items: int, root: str = "/proc",
         who = owner(conn.inode)
         if who is None or len(connections) >= cap:
             continue
-        connections.append({"remote_addr": wire.endpoint(conn.remote_address, conn.remote_port),
-                            "local_port": conn.local_port, **who})
+        connections.append(
+            {"remote_addr": wire.endpoint(conn.remote_address, conn.remote_port), "local_port": conn.local_port, **who}
+        )
     return {"listening_ports": ports, "connections": connections}

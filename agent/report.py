@@ -4,6 +4,7 @@ Reports are built in long names (the in-memory form); `encode` derives the short
 `garrison.wire.schema`. Everything device and engine must agree on (names, values, topics,
 limits, codecs) is the wire contract in `garrison.wire`; this module builds reports that keep it.
 """
+
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -91,7 +92,8 @@ def build(
     if connections is not None:
         conns = _connection_entries(connections)
         metrics["tcp_connections"] = {
-            "established_connections": {"connections": conns[:max_list_items], "total": len(conns)}}
+            "established_connections": {"connections": conns[:max_list_items], "total": len(conns)}
+        }
     if network_stats is not None:
         stats = {}
         for key in schema.NETWORK_STATS_KEYS:
@@ -105,8 +107,9 @@ def build(
         report["metrics"] = metrics
     if custom_metrics:
         try:
-            report["custom_metrics"] = {names.check_custom_metric_name(name): values.custom_metric(v)
-                                        for name, v in custom_metrics.items()}
+            report["custom_metrics"] = {
+                names.check_custom_metric_name(name): values.custom_metric(v) for name, v in custom_metrics.items()
+            }
         except ValueError as exc:
             raise ReportError(str(exc)) from None
     if "metrics" not in report and "custom_metrics" not in report:
@@ -120,7 +123,7 @@ def _lists(report: Dict[str, Any]) -> List[List[Any]]:
     found = [metrics[k]["ports"] for k in ("listening_tcp_ports", "listening_udp_ports") if k in metrics]
     if "tcp_connections" in metrics:
         found.append(metrics["tcp_connections"]["established_connections"]["connections"])
-    if "interval_sockets" in metrics:   # agent.interval's extension (its overflow stays as collected)
+    if "interval_sockets" in metrics:  # agent.interval's extension (its overflow stays as collected)
         found += [metrics["interval_sockets"]["connections"], metrics["interval_sockets"]["listening_ports"]]
     return found
 
@@ -132,8 +135,9 @@ def _dump(report: Dict[str, Any], fmt: str, short_names: bool) -> bytes:
         raise ReportError(str(exc)) from None
 
 
-def encode(report: Dict[str, Any], fmt: str = "json", short_names: bool = False,
-           max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
+def encode(
+    report: Dict[str, Any], fmt: str = "json", short_names: bool = False, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> bytes:
     """Encode a long-name report; lists are trimmed (longest first) until it fits `max_bytes`.
 
     Trimming changes the report in place, so the caller keeps what was actually sent.
@@ -143,7 +147,7 @@ def encode(report: Dict[str, Any], fmt: str = "json", short_names: bool = False,
         longest = max(_lists(report), key=len, default=[])
         if not longest:
             raise ReportError(f"report is {len(payload)} bytes, over {max_bytes}, and has no list left to trim")
-        del longest[len(longest) // 2:]
+        del longest[len(longest) // 2 :]
         payload = _dump(report, fmt, short_names)
     return payload
 

@@ -2,6 +2,7 @@
 
 NOTIFY_SOCKET names a unix datagram socket; a leading '@' means the abstract namespace.
 """
+
 import os
 import socket
 from typing import Optional

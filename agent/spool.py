@@ -10,6 +10,7 @@ When the spool cannot be written (a full disk) a report is held in memory instea
 MEMORY_MAX_REPORTS / MEMORY_MAX_BYTES, the newest win) so it is still sent; the spool says once
 that spooling is off and once when it is back, and then writes the held reports to disk.
 """
+
 import logging
 import re
 import time
@@ -22,13 +23,13 @@ from garrison.agent.statefile import atomic_write, private_dir, read_bytes
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{20})\.(json|cbor)$")
-MEMORY_MAX_REPORTS = 16             # held in memory while the disk is full (a report is <= 128 KB)
+MEMORY_MAX_REPORTS = 16  # held in memory while the disk is full (a report is <= 128 KB)
 MEMORY_MAX_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class SpoolEntry:
-    path: Optional[Path]            # None: held in memory (the disk was full)
+    path: Optional[Path]  # None: held in memory (the disk was full)
     report_id: int
     fmt: str
     size: int
@@ -37,18 +38,19 @@ class SpoolEntry:
 
 
 class Spool:
-    def __init__(self, directory: Path, max_reports: int = 1000, max_bytes: int = 16 * 1024 * 1024,
-                 max_age: float = 7 * 86400.0):
-        self.directory = private_dir(Path(directory))   # 0700; a symlink is refused
+    def __init__(
+        self, directory: Path, max_reports: int = 1000, max_bytes: int = 16 * 1024 * 1024, max_age: float = 7 * 86400.0
+    ):
+        self.directory = private_dir(Path(directory))  # 0700; a symlink is refused
         self.max_reports = max_reports
         self.max_bytes = max_bytes
         self.max_age = max_age
-        self.dropped = 0          # reports dropped since this process started
-        self._unreported = 0      # drops not yet announced in a report
-        self._memory: Dict[int, SpoolEntry] = {}   # reports the disk could not take
-        self.off = False          # True while writes fail: said once, and once when they work again
+        self.dropped = 0  # reports dropped since this process started
+        self._unreported = 0  # drops not yet announced in a report
+        self._memory: Dict[int, SpoolEntry] = {}  # reports the disk could not take
+        self.off = False  # True while writes fail: said once, and once when they work again
         for stray in self.directory.glob(".*.tmp"):
-            stray.unlink()        # a write interrupted by a crash: its report was never spooled
+            stray.unlink()  # a write interrupted by a crash: its report was never spooled
 
     def entries(self) -> List[SpoolEntry]:
         """Spooled reports, oldest (lowest report id) first."""
@@ -61,7 +63,7 @@ class Spool:
                 stat = path.lstat()
             except FileNotFoundError:
                 continue
-            if not S_ISREG(stat.st_mode):   # a symlink (or else) is never followed: refused, removed
+            if not S_ISREG(stat.st_mode):  # a symlink (or else) is never followed: refused, removed
                 log.warning("removed %s from the spool: not a regular file (a symlink?)", path.name)
                 self.remove_path(path)
                 continue
@@ -93,14 +95,19 @@ class Spool:
     def _hold(self, report_id: int, fmt: str, payload: bytes, exc: OSError) -> SpoolEntry:
         if not self.off:
             self.off = True
-            log.warning("spooling is off: cannot write to %s (%s); reports are sent from memory "
-                        "(at most %d held) and are lost if the agent stops before they are answered",
-                        self.directory, exc.strerror or exc, MEMORY_MAX_REPORTS)
+            log.warning(
+                "spooling is off: cannot write to %s (%s); reports are sent from memory "
+                "(at most %d held) and are lost if the agent stops before they are answered",
+                self.directory,
+                exc.strerror or exc,
+                MEMORY_MAX_REPORTS,
+            )
         entry = SpoolEntry(None, report_id, fmt, len(payload), time.time(), payload)
         self._memory[report_id] = entry
         held = sorted(self._memory)
-        while len(held) > 1 and (len(held) > MEMORY_MAX_REPORTS or
-                                 sum(self._memory[i].size for i in held) > MEMORY_MAX_BYTES):
+        while len(held) > 1 and (
+            len(held) > MEMORY_MAX_REPORTS or sum(self._memory[i].size for i in held) > MEMORY_MAX_BYTES
+        ):
             self._memory.pop(held.pop(0))
             self._count_drops(1)
         return entry
@@ -144,16 +151,18 @@ class Spool:
         total = sum(entry.size for entry in entries)
         dropped = 0
         # Never drop the newest report for size alone: it is the one that carries the drop count.
-        while entries and (len(entries) > self.max_reports or (total > self.max_bytes and len(entries) > 1)
-                           or now - entries[0].mtime > self.max_age):
+        while entries and (
+            len(entries) > self.max_reports
+            or (total > self.max_bytes and len(entries) > 1)
+            or now - entries[0].mtime > self.max_age
+        ):
             oldest = entries.pop(0)
             self.remove(oldest)
             total -= oldest.size
             dropped += 1
         if dropped:
             self._count_drops(dropped)
-            log.warning("spool full: dropped the %d oldest report(s) (%d dropped since start)",
-                        dropped, self.dropped)
+            log.warning("spool full: dropped the %d oldest report(s) (%d dropped since start)", dropped, self.dropped)
         return dropped
 
     def _count_drops(self, count: int) -> None:

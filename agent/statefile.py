@@ -11,6 +11,7 @@ through a symbolic link: files are opened with O_NOFOLLOW, and an entry that is 
 refused. The state directory itself may be a link (systemd's DynamicUser makes
 /var/lib/NAME one, into /var/lib/private).
 """
+
 import errno
 import json
 import logging
@@ -24,7 +25,7 @@ from garrison.agent import report
 log = logging.getLogger(__name__)
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
-TEMP_SUFFIX = ".tmp"   # temporary files are named .NAME.PID.RANDOM.tmp
+TEMP_SUFFIX = ".tmp"  # temporary files are named .NAME.PID.RANDOM.tmp
 
 
 def _symlink_refused(path: Path) -> OSError:
@@ -37,10 +38,10 @@ def private_dir(path: Path, allow_symlink: bool = False) -> Path:
     `allow_symlink` (for the state directory itself). Raises OSError."""
     path = Path(path)
     try:
-        os.mkdir(path, PRIVATE_DIR_MODE)   # the umask can only remove bits from 0700
+        os.mkdir(path, PRIVATE_DIR_MODE)  # the umask can only remove bits from 0700
     except FileExistsError:
         pass
-    except FileNotFoundError:              # missing parents: made as usual, the leaf 0700
+    except FileNotFoundError:  # missing parents: made as usual, the leaf 0700
         path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, PRIVATE_DIR_MODE)
     info = os.lstat(path)
@@ -75,7 +76,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         try:
             fd = os.open(str(tmp), flags, PRIVATE_FILE_MODE)
             break
-        except FileExistsError:   # someone else's file (or link) by that name: never reuse it
+        except FileExistsError:  # someone else's file (or link) by that name: never reuse it
             continue
     else:
         raise FileExistsError(errno.EEXIST, "no free temporary name", str(tmp))
@@ -160,5 +161,5 @@ class ReportIds:
     def next(self) -> int:
         self.last = report.next_report_id(self.last)
         if self.persist:
-            try_write_json(self.path, self.last)   # unsaved, ids still increase (epoch ms)
+            try_write_json(self.path, self.last)  # unsaved, ids still increase (epoch ms)
         return self.last

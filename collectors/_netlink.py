@@ -8,6 +8,7 @@ Both backends return the same raw tuples:
     (family, local_address, local_port, remote_address, remote_port, inode)
 with family 4 or 6 and addresses as text (IPv4-mapped addresses are unmapped by `sockets`).
 """
+
 import os
 import socket
 import struct
@@ -20,7 +21,7 @@ SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300          # NLM_F_ROOT | NLM_F_MATCH
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 
 # Kernel socket states (include/net/tcp_states.h). UDP uses them too: TCP_CLOSE is an
 # unconnected (bound) UDP socket, TCP_ESTABLISHED a connect()ed one.
@@ -31,7 +32,7 @@ TCP_LISTEN = 10
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 FAMILIES = ((socket.AF_INET, 4), (socket.AF_INET6, 6))
 
-_NLMSGHDR = struct.Struct("=IHHII")     # len, type, flags, seq, pid
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 # inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed inet_diag_sockid (48 bytes)
 _REQUEST = struct.Struct("=BBBxI48x")
 # nlmsghdr (len, type, flags, seq, pid) + struct inet_diag_msg (72 bytes): family, state, timer,
@@ -39,8 +40,8 @@ _REQUEST = struct.Struct("=BBBxI48x")
 # dst[16], if, cookie[2]}, expires, rqueue, wqueue, uid, inode. Only what we report is unpacked.
 _SOCKET_MSG = struct.Struct("=IH2xI4xB3xHH16s16s12x16xI")
 _ERRNO = struct.Struct("=i")
-_RECV_BUFFER = 1 << 18                  # the kernel sends dump parts of at most 32 KB
-_TIMEOUT_S = 5.0                        # a kernel (or emulator) that never answers must not hang us
+_RECV_BUFFER = 1 << 18  # the kernel sends dump parts of at most 32 KB
+_TIMEOUT_S = 5.0  # a kernel (or emulator) that never answers must not hang us
 
 
 class NetlinkError(OSError):
@@ -54,8 +55,7 @@ def states_mask(*states: int) -> int:
 def request(seq: int, family: int, protocol: int, states: int) -> bytes:
     """One SOCK_DIAG_BY_FAMILY dump request, as bytes."""
     body = _REQUEST.pack(family, protocol, 0, states)
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
-                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
@@ -94,7 +94,7 @@ def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
                     out.append((local[0], local[1], ntohs(sport), remote[1], ntohs(dport), inode))
                 elif _finished(kind, chunk, offset, length, "sock_diag"):
                     return
-            offset += (length + 3) & ~3   # NLMSG_ALIGN
+            offset += (length + 3) & ~3  # NLMSG_ALIGN
     raise NetlinkError("sock_diag reply ended without NLMSG_DONE")
 
 
@@ -199,8 +199,8 @@ RTM_NEWADDR = 20
 RTM_GETADDR = 22
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
-_IFADDRMSG = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
-_RTATTR = struct.Struct("=HH")          # len, type
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTATTR = struct.Struct("=HH")  # len, type
 
 
 def parse_addresses(chunks: Iterable[bytes], seq: int) -> List[Tuple[int, str]]:
@@ -237,7 +237,7 @@ def _address_of(chunk: bytes, offset: int, end: int) -> List[Tuple[int, str]]:
         size, kind = _RTATTR.unpack_from(chunk, offset)
         if size < _RTATTR.size:
             break
-        attrs[kind] = chunk[offset + _RTATTR.size:offset + size]
+        attrs[kind] = chunk[offset + _RTATTR.size : offset + size]
         offset += (size + 3) & ~3
     raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
     if not raw:

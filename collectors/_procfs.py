@@ -3,6 +3,7 @@
 Slower than netlink (the kernel formats every socket as text, whatever its state, and we filter
 here), but available everywhere /proc is. Returns the same raw tuples as `_netlink`.
 """
+
 import socket
 import struct
 import sys
@@ -21,8 +22,7 @@ def _swap_words(raw: bytes, byteorder: str) -> bytes:
     return struct.pack(">%dI" % (len(raw) // 4), *struct.unpack("<%dI" % (len(raw) // 4), raw))
 
 
-def parse(lines: Iterable[str], family: int, states: int, out: List[RawSocket],
-          byteorder: str = sys.byteorder) -> None:
+def parse(lines: Iterable[str], family: int, states: int, out: List[RawSocket], byteorder: str = sys.byteorder) -> None:
     """Parse the lines of one /proc/net/{tcp,udp}[6] file, keeping sockets whose state is in
     `states` (a bit mask of kernel states, as for netlink). The header line is skipped.
 

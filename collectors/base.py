@@ -3,6 +3,7 @@
 A collector is anything with a `name` and a `collect()` that returns a `CollectorResult`
 (duck-typed, as prometheus_client's collectors are). Each collector is usable alone.
 """
+
 import logging
 import time
 from dataclasses import dataclass, field, fields
@@ -15,9 +16,9 @@ log = logging.getLogger(__name__)
 class ListeningSocket:
     """A TCP socket in LISTEN state, or a bound UDP socket."""
 
-    protocol: str                    # "tcp" or "udp"
-    family: int                      # 4 or 6
-    address: str                     # bound address, "0.0.0.0" / "::" for wildcard
+    protocol: str  # "tcp" or "udp"
+    family: int  # 4 or 6
+    address: str  # bound address, "0.0.0.0" / "::" for wildcard
     port: int
     interface: Optional[str] = None  # owner of the bound address; None for wildcard binds
     inode: int = 0

@@ -1,4 +1,5 @@
 """Network interfaces: traffic counters from /proc/net/dev, and which interface owns an address."""
+
 import logging
 import socket
 from pathlib import Path
@@ -8,7 +9,7 @@ from garrison.collectors import _netlink
 from garrison.collectors.base import CollectorResult, InterfaceCounters, timed
 
 log = logging.getLogger(__name__)
-LOOPBACK = "lo"   # Linux's loopback device is always "lo"
+LOOPBACK = "lo"  # Linux's loopback device is always "lo"
 
 
 def parse_dev(text: str) -> Dict[str, InterfaceCounters]:
@@ -21,13 +22,19 @@ def parse_dev(text: str) -> Dict[str, InterfaceCounters]:
             continue
         name = name.strip()
         # receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes packets ...
-        found[name] = InterfaceCounters(name, bytes_in=int(fields[0]), bytes_out=int(fields[8]),
-                                        packets_in=int(fields[1]), packets_out=int(fields[9]))
+        found[name] = InterfaceCounters(
+            name,
+            bytes_in=int(fields[0]),
+            bytes_out=int(fields[8]),
+            packets_in=int(fields[1]),
+            packets_out=int(fields[9]),
+        )
     return found
 
 
-def counters(include: Optional[Iterable[str]] = None, include_loopback: bool = False,
-             root: str = "/proc") -> Dict[str, InterfaceCounters]:
+def counters(
+    include: Optional[Iterable[str]] = None, include_loopback: bool = False, root: str = "/proc"
+) -> Dict[str, InterfaceCounters]:
     """Counters per interface (since it came up) from `<root>/net/dev`.
 
     `include`: only these interfaces (an explicit "lo" here is honoured); interfaces that do not
@@ -57,6 +64,7 @@ def address_map() -> Dict[str, str]:
     except OSError as exc:
         log.debug("RTM_GETADDR failed (%s); asking psutil for interface addresses", exc)
     import psutil
+
     for name, addresses in psutil.net_if_addrs().items():
         for addr in addresses:
             if addr.family in (socket.AF_INET, socket.AF_INET6):
@@ -80,8 +88,7 @@ class InterfaceCountersCollector:
 
     name = "interface_counters"
 
-    def __init__(self, include: Optional[Iterable[str]] = None, include_loopback: bool = False,
-                 root: str = "/proc"):
+    def __init__(self, include: Optional[Iterable[str]] = None, include_loopback: bool = False, root: str = "/proc"):
         self.include = None if include is None else list(include)
         self.include_loopback = include_loopback
         self.root = root

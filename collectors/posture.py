@@ -21,6 +21,7 @@ All paths are under `root` ("/" by default), so tests and fixture trees work lik
 The checks cost tens of milliseconds (docs/audit.md has the numbers); results are kept for
 `min_interval` seconds (default one hour) and re-reported in between.
 """
+
 import os
 import stat
 import time
@@ -32,9 +33,17 @@ from garrison.collectors._procfs import ProcNet
 from garrison.collectors.base import CollectorResult, timed
 
 PREFIX = "posture:"
-METRICS = {key: PREFIX + key for key in (
-    "insecure_services", "ssh_permit_root_login", "ssh_password_authentication", "weak_password_accounts",
-    "world_writable_path_files", "sysctl_unhardened")}
+METRICS = {
+    key: PREFIX + key
+    for key in (
+        "insecure_services",
+        "ssh_permit_root_login",
+        "ssh_password_authentication",
+        "weak_password_accounts",
+        "world_writable_path_files",
+        "sysctl_unhardened",
+    )
+}
 CHECKS = ("services", "ssh", "accounts", "path", "sysctl")
 
 INSECURE_TCP = {21: "ftp", 23: "telnet", 512: "rexec", 513: "rlogin", 514: "rsh"}
@@ -44,16 +53,25 @@ PATH_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "
 MAX_PATH_ENTRIES = 20000
 MAX_REPORTED = 50
 # Well-known default passwords of device images (Raspberry Pi OS, vendor images, ...).
-DEFAULT_PASSWORDS = {"pi": ("raspberry",), "root": ("root", "toor", "admin", "password"),
-                     "admin": ("admin", "password"), "ubuntu": ("ubuntu",), "debian": ("debian", "temppwd"),
-                     "user": ("user", "password"), "orangepi": ("orangepi",), "odroid": ("odroid",)}
+DEFAULT_PASSWORDS = {
+    "pi": ("raspberry",),
+    "root": ("root", "toor", "admin", "password"),
+    "admin": ("admin", "password"),
+    "ubuntu": ("ubuntu",),
+    "debian": ("debian", "temppwd"),
+    "user": ("user", "password"),
+    "orangepi": ("orangepi",),
+    "odroid": ("odroid",),
+}
 # sysctl -> (file under /proc/sys, predicate of a hardened value, the value we want)
-SYSCTLS = {"kernel.randomize_va_space": (lambda v: v == "2", "2"),
-           "kernel.kptr_restrict": (lambda v: v in ("1", "2"), "1"),
-           "kernel.dmesg_restrict": (lambda v: v == "1", "1"),
-           "net.ipv4.ip_forward": (lambda v: v == "0", "0"),
-           "fs.protected_symlinks": (lambda v: v == "1", "1"),
-           "fs.protected_hardlinks": (lambda v: v == "1", "1")}
+SYSCTLS = {
+    "kernel.randomize_va_space": (lambda v: v == "2", "2"),
+    "kernel.kptr_restrict": (lambda v: v in ("1", "2"), "1"),
+    "kernel.dmesg_restrict": (lambda v: v == "1", "1"),
+    "net.ipv4.ip_forward": (lambda v: v == "0", "0"),
+    "fs.protected_symlinks": (lambda v: v == "1", "1"),
+    "fs.protected_hardlinks": (lambda v: v == "1", "1"),
+}
 _TCP_LISTEN = 1 << 10
 _UDP_BOUND = 1 << 7
 
@@ -115,8 +133,10 @@ def ssh(root: Path) -> Dict[str, int]:
     options = _sshd_options(root)
     if options is None:
         return {}
-    return {METRICS["ssh_permit_root_login"]: int(options.get("permitrootlogin", "prohibit-password") == "yes"),
-            METRICS["ssh_password_authentication"]: int(options.get("passwordauthentication", "yes") == "yes")}
+    return {
+        METRICS["ssh_permit_root_login"]: int(options.get("permitrootlogin", "prohibit-password") == "yes"),
+        METRICS["ssh_password_authentication"]: int(options.get("passwordauthentication", "yes") == "yes"),
+    }
 
 
 def _crypt():
@@ -124,6 +144,7 @@ def _crypt():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             import crypt
+
             return crypt.crypt
         except ImportError:  # Python 3.13+: only empty passwords are found
             return None

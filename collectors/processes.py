@@ -4,6 +4,7 @@ Best effort by nature: without root, other users' processes cannot be seen, and 
 and go during the scan; such sockets simply stay without an owner. This is the scan psutil does
 inside net_connections(), without psutil's parsing of every socket or its per-process objects.
 """
+
 import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -33,7 +34,7 @@ def _link_targets(fd_dir: int) -> List[str]:
     for name in names:
         try:
             targets.append(os.readlink(name, dir_fd=fd_dir))
-        except OSError:   # closed meanwhile
+        except OSError:  # closed meanwhile
             pass
     return targets
 
@@ -50,12 +51,12 @@ def socket_owners(root: str = "/proc") -> Owners:
     for pid in pids:
         try:
             fd_dir = os.open(f"{root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:       # not ours to see, or gone
+        except OSError:  # not ours to see, or gone
             continue
         try:
             for target in _link_targets(fd_dir):
                 if target.startswith(_PREFIX):
-                    inode = int(target[len(_PREFIX):-1])
+                    inode = int(target[len(_PREFIX) : -1])
                     known = inode_pids.get(inode)
                     if known is None or pid < known:
                         inode_pids[inode] = pid
@@ -108,6 +109,7 @@ def describe(pid: int, name: str = "", root: str = "/proc", _users: Optional[Dic
     if uid not in users:
         try:
             import pwd
+
             users[uid] = pwd.getpwuid(uid).pw_name
         except (KeyError, ImportError):
             users[uid] = str(uid)

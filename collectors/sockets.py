@@ -13,6 +13,7 @@ Addresses: an IPv4-mapped IPv6 address (a dual-stack socket talking IPv4, `::fff
 reported as the IPv4 address with family 4, since that is what is on the wire. Wildcard binds
 ("0.0.0.0", "::") have interface None.
 """
+
 import logging
 import threading
 from typing import Callable, List
@@ -53,8 +54,9 @@ class BackendChooser:
                     self.netlink.probe()
                     self._auto = self.netlink
                 except OSError as exc:
-                    log.warning("netlink sock_diag unavailable (%s); reading sockets from %s/net instead",
-                                exc, self.procfs.root)
+                    log.warning(
+                        "netlink sock_diag unavailable (%s); reading sockets from %s/net instead", exc, self.procfs.root
+                    )
                     self._auto = self.procfs
             return self._auto
 
@@ -76,7 +78,7 @@ def backend_name(backend: str = "auto") -> str:
 
 def _unmap(family: int, address: str):
     if family == 6 and address.startswith(_MAPPED_PREFIX) and "." in address:
-        return 4, address[len(_MAPPED_PREFIX):]
+        return 4, address[len(_MAPPED_PREFIX) :]
     return family, address
 
 
@@ -93,6 +95,7 @@ def _placer():
         family, shown = _unmap(family, address)
         where = placed[address] = (family, shown, interfaces.interface_for(shown, owners))
         return where
+
     return placed, place
 
 

@@ -28,6 +28,7 @@ receive buffer, two bounded tables.
 Where the kernel refuses the groups (old kernel, no sock_diag, a sandbox), `start()` logs once and
 `available` stays False; the agent keeps its snapshots.
 """
+
 import errno
 import logging
 import socket
@@ -48,15 +49,15 @@ SKNLGRP_INET6_UDP_DESTROY = 4
 GROUPS = (SKNLGRP_INET_TCP_DESTROY, SKNLGRP_INET_UDP_DESTROY, SKNLGRP_INET6_TCP_DESTROY, SKNLGRP_INET6_UDP_DESTROY)
 GROUP_MASK = sum(1 << (g - 1) for g in GROUPS)
 
-INET_DIAG_INFO = 2          # struct tcp_info
-INET_DIAG_PROTOCOL = 10     # u8, present on destroy broadcasts
+INET_DIAG_INFO = 2  # struct tcp_info
+INET_DIAG_PROTOCOL = 10  # u8, present on destroy broadcasts
 DEFAULT_MAX_ENTRIES = 256
-RECEIVE_BUFFER = 1 << 20    # kernel-side queue; a burst beyond it is counted in `lost`
-_POLL_S = 0.5               # how often the thread checks for stop()
+RECEIVE_BUFFER = 1 << 20  # kernel-side queue; a burst beyond it is counted in `lost`
+_POLL_S = 0.5  # how often the thread checks for stop()
 
 # nlmsghdr + inet_diag_msg: len, type, family, state, sport, dport, src[16], dst[16]
 _EVENT = struct.Struct("=IH10xBBxxHH16s16s")
-_MESSAGE_SIZE = 16 + 72     # nlmsghdr + inet_diag_msg; attributes follow
+_MESSAGE_SIZE = 16 + 72  # nlmsghdr + inet_diag_msg; attributes follow
 _RTATTR = struct.Struct("=HH")
 # tcp_info: bytes_acked at 120, bytes_received at 128 (u64 each)
 _TCP_BYTES = struct.Struct("=QQ")
@@ -79,8 +80,8 @@ def events_socket() -> socket.socket:
     """A NETLINK_SOCK_DIAG socket subscribed to the four destroy groups (raises OSError if refused)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _netlink.NETLINK_SOCK_DIAG)
     try:
-        try:   # root may grow the buffer past rmem_max; others get what rmem_max allows
-            sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)     # SO_RCVBUFFORCE
+        try:  # root may grow the buffer past rmem_max; others get what rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((0, GROUP_MASK))
@@ -95,8 +96,8 @@ def _address(family: int, raw: bytes) -> str:
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     text = socket.inet_ntop(socket.AF_INET6, raw)
-    if text.startswith(_MAPPED_PREFIX) and "." in text:   # a dual-stack socket talking IPv4
-        return text[len(_MAPPED_PREFIX):]
+    if text.startswith(_MAPPED_PREFIX) and "." in text:  # a dual-stack socket talking IPv4
+        return text[len(_MAPPED_PREFIX) :]
     return text
 
 
@@ -114,8 +115,11 @@ def parse_events(chunk: bytes) -> List[Tuple[str, int, str, int, str, int, int, 
         length, kind, family, state, sport, dport, src, dst = _EVENT.unpack_from(chunk, offset)
         if length < 16 or offset + length > end:
             break
-        if kind == _netlink.SOCK_DIAG_BY_FAMILY and length >= _MESSAGE_SIZE and \
-                family in (socket.AF_INET, socket.AF_INET6):
+        if (
+            kind == _netlink.SOCK_DIAG_BY_FAMILY
+            and length >= _MESSAGE_SIZE
+            and family in (socket.AF_INET, socket.AF_INET6)
+        ):
             protocol, received, acked = None, 0, 0
             attr, attr_end = offset + _MESSAGE_SIZE, offset + length
             while attr + 4 <= attr_end:
@@ -129,8 +133,18 @@ def parse_events(chunk: bytes) -> List[Tuple[str, int, str, int, str, int, int, 
                 attr += (size + 3) & ~3
             name = "tcp" if protocol == socket.IPPROTO_TCP else "udp" if protocol == socket.IPPROTO_UDP else None
             if name:
-                out.append((name, state, _address(family, src), ntohs(sport), _address(family, dst),
-                            ntohs(dport), received, acked))
+                out.append(
+                    (
+                        name,
+                        state,
+                        _address(family, src),
+                        ntohs(sport),
+                        _address(family, dst),
+                        ntohs(dport),
+                        received,
+                        acked,
+                    )
+                )
         offset += (length + 3) & ~3
     return out
 
@@ -145,9 +159,9 @@ class Interval:
         self.connections: Dict[str, List[Any]] = {}
         # (protocol, port, local address) -> count
         self.listeners: Dict[Tuple[str, int, str], int] = {}
-        self.events = 0          # destroyed sockets seen
-        self.overflow = 0        # of them, not kept because a table was full
-        self.lost = 0            # times the kernel dropped messages (receive buffer full)
+        self.events = 0  # destroyed sockets seen
+        self.overflow = 0  # of them, not kept because a table was full
+        self.lost = 0  # times the kernel dropped messages (receive buffer full)
 
 
 class SocketEvents:
@@ -155,8 +169,9 @@ class SocketEvents:
 
     name = "socket_events"
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 socket_factory: Callable[[], socket.socket] = events_socket):
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, socket_factory: Callable[[], socket.socket] = events_socket
+    ):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
@@ -186,8 +201,9 @@ class SocketEvents:
         self._interval = Interval(self.max_entries)
         self._thread = threading.Thread(target=self._run, name="garrison-socket-events", daemon=True)
         self._thread.start()
-        log.info("socket events: listening for destroyed TCP/UDP sockets (at most %d entries per interval)",
-                 self.max_entries)
+        log.info(
+            "socket events: listening for destroyed TCP/UDP sockets (at most %d entries per interval)", self.max_entries
+        )
         return True
 
     def stop(self) -> None:
@@ -207,7 +223,7 @@ class SocketEvents:
             except socket.timeout:
                 continue
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:     # the kernel dropped events: say how often
+                if exc.errno == errno.ENOBUFS:  # the kernel dropped events: say how often
                     with self._lock:
                         self._interval.lost += 1
                     continue
@@ -218,7 +234,7 @@ class SocketEvents:
                 return
             try:
                 events = parse_events(bytes(view[:size]))
-            except (struct.error, ValueError) as exc:   # never let one odd message end the thread
+            except (struct.error, ValueError) as exc:  # never let one odd message end the thread
                 log.debug("unreadable socket event: %s", exc)
                 continue
             if events:
@@ -270,13 +286,29 @@ class SocketEvents:
 def summary(interval: Interval, now: float, available: bool = True) -> Dict[str, Any]:
     """Plain data: connections sorted by bytes (largest first), listeners by port."""
     connections = [
-        {"protocol": e[0], "remote_address": remote, "remote_port": e[1], "local_port": e[2],
-         "count": e[3], "bytes_in": e[4], "bytes_out": e[5]}
-        for remote, e in interval.connections.items()]
+        {
+            "protocol": e[0],
+            "remote_address": remote,
+            "remote_port": e[1],
+            "local_port": e[2],
+            "count": e[3],
+            "bytes_in": e[4],
+            "bytes_out": e[5],
+        }
+        for remote, e in interval.connections.items()
+    ]
     connections.sort(key=lambda c: (-(c["bytes_in"] + c["bytes_out"]), c["remote_address"]))
-    listeners = [{"protocol": p, "port": port, "address": address, "count": n}
-                 for (p, port, address), n in interval.listeners.items()]
+    listeners = [
+        {"protocol": p, "port": port, "address": address, "count": n}
+        for (p, port, address), n in interval.listeners.items()
+    ]
     listeners.sort(key=lambda entry: (entry["protocol"], entry["port"], entry["address"]))
-    return {"available": available, "seconds": max(0.0, now - interval.started),
-            "connections": connections, "listeners": listeners,
-            "events": interval.events, "overflow": interval.overflow, "lost": interval.lost}
+    return {
+        "available": available,
+        "seconds": max(0.0, now - interval.started),
+        "connections": connections,
+        "listeners": listeners,
+        "events": interval.events,
+        "overflow": interval.overflow,
+        "lost": interval.lost,
+    }

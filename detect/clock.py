@@ -7,6 +7,7 @@ of device silence in a second. `SystemClock(offset_s)` is wall time shifted by a
 "Simulating time") or the environment variable GARRISON_CLOCK_OFFSET set it. `ManualClock` only
 moves when told to.
 """
+
 import os
 import threading
 import time

@@ -38,6 +38,7 @@ Durations are seconds (a number) or a string with a unit: "45s", "30m", "12h", "
 The file is checked against `ConfigFile` (pydantic); every mistake is reported as one line
 naming the key's path, e.g. `profiles[0].file: is required` (ConfigError).
 """
+
 import json
 import math
 import re
@@ -45,8 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
-                      ValidationError)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
 
 from garrison.detect.validation import field_path, message
 
@@ -79,14 +88,14 @@ class Config:
     api_bind: Optional[str] = None
     api_token: Optional[str] = None
     api_token_file: Optional[str] = None
-    metrics_public: bool = False            # GET /metrics readable without the API token
-    alerts: Any = None                      # None: log + MQTT on the engine's own connection
+    metrics_public: bool = False  # GET /metrics readable without the API token
+    alerts: Any = None  # None: log + MQTT on the engine's own connection
     actions: Dict[str, Any] = field(default_factory=dict)
     profiles: List[Tuple[str, Optional[str]]] = field(default_factory=list)  # (file, attach target)
-    ml: Dict[str, Any] = field(default_factory=dict)                          # judge.ml.MLConfig settings
-    audit: Dict[str, Any] = field(default_factory=dict)                       # garrison.detect.audit.task sources
-    broker_log: Optional[str] = None          # Mosquitto log file for the cloud-side metrics
-    cloud_metrics_interval_s: float = 60.0    # how often the cloud-side metrics are evaluated
+    ml: Dict[str, Any] = field(default_factory=dict)  # judge.ml.MLConfig settings
+    audit: Dict[str, Any] = field(default_factory=dict)  # garrison.detect.audit.task sources
+    broker_log: Optional[str] = None  # Mosquitto log file for the cloud-side metrics
+    cloud_metrics_interval_s: float = 60.0  # how often the cloud-side metrics are evaluated
     metric_retention_s: float = 14 * 86400.0  # metric history kept for ListMetricValues
 
     @property
@@ -102,7 +111,7 @@ def duration(value: Any, key: str) -> float:
         match = _DURATION.fullmatch(value)
         if match:
             return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    raise ConfigError(f"{key}: expected seconds or a duration like \"30m\" or \"2d\", got {value!r}")
+    raise ConfigError(f'{key}: expected seconds or a duration like "30m" or "2d", got {value!r}')
 
 
 def parse_bind(value: str, key: str = "api.bind"):
@@ -117,9 +126,11 @@ def _duration(key: str, positive: bool = False):
     def check(value: Any) -> float:
         seconds = duration(value, key)
         if not math.isfinite(seconds) or (positive and seconds <= 0):
-            raise ConfigError(f"{key}: must be a finite number of seconds{' more than 0' if positive else ''}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"{key}: must be a finite number of seconds{' more than 0' if positive else ''}, got {value!r}"
+            )
         return seconds
+
     return check
 
 
@@ -158,6 +169,7 @@ class ConfigFile(_Section):
     """The file's schema. alerts, actions and ml are checked by their own modules
     (garrison.detect.respond.alerts / .actions, garrison.detect.judge.ml) when serve starts;
     audit by garrison.detect.audit.task here, so that `serve` fails at start, in one line."""
+
     invalidation_period: Annotated[float, BeforeValidator(_duration("invalidation_period"))] = DEFAULT_INVALIDATION_S
     sweep_interval: Annotated[float, BeforeValidator(_duration("sweep_interval", True))] = 60.0
     disconnect_duration_unit: Annotated[float, BeforeValidator(_duration("disconnect_duration_unit", True))] = 60.0
@@ -187,8 +199,11 @@ def _describe(exc: ValidationError) -> str:
         for part in where:  # the section the unknown key is in, for the list of known ones
             field = section.model_fields.get(part) if isinstance(part, str) else None
             annotation = getattr(field, "annotation", None)
-            section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else \
-                (ProfileEntry if part == "profiles" else section)
+            section = (
+                annotation
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                else (ProfileEntry if part == "profiles" else section)
+            )
         prefix = f"{field_path(where)}: " if where else ""
         return f"{prefix}unknown setting {loc[-1]!r} (known: {', '.join(section.model_fields)})"
     text = message(error)
@@ -207,21 +222,34 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
         raise ConfigError(_describe(exc)) from None
     if "audit" in doc:
         from garrison.detect.audit.task import AuditError, sources_from_config
+
         try:
             sources_from_config(doc["audit"])
         except AuditError as exc:
             raise ConfigError(str(exc)) from None
     return Config(
-        invalidation_period_s=parsed.invalidation_period, sweep_interval_s=parsed.sweep_interval,
-        disconnect_duration_unit_s=parsed.disconnect_duration_unit, fleet_stats_interval_s=parsed.fleet_stats_interval,
-        fleet_min_devices=parsed.fleet_min_devices, min_report_interval_s=parsed.min_report_interval,
-        strict=parsed.strict, dry_run=parsed.dry_run, client_id=parsed.client_id,
-        api_bind=parsed.api.bind, api_token=parsed.api.token, api_token_file=parsed.api.token_file,
+        invalidation_period_s=parsed.invalidation_period,
+        sweep_interval_s=parsed.sweep_interval,
+        disconnect_duration_unit_s=parsed.disconnect_duration_unit,
+        fleet_stats_interval_s=parsed.fleet_stats_interval,
+        fleet_min_devices=parsed.fleet_min_devices,
+        min_report_interval_s=parsed.min_report_interval,
+        strict=parsed.strict,
+        dry_run=parsed.dry_run,
+        client_id=parsed.client_id,
+        api_bind=parsed.api.bind,
+        api_token=parsed.api.token,
+        api_token_file=parsed.api.token_file,
         metrics_public=parsed.api.metrics_public,
-        alerts=doc.get("alerts"), actions=dict(parsed.actions), ml=dict(parsed.ml), audit=dict(parsed.audit),
+        alerts=doc.get("alerts"),
+        actions=dict(parsed.actions),
+        ml=dict(parsed.ml),
+        audit=dict(parsed.audit),
         profiles=[(str(base / entry.file), entry.attach) for entry in parsed.profiles],
         broker_log=str(base / parsed.broker_log) if parsed.broker_log else None,
-        cloud_metrics_interval_s=parsed.cloud_metrics_interval, metric_retention_s=parsed.metric_retention)
+        cloud_metrics_interval_s=parsed.cloud_metrics_interval,
+        metric_retention_s=parsed.metric_retention,
+    )
 
 
 def load(path: str) -> Config:
@@ -236,8 +264,9 @@ def load(path: str) -> Config:
         else:
             doc = tomllib.loads(text)
     except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise ConfigError(f"config {path} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"config {path} is not valid {'JSON' if path.endswith('.json') else 'TOML'}: {str(exc).splitlines()[0]}"
+        ) from None
     try:
         return from_dict(doc, Path(path).resolve().parent)
     except ConfigError as exc:

@@ -24,6 +24,7 @@ that stays connected but stops reporting counts as disconnected, which is what "
 silent" should mean. Its violations are exempt from the device-silent invalidation: silence is
 what they report.
 """
+
 import json
 import logging
 import threading
@@ -80,15 +81,21 @@ class Engine:
     runner (ResponseRunner, set by `serve`): woken when a report caused events.
     """
 
-    def __init__(self, store: Store, clock: Optional[Clock] = None, config: Optional[Config] = None,
-                 alerts: Optional[AlertSink] = None, ml: Union[MlJudge, str, None] = "auto",
-                 actions: Optional[ActionRules] = None):
+    def __init__(
+        self,
+        store: Store,
+        clock: Optional[Clock] = None,
+        config: Optional[Config] = None,
+        alerts: Optional[AlertSink] = None,
+        ml: Union[MlJudge, str, None] = "auto",
+        actions: Optional[ActionRules] = None,
+    ):
         self.store = store
         self.clock = clock or SystemClock()
         self.config = config or Config()
         self.actions: ActionRules = actions or Actions(self.config.actions, dry_run=self.config.dry_run)
         self.alerts: Optional[AlertSink] = alerts
-        self.runner: Optional[ResponseRunner] = None   # carries out pending actions (respond.runner.ActionRunner)
+        self.runner: Optional[ResponseRunner] = None  # carries out pending actions (respond.runner.ActionRunner)
         self.ml: Optional[MlJudge] = mlbridge.registry(store, self.config.ml) if ml == "auto" else ml  # type: ignore[assignment]
         self._profiles: Dict[str, Tuple[str, SecurityProfile]] = {}
         # group commit (batch()): what reports read again and again. Profiles and attachments are
@@ -112,7 +119,7 @@ class Engine:
         self._staged_violations: Dict[str, Tuple[Any, int, Any]] = {}
         self._pending_violations: Dict[str, Tuple[Any, int, Any]] = {}
         self._dispatch_lock = threading.RLock()  # before the store's lock, never after
-        self._alerts_in_flight: set = set()   # outbox seqs handed to the targets, outcome not known yet
+        self._alerts_in_flight: set = set()  # outbox seqs handed to the targets, outcome not known yet
         # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
         # it follows a broker log; None: the cloud-side metrics other than disconnect-duration
         # have no source
@@ -124,12 +131,15 @@ class Engine:
         # builds a profile's own alert targets from its alertTargets (set by `serve`: they publish
         # on its MQTT connection); None: only the engine-wide `alerts`
         self.alert_target_builder: Any = None
-        self._profile_alerts: Dict[str, Tuple[str, Any]] = {}   # profile -> (its alertTargets, their dispatcher)
+        self._profile_alerts: Dict[str, Tuple[str, Any]] = {}  # profile -> (its alertTargets, their dispatcher)
         self._in_flight_lock = threading.Lock()
         # the first sweep waits one interval: after downtime, reports the broker kept for us arrive
         # first, so devices that did report are not taken for silent ones
-        self._due = {"sweep": time.monotonic() + self.config.sweep_interval_s, "fleet": 0.0,
-                     "cloud": time.monotonic() + self.config.cloud_metrics_interval_s}
+        self._due = {
+            "sweep": time.monotonic() + self.config.sweep_interval_s,
+            "fleet": 0.0,
+            "cloud": time.monotonic() + self.config.cloud_metrics_interval_s,
+        }
         for group in self.actions.groups():  # a quarantine group exists before it is needed
             store.create_group(group, self.clock.now_ms())
 
@@ -199,7 +209,7 @@ class Engine:
             except BaseException:
                 self._staged_states.clear()
                 self._staged_violations.clear()
-                self._flush()     # what earlier reports of the batch hold back stays theirs
+                self._flush()  # what earlier reports of the batch hold back stays theirs
                 self._hot_drop()  # the cache may hold what was just undone
                 raise
             self._pending_states.update(self._staged_states)
@@ -256,8 +266,9 @@ class Engine:
             self.store.put_states((t, p, b, state, ms) for (t, p, b), (state, ms) in self._pending_states.items())
             self._pending_states.clear()
         if self._pending_violations:
-            self.store.update_violation_values((vid, value, ms, info)
-                                               for vid, (value, ms, info) in self._pending_violations.items())
+            self.store.update_violation_values(
+                (vid, value, ms, info) for vid, (value, ms, info) in self._pending_violations.items()
+            )
             self._pending_violations.clear()
 
     def _hot_drop(self) -> None:
@@ -315,8 +326,15 @@ class Engine:
         self.history.record_report(thing, applied, report, received_ms)
         return events
 
-    def _step(self, thing: str, profile: str, behavior, report: Mapping[str, Any], received_ms: int,
-              state: Optional[Dict[str, Any]]) -> Optional[Event]:
+    def _step(
+        self,
+        thing: str,
+        profile: str,
+        behavior,
+        report: Mapping[str, Any],
+        received_ms: int,
+        state: Optional[Dict[str, Any]],
+    ) -> Optional[Event]:
         if behavior.kind == "retain":
             return None
         value = metrics.extract(report, behavior.metric, behavior.spec)
@@ -326,12 +344,23 @@ class Engine:
             # the sweep measures silence from the report's arrival: a spooled backlog dated in the
             # past still shows the device is connected now
             state = dict(state or {}, seen_ms=max(received_ms, self.clock.now_ms()))
-        context = (owners.note(behavior, report, value)
-                   if behavior.metric in owners.PORT_METRICS or behavior.metric == owners.DESTINATIONS else None)
+        context = (
+            owners.note(behavior, report, value)
+            if behavior.metric in owners.PORT_METRICS or behavior.metric == owners.DESTINATIONS
+            else None
+        )
         return self._judge(thing, profile, behavior, value, received_ms, state, context)
 
-    def _judge(self, thing: str, profile: str, behavior, value: Any, received_ms: int,
-               state: Optional[Dict[str, Any]], context: Optional[Dict[str, Any]] = None) -> Optional[Event]:
+    def _judge(
+        self,
+        thing: str,
+        profile: str,
+        behavior,
+        value: Any,
+        received_ms: int,
+        state: Optional[Dict[str, Any]],
+        context: Optional[Dict[str, Any]] = None,
+    ) -> Optional[Event]:
         """Step one datapoint of `behavior` and record what it does to the thing's violation.
         `context`: more violationEventAdditionalInfo (the processes behind the offending ports or
         connections, garrison.detect.respond.owners)."""
@@ -370,15 +399,24 @@ class Engine:
                 violation_id = self._hot_open[key]
                 if violation_id is not None:
                     self._staged_violations[violation_id] = (
-                        evaluate.violation_value(behavior.spec, outcome.value), received_ms,
-                        info)
+                        evaluate.violation_value(behavior.spec, outcome.value),
+                        received_ms,
+                        info,
+                    )
                 return None
             self._hot_open.pop(key, None)
             self._flush()  # an episode starts or ends: what is held back for it goes first
         return violations.record_datapoint(
-            self.store, thing, profile, behavior.doc, transition=outcome.transition,
-            violating=outcome.violating, metric_value=evaluate.violation_value(behavior.spec, outcome.value),
-            time_ms=received_ms, additional_info=info)
+            self.store,
+            thing,
+            profile,
+            behavior.doc,
+            transition=outcome.transition,
+            violating=outcome.violating,
+            metric_value=evaluate.violation_value(behavior.spec, outcome.value),
+            time_ms=received_ms,
+            additional_info=info,
+        )
 
     @staticmethod
     def _additional_info(behavior, outcome, judgement: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -441,13 +479,20 @@ class Engine:
                     break  # the rest waits in the outbox for the next tick
                 event = Event.from_row(row)
                 info = event.additional_info or {}
-                message = AlertMessage(event.thing, event.profile, event.behavior, event.metric_value,
-                                       event.violation_id, event.event_type, event.time_ms,
-                                       threshold=info.get("thresholdValue"),
-                                       confidenceLevel=info.get("confidenceLevel"),
-                                       invalidationReason=info.get("invalidationReason"),
-                                       explanation=info.get("explanation"),
-                                       violationEventAdditionalInfo=info or None)
+                message = AlertMessage(
+                    event.thing,
+                    event.profile,
+                    event.behavior,
+                    event.metric_value,
+                    event.violation_id,
+                    event.event_type,
+                    event.time_ms,
+                    threshold=info.get("thresholdValue"),
+                    confidenceLevel=info.get("confidenceLevel"),
+                    invalidationReason=info.get("invalidationReason"),
+                    explanation=info.get("explanation"),
+                    violationEventAdditionalInfo=info or None,
+                )
                 if tracked:
                     with self._in_flight_lock:
                         self._alerts_in_flight.add(event.seq)
@@ -475,8 +520,11 @@ class Engine:
             try:
                 dispatcher = AlertDispatcher([self.alerts, builder(dict({"log": False}, **own))])
             except Exception as exc:
-                log.error("alertTargets of security profile %s cannot be used (%s); engine-wide targets only",
-                          profile_name, exc)
+                log.error(
+                    "alertTargets of security profile %s cannot be used (%s); engine-wide targets only",
+                    profile_name,
+                    exc,
+                )
                 return self.alerts
             cached = self._profile_alerts[profile_name] = (key, dispatcher)
         return cached[1]
@@ -495,6 +543,7 @@ class Engine:
             finally:
                 with self._in_flight_lock:
                     self._alerts_in_flight.discard(seq)
+
         return done
 
     # ---- periodic work ------------------------------------------------------------------------
@@ -525,8 +574,9 @@ class Engine:
         events += self._invalidate_stale(now_ms, silent_before_ms=silent_before_ms)
         pruned = self.history.prune(now_ms)
         if pruned:
-            log.info("metric history: %d datapoints past the %gs retention dropped", pruned,
-                     self.config.metric_retention_s)
+            log.info(
+                "metric history: %d datapoints past the %gs retention dropped", pruned, self.config.metric_retention_s
+            )
         self.dispatch_alerts()
         return events
 
@@ -542,8 +592,11 @@ class Engine:
             last_seen = None
             for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
                 profile = self._profile(name)
-                behaviors = [b for b in (profile.behaviors if profile else ())
-                             if b.metric in metrics.SILENCE_METRICS and b.kind == "rule"]
+                behaviors = [
+                    b
+                    for b in (profile.behaviors if profile else ())
+                    if b.metric in metrics.SILENCE_METRICS and b.kind == "rule"
+                ]
                 if not behaviors:
                     continue
                 if last_seen is None:
@@ -554,8 +607,11 @@ class Engine:
                     states = self.store.states_of_behavior(name, behavior.name)
                     for thing in under:
                         state = states.get(thing)
-                        connection = (view.connection(thing) if view is not None
-                                      and behavior.metric == metrics.DISCONNECT_DURATION else None)
+                        connection = (
+                            view.connection(thing)
+                            if view is not None and behavior.metric == metrics.DISCONNECT_DURATION
+                            else None
+                        )
                         if connection is not None:
                             connected, since = connection
                             value = 0 if connected else max(0, int((now_ms - since) // unit_ms))
@@ -584,8 +640,11 @@ class Engine:
         with self.store.transaction():
             for name in [p["securityProfileName"] for p in self.store.list_profiles()]:
                 profile = self._profile(name)
-                behaviors = [b for b in (profile.behaviors if profile else ())
-                             if b.metric in cloudmetrics.WINDOW_METRICS and b.kind in ("rule", "statistical")]
+                behaviors = [
+                    b
+                    for b in (profile.behaviors if profile else ())
+                    if b.metric in cloudmetrics.WINDOW_METRICS and b.kind in ("rule", "statistical")
+                ]
                 if not behaviors:
                     continue
                 under = self.store.things_under_profile(name)
@@ -602,8 +661,14 @@ class Engine:
                         if key not in recorded:
                             recorded.add(key)
                             recorded_value = evaluate.violation_value(behavior.spec, value)  # not None: value is not
-                            self.history.record(thing, behavior.metric, recorded_value or {},
-                                                now_ms, exports[behavior.metric][1], behavior.metric_dimension)
+                            self.history.record(
+                                thing,
+                                behavior.metric,
+                                recorded_value or {},
+                                now_ms,
+                                exports[behavior.metric][1],
+                                behavior.metric_dimension,
+                            )
                         state = states.get(thing)
                         if behavior.kind == "rule" and _changes_nothing(behavior, state, value):
                             continue
@@ -615,16 +680,24 @@ class Engine:
         self.dispatch_alerts()
         return events
 
-    def list_metric_values(self, thing: str, metric: str, start_s: Optional[float] = None,
-                           end_s: Optional[float] = None, dimension_name: Optional[str] = None,
-                           dimension_operator: Optional[str] = None, max_results: Optional[int] = None,
-                           next_token: Optional[str] = None) -> Dict[str, Any]:
+    def list_metric_values(
+        self,
+        thing: str,
+        metric: str,
+        start_s: Optional[float] = None,
+        end_s: Optional[float] = None,
+        dimension_name: Optional[str] = None,
+        dimension_operator: Optional[str] = None,
+        max_results: Optional[int] = None,
+        next_token: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """ListMetricValues over the metric history (garrison.detect.state.history)."""
         if self.store.last_report(thing) is None:
             raise NotFound(f"no thing named {thing!r}")
         try:
-            return self.history.list_values(thing, metric, start_s, end_s, dimension_name, dimension_operator,
-                                            max_results, next_token)
+            return self.history.list_values(
+                thing, metric, start_s, end_s, dimension_name, dimension_operator, max_results, next_token
+            )
         except history.HistoryError as exc:
             raise StoreError(str(exc)) from None
 
@@ -662,9 +735,14 @@ class Engine:
     def delete_dimension(self, name: str) -> None:
         """Refused while a profile's behavior uses it (as AWS)."""
         with self.store.transaction():
-            users = sorted({p["securityProfileName"] for p in self.store.list_profiles()
-                            for b in p["doc"].get("behaviors", [])
-                            if isinstance(b, dict) and (b.get("metricDimension") or {}).get("dimensionName") == name})
+            users = sorted(
+                {
+                    p["securityProfileName"]
+                    for p in self.store.list_profiles()
+                    for b in p["doc"].get("behaviors", [])
+                    if isinstance(b, dict) and (b.get("metricDimension") or {}).get("dimensionName") == name
+                }
+            )
             if users:
                 raise StoreError(f"dimension {name!r} is used by security profile(s) {', '.join(users)}")
             if not self.store.delete_dimension(name):
@@ -705,8 +783,14 @@ class Engine:
                 if reason:
                     event = violations.invalidate(self.store, row, now_ms, reason)
                     if event is not None:
-                        log.info("violation %s of %s (%s/%s) invalidated: %s", event.violation_id, thing,
-                                 event.profile, row["behavior_name"], reason)
+                        log.info(
+                            "violation %s of %s (%s/%s) invalidated: %s",
+                            event.violation_id,
+                            thing,
+                            event.profile,
+                            row["behavior_name"],
+                            reason,
+                        )
                         events.append(event)
                         self.actions.run(self.store, event, now_ms)
         return events
@@ -717,8 +801,11 @@ class Engine:
         last = self.store.last_report(row["thing"])
         if last is None:
             return THING_DELETED
-        if (silent_before_ms is not None and (last[1] or 0) < silent_before_ms
-                and json.loads(row["behavior"]).get("metric") not in metrics.CLOUD_METRICS):
+        if (
+            silent_before_ms is not None
+            and (last[1] or 0) < silent_before_ms
+            and json.loads(row["behavior"]).get("metric") not in metrics.CLOUD_METRICS
+        ):
             # a disconnect-duration violation is about that very silence; the broker's metrics
             # are measured without reports (a device that stops reporting may still misbehave)
             return DEVICE_SILENT
@@ -752,10 +839,16 @@ class Engine:
                 members = set(self.store.things_under_profile(name))
                 for behavior in statistical:
                     window_ms = (behavior.duration_seconds or fleetstats.DEFAULT_DURATION_SECONDS) * 1000
-                    values = [value for thing, _, value in self.store.samples(name, behavior.name, now_ms - window_ms)
-                              if thing in members]
-                    value = (fleetstats.percentile(values, behavior.statistic or "")
-                             if len(values) >= self.config.fleet_min_devices else None)
+                    values = [
+                        value
+                        for thing, _, value in self.store.samples(name, behavior.name, now_ms - window_ms)
+                        if thing in members
+                    ]
+                    value = (
+                        fleetstats.percentile(values, behavior.statistic or "")
+                        if len(values) >= self.config.fleet_min_devices
+                        else None
+                    )
                     self.store.put_threshold(name, behavior.name, value, len(values), now_ms)
                     thresholds[(name, behavior.name)] = value
         return thresholds
@@ -769,11 +862,14 @@ class Engine:
         open violations are invalidated. Returns (profile, created).
         """
         profile = load_profile(source)
-        for behavior in profile.behaviors:   # as AWS: a metricDimension names an existing dimension
+        for behavior in profile.behaviors:  # as AWS: a metricDimension names an existing dimension
             wanted = (behavior.metric_dimension or {}).get("dimensionName")
             if wanted and self.store.get_dimension(wanted) is None:
-                raise ProfileError(f"no dimension named {wanted!r} (garrison-detect dimensions create)",
-                                   behavior.name, "metricDimension.dimensionName")
+                raise ProfileError(
+                    f"no dimension named {wanted!r} (garrison-detect dimensions create)",
+                    behavior.name,
+                    "metricDimension.dimensionName",
+                )
         if attach:
             _check_target(attach)
         now = self.clock.now_ms()
@@ -795,7 +891,7 @@ class Engine:
         """Make the profiles and their attachments match `wanted` [(document, targets)]; returns
         the plan (garrison.detect.profilesync.Step list), applied unless `dry_run`."""
         for doc, _ in wanted:
-            load_profile(doc)   # every document valid before anything is planned
+            load_profile(doc)  # every document valid before anything is planned
         steps = profilesync.plan(self, wanted, prune=prune, detach=detach)
         if steps and not dry_run:
             profilesync.apply(self, wanted, steps)
@@ -819,9 +915,14 @@ class Engine:
 
     def list_profiles(self) -> List[Dict[str, Any]]:
         """Each profile's name, behavior names and targets."""
-        return [{"securityProfileName": p["securityProfileName"],
-                 "behaviors": [b.get("name") for b in p["doc"].get("behaviors", [])], "targets": p["targets"]}
-                for p in self.store.list_profiles()]
+        return [
+            {
+                "securityProfileName": p["securityProfileName"],
+                "behaviors": [b.get("name") for b in p["doc"].get("behaviors", [])],
+                "targets": p["targets"],
+            }
+            for p in self.store.list_profiles()
+        ]
 
     def describe_profile(self, name: str) -> Dict[str, Any]:
         """The profile document plus targets and, per statistical / ML behavior, its status."""
@@ -830,22 +931,27 @@ class Engine:
             raise NotFound(f"no security profile named {name!r}")
         out: Dict[str, Any] = {"securityProfileName": name, "profile": doc, "targets": self.store.attachments_of(name)}
         profile = self._profile(name)
-        for behavior in (profile.behaviors if profile else ()):
+        for behavior in profile.behaviors if profile else ():
             if behavior.kind == "statistical":
                 known = self.store.get_threshold(name, behavior.name)
                 out.setdefault("statisticalThresholds", {})[behavior.name] = {
-                    "statistic": behavior.statistic, "value": known and known["value"],
+                    "statistic": behavior.statistic,
+                    "value": known and known["value"],
                     "devices": known["devices"] if known else 0,
-                    "computedTime": known["computed_ms"] / 1000.0 if known else None}
+                    "computedTime": known["computed_ms"] / 1000.0 if known else None,
+                }
             elif behavior.kind == "ml":
-                status = (self.ml.status(name, behavior.name, self.clock.now_ms()) if self.ml is not None
-                          else PENDING_BUILD)
+                status = (
+                    self.ml.status(name, behavior.name, self.clock.now_ms()) if self.ml is not None else PENDING_BUILD
+                )
                 out.setdefault("behaviorModelTrainingSummaries", []).append(
-                    {"behaviorName": behavior.name, "modelStatus": status})
+                    {"behaviorName": behavior.name, "modelStatus": status}
+                )
         return out
 
-    def ml_training_summaries(self, profile: Optional[str] = None, behavior: Optional[str] = None,
-                              thing: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
+    def ml_training_summaries(
+        self, profile: Optional[str] = None, behavior: Optional[str] = None, thing: Optional[str] = None
+    ) -> Dict[str, List[Dict[str, Any]]]:
         """GetBehaviorModelTrainingSummaries: `summaries`, one per ML behavior (AWS's fields), and
         `thingSummaries`, one per (ML behavior, thing) (our extension; see
         garrison.detect.judge.mlbridge.MlRegistry.training_summaries). Filters: profile, behavior name, thing."""
@@ -859,7 +965,7 @@ class Engine:
         names = [profile] if profile is not None else [p["securityProfileName"] for p in self.store.list_profiles()]
         for name in names:
             parsed = self._profile(name)
-            for item in (parsed.behaviors if parsed else ()):
+            for item in parsed.behaviors if parsed else ():
                 if behavior is not None and item.name != behavior:
                     continue
                 found = True
@@ -868,11 +974,13 @@ class Engine:
                         raise StoreError(f"behavior {behavior!r} of {profile!r} has no mlDetectionConfig")
                     continue
                 if self.ml is None:
-                    out["summaries"].append({"securityProfileName": name, "behaviorName": item.name,
-                                             "modelStatus": PENDING_BUILD})
+                    out["summaries"].append(
+                        {"securityProfileName": name, "behaviorName": item.name, "modelStatus": PENDING_BUILD}
+                    )
                     continue
                 overall, per_thing = self.ml.training_summaries(
-                    name, item, now_ms, self.store.things_under_profile(name), thing)
+                    name, item, now_ms, self.store.things_under_profile(name), thing
+                )
                 if thing is None or per_thing:
                     out["summaries"].append(overall)
                     out["thingSummaries"].extend(per_thing)
@@ -943,8 +1051,14 @@ class Engine:
         except ActionError as exc:
             raise StoreError(str(exc).replace("actions.'operator/request': ", "")) from None
         with self.store.transaction():
-            entry = execute_action(self.store, parsed, thing, self.clock.now_ms(),
-                                   dry_run=dry_run or self.config.dry_run or parsed.dry_run, by=by)
+            entry = execute_action(
+                self.store,
+                parsed,
+                thing,
+                self.clock.now_ms(),
+                dry_run=dry_run or self.config.dry_run or parsed.dry_run,
+                by=by,
+            )
         if self.runner is not None:
             self.runner.wake()
         return next(e for e in self.store.list_actions(thing) if e["seq"] == entry["seq"])
@@ -952,17 +1066,27 @@ class Engine:
     # ---- violations ---------------------------------------------------------------------------
 
     def active_violations(self, thing: Optional[str] = None, profile: Optional[str] = None) -> List[Dict[str, Any]]:
-        return [violations.active_record(row)
-                for row in self.store.list_violations(active_only=True, thing=thing, profile=profile)]
+        return [
+            violations.active_record(row)
+            for row in self.store.list_violations(active_only=True, thing=thing, profile=profile)
+        ]
 
     def all_violations(self, thing: Optional[str] = None, profile: Optional[str] = None) -> List[Dict[str, Any]]:
         return [violations.violation_record(row) for row in self.store.list_violations(thing=thing, profile=profile)]
 
-    def violation_events(self, thing: Optional[str] = None, profile: Optional[str] = None,
-                         start_s: Optional[float] = None, end_s: Optional[float] = None) -> List[Dict[str, Any]]:
-        rows = self.store.list_events(thing=thing, profile=profile,
-                                      start_ms=None if start_s is None else int(start_s * 1000),
-                                      end_ms=None if end_s is None else int(end_s * 1000))
+    def violation_events(
+        self,
+        thing: Optional[str] = None,
+        profile: Optional[str] = None,
+        start_s: Optional[float] = None,
+        end_s: Optional[float] = None,
+    ) -> List[Dict[str, Any]]:
+        rows = self.store.list_events(
+            thing=thing,
+            profile=profile,
+            start_ms=None if start_s is None else int(start_s * 1000),
+            end_ms=None if end_s is None else int(end_s * 1000),
+        )
         return [Event.from_row(row).to_record() for row in rows]
 
     def verify(self, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:
@@ -990,6 +1114,7 @@ class Engine:
     def audit_store(self):
         """The audit's tasks, findings, suppressions and schedules, in the engine's database."""
         from garrison.detect.audit.store import AuditStore
+
         return AuditStore(self.store)
 
 
@@ -997,8 +1122,11 @@ def _changes_nothing(behavior, state: Optional[Dict[str, Any]], value: int) -> b
     """Whether a sweep datapoint would change nothing: it conforms, and there is neither an alarm
     to clear nor a violating streak to break (so a fleet that reports costs the sweep no writes)."""
     state = state or {}
-    return (evaluate.conforms(behavior.operator, value, behavior.criterion)
-            and not state.get("alarm") and not state.get("violating"))
+    return (
+        evaluate.conforms(behavior.operator, value, behavior.criterion)
+        and not state.get("alarm")
+        and not state.get("violating")
+    )
 
 
 def _check_thing_name(name: str, what: str = "thing") -> None:
@@ -1014,4 +1142,3 @@ def _check_target(target: str) -> None:
     kind, name = parse_target(target)
     if name is not None:
         _check_thing_name(name, kind)
-

@@ -7,6 +7,7 @@ clock: garrison.detect.clock.SystemClock / ManualClock; alerts: garrison.detect.
 garrison.detect.respond.actions.Actions; runner: garrison.detect.respond.runner.ActionRunner.
 Tests pass their own small objects of these shapes.
 """
+
 from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Protocol, Tuple
 
 # called on an alert worker's thread with (outcome, detail): "delivered" | "failed" | "dropped"
@@ -28,28 +29,25 @@ class AlertSink(Protocol):
     through `done` and says with `has_room()` whether it can take more; otherwise a message counts
     as sent once `deliver` returns."""
 
-    def deliver(self, message: Dict[str, Any], done: Optional[AlertDone] = None) -> Any:
-        ...
+    def deliver(self, message: Dict[str, Any], done: Optional[AlertDone] = None) -> Any: ...
 
-    def has_room(self) -> bool:
-        ...
+    def has_room(self) -> bool: ...
 
-    def close(self, timeout: float = 5.0) -> None:
-        ...
+    def close(self, timeout: float = 5.0) -> None: ...
 
 
 class MlJudge(Protocol):
     """ML Detect: per-device models that judge mlDetectionConfig behaviors."""
 
-    def judge(self, thing: str, profile: str, behavior: Any, value: Any,
-              received_ms: int) -> Optional[Dict[str, Any]]:
+    def judge(self, thing: str, profile: str, behavior: Any, value: Any, received_ms: int) -> Optional[Dict[str, Any]]:
         """{"anomalous": bool, "explanation": ..., ...}, or None while no model can judge."""
 
     def status(self, profile: str, behavior: str, now_ms: int) -> str:
         """PENDING_BUILD | ACTIVE | EXPIRED for the behavior."""
 
-    def training_summaries(self, profile: str, behavior: Any, now_ms: int, members: Collection[str] = (),
-                           thing: Optional[str] = None) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    def training_summaries(
+        self, profile: str, behavior: Any, now_ms: int, members: Collection[str] = (), thing: Optional[str] = None
+    ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
         """(the behavior's BehaviorModelTrainingSummary, one summary per thing)."""
 
     def rebuild_priors(self, behaviors: Iterable[Tuple[str, str]], now_ms: int) -> None:

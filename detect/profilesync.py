@@ -10,6 +10,7 @@ that was applied plans nothing.
 Also ValidateSecurityProfileBehaviors (`validate_behaviors`) and ListSecurityProfilesForTarget
 (`profiles_for_target`), which the CLI and the API reach through the engine's facade.
 """
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ MAX_FILES = 1000
 
 @dataclass(frozen=True)
 class Step:
-    action: str                 # create | update | detach | attach | delete
+    action: str  # create | update | detach | attach | delete
     profile: str
     target: Optional[str] = None
 
@@ -56,7 +57,7 @@ def read_dir(directory: str) -> List[Tuple[Dict[str, Any], List[str], str]]:
 def targets_of(doc: Mapping[str, Any], where: str = "profile") -> List[str]:
     targets = doc.get(TARGETS_KEY, [])
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise ProfileError(f"{where}: targets must be a list such as [\"all\", \"group:NAME\", \"thing:NAME\"]")
+        raise ProfileError(f'{where}: targets must be a list such as ["all", "group:NAME", "thing:NAME"]')
     for target in targets:
         try:
             parse_target(target)
@@ -65,8 +66,9 @@ def targets_of(doc: Mapping[str, Any], where: str = "profile") -> List[str]:
     return sorted(set(targets))
 
 
-def plan(engine, wanted: Sequence[Tuple[Dict[str, Any], List[str]]], prune: bool = False,
-         detach: bool = True) -> List[Step]:
+def plan(
+    engine, wanted: Sequence[Tuple[Dict[str, Any], List[str]]], prune: bool = False, detach: bool = True
+) -> List[Step]:
     """The steps that make the engine's profiles and attachments match `wanted`."""
     steps: List[Step] = []
     attaches: List[Step] = []
@@ -85,10 +87,13 @@ def plan(engine, wanted: Sequence[Tuple[Dict[str, Any], List[str]]], prune: bool
         if detach:
             steps += [Step("detach", name, t) for t in attached if t not in targets]
         attaches += [Step("attach", name, t) for t in targets if t not in attached]
-    steps += attaches    # after every detach: a target's five-profile limit counts the final state
+    steps += attaches  # after every detach: a target's five-profile limit counts the final state
     if prune:
-        steps += [Step("delete", p["securityProfileName"]) for p in engine.store.list_profiles()
-                  if p["securityProfileName"] not in names]
+        steps += [
+            Step("delete", p["securityProfileName"])
+            for p in engine.store.list_profiles()
+            if p["securityProfileName"] not in names
+        ]
     return steps
 
 
@@ -117,7 +122,7 @@ def validate_behaviors(behaviors: Any) -> Dict[str, Any]:
         return {"valid": False, "validationErrors": [{"errorMessage": "behaviors must be a list"}]}
     errors, seen = [], set()
     for raw in behaviors:
-        try:   # each alone, through the whole loader (shape, then the metric's rules)
+        try:  # each alone, through the whole loader (shape, then the metric's rules)
             behavior = load_profile({"securityProfileName": "validate", "behaviors": [raw]}).behaviors[0]
         except ProfileError as exc:
             errors.append({"errorMessage": str(exc)})
@@ -143,8 +148,12 @@ def profiles_for_target(engine, target: str, recursive: bool = False) -> Dict[st
                     mappings.append((profile, attached))
     else:
         targets = [target] + (["all"] if recursive and kind == "group" else [])
-        mappings = [(p["securityProfileName"], t) for p in engine.store.list_profiles()
-                    for t in p["targets"] if t in targets]
-    return {"securityProfileTargetMappings": [
-        {"securityProfileIdentifier": {"name": profile}, "target": {"arn": attached}}
-        for profile, attached in sorted(mappings)]}
+        mappings = [
+            (p["securityProfileName"], t) for p in engine.store.list_profiles() for t in p["targets"] if t in targets
+        ]
+    return {
+        "securityProfileTargetMappings": [
+            {"securityProfileIdentifier": {"name": profile}, "target": {"arn": attached}}
+            for profile, attached in sorted(mappings)
+        ]
+    }

@@ -9,6 +9,7 @@ until SIGTERM/SIGINT (or `stop()`). Stopping answers what is queued, flushes the
 then disconnects. Everything that can be wrong with the settings fails in `start()`, as a
 `ServiceError` with one line for the operator, before any thread or connection starts.
 """
+
 import logging
 import signal
 import threading
@@ -21,9 +22,9 @@ from garrison.detect.config import Config
 
 log = logging.getLogger("garrison.detect")
 
-TICK_S = 0.5          # periodic work (sweep, fleet thresholds, scheduled audits) is looked at this often
-CONNECT_WAIT_S = 10   # how long start() waits for the broker before saying it retries in the background
-ALERT_FLUSH_S = 5.0   # on stop, how long queued alerts get to leave
+TICK_S = 0.5  # periodic work (sweep, fleet thresholds, scheduled audits) is looked at this often
+CONNECT_WAIT_S = 10  # how long start() waits for the broker before saying it retries in the background
+ALERT_FLUSH_S = 5.0  # on stop, how long queued alerts get to leave
 
 
 class ServiceError(Exception):
@@ -33,6 +34,7 @@ class ServiceError(Exception):
 @dataclass
 class BrokerLink:
     """Where and how the ingest connects: the URL, credentials, and (ca, cert, key) for TLS or None."""
+
     url: str
     username: Optional[str] = None
     password: Optional[str] = None
@@ -40,24 +42,30 @@ class BrokerLink:
 
 
 class Service:
-    def __init__(self, db: str, broker: BrokerLink, config: Optional[Config] = None,
-                 clock_offset_s: Optional[float] = None, broker_control: bool = False,
-                 broker_log: Optional[str] = None):
+    def __init__(
+        self,
+        db: str,
+        broker: BrokerLink,
+        config: Optional[Config] = None,
+        clock_offset_s: Optional[float] = None,
+        broker_control: bool = False,
+        broker_log: Optional[str] = None,
+    ):
         self.db = db
         self.broker = broker
         self.config = config or Config()
         self.clock_offset_s = clock_offset_s
         self.broker_control = broker_control
-        self.broker_log = broker_log or self.config.broker_log   # the cloud-side metrics' source
+        self.broker_log = broker_log or self.config.broker_log  # the cloud-side metrics' source
         self.follower: Any = None
         self._busy_logged = 0.0
-        self.engine: Any = None   # the Engine, once start() built it
+        self.engine: Any = None  # the Engine, once start() built it
         self.ingest: Any = None
         self.runner: Any = None
         self.audits: Any = None
         self.api: Any = None
         self._stop = threading.Event()
-        self._opened: list = []   # what stop() closes, in reverse order
+        self._opened: list = []  # what stop() closes, in reverse order
 
     def start(self) -> "Service":
         from garrison.detect.audit.schedule import Scheduler
@@ -82,16 +90,22 @@ class Service:
             self.engine = engine = Engine(store, clock, config)
             self.follower = start_broker_view(engine, self.broker_log)
             if self.follower:
-                self._opened.append(self.follower.stop)   # stopped before the store closes
-            sync_configured(engine, config.profiles)   # the `profiles sync` path, never detaching
-            self.ingest = MqttIngest(self.broker.url, Ingestor(engine, min_interval_s=config.min_report_interval_s,
-                                                               strict=config.strict),
-                                     client_id=config.client_id, tls=self.broker.tls, username=self.broker.username,
-                                     password=self.broker.password, now_ms=engine.clock.now_ms,
-                                     # beside a SQLite file; a PostgreSQL engine logs what it gives up on instead
-                                     dead_letters=None if is_postgres(self.db) else f"{self.db}.dead-letters",
-                                     in_flight=None if is_postgres(self.db) else f"{self.db}.inflight")
+                self._opened.append(self.follower.stop)  # stopped before the store closes
+            sync_configured(engine, config.profiles)  # the `profiles sync` path, never detaching
+            self.ingest = MqttIngest(
+                self.broker.url,
+                Ingestor(engine, min_interval_s=config.min_report_interval_s, strict=config.strict),
+                client_id=config.client_id,
+                tls=self.broker.tls,
+                username=self.broker.username,
+                password=self.broker.password,
+                now_ms=engine.clock.now_ms,
+                # beside a SQLite file; a PostgreSQL engine logs what it gives up on instead
+                dead_letters=None if is_postgres(self.db) else f"{self.db}.dead-letters",
+                in_flight=None if is_postgres(self.db) else f"{self.db}.inflight",
+            )
             from garrison.detect.console.prometheus import watch_ingest
+
             watch_ingest(engine, self.ingest.ingestor, self.ingest)  # GET /metrics reads its counters and queue
             alert_conf = config.alerts if config.alerts is not None else {"log": True, "mqtt": True}
             # alerts leave over the ingest connection: one MQTT session per engine identity
@@ -106,18 +120,27 @@ class Service:
             self._close_opened()
             raise
         if clock.offset_s:
-            log.warning("simulation: the engine's clock runs %+g s from the wall clock (--clock-offset / "
-                        "$GARRISON_CLOCK_OFFSET); never set this in production", clock.offset_s)
+            log.warning(
+                "simulation: the engine's clock runs %+g s from the wall clock (--clock-offset / "
+                "$GARRISON_CLOCK_OFFSET); never set this in production",
+                clock.offset_s,
+            )
         self.ingest.start()
         self.runner.start()
         deadline = time.monotonic() + CONNECT_WAIT_S
         while not (self.ingest.connected.wait(0.25) or self._stop.is_set() or time.monotonic() > deadline):
-            pass   # a SIGTERM in this first wait must not wait it out
+            pass  # a SIGTERM in this first wait must not wait it out
         if not self.ingest.connected.is_set() and not self._stop.is_set():
             log.warning("broker %s not reachable yet; retrying in the background", self._broker_shown())
-        log.info("serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
-                 self._broker_shown(), self.db, config.min_report_interval_s, config.invalidation_period_s,
-                 ", strict" if config.strict else "", f", API {self.api.url}" if self.api else "")
+        log.info(
+            "serving: broker %s, database %s, min report interval %gs, invalidation after %gs%s%s",
+            self._broker_shown(),
+            self.db,
+            config.min_report_interval_s,
+            config.invalidation_period_s,
+            ", strict" if config.strict else "",
+            f", API {self.api.url}" if self.api else "",
+        )
         return self
 
     def run(self, handle_signals: bool = True) -> None:
@@ -134,11 +157,12 @@ class Service:
 
     def tick(self) -> None:
         from garrison.detect.state.store import StoreBusy
+
         try:
             self.engine.tick()
             self.audits.tick()
         except StoreBusy as exc:  # another process writes for long: nothing lost, try again
-            if time.monotonic() - self._busy_logged >= 60:   # at most one line a minute
+            if time.monotonic() - self._busy_logged >= 60:  # at most one line a minute
                 log.warning("periodic work waits: %s", exc)
                 self._busy_logged = time.monotonic()
         except Exception:  # periodic work must never stop the engine
@@ -150,7 +174,7 @@ class Service:
 
     def shutdown(self) -> None:
         log.info("stopping")
-        self.ingest.stop(disconnect=False)   # answer what is queued; the connection stays for alerts
+        self.ingest.stop(disconnect=False)  # answer what is queued; the connection stays for alerts
         self.runner.stop()
         if self.api:
             self.api.stop()
@@ -165,6 +189,7 @@ class Service:
 
     def _broker_shown(self) -> str:
         from garrison.agent.transports.paho_compat import redact_broker_url
+
         return redact_broker_url(self.broker.url)
 
 
@@ -173,13 +198,21 @@ def _start_runner(engine, store, ingest, broker_control: bool):
     broker actions only with --broker-control."""
     from garrison.detect.respond import brokercontrol
     from garrison.detect.respond.runner import ActionRunner
+
     control = None
     if broker_control:
         control = brokercontrol.BrokerControl(ingest)
         ingest.side_channels[brokercontrol.DYNSEC_RESPONSE_TOPIC] = control.on_response
     from garrison.detect.respond.revocation import Revocation
-    engine.runner = ActionRunner(store, control, publish=ingest.publish, connected=ingest.connected.is_set,
-                                 revocation=Revocation.from_config(engine.config.audit), now_ms=engine.clock.now_ms)
+
+    engine.runner = ActionRunner(
+        store,
+        control,
+        publish=ingest.publish,
+        connected=ingest.connected.is_set,
+        revocation=Revocation.from_config(engine.config.audit),
+        now_ms=engine.clock.now_ms,
+    )
     return engine.runner
 
 
@@ -187,8 +220,10 @@ def _lock_database(db: str):
     """Refuse a second `serve` on the same database: two engines would fight over one MQTT session."""
     import fcntl
     from garrison.detect.state.store import is_postgres
+
     if is_postgres(db):
         from garrison.detect.cli.scaleout import serve_lock
+
         return serve_lock(db)
     lock = open(f"{db}.serve-lock", "w")
     try:
@@ -203,6 +238,7 @@ def _start_api(engine, config: Config, db: str):
     """The HTTP API when configured; a token is generated into a 0600 file when none is given."""
     from garrison.detect.api.auth import load_or_create_token
     from garrison.detect.api.server import ApiServer
+
     if not config.api_enabled:
         return None
     token = config.api_token

@@ -3,6 +3,7 @@
 Used by the engine config (garrison.detect.config), security profiles
 (garrison.detect.judge.profiles) and the HTTP API: `behaviors[2].criteria.durationSeconds`.
 """
+
 from typing import Any, Iterable
 
 from pydantic import ValidationError
@@ -23,11 +24,11 @@ def message(error: Any) -> str:
     if error.get("type") in _PLAIN:
         return _PLAIN[error["type"]]
     text = str(error.get("msg", "invalid"))
-    return text[len("Value error, "):] if text.startswith("Value error, ") else text
+    return text[len("Value error, ") :] if text.startswith("Value error, ") else text
 
 
 def first_error(exc: ValidationError) -> str:
-    """"path: message" for the first error (one line; pydantic lists them in document order)."""
+    """ "path: message" for the first error (one line; pydantic lists them in document order)."""
     error = exc.errors()[0]
     path = field_path(error.get("loc", ()))
     return f"{path}: {message(error)}" if path else message(error)

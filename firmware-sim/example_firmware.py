@@ -14,6 +14,7 @@ Custom metrics reach the engine as `custom_metrics.temperature_c = [{"number": 2
 `custom_metrics.firmware_version = [{"string_list": ["2.4.1"]}]`; a security profile can judge
 them (e.g. `firmware_version` `in-set ["2.4.1"]`, `temperature_c` `less-than 60`).
 """
+
 import argparse
 import logging
 import math
@@ -70,13 +71,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from garrison.agent.api import Agent          # the only Garrison import the firmware needs
+    from garrison.agent.api import Agent  # the only Garrison import the firmware needs
     from garrison.agent.config import ConfigError
 
     tls = {k: v for k, v in (("ca", args.ca), ("cert", args.cert), ("key", args.key)) if v}
     try:
-        agent = Agent(thing=args.thing, broker=args.broker, interval=args.interval, state_dir=args.state_dir,
-                      format=args.format, **tls)
+        agent = Agent(
+            thing=args.thing,
+            broker=args.broker,
+            interval=args.interval,
+            state_dir=args.state_dir,
+            format=args.format,
+            **tls,
+        )
     except ConfigError as exc:
         print(f"example_firmware: {exc}", file=sys.stderr)
         return 2
@@ -96,12 +103,16 @@ def main(argv=None) -> int:
     made = 0
     try:
         while running and (args.reports == 0 or made < args.reports):
-            greenhouse.step()                  # the firmware's own work
-            report_id = agent.tick()           # reports when due, else returns at once
+            greenhouse.step()  # the firmware's own work
+            report_id = agent.tick()  # reports when due, else returns at once
             if report_id is not None:
                 made += 1
-                log.info("report %d (temperature %.1f C, fan %s)", report_id, greenhouse.temperature_c,
-                         "on" if greenhouse.fan_on else "off")
+                log.info(
+                    "report %d (temperature %.1f C, fan %s)",
+                    report_id,
+                    greenhouse.temperature_c,
+                    "on" if greenhouse.fan_on else "off",
+                )
             time.sleep(args.loop_period)
         # give the last report a moment to leave: tick() sends any backlog while connected
         deadline = time.monotonic() + 5

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Lint (ruff) and type checks (mypy) over the packages, configured in pyproject.toml.
-# scripts/test.sh runs this before pytest; a finding fails the run. Formatting (`ruff format`) is
-# configured but not checked yet.
+# Lint and formatting (ruff) and type checks (mypy) over the packages, configured in pyproject.toml.
+# scripts/test.sh runs this before pytest; a finding fails the run (`ruff format .` fixes the format).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY -m ruff check --no-cache .
+$PY -m ruff format --no-cache --check .
 # The folders install as garrison.* through setup.cfg's package_dir, which mypy cannot follow in
 # an editable install: give it the same tree as symbolic links.
 tree=$(mktemp -d)

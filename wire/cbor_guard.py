@@ -17,10 +17,11 @@ What passes decodes to at most `max_items` objects of at most the payload's byte
 decoder's and the validator's work is linear in the payload size. Pure Python, stdlib only, so
 the device side can use it too.
 """
+
 from typing import Optional
 
-MAX_ITEMS = 100_000   # a 128 KB report holds at most ~131k one-byte items; legit ones far fewer
-MAX_DEPTH = 16        # a report nests 7 levels deep (report/metrics/.../connections/[i]/field)
+MAX_ITEMS = 100_000  # a 128 KB report holds at most ~131k one-byte items; legit ones far fewer
+MAX_DEPTH = 16  # a report nests 7 levels deep (report/metrics/.../connections/[i]/field)
 
 
 class CborRefused(ValueError):
@@ -30,8 +31,9 @@ class CborRefused(ValueError):
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
-def check(payload: bytes, max_items: int = MAX_ITEMS, max_depth: int = MAX_DEPTH,
-          max_string_bytes: Optional[int] = None) -> int:
+def check(
+    payload: bytes, max_items: int = MAX_ITEMS, max_depth: int = MAX_DEPTH, max_string_bytes: Optional[int] = None
+) -> int:
     """Raise CborRefused unless `payload` is one plain CBOR item within the bounds; returns the
     number of data items (maps count their keys and values)."""
     data = bytes(payload)
@@ -60,7 +62,7 @@ def check(payload: bytes, max_items: int = MAX_ITEMS, max_depth: int = MAX_DEPTH
             size = _ARG_BYTES[info]
             if pos + size > end:
                 raise CborRefused("truncated CBOR: the payload ends inside an item's header")
-            arg = int.from_bytes(data[pos:pos + size], "big")
+            arg = int.from_bytes(data[pos : pos + size], "big")
             pos += size
         elif info == 31:
             raise CborRefused("indefinite-length CBOR items are not used by reports")

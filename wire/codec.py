@@ -4,6 +4,7 @@ A report's format is named by its topic (json | cbor); a reply is encoded like i
 JSON is compact, ASCII-only, and never carries NaN or Infinity (they are not JSON; the engine
 would refuse them). Decoding does no validation: see garrison.detect.ingest.validate.
 """
+
 import json
 from typing import Any
 

@@ -9,6 +9,7 @@ again, then applies its own, tighter, configured limits (garrison.agent.control)
 
 An optional "id" (string, at most 64 characters) is echoed in the agent's log.
 """
+
 from typing import Any, Dict
 
 MAX_REQUEST_BYTES = 1024
@@ -16,8 +17,12 @@ MIN_EVERY_SECONDS = 1
 MAX_EVERY_SECONDS = 3600
 MAX_FOR_SECONDS = 24 * 3600
 REQUESTS = ("report-now", "report-every", "report-default", "collector")
-_FIELDS = {"report-now": set(), "report-every": {"seconds", "for_seconds"}, "report-default": set(),
-           "collector": {"name", "enabled"}}
+_FIELDS = {
+    "report-now": set(),
+    "report-every": {"seconds", "for_seconds"},
+    "report-default": set(),
+    "collector": {"name", "enabled"},
+}
 
 
 class ControlRequestError(ValueError):

@@ -6,6 +6,7 @@ out of topics and certificate common names. This module is the only place that s
 the agent checks names when they are added, the engine when a report, a profile, a certificate
 or a broker ACL names them.
 """
+
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -14,7 +15,7 @@ from garrison.wire.limits import MAX_NAME_CHARS
 
 CHARS = "a-zA-Z0-9:_-"
 _NAME = re.compile(f"[{CHARS}]{{1,{MAX_NAME_CHARS}}}")
-SHAPE = f"1-{MAX_NAME_CHARS} characters of [{CHARS}]"   # the rule in words, for messages and docs
+SHAPE = f"1-{MAX_NAME_CHARS} characters of [{CHARS}]"  # the rule in words, for messages and docs
 
 
 class InvalidName(ValueError):
@@ -42,8 +43,11 @@ class NameRule:
         return text
 
     def valid(self, name: Any) -> bool:
-        return (isinstance(name, str) and _NAME.fullmatch(name) is not None
-                and not (self.reserved_prefix and name.startswith(self.reserved_prefix)))
+        return (
+            isinstance(name, str)
+            and _NAME.fullmatch(name) is not None
+            and not (self.reserved_prefix and name.startswith(self.reserved_prefix))
+        )
 
     def check(self, name: Any) -> str:
         """`name` itself, or raise InvalidName naming this rule."""
@@ -52,7 +56,7 @@ class NameRule:
         return name
 
 
-NAME = NameRule("name")              # the bare shape (e.g. metric and dimension names in a profile)
+NAME = NameRule("name")  # the bare shape (e.g. metric and dimension names in a profile)
 THING = NameRule("thing name")
 CUSTOM_METRIC = NameRule("custom metric name", reserved_prefix="aws:")
 PROFILE = NameRule("security profile name")
@@ -81,7 +85,7 @@ def check_behavior_name(name: Any) -> str:
 
 def _show(name: Any, limit: int = 60) -> str:
     text = repr(name)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def thing_name_from(text: str, fallback: str = "garrison-device") -> str:

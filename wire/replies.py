@@ -7,6 +7,7 @@ The engine builds replies with `accepted` / `rejected`; the agent reads them wit
 Both get the same `Reply`. Error codes: AWS's two, then Garrison's extensions
 (docs/wire-format.md says when each is sent and what a device should do).
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -14,19 +15,25 @@ from garrison.wire import codec, topics
 from garrison.wire.limits import MAX_ERROR_MESSAGE_CHARS
 
 # AWS's codes
-INVALID_PAYLOAD = "InvalidPayload"       # any malformed report
-THROTTLED = "Throttled"                  # a second report within the interval
+INVALID_PAYLOAD = "InvalidPayload"  # any malformed report
+THROTTLED = "Throttled"  # a second report within the interval
 # Garrison's extensions
-PAYLOAD_TOO_LARGE = "PayloadTooLarge"    # over max_payload (AWS IoT drops these at the broker)
-STALE_REPORT_ID = "StaleReportId"        # a report id lower than the last accepted one
+PAYLOAD_TOO_LARGE = "PayloadTooLarge"  # over max_payload (AWS IoT drops these at the broker)
+STALE_REPORT_ID = "StaleReportId"  # a report id lower than the last accepted one
 INVALID_THING_NAME = "InvalidThingName"  # the topic's thing breaks garrison.wire.names.THING
-UNREGISTERED_THING = "UnregisteredThing" # strict mode: thing not registered with the engine
-REPORT_TOO_OLD = "ReportTooOld"          # dated before the thing was first seen, or past the spool's age
-INTERNAL_ERROR = "InternalError"         # the engine failed to store the report; resend later
+UNREGISTERED_THING = "UnregisteredThing"  # strict mode: thing not registered with the engine
+REPORT_TOO_OLD = "ReportTooOld"  # dated before the thing was first seen, or past the spool's age
+INTERNAL_ERROR = "InternalError"  # the engine failed to store the report; resend later
 
 AWS_ERROR_CODES = (INVALID_PAYLOAD, THROTTLED)
-EXTENSION_ERROR_CODES = (PAYLOAD_TOO_LARGE, STALE_REPORT_ID, INVALID_THING_NAME, UNREGISTERED_THING,
-                         REPORT_TOO_OLD, INTERNAL_ERROR)
+EXTENSION_ERROR_CODES = (
+    PAYLOAD_TOO_LARGE,
+    STALE_REPORT_ID,
+    INVALID_THING_NAME,
+    UNREGISTERED_THING,
+    REPORT_TOO_OLD,
+    INTERNAL_ERROR,
+)
 ERROR_CODES = AWS_ERROR_CODES + EXTENSION_ERROR_CODES
 
 ACCEPTED, REJECTED = "ACCEPTED", "REJECTED"
@@ -63,24 +70,39 @@ def rejected_body(thing: str, report_id: Optional[int], code: str, message: str,
     body: Dict[str, Any] = {"thingName": thing}
     if report_id is not None:
         body["reportId"] = report_id
-    body.update(status=REJECTED, statusDetails={"ErrorCode": code, "ErrorMessage": shorten(message)},
-                timestamp=timestamp)
+    body.update(
+        status=REJECTED, statusDetails={"ErrorCode": code, "ErrorMessage": shorten(message)}, timestamp=timestamp
+    )
     return body
 
 
 def accepted(thing: str, fmt: str, report_id: int, timestamp: int) -> Reply:
     """The engine's ACCEPTED reply to a report on `thing`'s `fmt` topic, encoded like it."""
     body = accepted_body(thing, report_id, timestamp)
-    return Reply(thing, report_id, True, timestamp=timestamp, topic=topics.reply_topic(thing, fmt, "accepted"),
-                 payload=codec.encode(body, fmt))
+    return Reply(
+        thing,
+        report_id,
+        True,
+        timestamp=timestamp,
+        topic=topics.reply_topic(thing, fmt, "accepted"),
+        payload=codec.encode(body, fmt),
+    )
 
 
 def rejected(thing: str, fmt: str, report_id: Optional[int], code: str, message: str, timestamp: int) -> Reply:
     """The engine's REJECTED reply, encoded like the report."""
     body = rejected_body(thing, report_id, code, message, timestamp)
     details = body["statusDetails"]
-    return Reply(thing, report_id, False, code, details["ErrorMessage"], timestamp,
-                 topics.reply_topic(thing, fmt, "rejected"), codec.encode(body, fmt))
+    return Reply(
+        thing,
+        report_id,
+        False,
+        code,
+        details["ErrorMessage"],
+        timestamp,
+        topics.reply_topic(thing, fmt, "rejected"),
+        codec.encode(body, fmt),
+    )
 
 
 def parse(topic: str, payload: bytes) -> Optional[Reply]:
@@ -122,4 +144,4 @@ def parse(topic: str, payload: bytes) -> Optional[Reply]:
 
 def shorten(text: Any, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     text = text if isinstance(text, str) else repr(text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,6 +4,7 @@ Every field of a metric report is declared here with its long name, short name, 
 The encoder (long <-> short names), the engine's validator and the docs are all derived from
 this one table, so the two name forms can never drift apart.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -31,8 +32,8 @@ class Field:
     minimum: Optional[int] = None
     maximum: Optional[int] = None
     required: bool = False
-    choices: Tuple[str, ...] = ()        # "str": the only values allowed
-    max_items: Optional[int] = None      # "list": the most entries allowed
+    choices: Tuple[str, ...] = ()  # "str": the only values allowed
+    max_items: Optional[int] = None  # "list": the most entries allowed
 
     def child(self, key: str) -> Optional["Field"]:
         """The child named `key` in either name form (agents mix them)."""
@@ -53,10 +54,16 @@ _PORT = (
 
 
 def _port_group(long, short, doc):
-    return Field(long, short, "object", doc, children=(
-        Field("ports", "pts", "list", "Listening ports (capped; duplicates removed).", children=_PORT),
-        _count("total", "t", "True number of listening ports, before any cap."),
-    ))
+    return Field(
+        long,
+        short,
+        "object",
+        doc,
+        children=(
+            Field("ports", "pts", "list", "Listening ports (capped; duplicates removed).", children=_PORT),
+            _count("total", "t", "True number of listening ports, before any cap."),
+        ),
+    )
 
 
 _CONNECTION = (
@@ -70,28 +77,43 @@ _CONNECTION = (
 INTERVAL_MAX_ITEMS = 1000
 _PROTOCOL = Field("protocol", "pr", "str", '"tcp" or "udp".', choices=("tcp", "udp"), required=True)
 _INTERVAL_SOCKETS = Field(
-    "interval_sockets", "isk", "object",
-    "Garrison extension: sockets closed since the previous report (never sent to AWS IoT).", children=(
-        Field("connections", "cs", "list", "Remote endpoints connected to, one per remote address "
-              "(capped, busiest first).", max_items=INTERVAL_MAX_ITEMS, children=(
-                  Field("remote_addr", "rad", "str", 'First remote "ip:port" seen for the address.',
-                        required=True),
-                  _PROTOCOL,
-                  Field("local_port", "lp", "int", "Local port of that first socket.", minimum=0, maximum=MAX_PORT),
-                  _count("count", "n", "Sockets to this address closed in the interval."),
-                  _count("bytes_in", "bi", "Bytes they received (TCP, from tcp_info)."),
-                  _count("bytes_out", "bo", "Bytes they sent and had acknowledged (TCP, from tcp_info)."),
-              )),
-        Field("listening_ports", "lps", "list", "Local ports that listened (capped).",
-              max_items=INTERVAL_MAX_ITEMS, children=(
-                  Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
-                  _PROTOCOL,
-                  _count("count", "n", "Sockets on this port closed in the interval."),
-              )),
+    "interval_sockets",
+    "isk",
+    "object",
+    "Garrison extension: sockets closed since the previous report (never sent to AWS IoT).",
+    children=(
+        Field(
+            "connections",
+            "cs",
+            "list",
+            "Remote endpoints connected to, one per remote address (capped, busiest first).",
+            max_items=INTERVAL_MAX_ITEMS,
+            children=(
+                Field("remote_addr", "rad", "str", 'First remote "ip:port" seen for the address.', required=True),
+                _PROTOCOL,
+                Field("local_port", "lp", "int", "Local port of that first socket.", minimum=0, maximum=MAX_PORT),
+                _count("count", "n", "Sockets to this address closed in the interval."),
+                _count("bytes_in", "bi", "Bytes they received (TCP, from tcp_info)."),
+                _count("bytes_out", "bo", "Bytes they sent and had acknowledged (TCP, from tcp_info)."),
+            ),
+        ),
+        Field(
+            "listening_ports",
+            "lps",
+            "list",
+            "Local ports that listened (capped).",
+            max_items=INTERVAL_MAX_ITEMS,
+            children=(
+                Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
+                _PROTOCOL,
+                _count("count", "n", "Sockets on this port closed in the interval."),
+            ),
+        ),
         _count("events", "ev", "Sockets closed in the interval (the true count)."),
         _count("overflow", "of", "Of them, not listed because the collector's table was full."),
         _count("lost", "lo", "Times the kernel dropped events (the collector fell behind)."),
-    ))
+    ),
+)
 
 # Garrison's extension (not AWS's; never sent to AWS IoT): the process behind each listening
 # port and connection (garrison.agent.owners). Strings are bounded by the validator (1024 chars).
@@ -103,48 +125,119 @@ _OWNER = (
     Field("user", "usr", "str", "User the process runs as (name, or uid when it has none)."),
 )
 _SOCKET_OWNERS = Field(
-    "socket_owners", "sow", "object",
+    "socket_owners",
+    "sow",
+    "object",
     "Garrison extension: the processes owning the listening ports and connections (never sent to AWS IoT).",
     children=(
-        Field("listening_ports", "lps", "list", "Owner of each listening port (capped).",
-              max_items=OWNERS_MAX_ITEMS, children=(
-                  Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
-                  _PROTOCOL, *_OWNER)),
-        Field("connections", "cs", "list", "Owner of each established connection (capped).",
-              max_items=OWNERS_MAX_ITEMS, children=(
-                  Field("remote_addr", "rad", "str", 'Remote "ip:port", IPv6 as "[addr]:port".', required=True),
-                  Field("local_port", "lp", "int", "Local port.", minimum=0, maximum=MAX_PORT),
-                  *_OWNER)),
-    ))
+        Field(
+            "listening_ports",
+            "lps",
+            "list",
+            "Owner of each listening port (capped).",
+            max_items=OWNERS_MAX_ITEMS,
+            children=(
+                Field("port", "pt", "int", "Port number.", minimum=0, maximum=MAX_PORT, required=True),
+                _PROTOCOL,
+                *_OWNER,
+            ),
+        ),
+        Field(
+            "connections",
+            "cs",
+            "list",
+            "Owner of each established connection (capped).",
+            max_items=OWNERS_MAX_ITEMS,
+            children=(
+                Field("remote_addr", "rad", "str", 'Remote "ip:port", IPv6 as "[addr]:port".', required=True),
+                Field("local_port", "lp", "int", "Local port.", minimum=0, maximum=MAX_PORT),
+                *_OWNER,
+            ),
+        ),
+    ),
+)
 
-REPORT = Field("report", "report", "object", "A Device Defender metric report.", children=(
-    Field("header", "hed", "object", "Report header.", required=True, children=(
-        Field("report_id", "rid", "int", "Positive, increasing per device (epoch ms).",
-              minimum=1, maximum=MAX_INT, required=True),
-        Field("version", "v", "str", 'Always "1.0".', required=True),
-    )),
-    Field("metrics", "met", "object", "Device-side metrics.", children=(
-        _port_group("listening_tcp_ports", "tp", "Listening TCP ports."),
-        _port_group("listening_udp_ports", "up", "Listening UDP ports."),
-        Field("tcp_connections", "tc", "object", "TCP connections.", children=(
-            Field("established_connections", "ec", "object", "Established TCP connections.", children=(
-                Field("connections", "cs", "list", "Established connections (capped).",
-                      children=_CONNECTION),
-                _count("total", "t", "True number of established connections."),
-            )),
-        )),
-        Field("network_stats", "ns", "object", "Traffic since the previous report (deltas).", children=(
-            _count("bytes_in", "bi", "Bytes received."),
-            _count("bytes_out", "bo", "Bytes sent."),
-            _count("packets_in", "pi", "Packets received."),
-            _count("packets_out", "po", "Packets sent."),
-        )),
-        _INTERVAL_SOCKETS,
-        _SOCKET_OWNERS,
-    )),
-    Field("custom_metrics", "cmet", "custom",
-          "Custom metrics: name -> [{number | number_list | string_list | ip_list}]."),
-))
+REPORT = Field(
+    "report",
+    "report",
+    "object",
+    "A Device Defender metric report.",
+    children=(
+        Field(
+            "header",
+            "hed",
+            "object",
+            "Report header.",
+            required=True,
+            children=(
+                Field(
+                    "report_id",
+                    "rid",
+                    "int",
+                    "Positive, increasing per device (epoch ms).",
+                    minimum=1,
+                    maximum=MAX_INT,
+                    required=True,
+                ),
+                Field("version", "v", "str", 'Always "1.0".', required=True),
+            ),
+        ),
+        Field(
+            "metrics",
+            "met",
+            "object",
+            "Device-side metrics.",
+            children=(
+                _port_group("listening_tcp_ports", "tp", "Listening TCP ports."),
+                _port_group("listening_udp_ports", "up", "Listening UDP ports."),
+                Field(
+                    "tcp_connections",
+                    "tc",
+                    "object",
+                    "TCP connections.",
+                    children=(
+                        Field(
+                            "established_connections",
+                            "ec",
+                            "object",
+                            "Established TCP connections.",
+                            children=(
+                                Field(
+                                    "connections",
+                                    "cs",
+                                    "list",
+                                    "Established connections (capped).",
+                                    children=_CONNECTION,
+                                ),
+                                _count("total", "t", "True number of established connections."),
+                            ),
+                        ),
+                    ),
+                ),
+                Field(
+                    "network_stats",
+                    "ns",
+                    "object",
+                    "Traffic since the previous report (deltas).",
+                    children=(
+                        _count("bytes_in", "bi", "Bytes received."),
+                        _count("bytes_out", "bo", "Bytes sent."),
+                        _count("packets_in", "pi", "Packets received."),
+                        _count("packets_out", "po", "Packets sent."),
+                    ),
+                ),
+                _INTERVAL_SOCKETS,
+                _SOCKET_OWNERS,
+            ),
+        ),
+        Field(
+            "custom_metrics",
+            "cmet",
+            "custom",
+            "Custom metrics: name -> [{number | number_list | string_list | ip_list}].",
+        ),
+    ),
+)
 
 
 def rename(doc: Any, short: bool, field: Field = REPORT) -> Any:

@@ -8,6 +8,7 @@
 This module is the only place that spells the layout; the agent, the engine, the broker's ACLs,
 the simulators and the tests build and parse topics through it.
 """
+
 import re
 from typing import Any, Optional, Tuple
 
@@ -80,8 +81,9 @@ def parse_reply_topic(topic: Any) -> Optional[Tuple[str, str, str]]:
 
 def reply_safe(thing: str) -> bool:
     """Whether a reply topic for `thing` can be published (see _UNSAFE_TOPIC_CHARS)."""
-    return (not _UNSAFE_TOPIC_CHARS.search(thing)
-            and len(thing.encode("utf-8", "surrogatepass")) <= MAX_TOPIC_THING_BYTES)
+    return (
+        not _UNSAFE_TOPIC_CHARS.search(thing) and len(thing.encode("utf-8", "surrogatepass")) <= MAX_TOPIC_THING_BYTES
+    )
 
 
 # Device reconfiguration (a Garrison extension, not AWS's): the engine publishes bounded requests
@@ -104,7 +106,7 @@ def parse_control_topic(topic: Any) -> Optional[str]:
     """The thing a control topic addresses, else None."""
     if not isinstance(topic, str) or not topic.startswith(_CONTROL_PREFIX) or not topic.endswith(_CONTROL_SUFFIX):
         return None
-    thing = topic[len(_CONTROL_PREFIX):-len(_CONTROL_SUFFIX)]
+    thing = topic[len(_CONTROL_PREFIX) : -len(_CONTROL_SUFFIX)]
     return thing if thing and "/" not in thing else None
 
 

@@ -5,6 +5,7 @@ both use these predicates, so a value the agent sends is a value the engine take
 checks each custom metric with `custom_metric` when it collects it: a bad value costs only that
 metric, never the report.
 """
+
 import math
 import socket
 from typing import Any, Dict, List, Mapping
@@ -65,8 +66,11 @@ def is_text(value: Any) -> bool:
     return True
 
 
-_ITEM_CHECKS = {"number_list": (is_number, NUMBER_RULE), "string_list": (is_text, TEXT_RULE),
-                "ip_list": (is_ip, IP_RULE)}
+_ITEM_CHECKS = {
+    "number_list": (is_number, NUMBER_RULE),
+    "string_list": (is_text, TEXT_RULE),
+    "ip_list": (is_ip, IP_RULE),
+}
 
 
 def check_custom_value(kind: str, value: Any) -> Any:
@@ -100,8 +104,9 @@ def custom_metric(value: Any) -> List[Dict[str, Any]]:
         return [{"number": check_custom_value("number", value)}]
     if isinstance(value, Mapping):
         if len(value) != 1 or next(iter(value)) not in CUSTOM_METRIC_TYPES:
-            raise InvalidValue(f"a typed custom metric is one of {', '.join(CUSTOM_METRIC_TYPES)}, "
-                               f"e.g. {{\"ip_list\": [...]}}")
+            raise InvalidValue(
+                f'a typed custom metric is one of {", ".join(CUSTOM_METRIC_TYPES)}, e.g. {{"ip_list": [...]}}'
+            )
         kind, inner = next(iter(value.items()))
         return [{kind: check_custom_value(kind, inner)}]
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -111,10 +116,12 @@ def custom_metric(value: Any) -> List[Dict[str, Any]]:
         if all(isinstance(v, str) for v in items):
             return [{"string_list": check_custom_value("string_list", items)}]
         raise InvalidValue("a custom metric list holds only numbers or only strings")
-    raise InvalidValue(f"unsupported custom metric value of type {type(value).__name__} "
-                       "(a number, a list of numbers or strings, or {\"ip_list\": [...]})")
+    raise InvalidValue(
+        f"unsupported custom metric value of type {type(value).__name__} "
+        '(a number, a list of numbers or strings, or {"ip_list": [...]})'
+    )
 
 
 def _show(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 4] + "..." + text[-1]
+    return text if len(text) <= limit else text[: limit - 4] + "..." + text[-1]

@@ -5,6 +5,7 @@ awsiotsdk is imported only when this transport is built, so devices without the 
 has no awscrt wheel) never pay for it. Note: awscrt may resend an unacknowledged QoS 1 publish
 after a reconnect while the spool also retries it, so delivery is at least once.
 """
+
 import logging
 import threading
 from typing import Optional
@@ -14,8 +15,9 @@ from garrison.agent.transports.backoff import Backoff
 from garrison.agent.transports.base import ReplyHandler, Transport, TransportError
 
 log = logging.getLogger(__name__)
-MISSING_EXTRA = ("the awsiot transport needs the AWS IoT Device SDK: "
-                 "pip install 'garrison[aws]' (or pip install awsiotsdk)")
+MISSING_EXTRA = (
+    "the awsiot transport needs the AWS IoT Device SDK: pip install 'garrison[aws]' (or pip install awsiotsdk)"
+)
 
 
 def _sdk():
@@ -30,16 +32,34 @@ def _sdk():
 class AwsIotTransport(Transport):
     name = "awsiot"
 
-    def __init__(self, thing: str, fmt: str, endpoint: str, cert: str, key: str, port: int = 8883,
-                 ca: Optional[str] = None, client_id: Optional[str] = None, keepalive: int = 60):
+    def __init__(
+        self,
+        thing: str,
+        fmt: str,
+        endpoint: str,
+        cert: str,
+        key: str,
+        port: int = 8883,
+        ca: Optional[str] = None,
+        client_id: Optional[str] = None,
+        keepalive: int = 60,
+    ):
         super().__init__(thing, fmt)
         self._mqtt, builder = _sdk()
         self.endpoint, self.port = endpoint, port
         self.reply_topics = topics.reply_topics(thing, fmt)
         self._connection = builder.mtls_from_path(
-            endpoint=endpoint, port=port, cert_filepath=cert, pri_key_filepath=key, ca_filepath=ca,
-            client_id=client_id or thing, clean_session=True, keep_alive_secs=keepalive,
-            on_connection_interrupted=self._interrupted, on_connection_resumed=self._resumed)
+            endpoint=endpoint,
+            port=port,
+            cert_filepath=cert,
+            pri_key_filepath=key,
+            ca_filepath=ca,
+            client_id=client_id or thing,
+            clean_session=True,
+            keep_alive_secs=keepalive,
+            on_connection_interrupted=self._interrupted,
+            on_connection_resumed=self._resumed,
+        )
         self._stopping = threading.Event()
 
     def start(self, on_reply: ReplyHandler) -> None:
@@ -55,8 +75,9 @@ class AwsIotTransport(Transport):
                 self._connection.connect().result()
                 break
             except Exception as exc:
-                log.warning("cannot reach AWS IoT %s:%s: %s; retrying in %.0f s", self.endpoint, self.port,
-                            exc, backoff.delay)
+                log.warning(
+                    "cannot reach AWS IoT %s:%s: %s; retrying in %.0f s", self.endpoint, self.port, exc, backoff.delay
+                )
                 backoff.wait(self._stopping)
         else:
             return

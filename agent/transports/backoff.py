@@ -3,6 +3,7 @@
 Jitter (each wait drawn within +-20 % of the nominal delay) keeps a fleet that lost its broker
 at the same moment from coming back at the same moment.
 """
+
 import random
 import threading
 from typing import Optional
@@ -11,13 +12,14 @@ from typing import Optional
 class Backoff:
     """Delays of `first`, 2x`first`, ... up to `cap` seconds; `reset()` after a good connection."""
 
-    def __init__(self, first: float = 1.0, cap: float = 120.0, jitter: float = 0.2,
-                 rng: Optional[random.Random] = None):
+    def __init__(
+        self, first: float = 1.0, cap: float = 120.0, jitter: float = 0.2, rng: Optional[random.Random] = None
+    ):
         if not 0 < first <= cap:
             raise ValueError(f"backoff: need 0 < first ({first}) <= cap ({cap})")
         self.first, self.cap, self.jitter = float(first), float(cap), jitter
         self._rng = rng or random.Random()
-        self.delay = self.first   # the nominal delay of the next wait (what the logs say)
+        self.delay = self.first  # the nominal delay of the next wait (what the logs say)
 
     def reset(self) -> None:
         self.delay = self.first

@@ -18,6 +18,7 @@ Contract:
   from a signal handler. The daemon calls it on SIGTERM so that stopping never waits out a
   timeout against an unreachable broker.
 """
+
 import threading
 import time
 from typing import Callable, Optional
@@ -25,7 +26,7 @@ from typing import Callable, Optional
 from garrison.wire.replies import Reply
 
 ReplyHandler = Callable[[Reply], None]
-WAIT_SLICE = 0.25   # seconds; waits wake this often to notice cancel_waits()
+WAIT_SLICE = 0.25  # seconds; waits wake this often to notice cancel_waits()
 
 
 class TransportError(Exception):
@@ -44,7 +45,7 @@ class Transport:
         self._connected = threading.Event()
         self._cancelled = threading.Event()
         self.on_reply: Optional[ReplyHandler] = None
-        self.side_channels: dict = {}   # topic -> handler(payload): the control topic (MQTT transport)
+        self.side_channels: dict = {}  # topic -> handler(payload): the control topic (MQTT transport)
 
     @property
     def connected(self) -> bool:
@@ -78,4 +79,5 @@ class Transport:
                 self.on_reply(reply)
             except Exception:  # pragma: no cover - logged by the handler's owner
                 import logging
+
                 logging.getLogger(__name__).exception("reply handler failed")

@@ -8,6 +8,7 @@ nucleus passes in the environment. The recipe (packaging/greengrass/recipe.yaml)
 awsiotsdk is an extra (`pip install garrison[aws]`); it is imported only when this transport
 starts, so the agent runs without it everywhere else (awscrt has no armv7l wheel).
 """
+
 import logging
 import os
 import threading
@@ -33,7 +34,8 @@ def _load_ipc():
     except ImportError as exc:
         raise TransportError(
             "the greengrass transport needs awsiotsdk: pip install 'garrison[aws]' "
-            f"(awscrt has no armv7l wheel; use the mqtt transport there) [{exc}]") from None
+            f"(awscrt has no armv7l wheel; use the mqtt transport there) [{exc}]"
+        ) from None
     return clientv2, model
 
 
@@ -44,7 +46,8 @@ def check_environment() -> None:
     if missing:
         raise TransportError(
             f"not running as a Greengrass component ({', '.join(missing)} unset): the greengrass "
-            "transport only works when the nucleus starts the agent")
+            "transport only works when the nucleus starts the agent"
+        )
 
 
 def _default_client_factory():
@@ -62,8 +65,7 @@ class GreengrassTransport(Transport):
 
     name = "greengrass"
 
-    def __init__(self, thing: str, fmt: str = "json",
-                 client_factory: Optional[Callable[[], Any]] = None):
+    def __init__(self, thing: str, fmt: str = "json", client_factory: Optional[Callable[[], Any]] = None):
         super().__init__(thing, fmt)
         report.topic(thing, fmt)  # validates fmt now, with the same error as everywhere else
         self._factory = client_factory or _default_client_factory
@@ -92,8 +94,10 @@ class GreengrassTransport(Transport):
             try:
                 self._open()
                 backoff.reset()
-                log.info("connected to the Greengrass nucleus IPC; replies on %s",
-                         ", ".join(topics.reply_topics(self.thing, self.fmt)))
+                log.info(
+                    "connected to the Greengrass nucleus IPC; replies on %s",
+                    ", ".join(topics.reply_topics(self.thing, self.fmt)),
+                )
                 self._reconnect.wait()  # set by a failed stream, or by stop()
             except Exception as exc:  # the SDK raises many types; all mean "not connected"
                 log.warning("Greengrass IPC unavailable (%s); retrying in %.0f s", exc, backoff.delay)
@@ -107,8 +111,12 @@ class GreengrassTransport(Transport):
             self._client = client
         for topic in topics.reply_topics(self.thing, self.fmt):
             _, operation = client.subscribe_to_iot_core(
-                topic_name=topic, qos=QOS_AT_LEAST_ONCE, on_stream_event=self._on_message,
-                on_stream_error=self._on_stream_error, on_stream_closed=self._on_stream_closed)
+                topic_name=topic,
+                qos=QOS_AT_LEAST_ONCE,
+                on_stream_event=self._on_message,
+                on_stream_error=self._on_stream_error,
+                on_stream_closed=self._on_stream_closed,
+            )
             self._operations.append(operation)
         self._connected.set()
 
@@ -158,8 +166,11 @@ class GreengrassTransport(Transport):
             return True
         except Exception as exc:
             # UnauthorizedError means the recipe's accessControl lacks this topic: say so plainly.
-            hint = " (check the component's accessControl for aws.greengrass.ipc.mqttproxy)" \
-                if type(exc).__name__ == "UnauthorizedError" else ""
+            hint = (
+                " (check the component's accessControl for aws.greengrass.ipc.mqttproxy)"
+                if type(exc).__name__ == "UnauthorizedError"
+                else ""
+            )
             log.warning("publish to %s via Greengrass failed: %s%s", topic, str(exc) or type(exc).__name__, hint)
             return False
 

@@ -5,6 +5,7 @@ fresh paho client: paho keeps unacknowledged QoS 1 messages in memory and would 
 reconnect, while ours already wait in the on-disk spool; a fresh client resends nothing, so the
 spool alone decides what is sent, in order.
 """
+
 import logging
 import socket
 import ssl
@@ -20,7 +21,7 @@ from garrison.agent.transports.base import ReplyHandler, Transport, TransportErr
 from garrison.agent.transports.paho_compat import new_client
 
 log = logging.getLogger(__name__)
-STOP_JOIN_S = 1.0   # stop() waits this long for the network thread (a connect may block for longer)
+STOP_JOIN_S = 1.0  # stop() waits this long for the network thread (a connect may block for longer)
 
 
 def _code(value) -> int:
@@ -31,11 +32,24 @@ def _code(value) -> int:
 class MqttTransport(Transport):
     name = "mqtt"
 
-    def __init__(self, thing: str, fmt: str, host: str, port: int, tls: bool = False,
-                 ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
-                 client_id: Optional[str] = None, username: Optional[str] = None,
-                 password: Optional[str] = None, mqtt_version: str = "3.1.1", keepalive: int = 60,
-                 backoff_min: float = 1.0, backoff_max: float = 120.0):
+    def __init__(
+        self,
+        thing: str,
+        fmt: str,
+        host: str,
+        port: int,
+        tls: bool = False,
+        ca: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        client_id: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        mqtt_version: str = "3.1.1",
+        keepalive: int = 60,
+        backoff_min: float = 1.0,
+        backoff_max: float = 120.0,
+    ):
         super().__init__(thing, fmt)
         self.host, self.port, self.keepalive = host, port, keepalive
         self.client_id = client_id or thing
@@ -48,10 +62,10 @@ class MqttTransport(Transport):
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._acks = threading.Condition()
-        self._acked: Dict[int, bool] = {}     # mid -> accepted, for the current client
-        self._generation = 0                  # bumped per client, so stale acks are ignored
+        self._acked: Dict[int, bool] = {}  # mid -> accepted, for the current client
+        self._generation = 0  # bumped per client, so stale acks are ignored
         self._subscribe_mid: Optional[int] = None
-        self._refused = False                 # the broker answered CONNACK with an error (logged)
+        self._refused = False  # the broker answered CONNACK with an error (logged)
 
     @staticmethod
     def _ssl_context(ca, cert, key) -> ssl.SSLContext:
@@ -67,7 +81,7 @@ class MqttTransport(Transport):
 
     def start(self, on_reply: ReplyHandler) -> None:
         self.on_reply = on_reply
-        if self._thread is not None:   # a previous thread still in a connection attempt
+        if self._thread is not None:  # a previous thread still in a connection attempt
             self._thread.join()
         self._stopping.clear()
         self._cancelled.clear()
@@ -84,8 +98,7 @@ class MqttTransport(Transport):
             if not self._thread.is_alive():
                 self._thread = None
             else:
-                log.debug("a connection attempt to %s:%s is still under way; not waiting for it",
-                          self.host, self.port)
+                log.debug("a connection attempt to %s:%s is still under way; not waiting for it", self.host, self.port)
         self._connected.clear()
 
     def _new_client(self) -> mqtt.Client:
@@ -111,8 +124,9 @@ class MqttTransport(Transport):
             try:
                 client.connect(self.host, self.port, self.keepalive)
             except (OSError, ssl.SSLError) as exc:
-                log.warning("cannot reach broker %s:%s: %s; retrying in %.0f s", self.host, self.port, exc,
-                            backoff.delay)
+                log.warning(
+                    "cannot reach broker %s:%s: %s; retrying in %.0f s", self.host, self.port, exc, backoff.delay
+                )
                 backoff.wait(self._stopping)
                 continue
             self._client = client
@@ -121,11 +135,11 @@ class MqttTransport(Transport):
                 if client.loop(timeout=0.5) != mqtt.MQTT_ERR_SUCCESS:
                     break
             if self._connected.is_set():
-                backoff.reset()               # the session was up: start the backoff afresh
+                backoff.reset()  # the session was up: start the backoff afresh
             was_connected = self._connected.is_set()
             self._connected.clear()
             with self._acks:
-                self._acks.notify_all()       # publishers waiting on this client give up now
+                self._acks.notify_all()  # publishers waiting on this client give up now
             if self._stopping.is_set():
                 try:
                     client.disconnect()
@@ -136,9 +150,13 @@ class MqttTransport(Transport):
             if was_connected:
                 log.warning("lost connection to broker %s:%s; reconnecting", self.host, self.port)
             elif not self._refused:
-                log.warning("broker %s:%s closed the connection before accepting it (client certificate "
-                            "missing or refused, or not an MQTT broker?); retrying in %.0f s",
-                            self.host, self.port, backoff.delay)
+                log.warning(
+                    "broker %s:%s closed the connection before accepting it (client certificate "
+                    "missing or refused, or not an MQTT broker?); retrying in %.0f s",
+                    self.host,
+                    self.port,
+                    backoff.delay,
+                )
             backoff.wait(self._stopping)
         self._client = None
 
@@ -151,7 +169,7 @@ class MqttTransport(Transport):
             client.disconnect()
             return
         log.info("connected to broker %s:%s as %s", self.host, self.port, self.client_id)
-        try:   # each report waits for its reply before the next: don't let Nagle hold packets back
+        try:  # each report waits for its reply before the next: don't let Nagle hold packets back
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
             pass

@@ -3,6 +3,7 @@
 Shared by the agent's transport, the detect engine and firmware-sim, so the URL rules and the
 paho version switch live in one place.
 """
+
 from typing import NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
@@ -48,14 +49,17 @@ def parse_broker_url(url: str, credentials: bool = True) -> BrokerURL:
         # not `exc`: it can quote the password ("Port could not be cast to integer value as 'S3cret'")
         raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: its host or port cannot be read") from None
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: "
-                         "use mqtt://HOST:PORT or mqtts://HOST:PORT")
+        raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: use mqtt://HOST:PORT or mqtts://HOST:PORT")
     if parts.path not in ("", "/") or parts.query or parts.fragment or (parts.username and not credentials):
         raise ValueError(f"broker URL {redact_broker_url(url)!r} is invalid: only scheme, host and port are allowed")
     tls = parts.scheme == "mqtts"
-    return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls,
-                     unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None)
+    return BrokerURL(
+        parts.hostname,
+        port or (8883 if tls else 1883),
+        tls,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
 
 
 def new_client(client_id: str, clean_session: bool = True, protocol: int = mqtt.MQTTv311) -> mqtt.Client:

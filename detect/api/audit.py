@@ -6,6 +6,7 @@ description), and handles them itself; this module mounts each one, with its pat
 parameters and its optional JSON object body in the OpenAPI document. The audit's bodies and
 answers are described as JSON objects: pydantic models for them belong with the audit.
 """
+
 import re
 from typing import Any, Dict, Optional
 
@@ -15,10 +16,11 @@ from garrison.detect.audit import http as audit_http
 
 
 def _parameters(path: str, query) -> list:
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-              for name in re.findall(r"\{(\w+)\}", path)]
-    return params + [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-                     for name in query]
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", path)
+    ]
+    return params + [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in query]
 
 
 def _endpoint(name: str, with_body: bool):
@@ -27,11 +29,14 @@ def _endpoint(name: str, with_body: bool):
         return audit_http.handle(name, request.app.state.engine, dict(request.path_params), query, body)
 
     if with_body:
+
         def endpoint(request: Request, body: Optional[Dict[str, Any]] = Body(None)):
             return call(request, body)
     else:
+
         def endpoint(request: Request):
             return call(request, None)
+
     endpoint.__name__ = "audit_" + name
     return endpoint
 
@@ -40,10 +45,26 @@ def router(dependencies, responses) -> APIRouter:
     """An APIRouter with every audit route, behind `dependencies` (the token)."""
     audit = APIRouter(dependencies=dependencies, responses=responses)
     for method, path, name, summary, query, body in audit_http.ROUTES:
-        audit.add_api_route(path, _endpoint(name, body is not None), methods=[method], summary=summary,
-                            name="audit_" + name, response_model=Dict[str, Any],
-                            openapi_extra={"parameters": _parameters(path, query), "tags": ["audit"],
-                                           **({"requestBody": {"description": body, "content": {
-                                               "application/json": {"schema": {"type": "object"}}}}}
-                                              if body else {})})
+        audit.add_api_route(
+            path,
+            _endpoint(name, body is not None),
+            methods=[method],
+            summary=summary,
+            name="audit_" + name,
+            response_model=Dict[str, Any],
+            openapi_extra={
+                "parameters": _parameters(path, query),
+                "tags": ["audit"],
+                **(
+                    {
+                        "requestBody": {
+                            "description": body,
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    }
+                    if body
+                    else {}
+                ),
+            },
+        )
     return audit

@@ -3,6 +3,7 @@
 Every route but GET /health depends on `require_token`; the presented token is compared in
 constant time (hmac.compare_digest on bytes of any length: constant in the token's content).
 """
+
 import hmac
 import os
 import secrets

@@ -4,6 +4,7 @@ FastAPI's own errors (a path that does not exist, a method not allowed, a query 
 that does not fit its model) and the engine's (NotFound, StoreError, ProfileError) all leave
 in this shape, with a message naming the field; nothing but a bug gives a 500.
 """
+
 import logging
 from typing import Any, Dict, Optional, Sequence
 

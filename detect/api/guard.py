@@ -11,6 +11,7 @@ An ASGI middleware (no routing knowledge):
   JSON only, as it always has;
 - every response says Cache-Control: no-store (it carries fleet state behind a token).
 """
+
 import asyncio
 import json
 from typing import Any, Callable, List, Optional, Tuple
@@ -41,8 +42,14 @@ def nesting_depth(doc: Any, limit: int) -> int:
 
 
 class BodyGuard:
-    def __init__(self, app, token_ok: Callable[[Headers], bool], max_bytes: int = MAX_BODY_BYTES,
-                 max_depth: int = MAX_DEPTH, body_timeout: float = BODY_TIMEOUT):
+    def __init__(
+        self,
+        app,
+        token_ok: Callable[[Headers], bool],
+        max_bytes: int = MAX_BODY_BYTES,
+        max_depth: int = MAX_DEPTH,
+        body_timeout: float = BODY_TIMEOUT,
+    ):
         self.app, self.token_ok, self.max_bytes, self.max_depth = app, token_ok, max_bytes, max_depth
         self.body_timeout = body_timeout
 
@@ -67,8 +74,9 @@ class BodyGuard:
         try:
             body = await asyncio.wait_for(read_body(receive, self.max_bytes), self.body_timeout)
         except asyncio.TimeoutError:
-            return await _error(send_no_store, 408, "RequestTimeout", f"the body did not arrive within "
-                                f"{self.body_timeout:g} s")
+            return await _error(
+                send_no_store, 408, "RequestTimeout", f"the body did not arrive within {self.body_timeout:g} s"
+            )
         if body is None:
             return None  # the client went away
         if len(body) > self.max_bytes:
@@ -84,10 +92,13 @@ class BodyGuard:
             else:
                 depth = nesting_depth(doc, self.max_depth)
             if depth > self.max_depth:
-                return await _error(send_no_store, 400, "InvalidRequest",
-                                    f"the body nests deeper than {self.max_depth} levels")
-            scope = dict(scope, headers=[(n, v) for n, v in headers if n != b"content-type"]
-                         + [(b"content-type", b"application/json")])
+                return await _error(
+                    send_no_store, 400, "InvalidRequest", f"the body nests deeper than {self.max_depth} levels"
+                )
+            scope = dict(
+                scope,
+                headers=[(n, v) for n, v in headers if n != b"content-type"] + [(b"content-type", b"application/json")],
+            )
         replayed = False
 
         async def replay():
@@ -102,8 +113,11 @@ class BodyGuard:
 
 async def _error(send, status: int, code: str, message: str) -> None:
     data = json.dumps({"error": {"code": code, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"connection", b"close"),
+    ]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="garrison-detect"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})

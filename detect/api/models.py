@@ -4,6 +4,7 @@ They are what the OpenAPI document describes and what FastAPI checks: a request 
 value that does not fit is a 400 naming the field, before any handler runs. Response models
 allow extra fields, so a field the engine adds later is passed through rather than dropped.
 """
+
 from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +15,7 @@ from garrison.detect.judge.profile_schema import ProfileDocument  # noqa: F401
 
 class Record(BaseModel):
     """A response record: the fields listed are always there; the engine may add others."""
+
     model_config = ConfigDict(extra="allow")
 
 
@@ -24,6 +26,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     """Every error: 400 (bad request), 401, 404 (unknown name or id), 405, 413 (body too large)."""
+
     error: ErrorDetail
 
 
@@ -32,6 +35,7 @@ class Health(Record):
 
 
 # ---- things and groups ---------------------------------------------------------------------
+
 
 class Thing(Record):
     thingName: str
@@ -70,6 +74,7 @@ class ThingGroupList(Record):
 
 class GroupCreate(BaseModel):
     """POST /thing-groups/{thingGroupName}: the body is optional."""
+
     description: str = Field("", max_length=2028)
 
 
@@ -92,6 +97,7 @@ class Removed(Record):
 
 
 # ---- security profiles ---------------------------------------------------------------------
+
 
 class ProfileSummary(Record):
     securityProfileName: str
@@ -126,9 +132,11 @@ class ProfileDescription(Record):
     profile: Dict[str, Any] = Field(description="the CreateSecurityProfile document as applied")
     targets: List[str]
     statisticalThresholds: Optional[Dict[str, StatisticalThresholdStatus]] = Field(
-        None, description="per statistical behavior (present when the profile has one)")
+        None, description="per statistical behavior (present when the profile has one)"
+    )
     behaviorModelTrainingSummaries: Optional[List[BehaviorModelStatus]] = Field(
-        None, description="per ML behavior (present when the profile has one)")
+        None, description="per ML behavior (present when the profile has one)"
+    )
 
 
 class Attached(Record):
@@ -141,13 +149,15 @@ class Detached(Record):
 
 # ---- violations ----------------------------------------------------------------------------
 
+
 class ActiveViolation(Record):
     """AWS's ActiveViolation."""
+
     violationId: str
     thingName: str
     securityProfileName: str
     behavior: Dict[str, Any] = Field(description="the behavior as in the profile")
-    lastViolationValue: Optional[Dict[str, Any]] = Field(description="a MetricValue such as {\"count\": 9}")
+    lastViolationValue: Optional[Dict[str, Any]] = Field(description='a MetricValue such as {"count": 9}')
     lastViolationTime: Optional[float] = Field(description="epoch seconds")
     violationStartTime: Optional[float] = Field(description="epoch seconds")
     verificationState: Optional[str] = None
@@ -157,6 +167,7 @@ class ActiveViolation(Record):
 
 class Violation(ActiveViolation):
     """An ActiveViolation plus how the episode ended."""
+
     active: bool
     violationEndTime: Optional[float] = Field(None, description="epoch seconds")
     violationEndType: Optional[str] = None
@@ -172,6 +183,7 @@ class ViolationList(Record):
 
 class ViolationEvent(Record):
     """AWS's ViolationEvent."""
+
     violationId: str
     thingName: str
     securityProfileName: str
@@ -190,11 +202,13 @@ class ViolationEventList(Record):
 
 class VerificationRequest(BaseModel):
     """PutVerificationStateOnViolation's body."""
+
     verificationState: str = Field(examples=["TRUE_POSITIVE"])
     verificationStateDescription: Optional[str] = Field(None, max_length=1000)
 
 
 # ---- actions and ML ------------------------------------------------------------------------
+
 
 class ActionExecution(Record):
     seq: int
@@ -211,14 +225,16 @@ class ActionExecution(Record):
 
 class ResponseRequest(BaseModel):
     """POST /things/{thingName}/responses: one action, as a profile rule spells it (docs/actions.md)."""
+
     model_config = ConfigDict(extra="forbid")
     type: str = Field(examples=["quarantine", "release", "disable", "enable", "run-command", "reconfigure"])
     dryRun: bool = False
     group: Optional[str] = Field(None, max_length=128)
     command: Optional[List[str]] = Field(None, max_length=64)
     timeout_seconds: Optional[float] = None
-    request: Optional[Dict[str, Any]] = Field(None, examples=[{"request": "report-every", "seconds": 30,
-                                                                "for_seconds": 600}])
+    request: Optional[Dict[str, Any]] = Field(
+        None, examples=[{"request": "report-every", "seconds": 30, "for_seconds": 600}]
+    )
 
 
 class ActionExecutionList(Record):
@@ -233,6 +249,7 @@ class TrainingSummary(Record):
 
 class TrainingSummaries(Record):
     """GetBehaviorModelTrainingSummaries, plus per-thing summaries (our extension)."""
+
     summaries: List[TrainingSummary]
     thingSummaries: List[Dict[str, Any]]
 

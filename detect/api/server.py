@@ -15,6 +15,7 @@ timed out and the broker reconnection waited 65 s):
   below the connection cap it would answer 503 to everyone while an idle crowd is connected: it is
   set just above the cap, as a backstop.
 """
+
 import asyncio
 import logging
 import socket
@@ -33,12 +34,12 @@ log = logging.getLogger("garrison.api")
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 256      # well under the unit's LimitNOFILE; each is one fd
-    header_timeout: float = 10.0    # seconds to send a complete request line and headers
-    body_timeout: float = 30.0      # seconds to send the body, after the headers (guard.BodyGuard)
-    keep_alive: int = 5             # seconds an idle keep-alive connection stays open
-    graceful_shutdown: int = 3      # seconds stop() lets running requests finish
-    backlog: int = 128              # the kernel's accept queue, and asyncio's accepts per wake-up:
+    max_connections: int = 256  # well under the unit's LimitNOFILE; each is one fd
+    header_timeout: float = 10.0  # seconds to send a complete request line and headers
+    body_timeout: float = 30.0  # seconds to send the body, after the headers (guard.BodyGuard)
+    keep_alive: int = 5  # seconds an idle keep-alive connection stays open
+    graceful_shutdown: int = 3  # seconds stop() lets running requests finish
+    backlog: int = 128  # the kernel's accept queue, and asyncio's accepts per wake-up:
     #                                 so at most max_connections + backlog fds before eviction runs
 
 
@@ -79,8 +80,11 @@ def _guarded_protocol(limits: Limits):
             return self.cycle is None or self.cycle.response_complete
 
     def _evict_one(newcomer) -> None:
-        idle = [c for c in newcomer.connections if c is not newcomer and c.waiting_for_headers()
-                and not c.transport.is_closing()]
+        idle = [
+            c
+            for c in newcomer.connections
+            if c is not newcomer and c.waiting_for_headers() and not c.transport.is_closing()
+        ]
         victim = min(idle, key=lambda c: c._waiting_since) if idle else newcomer
         log.debug("API: %d connections (the limit); closing %s", len(newcomer.connections), victim.client)
         victim.transport.close()
@@ -91,8 +95,7 @@ def _guarded_protocol(limits: Limits):
 class ApiServer:
     """The API on `host:port` (port 0 picks a free one; see `.port`), served from its own thread."""
 
-    def __init__(self, engine, token: str, host: str = "127.0.0.1", port: int = 8765,
-                 limits: Limits = Limits()):
+    def __init__(self, engine, token: str, host: str = "127.0.0.1", port: int = 8765, limits: Limits = Limits()):
         if not token:
             raise ValueError("the API needs a token")
         # bind here, in the caller's thread, so a busy port is an OSError the CLI reports
@@ -108,12 +111,18 @@ class ApiServer:
         self.host, self.port = self.sock.getsockname()[:2]
         self.limits = limits
         config = uvicorn.Config(
-            create_app(engine, token, limits.body_timeout), http=_guarded_protocol(limits), lifespan="off",
+            create_app(engine, token, limits.body_timeout),
+            http=_guarded_protocol(limits),
+            lifespan="off",
             log_config=None,
-            access_log=False, server_header=False, timeout_keep_alive=limits.keep_alive,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=limits.keep_alive,
             limit_concurrency=limits.max_connections + 1,
-            timeout_graceful_shutdown=limits.graceful_shutdown, h11_max_incomplete_event_size=16 * 1024,
-            backlog=limits.backlog)
+            timeout_graceful_shutdown=limits.graceful_shutdown,
+            h11_max_incomplete_event_size=16 * 1024,
+            backlog=limits.backlog,
+        )
         self.server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines speak of a process
         self._thread: Optional[threading.Thread] = None

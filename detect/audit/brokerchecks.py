@@ -1,4 +1,5 @@
 """Broker checks over mosquitto.conf (with include_dir) and its acl_file."""
+
 from typing import List, Optional
 
 from garrison.detect.audit.checks import CRITICAL, HIGH, LOW, Check, Context, finding
@@ -26,16 +27,22 @@ def logging_disabled(ctx: Context):
             problems.append(f"log_type lacks {' and '.join(missing)}")
     out = []
     if problems:
-        out.append(finding("ACCOUNT_SETTINGS", {"account": str(conf.path)}, "LOGGING_DISABLED",
-                           "the broker does not log connections: " + "; ".join(problems),
-                           file=str(conf.path), problems=problems))
+        out.append(
+            finding(
+                "ACCOUNT_SETTINGS",
+                {"account": str(conf.path)},
+                "LOGGING_DISABLED",
+                "the broker does not log connections: " + "; ".join(problems),
+                file=str(conf.path),
+                problems=problems,
+            )
+        )
     return 1, out
 
 
 def _allows_anonymous(ctx: Context, listener: Listener) -> Optional[object]:
     conf = ctx.broker
-    directive = listener.settings.get("allow_anonymous") if conf.per_listener_settings \
-        else conf.last("allow_anonymous")
+    directive = listener.settings.get("allow_anonymous") if conf.per_listener_settings else conf.last("allow_anonymous")
     return directive if directive is not None and directive.value.lower() == "true" else None
 
 
@@ -44,10 +51,17 @@ def anonymous_access(ctx: Context):
     for listener in ctx.broker.listeners:
         directive = _allows_anonymous(ctx, listener)
         if directive is not None:
-            out.append(finding("BROKER_LISTENER", {"listener": listener.address}, "ALLOWS_ANONYMOUS_ACCESS",
-                               f"listener {listener.address} accepts clients without credentials "
-                               f"(allow_anonymous true)", port=listener.port, file=directive.file,
-                               line=directive.line))
+            out.append(
+                finding(
+                    "BROKER_LISTENER",
+                    {"listener": listener.address},
+                    "ALLOWS_ANONYMOUS_ACCESS",
+                    f"listener {listener.address} accepts clients without credentials (allow_anonymous true)",
+                    port=listener.port,
+                    file=directive.file,
+                    line=directive.line,
+                )
+            )
     return len(ctx.broker.listeners), out
 
 
@@ -56,10 +70,18 @@ def plaintext_listener(ctx: Context):
     for listener in ctx.broker.listeners:
         if not listener.tls and not listener.loopback_only:
             where = listener.where
-            out.append(finding("BROKER_LISTENER", {"listener": listener.address}, "PLAINTEXT_LISTENER",
-                               f"listener {listener.address} has no TLS (no certfile) and is reachable beyond "
-                               f"loopback", port=listener.port, file=where.file, line=where.line,
-                               protocol=listener.get("protocol", "mqtt")))
+            out.append(
+                finding(
+                    "BROKER_LISTENER",
+                    {"listener": listener.address},
+                    "PLAINTEXT_LISTENER",
+                    f"listener {listener.address} has no TLS (no certfile) and is reachable beyond loopback",
+                    port=listener.port,
+                    file=where.file,
+                    line=where.line,
+                    protocol=listener.get("protocol", "mqtt"),
+                )
+            )
     return len(ctx.broker.listeners), out
 
 
@@ -87,8 +109,11 @@ def rule_problems(rule: AclRule, engine: str) -> List[str]:
         problems.append(f"grants every topic ({rule.topic})")
     if rule.kind == "topic" and rule.user == engine:
         return problems  # the engine reads every thing's reports by design; only '#' is too much
-    who = "every client" if rule.kind == "pattern" else ("anonymous clients" if rule.user is None
-                                                         else f"user {rule.user}")
+    who = (
+        "every client"
+        if rule.kind == "pattern"
+        else ("anonymous clients" if rule.user is None else f"user {rule.user}")
+    )
     if len(levels) > 2 and levels[0] == "$aws" and levels[1] == "things":
         thing = levels[2]
         if thing in ("+", "#"):
@@ -110,31 +135,63 @@ def overly_permissive(ctx: Context):
     conf = ctx.broker
     out = []
     if conf.acl_path is None:
-        out.append(finding("IOT_POLICY", {"policyVersionIdentifier": {"policyName": "acl", "policyVersionId": "none"}},
-                           "ALLOWS_BROAD_ACCESS_TO_IOT_DATA_PLANE_ACTIONS",
-                           "the broker has no acl_file: every authenticated client may read and write every topic",
-                           file=str(conf.path)))
+        out.append(
+            finding(
+                "IOT_POLICY",
+                {"policyVersionIdentifier": {"policyName": "acl", "policyVersionId": "none"}},
+                "ALLOWS_BROAD_ACCESS_TO_IOT_DATA_PLANE_ACTIONS",
+                "the broker has no acl_file: every authenticated client may read and write every topic",
+                file=str(conf.path),
+            )
+        )
         return 1, out
     engine = _engine_identity(ctx)
     for rule in conf.acl:
         problems = rule_problems(rule, engine)
         if problems:
             principal = "pattern" if rule.kind == "pattern" else (f"user:{rule.user}" if rule.user else "anonymous")
-            out.append(finding("IOT_POLICY", {"policyVersionIdentifier": {"policyName": principal,
-                                                                          "policyVersionId": str(rule.line)}},
-                               "ALLOWS_BROAD_ACCESS_TO_IOT_DATA_PLANE_ACTIONS", "; ".join(problems),
-                               file=rule.file, line=rule.line, rule=f"{rule.kind} {rule.access} {rule.topic}",
-                               user=rule.user))
+            out.append(
+                finding(
+                    "IOT_POLICY",
+                    {"policyVersionIdentifier": {"policyName": principal, "policyVersionId": str(rule.line)}},
+                    "ALLOWS_BROAD_ACCESS_TO_IOT_DATA_PLANE_ACTIONS",
+                    "; ".join(problems),
+                    file=rule.file,
+                    line=rule.line,
+                    rule=f"{rule.kind} {rule.access} {rule.topic}",
+                    user=rule.user,
+                )
+            )
     return len(conf.acl), out
 
 
 CHECKS = [
-    Check("LOGGING_DISABLED_CHECK", LOW, ("broker",), logging_disabled,
-          description="the broker logs no connections (connection_messages, log_dest, log_type)"),
-    Check("BROKER_ANONYMOUS_ACCESS_CHECK", CRITICAL, ("broker",), anonymous_access,
-          description="a listener with allow_anonymous true"),
-    Check("BROKER_PLAINTEXT_LISTENER_CHECK", HIGH, ("broker",), plaintext_listener,
-          description="a listener without TLS on a non-loopback address"),
-    Check("IOT_POLICY_OVERLY_PERMISSIVE_CHECK", CRITICAL, ("broker",), overly_permissive,
-          description="ACL rules granting a client more than its own topics"),
+    Check(
+        "LOGGING_DISABLED_CHECK",
+        LOW,
+        ("broker",),
+        logging_disabled,
+        description="the broker logs no connections (connection_messages, log_dest, log_type)",
+    ),
+    Check(
+        "BROKER_ANONYMOUS_ACCESS_CHECK",
+        CRITICAL,
+        ("broker",),
+        anonymous_access,
+        description="a listener with allow_anonymous true",
+    ),
+    Check(
+        "BROKER_PLAINTEXT_LISTENER_CHECK",
+        HIGH,
+        ("broker",),
+        plaintext_listener,
+        description="a listener without TLS on a non-loopback address",
+    ),
+    Check(
+        "IOT_POLICY_OVERLY_PERMISSIVE_CHECK",
+        CRITICAL,
+        ("broker",),
+        overly_permissive,
+        description="ACL rules granting a client more than its own topics",
+    ),
 ]

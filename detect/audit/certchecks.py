@@ -1,4 +1,5 @@
 """Certificate checks over the fleet PKI directory: expiry, age, key quality."""
+
 import datetime
 from typing import Any, Dict, List, Tuple
 
@@ -29,8 +30,13 @@ def _resource(info: CertInfo) -> Tuple[str, Dict[str, Any]]:
 
 
 def _info(info: CertInfo) -> Dict[str, Any]:
-    return {"thingName": info.common_name if info.role == "device" else None, "commonName": info.common_name,
-            "role": info.role, "file": str(info.path), "notAfter": iso(_not_after(info.cert))}
+    return {
+        "thingName": info.common_name if info.role == "device" else None,
+        "commonName": info.common_name,
+        "role": info.role,
+        "file": str(info.path),
+        "notAfter": iso(_not_after(info.cert)),
+    }
 
 
 def _expiring(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[str, Any]]]:
@@ -40,13 +46,27 @@ def _expiring(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[str, 
         end = _not_after(info.cert)
         kind, ident = _resource(info)
         if end <= ctx.now:
-            out.append(finding(kind, ident, "CERTIFICATE_PAST_EXPIRATION",
-                               f"certificate {info.common_name!r} expired on {iso(end)}", **_info(info)))
+            out.append(
+                finding(
+                    kind,
+                    ident,
+                    "CERTIFICATE_PAST_EXPIRATION",
+                    f"certificate {info.common_name!r} expired on {iso(end)}",
+                    **_info(info),
+                )
+            )
         elif end <= soon:
             days = (end - ctx.now).days
-            out.append(finding(kind, ident, "CERTIFICATE_APPROACHING_EXPIRATION",
-                               f"certificate {info.common_name!r} expires in {days} days ({iso(end)}); "
-                               f"threshold {ctx.settings.expiring_days} days", **_info(info)))
+            out.append(
+                finding(
+                    kind,
+                    ident,
+                    "CERTIFICATE_APPROACHING_EXPIRATION",
+                    f"certificate {info.common_name!r} expires in {days} days ({iso(end)}); "
+                    f"threshold {ctx.settings.expiring_days} days",
+                    **_info(info),
+                )
+            )
     return len(certs), out
 
 
@@ -58,12 +78,14 @@ def ca_expiring(ctx: Context):
     return _expiring(ctx, [ctx.pki.ca] if ctx.pki.ca else [])
 
 
-_WHY = {"RSA_KEY_TOO_SMALL": f"an RSA key under {keyquality.MIN_RSA_BITS} bits",
-        "EC_KEY_TOO_SMALL": f"an EC key under {keyquality.MIN_EC_BITS} bits",
-        "ROCA_VULNERABLE": "an RSA modulus with the ROCA fingerprint (CVE-2017-15361): its private key "
-                           "can be computed from the public key",
-        "DEBIAN_WEAK_KEY": "a Debian weak key (CVE-2008-0166) listed in the blocklist",
-        "UNSUPPORTED_KEY_TYPE": "a key type the fleet does not accept (only RSA, EC, Ed25519, Ed448)"}
+_WHY = {
+    "RSA_KEY_TOO_SMALL": f"an RSA key under {keyquality.MIN_RSA_BITS} bits",
+    "EC_KEY_TOO_SMALL": f"an EC key under {keyquality.MIN_EC_BITS} bits",
+    "ROCA_VULNERABLE": "an RSA modulus with the ROCA fingerprint (CVE-2017-15361): its private key "
+    "can be computed from the public key",
+    "DEBIAN_WEAK_KEY": "a Debian weak key (CVE-2008-0166) listed in the blocklist",
+    "UNSUPPORTED_KEY_TYPE": "a key type the fleet does not accept (only RSA, EC, Ed25519, Ed448)",
+}
 
 
 def _key_quality(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[str, Any]]]:
@@ -74,9 +96,17 @@ def _key_quality(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[st
         if found:
             kind, ident = _resource(info)
             size = getattr(public_key, "key_size", None)
-            out.append(finding(kind, ident, "CERTIFICATE_KEY_VULNERABILITY",
-                               f"certificate {info.common_name!r} has " + "; and ".join(_WHY[w] for w in found),
-                               weaknesses=found, keySize=size, **_info(info)))
+            out.append(
+                finding(
+                    kind,
+                    ident,
+                    "CERTIFICATE_KEY_VULNERABILITY",
+                    f"certificate {info.common_name!r} has " + "; and ".join(_WHY[w] for w in found),
+                    weaknesses=found,
+                    keySize=size,
+                    **_info(info),
+                )
+            )
     return len(certs), out
 
 
@@ -95,21 +125,55 @@ def device_age(ctx: Context):
         age = (ctx.now - _not_before(info.cert)).days
         if age >= ctx.settings.age_days:
             kind, ident = _resource(info)
-            out.append(finding(kind, ident, "CERTIFICATE_PAST_AGE_THRESHOLD",
-                               f"certificate {info.common_name!r} has been valid for {age} days "
-                               f"(threshold {ctx.settings.age_days})", ageDays=age, **_info(info)))
+            out.append(
+                finding(
+                    kind,
+                    ident,
+                    "CERTIFICATE_PAST_AGE_THRESHOLD",
+                    f"certificate {info.common_name!r} has been valid for {age} days "
+                    f"(threshold {ctx.settings.age_days})",
+                    ageDays=age,
+                    **_info(info),
+                )
+            )
     return len(certs), out
 
 
 CHECKS = [
-    Check("DEVICE_CERTIFICATE_EXPIRING_CHECK", MEDIUM, ("pki",), device_expiring,
-          description="device certificates expired or expiring within the threshold (30 days by default)"),
-    Check("CA_CERTIFICATE_EXPIRING_CHECK", HIGH, ("pki",), ca_expiring,
-          description="the fleet CA certificate expired or expiring within the threshold"),
-    Check("DEVICE_CERTIFICATE_KEY_QUALITY_CHECK", CRITICAL, ("pki",), device_key_quality,
-          description="device keys: RSA < 2048, EC < 256, ROCA, Debian weak keys (with a blocklist)"),
-    Check("CA_CERTIFICATE_KEY_QUALITY_CHECK", CRITICAL, ("pki",), ca_key_quality,
-          description="the CA key: RSA < 2048, EC < 256, ROCA, Debian weak keys (with a blocklist)"),
-    Check("DEVICE_CERTIFICATE_AGE_CHECK", LOW, ("pki",), device_age, enabled_by_default=False,
-          description="device certificates valid for longer than the age threshold (365 days by default)"),
+    Check(
+        "DEVICE_CERTIFICATE_EXPIRING_CHECK",
+        MEDIUM,
+        ("pki",),
+        device_expiring,
+        description="device certificates expired or expiring within the threshold (30 days by default)",
+    ),
+    Check(
+        "CA_CERTIFICATE_EXPIRING_CHECK",
+        HIGH,
+        ("pki",),
+        ca_expiring,
+        description="the fleet CA certificate expired or expiring within the threshold",
+    ),
+    Check(
+        "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
+        CRITICAL,
+        ("pki",),
+        device_key_quality,
+        description="device keys: RSA < 2048, EC < 256, ROCA, Debian weak keys (with a blocklist)",
+    ),
+    Check(
+        "CA_CERTIFICATE_KEY_QUALITY_CHECK",
+        CRITICAL,
+        ("pki",),
+        ca_key_quality,
+        description="the CA key: RSA < 2048, EC < 256, ROCA, Debian weak keys (with a blocklist)",
+    ),
+    Check(
+        "DEVICE_CERTIFICATE_AGE_CHECK",
+        LOW,
+        ("pki",),
+        device_age,
+        enabled_by_default=False,
+        description="device certificates valid for longer than the age threshold (365 days by default)",
+    ),
 ]

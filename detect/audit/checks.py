@@ -4,6 +4,7 @@ A check is a function `(ctx) -> (total_resources, [finding])`, where a finding i
 AWS's AuditFinding a check knows (nonCompliantResource, reasonForNonComplianceCode,
 reasonForNonCompliance); garrison.detect.audit.task adds ids, suppression and the task's fields.
 """
+
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,11 @@ CRITICAL, HIGH, MEDIUM, LOW = "CRITICAL", "HIGH", "MEDIUM", "LOW"
 
 @dataclass
 class Settings:
-    expiring_days: int = 30              # DEVICE/CA_CERTIFICATE_EXPIRING_CHECK threshold
-    age_days: int = 365                  # DEVICE_CERTIFICATE_AGE_CHECK threshold
+    expiring_days: int = 30  # DEVICE/CA_CERTIFICATE_EXPIRING_CHECK threshold
+    age_days: int = 365  # DEVICE_CERTIFICATE_AGE_CHECK threshold
     debian_blocklist: Optional[Path] = None
     engine_identity: Optional[str] = None  # default: the PKI's engine.name, else garrison-detect
-    min_takeovers: int = 2               # CONFLICTING_CLIENT_IDS_CHECK: takeovers that make a conflict
+    min_takeovers: int = 2  # CONFLICTING_CLIENT_IDS_CHECK: takeovers that make a conflict
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Context:
     broker: Optional[BrokerConfig] = None
     log: Optional[List[LogEvent]] = None
     log_path: Optional[str] = None
-    postures: Optional[Dict[str, Dict[str, Any]]] = None   # thing -> {"time_ms", "metrics"}
+    postures: Optional[Dict[str, Dict[str, Any]]] = None  # thing -> {"time_ms", "metrics"}
 
     def has(self, source: str) -> bool:
         return getattr(self, source) is not None
@@ -41,17 +42,22 @@ class Context:
 class Check:
     name: str
     severity: str
-    needs: Tuple[str, ...]               # Context attributes that must be present
+    needs: Tuple[str, ...]  # Context attributes that must be present
     run: Callable[[Context], Tuple[int, List[Dict[str, Any]]]]
     enabled_by_default: bool = True
     description: str = ""
 
 
-def finding(resource_type: str, identifier: Dict[str, Any], code: str, reason: str,
-            **info: Any) -> Dict[str, Any]:
-    return {"nonCompliantResource": {"resourceType": resource_type, "resourceIdentifier": identifier,
-                                     "additionalInfo": {k: v for k, v in info.items() if v is not None}},
-            "reasonForNonComplianceCode": code, "reasonForNonCompliance": reason}
+def finding(resource_type: str, identifier: Dict[str, Any], code: str, reason: str, **info: Any) -> Dict[str, Any]:
+    return {
+        "nonCompliantResource": {
+            "resourceType": resource_type,
+            "resourceIdentifier": identifier,
+            "additionalInfo": {k: v for k, v in info.items() if v is not None},
+        },
+        "reasonForNonComplianceCode": code,
+        "reasonForNonCompliance": reason,
+    }
 
 
 def resource_key(identifier: Dict[str, Any]) -> str:
@@ -64,6 +70,7 @@ def resource_key(identifier: Dict[str, Any]) -> str:
 
 def registry() -> Dict[str, Check]:
     from garrison.detect.audit import brokerchecks, certchecks, connchecks, posturechecks
+
     checks = certchecks.CHECKS + brokerchecks.CHECKS + connchecks.CHECKS + posturechecks.CHECKS
     return {c.name: c for c in checks}
 

@@ -16,6 +16,7 @@
 
 `run` exits 0 when the audit completed, whatever it found (the findings are the output).
 """
+
 import argparse
 import datetime
 import json
@@ -32,9 +33,12 @@ from garrison.detect.audit.task import AuditError, notify, run_audit, sources_fr
 
 def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add `audit` to the `garrison-detect` subparsers `sub`."""
-    audit = sub.add_parser("audit", help="Device Defender Audit: certificates, broker policy, connections, posture.",
-                           description="Audit the fleet PKI, the broker's config and log, and device posture "
-                           "(see docs/audit.md).", parents=[db_parent])
+    audit = sub.add_parser(
+        "audit",
+        help="Device Defender Audit: certificates, broker policy, connections, posture.",
+        description="Audit the fleet PKI, the broker's config and log, and device posture (see docs/audit.md).",
+        parents=[db_parent],
+    )
     parser_class = type(audit)
     actions = audit.add_subparsers(dest="action", metavar="ACTION", parser_class=parser_class)
     actions.required = True
@@ -43,8 +47,13 @@ def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentPars
         return actions.add_parser(name, help=help_text, description=help_text, parents=[db_parent])
 
     p = action("run", "run an on-demand audit now (exit 0 when it completed, whatever it found)")
-    p.add_argument("--check", action="append", default=[], metavar="NAME",
-                   help="run this check (repeatable); default: every enabled check whose sources are given")
+    p.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this check (repeatable); default: every enabled check whose sources are given",
+    )
     _source_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object: the task and its findings (AWS shapes)")
     action("checks", "list the checks, their severity and sources")
@@ -56,8 +65,12 @@ def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--json", action="store_true")
     p = action("suppress", "suppress a check's findings on one resource (until a date or indefinitely)")
     p.add_argument("--check", required=True, metavar="NAME")
-    p.add_argument("--resource", required=True, metavar="ID",
-                   help="the resource id as `findings` shows it (e.g. a deviceCertificateId, a clientId)")
+    p.add_argument(
+        "--resource",
+        required=True,
+        metavar="ID",
+        help="the resource id as `findings` shows it (e.g. a deviceCertificateId, a clientId)",
+    )
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--until", metavar="DATE", help="YYYY-MM-DD or an ISO 8601 time (UTC)")
     when.add_argument("--indefinitely", action="store_true")
@@ -74,24 +87,41 @@ def add_parser(sub, db_parent: argparse.ArgumentParser) -> argparse.ArgumentPars
     c.add_argument("name")
     c.add_argument("--frequency", required=True, type=str.upper, choices=schedules.FREQUENCIES)
     c.add_argument("--day-of-week", metavar="DAY", help="for WEEKLY and BIWEEKLY: " + ", ".join(schedules.DAYS_OF_WEEK))
-    c.add_argument("--day-of-month", metavar="DAY", help="for MONTHLY: 1-31 or LAST (past a short month's end: "
-                   "its last day)")
+    c.add_argument(
+        "--day-of-month", metavar="DAY", help="for MONTHLY: 1-31 or LAST (past a short month's end: its last day)"
+    )
     c.add_argument("--time", default="03:00", metavar="HH:MM", help="time of day, UTC (default 03:00)")
-    c.add_argument("--check", action="append", default=[], metavar="NAME",
-                   help="checks to run (repeatable); default: every enabled check whose sources are configured")
-    verbs.add_parser("list", help="list scheduled audits",
-                     parents=[db_parent]).add_argument("--json", action="store_true")
+    c.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="checks to run (repeatable); default: every enabled check whose sources are configured",
+    )
+    verbs.add_parser("list", help="list scheduled audits", parents=[db_parent]).add_argument(
+        "--json", action="store_true"
+    )
     verbs.add_parser("delete", help="delete a scheduled audit", parents=[db_parent]).add_argument("name")
     p = action("mitigate", "apply a mitigation action to a task's findings of one check (dry run unless --apply)")
     p.add_argument("--task", required=True, metavar="ID")
     p.add_argument("--check", required=True, metavar="NAME")
-    p.add_argument("--action", dest="mitigation", required=True, type=str.upper, choices=list(ACTIONS),
-                   metavar="ACTION",
-                   help=" | ".join(ACTIONS))
+    p.add_argument(
+        "--action",
+        dest="mitigation",
+        required=True,
+        type=str.upper,
+        choices=list(ACTIONS),
+        metavar="ACTION",
+        help=" | ".join(ACTIONS),
+    )
     p.add_argument("--group", default="quarantine", help="for ADD_THINGS_TO_THING_GROUP (default quarantine)")
     p.add_argument("--apply", action="store_true", help="do it (default: a dry run, logged as such)")
-    p.add_argument("--broker-pid", type=int, metavar="PID", help="the broker to SIGHUP after a config change "
-                   "(default: the config's pid_file)")
+    p.add_argument(
+        "--broker-pid",
+        type=int,
+        metavar="PID",
+        help="the broker to SIGHUP after a config change (default: the config's pid_file)",
+    )
     p.add_argument("--config", help="engine configuration, for the alert targets of PUBLISH_FINDINGS_TO_SNS")
     p.add_argument("--json", action="store_true")
     audit.set_defaults(func=run)
@@ -102,22 +132,30 @@ def _source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pki", metavar="DIR", help="the fleet PKI directory (garrison-detect pki init --dir)")
     p.add_argument("--broker-config", metavar="FILE", help="the broker's mosquitto.conf")
     p.add_argument("--broker-log", metavar="FILE", help="the broker's log (Mosquitto's format)")
-    p.add_argument("--config", help="engine configuration file: its [audit] table gives sources and settings "
-                   "(flags win), its [alerts] the targets told of the result")
+    p.add_argument(
+        "--config",
+        help="engine configuration file: its [audit] table gives sources and settings "
+        "(flags win), its [alerts] the targets told of the result",
+    )
     p.add_argument("--expiring-days", type=int, metavar="N", help="certificate expiry threshold (default 30)")
     p.add_argument("--age-days", type=int, metavar="N", help="DEVICE_CERTIFICATE_AGE_CHECK threshold (default 365)")
-    p.add_argument("--debian-blocklist", metavar="FILE", help="openssl-blacklist file for Debian weak keys "
-                   "(CVE-2008-0166); without it that test is skipped")
+    p.add_argument(
+        "--debian-blocklist",
+        metavar="FILE",
+        help="openssl-blacklist file for Debian weak keys (CVE-2008-0166); without it that test is skipped",
+    )
 
 
 def _config(path: Optional[str]):
     from garrison.detect import config as configuration
+
     return configuration.load(path) if path else configuration.Config()
 
 
 def _alerts(config) -> Any:
     """The config's log and webhook targets (MQTT needs `serve`'s connection)."""
     from garrison.detect.respond.alerts import AlertDispatcher, targets_from_config
+
     conf = config.alerts
     if isinstance(conf, dict):
         conf = {k: v for k, v in conf.items() if k != "mqtt"}
@@ -139,14 +177,19 @@ def _date(text: str) -> float:
 def run(args) -> int:
     from garrison.detect.cli import common as base
     from garrison.detect.state.store import Store
+
     astore = AuditStore(Store(args.db))
     now = time.time()
     if args.action == "run":
         config = _config(args.config)
         src = sources_from_config(getattr(config, "audit", None)).merged(
-            pki_dir=args.pki, broker_config=args.broker_config, broker_log=args.broker_log,
-            expiring_days=args.expiring_days, age_days=args.age_days,
-            debian_blocklist=Path(args.debian_blocklist) if args.debian_blocklist else None)
+            pki_dir=args.pki,
+            broker_config=args.broker_config,
+            broker_log=args.broker_log,
+            expiring_days=args.expiring_days,
+            age_days=args.age_days,
+            debian_blocklist=Path(args.debian_blocklist) if args.debian_blocklist else None,
+        )
         for flag, value in (("--expiring-days", args.expiring_days), ("--age-days", args.age_days)):
             if value is not None and value < 1:
                 raise AuditError(f"{flag} must be at least 1")
@@ -162,17 +205,36 @@ def run(args) -> int:
             print()
             _print_findings(base, result["findings"])
     elif args.action == "checks":
-        print(base.table(("CHECK", "SEVERITY", "SOURCES", "DEFAULT", "WHAT"),
-                          [(c.name, c.severity, ",".join(c.needs), "on" if c.enabled_by_default else "off",
-                            c.description) for c in registry().values()]))
+        print(
+            base.table(
+                ("CHECK", "SEVERITY", "SOURCES", "DEFAULT", "WHAT"),
+                [
+                    (c.name, c.severity, ",".join(c.needs), "on" if c.enabled_by_default else "off", c.description)
+                    for c in registry().values()
+                ],
+            )
+        )
     elif args.action == "tasks":
         tasks = astore.list_tasks()
-        base.show(args, {"tasks": tasks}, ("TASK ID", "TYPE", "STATUS", "STARTED", "CHECKS", "NON-COMPLIANT",
-                                              "FAILED", "SCHEDULE"),
-                    [(t["taskId"], t["taskType"], t["taskStatus"], base.when(t["taskStartTime"]),
-                      t["taskStatistics"]["totalChecks"], t["taskStatistics"]["nonCompliantChecks"],
-                      t["taskStatistics"]["failedChecks"], t.get("scheduledAuditName")) for t in tasks],
-                    "no audit tasks")
+        base.show(
+            args,
+            {"tasks": tasks},
+            ("TASK ID", "TYPE", "STATUS", "STARTED", "CHECKS", "NON-COMPLIANT", "FAILED", "SCHEDULE"),
+            [
+                (
+                    t["taskId"],
+                    t["taskType"],
+                    t["taskStatus"],
+                    base.when(t["taskStartTime"]),
+                    t["taskStatistics"]["totalChecks"],
+                    t["taskStatistics"]["nonCompliantChecks"],
+                    t["taskStatistics"]["failedChecks"],
+                    t.get("scheduledAuditName"),
+                )
+                for t in tasks
+            ],
+            "no audit tasks",
+        )
     elif args.action == "findings":
         task_id = args.task or astore.latest_task_id()
         if args.task:
@@ -188,44 +250,96 @@ def run(args) -> int:
         until = None if args.indefinitely else _date(args.until)
         if until is not None and until <= now:
             raise AuditError(f"--until {args.until} is in the past")
-        astore.suppress(args.check, args.resource, None if until is None else int(until * 1000),
-                        args.description, int(now * 1000))
-        print(f"suppressed {args.check} findings on {args.resource} "
-              f"{'indefinitely' if until is None else 'until ' + base.when(until)}")
+        astore.suppress(
+            args.check, args.resource, None if until is None else int(until * 1000), args.description, int(now * 1000)
+        )
+        print(
+            f"suppressed {args.check} findings on {args.resource} "
+            f"{'indefinitely' if until is None else 'until ' + base.when(until)}"
+        )
     elif args.action == "unsuppress":
         done = astore.unsuppress(args.check, args.resource)
         print(f"{'removed' if done else 'there was no'} suppression of {args.check} on {args.resource}")
     elif args.action == "suppressions":
         items = astore.suppressions(int(now * 1000))
-        base.show(args, {"suppressions": items}, ("CHECK", "RESOURCE", "UNTIL", "DESCRIPTION"),
-                    [(s["checkName"], s["resourceKey"], "indefinitely" if s["suppressIndefinitely"]
-                      else base.when(s["expirationDate"]), s["description"]) for s in items], "no suppressions")
+        base.show(
+            args,
+            {"suppressions": items},
+            ("CHECK", "RESOURCE", "UNTIL", "DESCRIPTION"),
+            [
+                (
+                    s["checkName"],
+                    s["resourceKey"],
+                    "indefinitely" if s["suppressIndefinitely"] else base.when(s["expirationDate"]),
+                    s["description"],
+                )
+                for s in items
+            ],
+            "no suppressions",
+        )
     elif args.action == "schedule":
         _schedule(base, args, astore, now)
     elif args.action == "mitigate":
         alerts = _alerts(_config(args.config)) if args.config else None
-        done = mitigate(astore, args.task, args.check, args.mitigation, args.apply, args.group, alerts,
-                        args.broker_pid, int(now * 1000))
+        done = mitigate(
+            astore,
+            args.task,
+            args.check,
+            args.mitigation,
+            args.apply,
+            args.group,
+            alerts,
+            args.broker_pid,
+            int(now * 1000),
+        )
         if alerts:
             alerts.close(5.0)
-        base.show(args, {"actions": done}, ("THING", "ACTION", "OUTCOME", "DETAIL"),
-                    [(d["thingName"], d["action"]["type"], d["outcome"], d["detail"]) for d in done], "nothing done")
+        base.show(
+            args,
+            {"actions": done},
+            ("THING", "ACTION", "OUTCOME", "DETAIL"),
+            [(d["thingName"], d["action"]["type"], d["outcome"], d["detail"]) for d in done],
+            "nothing done",
+        )
     return 0
 
 
 def _schedule(base, args, astore: AuditStore, now: float) -> None:
     if args.verb == "create":
-        doc = schedules.create(astore, args.name, args.frequency, args.day_of_week, args.day_of_month, args.time,
-                               args.check, int(now * 1000))
-        print(f"created scheduled audit {doc['scheduledAuditName']} ({doc['frequency']}); "
-              f"next run {base.when(doc['nextRunTime'])}")
+        doc = schedules.create(
+            astore,
+            args.name,
+            args.frequency,
+            args.day_of_week,
+            args.day_of_month,
+            args.time,
+            args.check,
+            int(now * 1000),
+        )
+        print(
+            f"created scheduled audit {doc['scheduledAuditName']} ({doc['frequency']}); "
+            f"next run {base.when(doc['nextRunTime'])}"
+        )
     elif args.verb == "list":
         items = astore.schedules()
-        base.show(args, {"scheduledAudits": items}, ("NAME", "FREQUENCY", "DAY", "TIME", "CHECKS", "NEXT RUN",
-                                                       "LAST RUN"),
-                    [(s["scheduledAuditName"], s["frequency"], s.get("dayOfWeek") or s.get("dayOfMonth"),
-                      s["timeOfDay"], ",".join(s["targetCheckNames"]) or "(enabled)", base.when(s["nextRunTime"]),
-                      base.when(s["lastRunTime"])) for s in items], "no scheduled audits")
+        base.show(
+            args,
+            {"scheduledAudits": items},
+            ("NAME", "FREQUENCY", "DAY", "TIME", "CHECKS", "NEXT RUN", "LAST RUN"),
+            [
+                (
+                    s["scheduledAuditName"],
+                    s["frequency"],
+                    s.get("dayOfWeek") or s.get("dayOfMonth"),
+                    s["timeOfDay"],
+                    ",".join(s["targetCheckNames"]) or "(enabled)",
+                    base.when(s["nextRunTime"]),
+                    base.when(s["lastRunTime"]),
+                )
+                for s in items
+            ],
+            "no scheduled audits",
+        )
     else:
         astore.delete_schedule(args.name)
         print(f"deleted scheduled audit {args.name}")
@@ -233,16 +347,31 @@ def _schedule(base, args, astore: AuditStore, now: float) -> None:
 
 def _print_task(base, task) -> None:
     stats = task["taskStatistics"]
-    print(f"audit task {task['taskId']} ({task['taskType']}): {task['taskStatus']}; {stats['totalChecks']} checks, "
-          f"{stats['nonCompliantChecks']} non-compliant, {stats['failedChecks']} failed")
-    print(base.table(("CHECK", "STATUS", "RESOURCES", "NON-COMPLIANT", "SUPPRESSED", "NOTE"),
-                      [(name, d["checkRunStatus"], d["totalResourcesCount"], d["nonCompliantResourcesCount"],
-                        d["suppressedNonCompliantResourcesCount"], d.get("message")) for name, d in
-                       task["auditDetails"].items()]))
+    print(
+        f"audit task {task['taskId']} ({task['taskType']}): {task['taskStatus']}; {stats['totalChecks']} checks, "
+        f"{stats['nonCompliantChecks']} non-compliant, {stats['failedChecks']} failed"
+    )
+    print(
+        base.table(
+            ("CHECK", "STATUS", "RESOURCES", "NON-COMPLIANT", "SUPPRESSED", "NOTE"),
+            [
+                (
+                    name,
+                    d["checkRunStatus"],
+                    d["totalResourcesCount"],
+                    d["nonCompliantResourcesCount"],
+                    d["suppressedNonCompliantResourcesCount"],
+                    d.get("message"),
+                )
+                for name, d in task["auditDetails"].items()
+            ],
+        )
+    )
 
 
 def _resource_text(finding) -> str:
     from garrison.detect.audit.checks import resource_key
+
     resource = finding["nonCompliantResource"]
     return f"{resource['resourceType']} {resource_key(resource['resourceIdentifier'])}"
 
@@ -251,6 +380,18 @@ def _print_findings(base, findings: List[dict]) -> None:
     if not findings:
         print("no findings")
         return
-    print(base.table(("CHECK", "SEVERITY", "RESOURCE", "REASON", "SUPPRESSED"),
-                      [(f["checkName"], f["severity"], _resource_text(f), f["reasonForNonCompliance"],
-                        "yes" if f["isSuppressed"] else "") for f in findings]))
+    print(
+        base.table(
+            ("CHECK", "SEVERITY", "RESOURCE", "REASON", "SUPPRESSED"),
+            [
+                (
+                    f["checkName"],
+                    f["severity"],
+                    _resource_text(f),
+                    f["reasonForNonCompliance"],
+                    "yes" if f["isSuppressed"] else "",
+                )
+                for f in findings
+            ],
+        )
+    )

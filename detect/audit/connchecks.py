@@ -1,5 +1,6 @@
 """Connection checks over the broker's log: shared certificates, conflicting client ids,
 revoked certificates still in use."""
+
 from typing import Any, Dict, Optional, Set
 
 from garrison.detect.audit.certchecks import _info
@@ -17,7 +18,7 @@ def _cert_for(ctx: Context, cn: str):
 
 def shared_certificate(ctx: Context):
     """One certificate (user name = its CN) in concurrent connections with different client ids."""
-    open_by_cid: Dict[str, str] = {}            # client id -> user of its open connection
+    open_by_cid: Dict[str, str] = {}  # client id -> user of its open connection
     open_by_user: Dict[str, Set[str]] = {}
     shared: Dict[str, Dict[str, Any]] = {}
     users: Set[str] = set()
@@ -46,10 +47,19 @@ def shared_certificate(ctx: Context):
         cert = _cert_for(ctx, user)
         ident = {"deviceCertificateId": cert.certificate_id if cert else f"cn:{user}"}
         extra = _info(cert) if cert else {"commonName": user}
-        out.append(finding("DEVICE_CERTIFICATE", ident, "CERTIFICATE_SHARED_BY_MULTIPLE_DEVICES",
-                           f"the certificate of {user!r} was used by {len(seen['clientIds'])} concurrent connections "
-                           f"with different client ids", clientIds=sorted(seen["clientIds"]), logFile=ctx.log_path,
-                           logLines=seen["lines"][:10], **extra))
+        out.append(
+            finding(
+                "DEVICE_CERTIFICATE",
+                ident,
+                "CERTIFICATE_SHARED_BY_MULTIPLE_DEVICES",
+                f"the certificate of {user!r} was used by {len(seen['clientIds'])} concurrent connections "
+                f"with different client ids",
+                clientIds=sorted(seen["clientIds"]),
+                logFile=ctx.log_path,
+                logLines=seen["lines"][:10],
+                **extra,
+            )
+        )
     return len(users), out
 
 
@@ -69,17 +79,27 @@ def conflicting_client_ids(ctx: Context):
     out = []
     for cid, entry in sorted(seen.items()):
         if entry["takeovers"] >= ctx.settings.min_takeovers or (entry["takeovers"] and len(entry["users"]) > 1):
-            out.append(finding("CLIENT_ID", {"clientId": cid}, "DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS",
-                               f"client id {cid!r} was taken over {entry['takeovers']} times: several connections "
-                               f"use it and disconnect each other", takeovers=entry["takeovers"],
-                               usernames=sorted(entry["users"]), sourceAddresses=sorted(entry["addresses"]),
-                               logFile=ctx.log_path, logLines=entry["lines"][:10]))
+            out.append(
+                finding(
+                    "CLIENT_ID",
+                    {"clientId": cid},
+                    "DUPLICATE_CLIENT_ID_ACROSS_CONNECTIONS",
+                    f"client id {cid!r} was taken over {entry['takeovers']} times: several connections "
+                    f"use it and disconnect each other",
+                    takeovers=entry["takeovers"],
+                    usernames=sorted(entry["users"]),
+                    sourceAddresses=sorted(entry["addresses"]),
+                    logFile=ctx.log_path,
+                    logLines=entry["lines"][:10],
+                )
+            )
     return len(seen), out
 
 
 def _crl_enforced(ctx: Context, serial: int) -> Optional[str]:
     """None when every TLS listener checks a CRL that lists `serial`; else why not."""
     from garrison.detect.audit.sources import read_crl
+
     tls = [listener for listener in ctx.broker.listeners if listener.tls]
     if not tls:
         return "the broker has no TLS listener"
@@ -108,25 +128,49 @@ def revoked_still_active(ctx: Context):
                 reasons.append(f"the broker does not refuse it: {why}")
         lines = []
         if ctx.log is not None and cert.common_name not in by_cn_live:  # else a new certificate may be the one
-            lines = [e.line for e in ctx.log if e.kind == "connect" and e.username == cert.common_name
-                     and e.time >= when.timestamp()]
+            lines = [
+                e.line
+                for e in ctx.log
+                if e.kind == "connect" and e.username == cert.common_name and e.time >= when.timestamp()
+            ]
             if lines:
                 reasons.append(f"it connected {len(lines)} times after its revocation on {iso(when)}")
         if reasons:
-            out.append(finding("DEVICE_CERTIFICATE", {"deviceCertificateId": cert.certificate_id},
-                               "CERTIFICATE_REVOKED_BY_ISSUER",
-                               f"certificate {cert.common_name!r} is revoked but " + "; ".join(reasons),
-                               revokedAt=iso(when), logFile=ctx.log_path if lines else None,
-                               logLines=lines[:10] or None, **_info(cert)))
+            out.append(
+                finding(
+                    "DEVICE_CERTIFICATE",
+                    {"deviceCertificateId": cert.certificate_id},
+                    "CERTIFICATE_REVOKED_BY_ISSUER",
+                    f"certificate {cert.common_name!r} is revoked but " + "; ".join(reasons),
+                    revokedAt=iso(when),
+                    logFile=ctx.log_path if lines else None,
+                    logLines=lines[:10] or None,
+                    **_info(cert),
+                )
+            )
     return len(revoked), out
 
 
 CHECKS = [
-    Check("DEVICE_CERTIFICATE_SHARED_CHECK", CRITICAL, ("log",), shared_certificate,
-          description="one certificate in concurrent connections with different client ids (broker log)"),
-    Check("CONFLICTING_CLIENT_IDS_CHECK", HIGH, ("log",), conflicting_client_ids,
-          description="one client id used by several connections that disconnect each other (broker log)"),
-    Check("REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK", MEDIUM, ("pki",), revoked_still_active,
-          description="a revoked certificate the broker does not refuse, or seen connecting after revocation"),
+    Check(
+        "DEVICE_CERTIFICATE_SHARED_CHECK",
+        CRITICAL,
+        ("log",),
+        shared_certificate,
+        description="one certificate in concurrent connections with different client ids (broker log)",
+    ),
+    Check(
+        "CONFLICTING_CLIENT_IDS_CHECK",
+        HIGH,
+        ("log",),
+        conflicting_client_ids,
+        description="one client id used by several connections that disconnect each other (broker log)",
+    ),
+    Check(
+        "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK",
+        MEDIUM,
+        ("pki",),
+        revoked_still_active,
+        description="a revoked certificate the broker does not refuse, or seen connecting after revocation",
+    ),
 ]
-

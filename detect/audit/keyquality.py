@@ -10,6 +10,7 @@ Debian weak keys: only a blocklist can tell (the keys are ordinary-looking RSA k
 space). We read the openssl-blacklist format: one line per key, the last 20 hex digits of
 SHA-1("Modulus=<UPPERCASE HEX>\\n"); comment lines start with '#'. No blocklist, no check.
 """
+
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -18,8 +19,46 @@ from typing import FrozenSet, List, Optional
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 256
 
-_ROCA_PRIMES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97,
-                101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167)
+_ROCA_PRIMES = (
+    3,
+    5,
+    7,
+    11,
+    13,
+    17,
+    19,
+    23,
+    29,
+    31,
+    37,
+    41,
+    43,
+    47,
+    53,
+    59,
+    61,
+    67,
+    71,
+    73,
+    79,
+    83,
+    89,
+    97,
+    101,
+    103,
+    107,
+    109,
+    113,
+    127,
+    131,
+    137,
+    139,
+    149,
+    151,
+    157,
+    163,
+    167,
+)
 
 
 @lru_cache(maxsize=None)
@@ -58,6 +97,7 @@ def weaknesses(public_key, blocklist: Optional[Path] = None) -> List[str]:
     """Why `public_key` is weak (empty: it is not): RSA_KEY_TOO_SMALL, EC_KEY_TOO_SMALL,
     ROCA_VULNERABLE, DEBIAN_WEAK_KEY, UNSUPPORTED_KEY_TYPE (DSA and the like)."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     found = []
     if isinstance(public_key, rsa.RSAPublicKey):
         modulus = public_key.public_numbers().n

@@ -14,6 +14,7 @@ Every action, real or not, is written there. Where the broker's files changed, t
 sent SIGHUP (pid from --broker-pid or the config's pid_file) so it reloads them; edited files
 are copied to FILE.bak-<epoch> first.
 """
+
 import datetime
 import logging
 from pathlib import Path
@@ -22,23 +23,38 @@ from typing import Any, Dict, List, Optional
 from garrison.detect.audit.checks import Context
 from garrison.detect.audit.store import AuditStore
 from garrison.detect.audit.task import AuditError
+
 # the broker-file helpers are shared with the `disable` response (garrison.detect.respond.revocation)
-from garrison.detect.ops.brokerfiles import (backup as _backup, broker_pid as _broker_pid, install_crl as _install_crl,
-                                             reload as _reload, write_text as _write)
+from garrison.detect.ops.brokerfiles import (
+    backup as _backup,
+    broker_pid as _broker_pid,
+    install_crl as _install_crl,
+    reload as _reload,
+    write_text as _write,
+)
 
 log = logging.getLogger("garrison.audit")
 
 ACTIONS = {
-    "UPDATE_DEVICE_CERTIFICATE": ("DEVICE_CERTIFICATE_SHARED_CHECK", "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
-                                  "DEVICE_CERTIFICATE_EXPIRING_CHECK", "DEVICE_CERTIFICATE_AGE_CHECK",
-                                  "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK"),
-    "ADD_THINGS_TO_THING_GROUP": ("DEVICE_CERTIFICATE_SHARED_CHECK", "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
-                                  "DEVICE_CERTIFICATE_EXPIRING_CHECK", "DEVICE_CERTIFICATE_AGE_CHECK",
-                                  "CONFLICTING_CLIENT_IDS_CHECK", "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK",
-                                  "DEVICE_HARDENING_CHECK"),
+    "UPDATE_DEVICE_CERTIFICATE": (
+        "DEVICE_CERTIFICATE_SHARED_CHECK",
+        "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
+        "DEVICE_CERTIFICATE_EXPIRING_CHECK",
+        "DEVICE_CERTIFICATE_AGE_CHECK",
+        "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK",
+    ),
+    "ADD_THINGS_TO_THING_GROUP": (
+        "DEVICE_CERTIFICATE_SHARED_CHECK",
+        "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
+        "DEVICE_CERTIFICATE_EXPIRING_CHECK",
+        "DEVICE_CERTIFICATE_AGE_CHECK",
+        "CONFLICTING_CLIENT_IDS_CHECK",
+        "REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK",
+        "DEVICE_HARDENING_CHECK",
+    ),
     "ENABLE_IOT_LOGGING": ("LOGGING_DISABLED_CHECK",),
     "REPLACE_DEFAULT_POLICY_VERSION": ("IOT_POLICY_OVERLY_PERMISSIVE_CHECK",),
-    "PUBLISH_FINDINGS_TO_SNS": None,   # any check
+    "PUBLISH_FINDINGS_TO_SNS": None,  # any check
 }
 _LOGGING_KEYS = ("connection_messages", "log_dest", "log_type", "log_timestamp")
 
@@ -54,6 +70,7 @@ def _enable_logging(conf_path: Path, now_ms: int, log_file: Optional[str]) -> Li
     broker-config's logging lines; returns the files changed."""
     from garrison.detect.audit.sources import load_broker_config
     from garrison.detect.ops.brokerconf import logging_lines
+
     conf = load_broker_config(conf_path)
     stale: Dict[str, List[int]] = {}
     for key in _LOGGING_KEYS:
@@ -76,9 +93,17 @@ def _enable_logging(conf_path: Path, now_ms: int, log_file: Optional[str]) -> Li
     return changed
 
 
-def mitigate(astore: AuditStore, task_id: str, check: str, action: str, apply: bool = False,
-             group: str = "quarantine", alerts: Any = None, broker_pid: Optional[int] = None,
-             now_ms: int = 0) -> List[Dict[str, Any]]:
+def mitigate(
+    astore: AuditStore,
+    task_id: str,
+    check: str,
+    action: str,
+    apply: bool = False,
+    group: str = "quarantine",
+    alerts: Any = None,
+    broker_pid: Optional[int] = None,
+    now_ms: int = 0,
+) -> List[Dict[str, Any]]:
     """Run `action` on the unsuppressed findings of `check` in task `task_id`; returns the
     actions log entries."""
     if action not in ACTIONS:
@@ -102,6 +127,7 @@ def mitigate(astore: AuditStore, task_id: str, check: str, action: str, apply: b
         return done
     if action == "UPDATE_DEVICE_CERTIFICATE":
         from garrison.detect.ops.pki import FleetCA, PkiError
+
         if not src.get("pki_dir"):
             raise AuditError(f"task {task_id} has no PKI directory to revoke in")
         ca = FleetCA(Path(src["pki_dir"]))
@@ -125,14 +151,27 @@ def mitigate(astore: AuditStore, task_id: str, check: str, action: str, apply: b
             conf = Path(src["broker_config"])
             added = _install_crl(conf, ca.crl_path, now_ms)
             if added is None:
-                record(None, None, "done", f"the CRL {ca.crl_path} is updated; {conf} was not written by "
-                       "broker-config: point its crlfile at a copy the broker can read and reload it")
+                record(
+                    None,
+                    None,
+                    "done",
+                    f"the CRL {ca.crl_path} is updated; {conf} was not written by "
+                    "broker-config: point its crlfile at a copy the broker can read and reload it",
+                )
             elif added:  # Mosquitto 2.0 reads a new crlfile setting only at start (a changed CRL on SIGHUP)
-                record(None, None, "done", f"copied the CRL next to {conf} and added crlfile; restart the broker "
-                       "to enforce it")
+                record(
+                    None,
+                    None,
+                    "done",
+                    f"copied the CRL next to {conf} and added crlfile; restart the broker to enforce it",
+                )
             else:
-                record(None, None, "done", "refreshed the broker's copy of the CRL" +
-                       _reload(_broker_pid(src["broker_config"], broker_pid)))
+                record(
+                    None,
+                    None,
+                    "done",
+                    "refreshed the broker's copy of the CRL" + _reload(_broker_pid(src["broker_config"], broker_pid)),
+                )
     elif action == "ADD_THINGS_TO_THING_GROUP":
         for finding in findings:
             thing = _thing(finding)
@@ -157,18 +196,24 @@ def mitigate(astore: AuditStore, task_id: str, check: str, action: str, apply: b
                 record(None, finding_id, "dry-run", f"would {what}")
             else:
                 changed = _enable_logging(Path(conf), now_ms, None)
-                record(None, finding_id, "done", f"{what} (changed {', '.join(changed)})" +
-                       _reload(_broker_pid(conf, broker_pid)))
+                record(
+                    None,
+                    finding_id,
+                    "done",
+                    f"{what} (changed {', '.join(changed)})" + _reload(_broker_pid(conf, broker_pid)),
+                )
         else:
             from garrison.detect.audit.brokerchecks import _engine_identity
             from garrison.detect.audit.sources import load_broker_config
             from garrison.detect.ops.brokerconf import acl_text
+
             broker = load_broker_config(conf)
             if broker.acl_path is None:
                 raise AuditError(f"{conf} has no acl_file to replace; run garrison-detect broker-config")
             ctx = Context(now=datetime.datetime.now(datetime.timezone.utc))
             if src.get("pki_dir"):
                 from garrison.detect.audit.sources import load_pki
+
                 ctx.pki = load_pki(src["pki_dir"])
             engine = _engine_identity(ctx)
             what = f"replace {broker.acl_path} with the least-privilege ACL (engine identity {engine})"

@@ -1,5 +1,6 @@
 """DEVICE_HARDENING_CHECK: each thing's latest posture report (garrison.collectors.posture's custom
 metrics, kept by garrison.detect.audit.store.record_posture) as findings."""
+
 from typing import Any, Dict, List
 
 from garrison.collectors.posture import METRICS
@@ -32,15 +33,32 @@ def device_hardening(ctx: Context):
             bad = bool(value) if not isinstance(value, list) else len(value) > 0
             if not bad:
                 continue
-            shown = ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "") \
-                if isinstance(value, list) else value
-            out.append(finding("THING", {"thingName": thing}, code, f"{thing}: " + text.format(shown),
-                               thingName=thing, metric=METRICS[key], value=value,
-                               reportedAt=posture.get("time_ms", 0) / 1000.0))
+            shown = (
+                ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
+                if isinstance(value, list)
+                else value
+            )
+            out.append(
+                finding(
+                    "THING",
+                    {"thingName": thing},
+                    code,
+                    f"{thing}: " + text.format(shown),
+                    thingName=thing,
+                    metric=METRICS[key],
+                    value=value,
+                    reportedAt=posture.get("time_ms", 0) / 1000.0,
+                )
+            )
     return len(ctx.postures), out
 
 
 CHECKS: List[Check] = [
-    Check("DEVICE_HARDENING_CHECK", MEDIUM, ("postures",), device_hardening,
-          description="device posture from the agent's posture collector (latest report per thing)"),
+    Check(
+        "DEVICE_HARDENING_CHECK",
+        MEDIUM,
+        ("postures",),
+        device_hardening,
+        description="device posture from the agent's posture collector (latest report per thing)",
+    ),
 ]

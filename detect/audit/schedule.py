@@ -5,6 +5,7 @@ MONTHLY on a day of the month or LAST; at a time of day in UTC (default 03:00).
 A run missed while the engine was down happens once when it is back (not once per missed
 period); the next run is computed from the time it ran.
 """
+
 import calendar
 import datetime
 import logging
@@ -53,16 +54,27 @@ def next_run(doc: Dict[str, Any], after: datetime.datetime) -> datetime.datetime
     raise AuditError(f"scheduled audit {doc.get('scheduledAuditName')}: no run in the next 70 days")
 
 
-def create(store: AuditStore, name: str, frequency: str, day_of_week: Optional[str] = None,
-           day_of_month: Optional[str] = None, time_of_day: str = "03:00", checks: Sequence[str] = (),
-           now_ms: int = 0) -> Dict[str, Any]:
+def create(
+    store: AuditStore,
+    name: str,
+    frequency: str,
+    day_of_week: Optional[str] = None,
+    day_of_month: Optional[str] = None,
+    time_of_day: str = "03:00",
+    checks: Sequence[str] = (),
+    now_ms: int = 0,
+) -> Dict[str, Any]:
     if not _NAME.fullmatch(name or ""):
         raise AuditError(f"scheduled audit name {name!r} is invalid: use 1-128 of a-z A-Z 0-9 _ -")
     frequency = (frequency or "").upper()
     if frequency not in FREQUENCIES:
         raise AuditError(f"frequency must be one of {', '.join(FREQUENCIES)}, got {frequency!r}")
-    doc: Dict[str, Any] = {"scheduledAuditName": name, "frequency": frequency, "timeOfDay": time_of_day,
-                           "targetCheckNames": check_names(list(checks))}
+    doc: Dict[str, Any] = {
+        "scheduledAuditName": name,
+        "frequency": frequency,
+        "timeOfDay": time_of_day,
+        "targetCheckNames": check_names(list(checks)),
+    }
     if not _TIME.fullmatch(time_of_day or ""):
         raise AuditError(f"time of day must be HH:MM (UTC), got {time_of_day!r}")
     if frequency in ("WEEKLY", "BIWEEKLY"):
@@ -94,15 +106,22 @@ def due(store: AuditStore, sources: AuditSources, now_ms: int, alerts: Any = Non
             continue
         task_id = None
         try:
-            result = run_audit(sources, doc.get("targetCheckNames") or None, store, SCHEDULED,
-                               doc["scheduledAuditName"], now=now_ms / 1000.0)
+            result = run_audit(
+                sources,
+                doc.get("targetCheckNames") or None,
+                store,
+                SCHEDULED,
+                doc["scheduledAuditName"],
+                now=now_ms / 1000.0,
+            )
             task_id = result["task"]["taskId"]
             tasks.append(result["task"])
             notify(alerts, result["task"])
         except Exception:  # a broken source must not stop the engine, nor re-run every tick
             log.exception("scheduled audit %s failed", doc["scheduledAuditName"])
-        store.schedule_ran(doc["scheduledAuditName"], now_ms, int(next_run(doc, _utc(now_ms)).timestamp() * 1000),
-                           task_id)
+        store.schedule_ran(
+            doc["scheduledAuditName"], now_ms, int(next_run(doc, _utc(now_ms)).timestamp() * 1000), task_id
+        )
     return tasks
 
 
@@ -112,6 +131,7 @@ class Scheduler:
 
     def __init__(self, engine: Any, every_s: float = 30.0):
         from garrison.detect.audit.task import sources_from_config
+
         self.engine = engine
         self.sources = sources_from_config(getattr(engine.config, "audit", None))
         self.store = engine.audit_store()

@@ -5,6 +5,7 @@ Every reader is bounded (file count, file size, log bytes) because each file may
 planted by someone hostile, and each records where a fact came from (file and line) so a
 finding can name it.
 """
+
 import datetime
 import glob
 import hashlib
@@ -20,7 +21,7 @@ MAX_CERT_FILES = 100000
 MAX_CERT_BYTES = 64 * 1024
 MAX_CONF_FILES = 256
 MAX_CONF_BYTES = 1024 * 1024
-MAX_LOG_BYTES = 64 * 1024 * 1024      # the tail of a longer log is read
+MAX_LOG_BYTES = 64 * 1024 * 1024  # the tail of a longer log is read
 
 
 class SourceError(Exception):
@@ -29,13 +30,14 @@ class SourceError(Exception):
 
 # ------------------------------------------------------------------------------------ PKI
 
+
 @dataclass
 class CertInfo:
     path: Path
-    cert: object                      # cryptography.x509.Certificate
-    certificate_id: str               # lowercase hex SHA-256 of the DER (AWS's certificateId)
+    cert: object  # cryptography.x509.Certificate
+    certificate_id: str  # lowercase hex SHA-256 of the DER (AWS's certificateId)
     common_name: str
-    role: str                         # "ca", "device", "server", "engine"
+    role: str  # "ca", "device", "server", "engine"
     signed_by_ca: bool = True
 
     @property
@@ -47,10 +49,10 @@ class CertInfo:
 class Pki:
     directory: Path
     ca: Optional[CertInfo]
-    certificates: List[CertInfo]      # every leaf: things/*, server, engine
-    revoked: Dict[int, datetime.datetime] = field(default_factory=dict)   # serial -> revocation date
+    certificates: List[CertInfo]  # every leaf: things/*, server, engine
+    revoked: Dict[int, datetime.datetime] = field(default_factory=dict)  # serial -> revocation date
     crl_path: Optional[Path] = None
-    problems: List[str] = field(default_factory=list)                    # unreadable files
+    problems: List[str] = field(default_factory=list)  # unreadable files
 
     def by_cn(self) -> Dict[str, List[CertInfo]]:
         out: Dict[str, List[CertInfo]] = {}
@@ -61,11 +63,13 @@ class Pki:
 
 def certificate_id(cert) -> str:
     from cryptography.hazmat.primitives import serialization
+
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def common_name(cert) -> str:
     from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 
@@ -80,6 +84,7 @@ def _read_bounded(path: Path, limit: int) -> bytes:
 
 def _load_cert(path: Path, role: str, ca_cert=None) -> CertInfo:
     from cryptography import x509
+
     data = _read_bounded(path, MAX_CERT_BYTES)
     cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
     info = CertInfo(path, cert, certificate_id(cert), common_name(cert), role)
@@ -90,7 +95,7 @@ def _load_cert(path: Path, role: str, ca_cert=None) -> CertInfo:
 
 def _signed_by(cert, ca_cert) -> bool:
     try:
-        cert.verify_directly_issued_by(ca_cert)   # cryptography >= 40: issuer name and signature
+        cert.verify_directly_issued_by(ca_cert)  # cryptography >= 40: issuer name and signature
         return True
     except (ValueError, TypeError, Exception):  # InvalidSignature is not a ValueError
         return False
@@ -139,16 +144,19 @@ def load_pki(directory) -> Pki:
 
 def read_crl(path: Path) -> Dict[int, datetime.datetime]:
     from cryptography import x509
+
     crl = x509.load_pem_x509_crl(_read_bounded(path, MAX_CONF_BYTES))
     out = {}
     for entry in crl:
         when = getattr(entry, "revocation_date_utc", None) or entry.revocation_date.replace(
-            tzinfo=datetime.timezone.utc)
+            tzinfo=datetime.timezone.utc
+        )
         out[entry.serial_number] = when
     return out
 
 
 # ----------------------------------------------------------------------------- broker config
+
 
 @dataclass
 class Directive:
@@ -166,7 +174,7 @@ class Directive:
 class Listener:
     port: int
     bind: Optional[str]
-    where: Directive                      # the `listener` line (or the first default-listener line)
+    where: Directive  # the `listener` line (or the first default-listener line)
     settings: Dict[str, Directive] = field(default_factory=dict)
 
     @property
@@ -193,9 +201,9 @@ class Listener:
 
 @dataclass
 class AclRule:
-    kind: str                 # "topic" (under `user`, or for anonymous clients) or "pattern"
-    user: Optional[str]       # the `user` block a topic line sits in; None for patterns/anonymous
-    access: str               # read | write | readwrite | deny
+    kind: str  # "topic" (under `user`, or for anonymous clients) or "pattern"
+    user: Optional[str]  # the `user` block a topic line sits in; None for patterns/anonymous
+    access: str  # read | write | readwrite | deny
     topic: str
     file: str
     line: int
@@ -204,7 +212,7 @@ class AclRule:
 @dataclass
 class BrokerConfig:
     path: Path
-    globals: Dict[str, List[Directive]]   # every directive outside listener scope, in order
+    globals: Dict[str, List[Directive]]  # every directive outside listener scope, in order
     listeners: List[Listener]
     acl_path: Optional[Path] = None
     acl: List[AclRule] = field(default_factory=list)
@@ -219,11 +227,30 @@ class BrokerConfig:
 
 
 # Settings that belong to the listener they follow (Mosquitto's "listener" scope).
-LISTENER_KEYS = {"cafile", "capath", "certfile", "keyfile", "crlfile", "require_certificate", "tls_version",
-                 "use_identity_as_username", "use_subject_as_username", "use_username_as_clientid",
-                 "protocol", "psk_hint", "ciphers", "mount_point", "http_dir", "socket_domain",
-                 "max_connections", "bind_interface", "allow_anonymous", "password_file", "acl_file",
-                 "psk_file"}
+LISTENER_KEYS = {
+    "cafile",
+    "capath",
+    "certfile",
+    "keyfile",
+    "crlfile",
+    "require_certificate",
+    "tls_version",
+    "use_identity_as_username",
+    "use_subject_as_username",
+    "use_username_as_clientid",
+    "protocol",
+    "psk_hint",
+    "ciphers",
+    "mount_point",
+    "http_dir",
+    "socket_domain",
+    "max_connections",
+    "bind_interface",
+    "allow_anonymous",
+    "password_file",
+    "acl_file",
+    "psk_file",
+}
 
 
 def _lines(path: Path, budget: List[int]) -> List[Tuple[int, List[str]]]:
@@ -250,7 +277,7 @@ def load_broker_config(path) -> BrokerConfig:
         raise SourceError(f"broker config {path}: {exc}") from None
     config = BrokerConfig(path, {}, [])
     default = Listener(1883, None, directives[0] if directives else Directive("", [], str(path), 0))
-    explicit_default = False      # `port` / `bind_address`: the default listener on all interfaces
+    explicit_default = False  # `port` / `bind_address`: the default listener on all interfaces
     current: Optional[Listener] = None
     for d in directives:
         if d.key == "listener" and d.args:
@@ -269,7 +296,7 @@ def load_broker_config(path) -> BrokerConfig:
                 default.bind = d.args[0]
         elif d.key in LISTENER_KEYS:
             (current or default).settings[d.key] = d
-            config.globals.setdefault(d.key, []).append(d)   # some are global unless per_listener_settings
+            config.globals.setdefault(d.key, []).append(d)  # some are global unless per_listener_settings
         else:
             config.globals.setdefault(d.key, []).append(d)
     if explicit_default:
@@ -331,7 +358,7 @@ _KINDS = {brokerlog.CONNECT: "connect", brokerlog.TAKEOVER: "takeover", brokerlo
 @dataclass
 class LogEvent:
     time: int
-    kind: str                  # "connect", "takeover", "disconnect"
+    kind: str  # "connect", "takeover", "disconnect"
     client_id: str
     username: Optional[str] = None
     address: Optional[str] = None

@@ -4,6 +4,7 @@ suppressions, scheduled audits, and each thing's latest posture.
 Tables are created here with CREATE TABLE IF NOT EXISTS (garrison.detect.state.store's schema is untouched).
 Tasks and their findings are kept for 90 days, as AWS keeps audit results.
 """
+
 import json
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS audit_posture (
     thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, metrics TEXT NOT NULL);
 """
 
+
 class AuditStore:
     """Audit records over a garrison.detect.state.store.Store (same connection, same transactions)."""
 
@@ -44,12 +46,22 @@ class AuditStore:
 
     def save_task(self, task: Dict[str, Any], findings: List[Dict[str, Any]], resource_keys: List[str]) -> None:
         with self.store.transaction():
-            self.store._exec("INSERT INTO audit_tasks VALUES (?, ?, ?, ?, ?, ?)",
-                             (task["taskId"], task["taskType"], task["taskStatus"], int(task["taskStartTime"] * 1000),
-                              task.get("scheduledAuditName"), json.dumps(task)))
+            self.store._exec(
+                "INSERT INTO audit_tasks VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    task["taskId"],
+                    task["taskType"],
+                    task["taskStatus"],
+                    int(task["taskStartTime"] * 1000),
+                    task.get("scheduledAuditName"),
+                    json.dumps(task),
+                ),
+            )
             for item, key in zip(findings, resource_keys):
-                self.store._exec("INSERT INTO audit_findings VALUES (?, ?, ?, ?, ?)",
-                                 (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item)))
+                self.store._exec(
+                    "INSERT INTO audit_findings VALUES (?, ?, ?, ?, ?)",
+                    (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item)),
+                )
             cutoff = int(task["taskStartTime"] * 1000) - RETENTION_MS
             old = [r[0] for r in self.store._rows("SELECT task_id FROM audit_tasks WHERE start_ms < ?", (cutoff,))]
             for task_id in old:
@@ -69,8 +81,9 @@ class AuditStore:
         rows = self.store._rows(sql + " ORDER BY start_ms DESC LIMIT ?", params + [limit])
         return [json.loads(r[0]) for r in rows]
 
-    def findings(self, task_id: Optional[str] = None, check: Optional[str] = None,
-                 limit: int = 10000) -> List[Dict[str, Any]]:
+    def findings(
+        self, task_id: Optional[str] = None, check: Optional[str] = None, limit: int = 10000
+    ) -> List[Dict[str, Any]]:
         where, params = [], []
         if task_id:
             where.append("task_id = ?")
@@ -87,16 +100,20 @@ class AuditStore:
 
     # ---- suppressions -------------------------------------------------------------------------
 
-    def suppress(self, check: str, resource_key: str, expiration_ms: Optional[int], description: str,
-                 now_ms: int) -> None:
-        self.store._exec("INSERT INTO audit_suppressions VALUES (?, ?, ?, ?, ?) ON CONFLICT (check_name, resource_key) "
-                         "DO UPDATE SET expiration_ms = excluded.expiration_ms, description = excluded.description, "
-                         "created_ms = excluded.created_ms",
-                         (check, resource_key, expiration_ms, description, now_ms))
+    def suppress(
+        self, check: str, resource_key: str, expiration_ms: Optional[int], description: str, now_ms: int
+    ) -> None:
+        self.store._exec(
+            "INSERT INTO audit_suppressions VALUES (?, ?, ?, ?, ?) ON CONFLICT (check_name, resource_key) "
+            "DO UPDATE SET expiration_ms = excluded.expiration_ms, description = excluded.description, "
+            "created_ms = excluded.created_ms",
+            (check, resource_key, expiration_ms, description, now_ms),
+        )
 
     def unsuppress(self, check: str, resource_key: str) -> bool:
-        cur = self.store._exec("DELETE FROM audit_suppressions WHERE check_name = ? AND resource_key = ?",
-                               (check, resource_key))
+        cur = self.store._exec(
+            "DELETE FROM audit_suppressions WHERE check_name = ? AND resource_key = ?", (check, resource_key)
+        )
         return cur.rowcount > 0
 
     def suppressions(self, now_ms: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -105,17 +122,25 @@ class AuditStore:
         for r in rows:
             if now_ms is not None and r["expiration_ms"] is not None and r["expiration_ms"] <= now_ms:
                 continue
-            out.append({"checkName": r["check_name"], "resourceKey": r["resource_key"],
-                        "expirationDate": None if r["expiration_ms"] is None else r["expiration_ms"] / 1000.0,
-                        "suppressIndefinitely": r["expiration_ms"] is None, "description": r["description"]})
+            out.append(
+                {
+                    "checkName": r["check_name"],
+                    "resourceKey": r["resource_key"],
+                    "expirationDate": None if r["expiration_ms"] is None else r["expiration_ms"] / 1000.0,
+                    "suppressIndefinitely": r["expiration_ms"] is None,
+                    "description": r["description"],
+                }
+            )
         return out
 
     # ---- scheduled audits ---------------------------------------------------------------------
 
     def put_schedule(self, doc: Dict[str, Any], next_ms: int) -> bool:
         """Create (True) or refuse a duplicate name (StoreError)."""
-        added = self.store._exec("INSERT INTO audit_schedules (name, doc, next_ms) VALUES (?, ?, ?) "
-                                 "ON CONFLICT (name) DO NOTHING", (doc["scheduledAuditName"], json.dumps(doc), next_ms))
+        added = self.store._exec(
+            "INSERT INTO audit_schedules (name, doc, next_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (doc["scheduledAuditName"], json.dumps(doc), next_ms),
+        )
         if added.rowcount != 1:
             raise StoreError(f"a scheduled audit named {doc['scheduledAuditName']!r} exists")
         return True
@@ -126,23 +151,36 @@ class AuditStore:
 
     def schedules(self) -> List[Dict[str, Any]]:
         rows = self.store._rows("SELECT * FROM audit_schedules ORDER BY name")
-        return [dict(json.loads(r["doc"]), nextRunTime=r["next_ms"] / 1000.0,
-                     lastRunTime=None if r["last_ms"] is None else r["last_ms"] / 1000.0,
-                     lastTaskId=r["last_task_id"]) for r in rows]
+        return [
+            dict(
+                json.loads(r["doc"]),
+                nextRunTime=r["next_ms"] / 1000.0,
+                lastRunTime=None if r["last_ms"] is None else r["last_ms"] / 1000.0,
+                lastTaskId=r["last_task_id"],
+            )
+            for r in rows
+        ]
 
     def schedule_ran(self, name: str, ran_ms: int, next_ms: int, task_id: Optional[str]) -> None:
-        self.store._exec("UPDATE audit_schedules SET last_ms = ?, next_ms = ?, last_task_id = ? WHERE name = ?",
-                         (ran_ms, next_ms, task_id, name))
+        self.store._exec(
+            "UPDATE audit_schedules SET last_ms = ?, next_ms = ?, last_task_id = ? WHERE name = ?",
+            (ran_ms, next_ms, task_id, name),
+        )
 
     # ---- posture ------------------------------------------------------------------------------
 
     def put_posture(self, thing: str, time_ms: int, metrics: Mapping[str, Any]) -> None:
-        self.store._exec("INSERT INTO audit_posture VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE SET "
-                         "time_ms = excluded.time_ms, metrics = excluded.metrics", (thing, time_ms, json.dumps(metrics)))
+        self.store._exec(
+            "INSERT INTO audit_posture VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE SET "
+            "time_ms = excluded.time_ms, metrics = excluded.metrics",
+            (thing, time_ms, json.dumps(metrics)),
+        )
 
     def postures(self) -> Dict[str, Dict[str, Any]]:
-        return {r["thing"]: {"time_ms": r["time_ms"], "metrics": json.loads(r["metrics"])}
-                for r in self.store._rows("SELECT * FROM audit_posture")}
+        return {
+            r["thing"]: {"time_ms": r["time_ms"], "metrics": json.loads(r["metrics"])}
+            for r in self.store._rows("SELECT * FROM audit_posture")
+        }
 
 
 def record_posture(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:

@@ -12,6 +12,7 @@ Sources and settings come from the engine config's [audit] table or the command 
     debian_blocklist = "/usr/share/openssl-blacklist/blacklist.RSA-2048"   # optional
     checks = ["DEVICE_CERTIFICATE_AGE_CHECK"]   # enable these besides the default ones
 """
+
 import datetime
 import logging
 import secrets
@@ -40,11 +41,12 @@ class AuditSources:
     broker_config: Optional[str] = None
     broker_log: Optional[str] = None
     settings: Settings = field(default_factory=Settings)
-    extra_checks: List[str] = field(default_factory=list)   # enabled besides the defaults
+    extra_checks: List[str] = field(default_factory=list)  # enabled besides the defaults
 
     def merged(self, **overrides: Any) -> "AuditSources":
-        out = AuditSources(self.pki_dir, self.broker_config, self.broker_log, Settings(**vars(self.settings)),
-                           list(self.extra_checks))
+        out = AuditSources(
+            self.pki_dir, self.broker_config, self.broker_log, Settings(**vars(self.settings)), list(self.extra_checks)
+        )
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -55,9 +57,18 @@ class AuditSources:
         return out
 
 
-_KEYS = {"pki_dir", "broker_config", "broker_log", "expiring_days", "age_days", "debian_blocklist",
-         "engine_identity", "checks", "min_takeovers",
-         "broker_pid_file"}   # for the `disable` response's SIGHUP (garrison.detect.respond.revocation)
+_KEYS = {
+    "pki_dir",
+    "broker_config",
+    "broker_log",
+    "expiring_days",
+    "age_days",
+    "debian_blocklist",
+    "engine_identity",
+    "checks",
+    "min_takeovers",
+    "broker_pid_file",
+}  # for the `disable` response's SIGHUP (garrison.detect.respond.revocation)
 
 
 def sources_from_config(doc: Optional[Mapping[str, Any]]) -> AuditSources:
@@ -78,9 +89,13 @@ def sources_from_config(doc: Optional[Mapping[str, Any]]) -> AuditSources:
     if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
         raise AuditError("audit.checks: expected a list of check names")
     check_names(checks)
-    settings = Settings(expiring_days=doc.get("expiring_days", 30), age_days=doc.get("age_days", 365),
-                        debian_blocklist=Path(doc["debian_blocklist"]) if doc.get("debian_blocklist") else None,
-                        engine_identity=doc.get("engine_identity"), min_takeovers=doc.get("min_takeovers", 2))
+    settings = Settings(
+        expiring_days=doc.get("expiring_days", 30),
+        age_days=doc.get("age_days", 365),
+        debian_blocklist=Path(doc["debian_blocklist"]) if doc.get("debian_blocklist") else None,
+        engine_identity=doc.get("engine_identity"),
+        min_takeovers=doc.get("min_takeovers", 2),
+    )
     return AuditSources(doc.get("pki_dir"), doc.get("broker_config"), doc.get("broker_log"), settings, list(checks))
 
 
@@ -118,15 +133,22 @@ def _context(src: AuditSources, now: datetime.datetime, store: Optional[AuditSto
     return ctx, broken
 
 
-_SOURCE_HINT = {"pki": "no PKI directory (--pki or audit.pki_dir)",
-                "broker": "no broker config (--broker-config or audit.broker_config)",
-                "log": "no broker log (--broker-log or audit.broker_log)",
-                "postures": "no posture data (needs the engine's database)"}
+_SOURCE_HINT = {
+    "pki": "no PKI directory (--pki or audit.pki_dir)",
+    "broker": "no broker config (--broker-config or audit.broker_config)",
+    "log": "no broker log (--broker-log or audit.broker_log)",
+    "postures": "no posture data (needs the engine's database)",
+}
 
 
-def run_audit(src: AuditSources, checks: Optional[Sequence[str]] = None, store: Optional[AuditStore] = None,
-              task_type: str = ON_DEMAND, scheduled_name: Optional[str] = None,
-              now: Optional[float] = None) -> Dict[str, Any]:
+def run_audit(
+    src: AuditSources,
+    checks: Optional[Sequence[str]] = None,
+    store: Optional[AuditStore] = None,
+    task_type: str = ON_DEMAND,
+    scheduled_name: Optional[str] = None,
+    now: Optional[float] = None,
+) -> Dict[str, Any]:
     """Run the audit; returns {"task": ..., "findings": [...]} (and stores them when `store`).
 
     `checks`: the checks to run (each runs, or is FAILED with the reason its source is missing).
@@ -150,17 +172,29 @@ def run_audit(src: AuditSources, checks: Optional[Sequence[str]] = None, store: 
         missing = [n for n in check.needs if not ctx.has(n)]
         if missing:
             reason = "; ".join(broken.get(n, _SOURCE_HINT[n]) for n in missing)
-            details[name] = {"checkRunStatus": FAILED, "checkCompliant": False, "totalResourcesCount": 0,
-                             "nonCompliantResourcesCount": 0, "suppressedNonCompliantResourcesCount": 0,
-                             "errorCode": "MISSING_SOURCE", "message": reason}
+            details[name] = {
+                "checkRunStatus": FAILED,
+                "checkCompliant": False,
+                "totalResourcesCount": 0,
+                "nonCompliantResourcesCount": 0,
+                "suppressedNonCompliantResourcesCount": 0,
+                "errorCode": "MISSING_SOURCE",
+                "message": reason,
+            }
             continue
         try:
             total, found = check.run(ctx)
         except Exception as exc:  # one broken check must not lose the others
             log.exception("audit check %s failed", name)
-            details[name] = {"checkRunStatus": FAILED, "checkCompliant": False, "totalResourcesCount": 0,
-                             "nonCompliantResourcesCount": 0, "suppressedNonCompliantResourcesCount": 0,
-                             "errorCode": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"}
+            details[name] = {
+                "checkRunStatus": FAILED,
+                "checkCompliant": False,
+                "totalResourcesCount": 0,
+                "nonCompliantResourcesCount": 0,
+                "suppressedNonCompliantResourcesCount": 0,
+                "errorCode": "INTERNAL_ERROR",
+                "message": f"{type(exc).__name__}: {exc}",
+            }
             continue
         resources, suppressed_resources = set(), set()
         for item in found:
@@ -169,44 +203,86 @@ def run_audit(src: AuditSources, checks: Optional[Sequence[str]] = None, store: 
             resources.add(key)
             if is_suppressed:
                 suppressed_resources.add(key)
-            findings.append(dict({"findingId": secrets.token_hex(16), "taskId": task_id, "checkName": name,
-                                  "taskStartTime": now_s, "findingTime": now_s, "severity": check.severity},
-                                 **item, isSuppressed=is_suppressed))
+            findings.append(
+                dict(
+                    {
+                        "findingId": secrets.token_hex(16),
+                        "taskId": task_id,
+                        "checkName": name,
+                        "taskStartTime": now_s,
+                        "findingTime": now_s,
+                        "severity": check.severity,
+                    },
+                    **item,
+                    isSuppressed=is_suppressed,
+                )
+            )
             keys.append(key)
         live = resources - suppressed_resources
-        details[name] = {"checkRunStatus": NON_COMPLIANT if live else COMPLIANT, "checkCompliant": not live,
-                         "totalResourcesCount": max(total, len(resources)),
-                         "nonCompliantResourcesCount": len(resources),
-                         "suppressedNonCompliantResourcesCount": len(suppressed_resources)}
+        details[name] = {
+            "checkRunStatus": NON_COMPLIANT if live else COMPLIANT,
+            "checkCompliant": not live,
+            "totalResourcesCount": max(total, len(resources)),
+            "nonCompliantResourcesCount": len(resources),
+            "suppressedNonCompliantResourcesCount": len(suppressed_resources),
+        }
     statuses = [d["checkRunStatus"] for d in details.values()]
-    task = {"taskId": task_id, "taskType": task_type, "taskStatus": "COMPLETED", "taskStartTime": now_s,
-            "taskStatistics": {"totalChecks": len(details), "inProgressChecks": 0,
-                               "waitingForDataCollectionChecks": 0, "compliantChecks": statuses.count(COMPLIANT),
-                               "nonCompliantChecks": statuses.count(NON_COMPLIANT),
-                               "failedChecks": statuses.count(FAILED), "canceledChecks": 0},
-            "auditDetails": details,
-            "sources": {"pki_dir": src.pki_dir, "broker_config": src.broker_config, "broker_log": src.broker_log}}
+    task = {
+        "taskId": task_id,
+        "taskType": task_type,
+        "taskStatus": "COMPLETED",
+        "taskStartTime": now_s,
+        "taskStatistics": {
+            "totalChecks": len(details),
+            "inProgressChecks": 0,
+            "waitingForDataCollectionChecks": 0,
+            "compliantChecks": statuses.count(COMPLIANT),
+            "nonCompliantChecks": statuses.count(NON_COMPLIANT),
+            "failedChecks": statuses.count(FAILED),
+            "canceledChecks": 0,
+        },
+        "auditDetails": details,
+        "sources": {"pki_dir": src.pki_dir, "broker_config": src.broker_config, "broker_log": src.broker_log},
+    }
     if scheduled_name:
         task["scheduledAuditName"] = scheduled_name
     if store is not None:
         store.save_task(task, findings, keys)
-    log.info("audit task %s: %d checks, %d non-compliant, %d failed, %d findings", task_id, len(details),
-             statuses.count(NON_COMPLIANT), statuses.count(FAILED), len(findings))
+    log.info(
+        "audit task %s: %d checks, %d non-compliant, %d failed, %d findings",
+        task_id,
+        len(details),
+        statuses.count(NON_COMPLIANT),
+        statuses.count(FAILED),
+        len(findings),
+    )
     return {"task": task, "findings": findings}
 
 
 def notification(task: Mapping[str, Any]) -> Dict[str, Any]:
     """AWS's audit SNS notification for a finished task."""
     stats = task["taskStatistics"]
-    message = {"taskId": task["taskId"], "taskStatus": task["taskStatus"], "taskType": task["taskType"],
-               "failedChecksCount": stats["failedChecks"], "canceledChecksCount": stats["canceledChecks"],
-               "nonCompliantChecksCount": stats["nonCompliantChecks"], "compliantChecksCount": stats["compliantChecks"],
-               "totalChecksCount": stats["totalChecks"], "taskStartTime": int(task["taskStartTime"] * 1000),
-               "auditDetails": [{"checkName": name, "checkRunStatus": d["checkRunStatus"],
-                                 "nonCompliantResourcesCount": d["nonCompliantResourcesCount"],
-                                 "totalResourcesCount": d["totalResourcesCount"],
-                                 "suppressedNonCompliantResourceCount": d["suppressedNonCompliantResourcesCount"]}
-                                for name, d in task["auditDetails"].items()]}
+    message = {
+        "taskId": task["taskId"],
+        "taskStatus": task["taskStatus"],
+        "taskType": task["taskType"],
+        "failedChecksCount": stats["failedChecks"],
+        "canceledChecksCount": stats["canceledChecks"],
+        "nonCompliantChecksCount": stats["nonCompliantChecks"],
+        "compliantChecksCount": stats["compliantChecks"],
+        "totalChecksCount": stats["totalChecks"],
+        "taskStartTime": int(task["taskStartTime"] * 1000),
+        "auditDetails": [
+            {
+                "checkName": name,
+                "checkRunStatus": d["checkRunStatus"],
+                "nonCompliantResourcesCount": d["nonCompliantResourcesCount"],
+                "totalResourcesCount": d["totalResourcesCount"],
+                "suppressedNonCompliantResourceCount": d["suppressedNonCompliantResourcesCount"],
+            }
+            for name, d in task["auditDetails"].items()
+        ],
+    }
     if task.get("scheduledAuditName"):
         message["scheduledAuditName"] = task["scheduledAuditName"]
     return message

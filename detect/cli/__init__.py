@@ -27,6 +27,7 @@ This module only assembles the parser and dispatches: each command group is a mo
 package with `add_parser(sub, db_parent)` that sets `func` (the audit's lives in
 garrison.detect.audit.cli); a new group adds its module to COMMAND_GROUPS.
 """
+
 import argparse
 import importlib
 import logging
@@ -56,8 +57,11 @@ COMMAND_GROUPS = (
 
 def build_parser() -> argparse.ArgumentParser:
     db_help = f"SQLite database, or a postgresql:// URL (default ${DB_ENV} or ./{DEFAULT_DB})"
-    parser = Parser(prog=PROG, description="Garrison detect engine: judge Device Defender reports against "
-                    "security profiles, keep violations, alert and act.")
+    parser = Parser(
+        prog=PROG,
+        description="Garrison detect engine: judge Device Defender reports against "
+        "security profiles, keep violations, alert and act.",
+    )
     parser.add_argument("--db", default=os.environ.get(DB_ENV) or DEFAULT_DB, help=db_help)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # --db is accepted anywhere on the line: `garrison-detect violations list --db x.db` too
@@ -84,16 +88,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ops.run(argparse.Namespace(command=argv[0], rest=argv[1:]))
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         return args.func(args)
     except (UsageError, ServiceError, StoreError, ProfileError, ConfigError, ActionError, AlertConfigError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
     except ValueError as exc:  # e.g. a bad broker URL, an unreadable token file
         print(f"{PROG}: {exc}", file=sys.stderr)
     except OSError as exc:
-        print(f"{PROG}: {exc.strerror or exc}{': ' + exc.filename if getattr(exc, 'filename', None) else ''}",
-              file=sys.stderr)
+        print(
+            f"{PROG}: {exc.strerror or exc}{': ' + exc.filename if getattr(exc, 'filename', None) else ''}",
+            file=sys.stderr,
+        )
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE

@@ -1,4 +1,5 @@
 """`garrison-detect actions list`: the audit log of mitigation actions."""
+
 from garrison.detect.cli.common import action, actions_of, command, engine_on, show, when
 
 
@@ -13,7 +14,21 @@ def add_parser(sub, db_parent) -> None:
 
 def run(args) -> int:
     entries = engine_on(args.db).list_actions(args.thing)
-    show(args, entries, ("TIME", "THING", "ACTION", "GROUP", "OUTCOME", "VIOLATION ID"),
-         [(when(e["time"]), e["thingName"], e["action"]["type"], e["action"].get("group"),
-           e["outcome"], e["violationId"]) for e in entries], "no mitigation actions")
+    show(
+        args,
+        entries,
+        ("TIME", "THING", "ACTION", "GROUP", "OUTCOME", "VIOLATION ID"),
+        [
+            (
+                when(e["time"]),
+                e["thingName"],
+                e["action"]["type"],
+                e["action"].get("group"),
+                e["outcome"],
+                e["violationId"],
+            )
+            for e in entries
+        ],
+        "no mitigation actions",
+    )
     return 0

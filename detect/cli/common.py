@@ -1,5 +1,6 @@
 """What every `garrison-detect` command module shares: the usage error, the one-line-error parser,
 the helpers that add a command and its actions, the engine on --db, and the table/JSON output."""
+
 import argparse
 import json
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------- parser helpers
 
+
 def command(sub, db_parent: argparse.ArgumentParser, name: str, help_text: str) -> argparse.ArgumentParser:
     """Add the command `name` (which accepts --db anywhere on the line) to the subparsers `sub`."""
     return sub.add_parser(name, help=help_text, description=help_text, parents=[db_parent])
@@ -41,15 +43,18 @@ def action(actions, db_parent: argparse.ArgumentParser, name: str, help_text: st
 
 # ---------------------------------------------------------------------------------- the engine
 
+
 def engine_on(db: str, config=None, clock=None):
     """The engine facade on the SQLite file `db` (the wall clock unless told)."""
     from garrison.detect.clock import SystemClock
     from garrison.detect.engine import Engine
     from garrison.detect.state.store import Store
+
     return Engine(Store(db), clock or SystemClock(), config)
 
 
 # ---------------------------------------------------------------------------------- output
+
 
 def when(seconds: Optional[float]) -> str:
     if seconds is None:

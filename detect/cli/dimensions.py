@@ -1,25 +1,40 @@
 """`garrison-detect dimensions ...`: CreateDimension, UpdateDimension, ListDimensions,
 DescribeDimension, DeleteDimension (type TOPIC_FILTER)."""
+
 import json
 
 
 def add_parser(sub, db_parent) -> None:
     """Add the command to the `garrison-detect` subparsers `sub`."""
     from garrison.detect.cli import common
-    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
-                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+    add_commands(
+        lambda name, text: common.command(sub, db_parent, name, text),
+        common.actions_of,
+        lambda actions, name, text: common.action(actions, db_parent, name, text),
+    )
 
 
 def add_commands(command, actions_of, action) -> None:
-    dims = command("dimensions", "Dimensions: named MQTT topic filters (+, #) that narrow a behavior's message "
-                   "and authorization metrics (metricDimension {dimensionName, operator IN | NOT_IN}).")
+    dims = command(
+        "dimensions",
+        "Dimensions: named MQTT topic filters (+, #) that narrow a behavior's message "
+        "and authorization metrics (metricDimension {dimensionName, operator IN | NOT_IN}).",
+    )
     sub = actions_of(dims)
-    for verb, text in (("create", "create a dimension (CreateDimension)"),
-                       ("update", "replace a dimension's topic filters (UpdateDimension)")):
+    for verb, text in (
+        ("create", "create a dimension (CreateDimension)"),
+        ("update", "replace a dimension's topic filters (UpdateDimension)"),
+    ):
         p = action(sub, verb, text)
         p.add_argument("name")
-        p.add_argument("--value", action="append", required=True, metavar="TOPIC_FILTER",
-                       help="an MQTT topic filter, e.g. 'devices/+/debug' or 'admin/#' (1 to 5; repeat)")
+        p.add_argument(
+            "--value",
+            action="append",
+            required=True,
+            metavar="TOPIC_FILTER",
+            help="an MQTT topic filter, e.g. 'devices/+/debug' or 'admin/#' (1 to 5; repeat)",
+        )
         if verb == "create":
             p.add_argument("--type", default="TOPIC_FILTER", choices=("TOPIC_FILTER",))
     action(sub, "list", "list dimension names (ListDimensions)").add_argument("--json", action="store_true")
@@ -31,6 +46,7 @@ def add_commands(command, actions_of, action) -> None:
 
 def cmd_dimensions(args) -> int:
     from garrison.detect.cli.common import engine_on
+
     engine = engine_on(args.db)
     if args.action == "create":
         engine.create_dimension(args.name, args.type, args.value)

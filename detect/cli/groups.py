@@ -1,4 +1,5 @@
 """`garrison-detect groups create|delete|add|remove|list`: thing groups."""
+
 from garrison.detect.cli.common import action, actions_of, command, engine_on, show, value
 
 
@@ -21,8 +22,13 @@ def run(args) -> int:
     engine = engine_on(args.db)
     if args.action == "list":
         groups = engine.list_groups()
-        show(args, groups, ("GROUP", "THINGS", "MEMBERS"),
-             [(g["groupName"], len(g["things"]), value(g["things"])) for g in groups], "no thing groups")
+        show(
+            args,
+            groups,
+            ("GROUP", "THINGS", "MEMBERS"),
+            [(g["groupName"], len(g["things"]), value(g["things"])) for g in groups],
+            "no thing groups",
+        )
     elif args.action == "create":
         created = engine.create_group(args.name, args.description)
         print(f"{'created' if created else 'already exists:'} thing group {args.name}")

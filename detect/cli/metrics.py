@@ -1,4 +1,5 @@
 """`garrison-detect metrics values`: a thing's metric history (AWS ListMetricValues)."""
+
 import json
 from datetime import datetime, timezone
 
@@ -6,16 +7,24 @@ from datetime import datetime, timezone
 def add_parser(sub, db_parent) -> None:
     """Add the command to the `garrison-detect` subparsers `sub`."""
     from garrison.detect.cli import common
-    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
-                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+    add_commands(
+        lambda name, text: common.command(sub, db_parent, name, text),
+        common.actions_of,
+        lambda actions, name, text: common.action(actions, db_parent, name, text),
+    )
 
 
 def add_commands(command, actions_of, action) -> None:
     """Hook the `metrics` command into the CLI's parser (the helpers of detect.cli.build_parser)."""
     metrics = command("metrics", "Metric history (ListMetricValues): what a thing reported and the broker saw.")
     sub = actions_of(metrics)
-    p = action(sub, "values", "a thing's values of one metric over time, oldest first (kept for the engine's "
-               "metric_retention, 14 days by default: every metric a behavior uses, plus additionalMetricsToRetainV2)")
+    p = action(
+        sub,
+        "values",
+        "a thing's values of one metric over time, oldest first (kept for the engine's "
+        "metric_retention, 14 days by default: every metric a behavior uses, plus additionalMetricsToRetainV2)",
+    )
     p.add_argument("--thing", required=True, help="thingName")
     p.add_argument("--metric", required=True, help="metricName, e.g. aws:all-bytes-out or a custom metric")
     p.add_argument("--start", type=float, metavar="EPOCH_SECONDS", help="startTime (default: the oldest kept)")
@@ -30,9 +39,18 @@ def add_commands(command, actions_of, action) -> None:
 
 def cmd_metrics(args) -> int:
     from garrison.detect.cli.common import engine_on
+
     engine = engine_on(args.db)
-    page = engine.list_metric_values(args.thing, args.metric, args.start, args.end, args.dimension_name,
-                                     args.dimension_operator, args.max_results, args.next_token)
+    page = engine.list_metric_values(
+        args.thing,
+        args.metric,
+        args.start,
+        args.end,
+        args.dimension_name,
+        args.dimension_operator,
+        args.max_results,
+        args.next_token,
+    )
     if args.json:
         print(json.dumps(page, indent=2))
         return 0

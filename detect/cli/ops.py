@@ -1,5 +1,6 @@
 """`garrison-detect demo|pki|broker-config ...`: operator tools whose module has its own parser;
 `garrison-detect NAME ...` runs MODULE.main([...]) with everything after NAME."""
+
 import argparse
 import importlib
 

@@ -1,4 +1,5 @@
 """`garrison-detect profiles apply|list|show|delete|attach|detach`: security profiles."""
+
 import json
 
 from garrison.detect.cli.cloud import warn_unsourced
@@ -20,7 +21,8 @@ def add_parser(sub, db_parent) -> None:
         p.add_argument("name")
         p.add_argument("target")
     profiles.set_defaults(func=run)
-    from garrison.detect.cli import profiles_code   # sync, validate, for-target
+    from garrison.detect.cli import profiles_code  # sync, validate, for-target
+
     profiles_code.add_actions(psub, lambda actions, name, text: action(actions, db_parent, name, text))
 
 
@@ -29,14 +31,20 @@ def run(args) -> int:
     if args.action == "apply":
         profile, created = engine.apply_profile(args.file, attach=args.attach)
         targets = engine.profile_targets(profile.name)
-        print(f"{'created' if created else 'updated'} security profile {profile.name} "
-              f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})")
+        print(
+            f"{'created' if created else 'updated'} security profile {profile.name} "
+            f"({len(profile.behaviors)} behaviors; attached to {', '.join(targets) or 'nothing yet'})"
+        )
         warn_unsourced(engine, profile)
     elif args.action == "list":
         items = engine.list_profiles()
-        show(args, items, ("PROFILE", "BEHAVIORS", "TARGETS"),
-             [(p["securityProfileName"], len(p["behaviors"]), ", ".join(p["targets"])) for p in items],
-             "no security profiles")
+        show(
+            args,
+            items,
+            ("PROFILE", "BEHAVIORS", "TARGETS"),
+            [(p["securityProfileName"], len(p["behaviors"]), ", ".join(p["targets"])) for p in items],
+            "no security profiles",
+        )
     elif args.action == "show":
         print(json.dumps(engine.describe_profile(args.name), indent=2))
     elif args.action == "delete":

@@ -1,27 +1,37 @@
 """`garrison-detect profiles sync | validate | for-target`: profiles as code, and two AWS calls
 (ValidateSecurityProfileBehaviors, ListSecurityProfilesForTarget)."""
+
 import json
 import sys
 
 
 def add_actions(psub, action) -> None:
     """Hook the actions into `profiles` (the helpers of detect.cli.build_parser)."""
-    p = action(psub, "sync", "make the engine's profiles match the *.json files of DIR, targets included "
-               "(a file's \"targets\": [\"all\", \"group:NAME\", \"thing:NAME\"]): prints the plan (create, update, "
-               "detach, attach, delete) and applies it; re-running is a no-op")
+    p = action(
+        psub,
+        "sync",
+        "make the engine's profiles match the *.json files of DIR, targets included "
+        '(a file\'s "targets": ["all", "group:NAME", "thing:NAME"]): prints the plan (create, update, '
+        "detach, attach, delete) and applies it; re-running is a no-op",
+    )
     p.add_argument("dir", help="directory of CreateSecurityProfile JSON files")
     p.add_argument("--prune", action="store_true", help="also delete profiles no file defines")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.set_defaults(func=cmd_sync)
-    p = action(psub, "validate", "validate a profile's behaviors without storing anything "
-               "(ValidateSecurityProfileBehaviors); exit 1 when invalid")
+    p = action(
+        psub,
+        "validate",
+        "validate a profile's behaviors without storing anything "
+        "(ValidateSecurityProfileBehaviors); exit 1 when invalid",
+    )
     p.add_argument("file", help='a profile file, or {"behaviors": [...]}')
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
     p = action(psub, "for-target", "profiles attached to a target (ListSecurityProfilesForTarget)")
     p.add_argument("target", help="all | group:NAME | thing:NAME")
-    p.add_argument("--recursive", action="store_true",
-                   help="for a thing, also profiles reaching it through all and its groups")
+    p.add_argument(
+        "--recursive", action="store_true", help="for a thing, also profiles reaching it through all and its groups"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_for_target)
 
@@ -31,6 +41,7 @@ def cmd_sync(args) -> int:
     from garrison.detect.cli.cloud import warn_unsourced
     from garrison.detect.judge.profiles import load_profile
     from garrison.detect.profilesync import read_dir
+
     engine = engine_on(args.db)
     wanted = [(doc, targets) for doc, targets, _ in read_dir(args.dir)]
     steps = engine.sync_profiles(wanted, prune=args.prune, dry_run=args.dry_run)
@@ -52,6 +63,7 @@ def _behaviors(path: str):
 
 def cmd_validate(args) -> int:
     from garrison.detect.cli.common import engine_on
+
     try:
         behaviors = _behaviors(args.file)
     except ValueError as exc:
@@ -70,6 +82,7 @@ def cmd_validate(args) -> int:
 
 def cmd_for_target(args) -> int:
     from garrison.detect.cli.common import engine_on
+
     result = engine_on(args.db).profiles_for_target(args.target, args.recursive)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -89,6 +102,7 @@ def sync_configured(engine, configured) -> None:
     from garrison.detect.judge.profiles import load_profile
     from garrison.detect.profilesync import targets_of
     import logging
+
     log = logging.getLogger("garrison.cli")
     wanted = []
     for path, attach in configured:

@@ -10,6 +10,7 @@ running `serve` carries out within about a second over its own broker connection
 connection with the engine's certificate would take over the first); `--wait` waits for the
 outcome. `garrison-detect actions list` shows every entry.
 """
+
 import argparse
 import getpass
 import json
@@ -24,31 +25,47 @@ WAIT_STEP_S = 0.2
 def add_parser(sub, db_parent) -> None:
     """Add `respond` to the `garrison-detect` subparsers `sub`."""
     from garrison.detect.cli import common
-    add_commands(lambda name, text: common.command(sub, db_parent, name, text), common.actions_of,
-                 lambda actions, name, text: common.action(actions, db_parent, name, text))
+
+    add_commands(
+        lambda name, text: common.command(sub, db_parent, name, text),
+        common.actions_of,
+        lambda actions, name, text: common.action(actions, db_parent, name, text),
+    )
 
 
 def add_commands(command, action_of, action) -> None:
     """Hook into detect.cli's parser (its `command`, `actions_of` and `action` helpers)."""
-    respond = command("respond", "Responses on one thing: quarantine, release, disable, enable (on the broker), "
-                                 "run-command, reconfigure (docs/actions.md). `serve` carries them out.")
+    respond = command(
+        "respond",
+        "Responses on one thing: quarantine, release, disable, enable (on the broker), "
+        "run-command, reconfigure (docs/actions.md). `serve` carries them out.",
+    )
     sub = action_of(respond)
 
     def verb(name: str, text: str) -> argparse.ArgumentParser:
         p = action(sub, name, text)
         p.add_argument("thing")
         p.add_argument("--dry-run", action="store_true", help="only log what would be done")
-        p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                       help="wait this long for serve to carry it out and print the outcome")
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="wait this long for serve to carry it out and print the outcome",
+        )
         p.add_argument("--json", action="store_true")
         return p
 
     for kind, text in (
         ("quarantine", "only its reports and replies from now on (dynamic security plugin)"),
         ("release", "give a quarantined thing back its previous rights"),
-        ("disable", "disconnect it and revoke its certificate (with [audit] pki_dir and broker_config in serve's "
-                    "config), so its reconnect is refused; without them it may reconnect, with no rights"),
-        ("enable", "undo disable on the broker (a revoked certificate stays revoked)")):
+        (
+            "disable",
+            "disconnect it and revoke its certificate (with [audit] pki_dir and broker_config in serve's "
+            "config), so its reconnect is refused; without them it may reconnect, with no rights",
+        ),
+        ("enable", "undo disable on the broker (a revoked certificate stays revoked)"),
+    ):
         verb(kind, text)
     p = verb("run-command", "run a program (no shell) with a JSON event for the thing on stdin")
     p.add_argument("--timeout", type=float, default=10, help="seconds before it is killed (default 10, at most 300)")
@@ -84,6 +101,7 @@ def action_doc(args) -> dict:
 
 def cmd_respond(args) -> int:
     from garrison.detect.engine import Engine
+
     store = Store(args.db)
     engine = Engine(store, from_environment())
     entry = engine.respond(args.thing, action_doc(args), by=f"cli:{getpass.getuser()}", dry_run=args.dry_run)
@@ -95,6 +113,8 @@ def cmd_respond(args) -> int:
     if args.json:
         print(json.dumps(dict(entry, outcome=outcome, detail=detail)))
     else:
-        print(f"action {entry['seq']}: {outcome}: {detail}" +
-              (" (serve carries it out; see `garrison-detect actions list`)" if outcome == "pending" else ""))
+        print(
+            f"action {entry['seq']}: {outcome}: {detail}"
+            + (" (serve carries it out; see `garrison-detect actions list`)" if outcome == "pending" else "")
+        )
     return 1 if outcome == "failed" else 0

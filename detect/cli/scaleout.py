@@ -4,6 +4,7 @@ N workers share one PostgreSQL database and consume the partitions of a NATS Jet
 (garrison.detect.ingest.jetstream); each partition is owned by one worker at a time through
 advisory locks (garrison.detect.ingest.leases). docs/scale-out.md describes the deployment.
 """
+
 import argparse
 import logging
 import signal
@@ -22,45 +23,90 @@ DEFAULT_BATCH = 100
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("scale-out on NATS JetStream + PostgreSQL (docs/scale-out.md)")
-    group.add_argument("--nats", metavar="URLS", help="consume reports from NATS JetStream instead of --broker: "
-                       "nats://HOST:PORT of the cluster's nodes, comma-separated; needs --db postgresql://...")
-    group.add_argument("--partitions", metavar="LIST", help="the partitions this worker prefers, e.g. 0,1 "
-                       "(default: all, or those of --worker-index)")
-    group.add_argument("--worker-index", type=int, metavar="I", help="this worker's index, 0..N-1: it prefers "
-                       "the partitions p with p %% N == I")
+    group.add_argument(
+        "--nats",
+        metavar="URLS",
+        help="consume reports from NATS JetStream instead of --broker: "
+        "nats://HOST:PORT of the cluster's nodes, comma-separated; needs --db postgresql://...",
+    )
+    group.add_argument(
+        "--partitions",
+        metavar="LIST",
+        help="the partitions this worker prefers, e.g. 0,1 (default: all, or those of --worker-index)",
+    )
+    group.add_argument(
+        "--worker-index",
+        type=int,
+        metavar="I",
+        help="this worker's index, 0..N-1: it prefers the partitions p with p %% N == I",
+    )
     group.add_argument("--workers", type=int, metavar="N", help="how many workers share the partitions")
-    group.add_argument("--partition-count", type=int, metavar="P", help="partitions of the stream (created "
-                       "with this many if missing; must match an existing stream)")
-    group.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS, help="stream replicas when creating it "
-                       f"(default {DEFAULT_REPLICAS})")
-    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="reports fetched and committed "
-                       f"together per partition (default {DEFAULT_BATCH})")
-    group.add_argument("--no-takeover", action="store_true", help="never consume partitions other workers prefer "
-                       "(by default a worker takes over the partitions of a dead one until it is back)")
+    group.add_argument(
+        "--partition-count",
+        type=int,
+        metavar="P",
+        help="partitions of the stream (created with this many if missing; must match an existing stream)",
+    )
+    group.add_argument(
+        "--replicas",
+        type=int,
+        default=DEFAULT_REPLICAS,
+        help=f"stream replicas when creating it (default {DEFAULT_REPLICAS})",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"reports fetched and committed together per partition (default {DEFAULT_BATCH})",
+    )
+    group.add_argument(
+        "--no-takeover",
+        action="store_true",
+        help="never consume partitions other workers prefer "
+        "(by default a worker takes over the partitions of a dead one until it is back)",
+    )
     group.add_argument("--nats-creds", metavar="FILE", help="NATS user credentials file")
-    group.add_argument("--nats-monitor", metavar="URLS", help="the nodes' monitoring endpoints, http://HOST:PORT "
-                       "(nats-server's `http:`), comma-separated, one per node: the cloud-side metrics (connections, "
-                       "attempts, disconnects, messages, source address) are computed from their /connz "
-                       "(docs/profiles.md); give every worker the same list")
+    group.add_argument(
+        "--nats-monitor",
+        metavar="URLS",
+        help="the nodes' monitoring endpoints, http://HOST:PORT "
+        "(nats-server's `http:`), comma-separated, one per node: the cloud-side metrics (connections, "
+        "attempts, disconnects, messages, source address) are computed from their /connz "
+        "(docs/profiles.md); give every worker the same list",
+    )
 
 
 def add_setup_command(sub, parents) -> None:
-    setup = sub.add_parser("nats-setup", help="Create (or re-partition) the JetStream stream and consumers.",
-                           description="Create the report stream, one durable consumer per partition and the "
-                           "dead-letter stream (idempotent). With a different --partitions on an existing stream, "
-                           "re-partition it: drain it first (docs/scale-out.md).", parents=parents)
+    setup = sub.add_parser(
+        "nats-setup",
+        help="Create (or re-partition) the JetStream stream and consumers.",
+        description="Create the report stream, one durable consumer per partition and the "
+        "dead-letter stream (idempotent). With a different --partitions on an existing stream, "
+        "re-partition it: drain it first (docs/scale-out.md).",
+        parents=parents,
+    )
     setup.add_argument("--nats", required=True, metavar="URLS", help="nats://HOST:PORT,... of the cluster")
-    setup.add_argument("--partitions", type=int, required=True, metavar="P", help="number of partitions "
-                       "(the servers' mapping must use partition(P,1))")
+    setup.add_argument(
+        "--partitions",
+        type=int,
+        required=True,
+        metavar="P",
+        help="number of partitions (the servers' mapping must use partition(P,1))",
+    )
     setup.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS, help=f"default {DEFAULT_REPLICAS}")
-    setup.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="the consumers' max_ack_pending "
-                       "(the workers' --batch-size)")
+    setup.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help="the consumers' max_ack_pending (the workers' --batch-size)",
+    )
     setup.add_argument("--nats-creds", metavar="FILE", help="NATS user credentials file")
     setup.set_defaults(func=cmd_nats_setup)
 
 
 def _servers(text: str) -> List[str]:
     from garrison.detect.cli import UsageError
+
     servers = [s.strip() for s in text.split(",") if s.strip()]
     if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
         raise UsageError(f"--nats takes nats://HOST:PORT URLs, comma-separated, got {text!r}")
@@ -69,6 +115,7 @@ def _servers(text: str) -> List[str]:
 
 def _monitor_urls(text: Optional[str]) -> Optional[str]:
     from garrison.detect.cli import UsageError
+
     if not text:
         return None
     urls = [u.strip() for u in text.split(",") if u.strip()]
@@ -79,6 +126,7 @@ def _monitor_urls(text: Optional[str]) -> Optional[str]:
 
 def preferred_partitions(args, count: int) -> List[int]:
     from garrison.detect.cli import UsageError
+
     if args.partitions:
         try:
             chosen = sorted({int(p) for p in args.partitions.split(",") if p.strip()})
@@ -98,9 +146,11 @@ def preferred_partitions(args, count: int) -> List[int]:
 def _connect(args):
     from garrison.detect.cli import UsageError
     from garrison.detect.ingest.jetstream import NatsIngest
+
     servers = _servers(args.nats)
-    ingest = NatsIngest(servers, ingestor=None, batch_size=args.batch_size,
-                        user_credentials=getattr(args, "nats_creds", None))
+    ingest = NatsIngest(
+        servers, ingestor=None, batch_size=args.batch_size, user_credentials=getattr(args, "nats_creds", None)
+    )
     try:
         ingest.start(timeout=10)
     except Exception as exc:
@@ -110,6 +160,7 @@ def _connect(args):
 
 def cmd_nats_setup(args) -> int:
     from garrison.detect.ingest.jetstream import STREAM
+
     if args.partitions < 1 or args.replicas < 1:
         raise StoreError("--partitions and --replicas must be at least 1")
     ingest = _connect(args)
@@ -159,17 +210,24 @@ def serve_nats(args) -> int:
     dispatcher = AlertDispatcher(targets_from_config(alert_conf, mqtt_publish=ingest))
     engine.alerts = None  # until this worker holds the periodic lease: one worker empties the outbox
     tag = f"garrison-detect[{','.join(map(str, preferred))}]"
-    leases = PartitionLeases(args.db, count, preferred, ingest.own, ingest.disown, takeover=not args.no_takeover,
-                             name=tag)
+    leases = PartitionLeases(
+        args.db, count, preferred, ingest.own, ingest.disown, takeover=not args.no_takeover, name=tag
+    )
     api = _start_api(engine, config, args.db)
     poller = start_nats_view(engine, monitor)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     leases.start()
-    log.info("serving: NATS %s, %d partitions (preferring %s), database %s, min report interval %gs%s",
-             args.nats, count, ",".join(map(str, preferred)), redact_dsn(args.db), config.min_report_interval_s,
-             f", API {api.url}" if api else "")
+    log.info(
+        "serving: NATS %s, %d partitions (preferring %s), database %s, min report interval %gs%s",
+        args.nats,
+        count,
+        ",".join(map(str, preferred)),
+        redact_dsn(args.db),
+        config.min_report_interval_s,
+        f", API {api.url}" if api else "",
+    )
     try:
         while not stop.wait(0.5):
             engine.alerts = dispatcher if leases.periodic else None
@@ -200,6 +258,7 @@ def serve_nats(args) -> int:
 def check_api_token(config) -> None:
     """With a PostgreSQL --db there is no database file to keep a generated token next to."""
     from garrison.detect.cli import UsageError
+
     if config.api_enabled and not config.api_token and not config.api_token_file:
         raise UsageError("with a postgresql:// --db, give the API token: --api-token-file FILE or $GARRISON_API_TOKEN")
 
@@ -208,8 +267,11 @@ def serve_lock(db: str) -> Optional[object]:
     """The one MQTT-fed `serve` on a PostgreSQL database (two would share one MQTT session)."""
     from garrison.detect.cli import UsageError
     from garrison.detect.ingest.leases import SERVE_MQTT, ExclusiveLock
+
     try:
         return ExclusiveLock(db, SERVE_MQTT, "")
     except RuntimeError:
-        raise UsageError(f"another garrison-detect serve --broker is running on {redact_dsn(db)} "
-                         "(for several workers use --nats: docs/scale-out.md)") from None
+        raise UsageError(
+            f"another garrison-detect serve --broker is running on {redact_dsn(db)} "
+            "(for several workers use --nats: docs/scale-out.md)"
+        ) from None

@@ -1,4 +1,5 @@
 """`garrison-detect things list|add|delete`: the registry of things."""
+
 from garrison.detect.cli.common import action, actions_of, command, engine_on, show, when
 
 
@@ -15,9 +16,13 @@ def run(args) -> int:
     engine = engine_on(args.db)
     if args.action == "list":
         things = engine.list_things()
-        show(args, things, ("THING", "REPORTS", "LAST REPORT", "GROUPS"),
-             [(t["thingName"], t["reports"], when(t["lastReportTime"]), ", ".join(t["groups"])) for t in things],
-             "no things")
+        show(
+            args,
+            things,
+            ("THING", "REPORTS", "LAST REPORT", "GROUPS"),
+            [(t["thingName"], t["reports"], when(t["lastReportTime"]), ", ".join(t["groups"])) for t in things],
+            "no things",
+        )
     elif args.action == "add":
         created = engine.add_thing(args.name)
         print(f"{'registered' if created else 'already registered:'} thing {args.name}")

@@ -1,4 +1,5 @@
 """`garrison-detect violations list|events|verify`: violations and their events."""
+
 import json
 
 from garrison.detect.cli.common import action, actions_of, command, engine_on, show, value, when
@@ -36,20 +37,50 @@ def run(args) -> int:
         else:
             print(f"violation {args.id}: {args.state}")
     elif args.action == "list":
-        records = (engine.active_violations(args.thing, args.profile) if args.active
-                   else engine.all_violations(args.thing, args.profile))
-        show(args, records, ("VIOLATION ID", "THING", "PROFILE", "BEHAVIOR", "LAST VALUE", "STARTED",
-                             "STATUS", "VERIFICATION"),
-             [(r["violationId"], r["thingName"], r["securityProfileName"], r["behavior"].get("name"),
-               value(r["lastViolationValue"]) + _explained(r), when(r["violationStartTime"]),
-               "active" if r.get("active", True) else r.get("violationEndType"), r["verificationState"])
-              for r in records], "no active violations" if args.active else "no violations")
+        records = (
+            engine.active_violations(args.thing, args.profile)
+            if args.active
+            else engine.all_violations(args.thing, args.profile)
+        )
+        show(
+            args,
+            records,
+            ("VIOLATION ID", "THING", "PROFILE", "BEHAVIOR", "LAST VALUE", "STARTED", "STATUS", "VERIFICATION"),
+            [
+                (
+                    r["violationId"],
+                    r["thingName"],
+                    r["securityProfileName"],
+                    r["behavior"].get("name"),
+                    value(r["lastViolationValue"]) + _explained(r),
+                    when(r["violationStartTime"]),
+                    "active" if r.get("active", True) else r.get("violationEndType"),
+                    r["verificationState"],
+                )
+                for r in records
+            ],
+            "no active violations" if args.active else "no violations",
+        )
     elif args.action == "events":
         records = engine.violation_events(args.thing, args.profile, args.since, args.until)
-        show(args, records, ("TIME", "EVENT", "THING", "PROFILE", "BEHAVIOR", "VALUE", "VIOLATION ID"),
-             [(when(r["violationEventTime"]), r["violationEventType"], r["thingName"],
-               r["securityProfileName"], r["behavior"].get("name"), value(r["metricValue"]), r["violationId"])
-              for r in records], "no violation events")
+        show(
+            args,
+            records,
+            ("TIME", "EVENT", "THING", "PROFILE", "BEHAVIOR", "VALUE", "VIOLATION ID"),
+            [
+                (
+                    when(r["violationEventTime"]),
+                    r["violationEventType"],
+                    r["thingName"],
+                    r["securityProfileName"],
+                    r["behavior"].get("name"),
+                    value(r["metricValue"]),
+                    r["violationId"],
+                )
+                for r in records
+            ],
+            "no violation events",
+        )
     return 0
 
 

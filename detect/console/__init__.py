@@ -5,6 +5,7 @@ API's HTTP server under /console, and the engine's Prometheus metrics at /metric
 puts the console's request guard (garrison.detect.console.guard) beside the API's.
 Everything the pages load is in this package (templates/, static/: uPlot, our script and style).
 """
+
 from garrison.detect.console import guard, prometheus, web
 from garrison.detect.state.latest import ensure_table
 
@@ -14,8 +15,13 @@ def install(app, engine) -> None:
     if engine is not None:
         ensure_table(engine.store)  # outside any transaction: settled once (garrison.detect.state.latest)
     web.install(app)
-    prometheus.install(app, engine, bool(getattr(config, "metrics_public", False)), web.SILENT_AFTER_S,
-                       lambda: web._quarantine_groups(engine))
+    prometheus.install(
+        app,
+        engine,
+        bool(getattr(config, "metrics_public", False)),
+        web.SILENT_AFTER_S,
+        lambda: web._quarantine_groups(engine),
+    )
 
 
 def front(app, api_guard, body_timeout: float):

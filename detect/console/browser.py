@@ -4,6 +4,7 @@ and `chromium-driver`, driven through Selenium (nothing downloaded: the system's
 Flags keep the browser off the network (no component updates, sync, background fetches or
 QUIC) and in a fresh profile directory, so a run depends on nothing but the engine it opens.
 """
+
 import os
 import shutil
 import tempfile
@@ -11,9 +12,18 @@ from typing import Optional
 
 CHROMIUM = os.environ.get("GARRISON_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("GARRISON_CHROMEDRIVER", "/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
 
 
 def available() -> Optional[str]:
@@ -34,6 +44,7 @@ class Browser:
     def __init__(self, width: int = 1440, height: int = 900):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
+
         self.profile = tempfile.mkdtemp(prefix="garrison-chromium-")
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM

@@ -6,6 +6,7 @@ session (a live, signed cookie), except the sign-in form itself, which may send 
 LOGIN_MAX_BYTES; any body is capped (MAX_BYTES) and must arrive within the body timeout.
 Everything else goes to the API's guard unchanged.
 """
+
 import asyncio
 from http.cookies import SimpleCookie
 from typing import Optional
@@ -53,6 +54,7 @@ class ConsoleFront:
                 return await receive()
             replayed = True
             return {"type": "http.request", "body": bytes(body), "more_body": False}
+
         return await self.app(scope, replay, send)
 
 
@@ -70,6 +72,11 @@ def _cookie(headers) -> Optional[str]:
 
 
 async def _plain(send, status: int, text: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")],
+        }
+    )
     await send({"type": "http.response.body", "body": text})

@@ -18,6 +18,7 @@ Who may read it: the API token's holders (Authorization: Bearer), or anyone when
 says so (`[api] metrics_public = true` or `serve --metrics-public`): Prometheus then needs no
 token, but the address should be reachable only from where Prometheus runs.
 """
+
 import json
 import threading
 import time
@@ -32,7 +33,7 @@ from garrison.detect.api.auth import token_matches
 from garrison.detect.console import queries
 
 EVENT_TYPES = {"in-alarm": "raised", "alarm-cleared": "cleared", "alarm-invalidated": "invalidated"}
-SCAN_LIMIT = 50000   # events read per scrape at most (a first scrape over a long history catches up)
+SCAN_LIMIT = 50000  # events read per scrape at most (a first scrape over a long history catches up)
 
 
 def watch_ingest(engine, ingestor, mqtt_ingest=None) -> None:
@@ -53,10 +54,14 @@ class EngineCollector:
         with self._lock:
             rows = self.engine.store._rows(
                 "SELECT seq, event_type, profile, behavior FROM violation_events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (self._last_seq, SCAN_LIMIT))
+                (self._last_seq, SCAN_LIMIT),
+            )
             for row in rows:
-                key = (EVENT_TYPES.get(row["event_type"], row["event_type"]), row["profile"],
-                       json.loads(row["behavior"]).get("name", ""))
+                key = (
+                    EVENT_TYPES.get(row["event_type"], row["event_type"]),
+                    row["profile"],
+                    json.loads(row["behavior"]).get("name", ""),
+                )
                 self._events[key] = self._events.get(key, 0) + 1
                 self._last_seq = row["seq"]
             return dict(self._events)
@@ -64,8 +69,9 @@ class EngineCollector:
     def collect(self):
         store = self.engine.store
         stats = getattr(self.engine, "ingest_stats", None) or {}
-        reports = CounterMetricFamily("garrison_reports", "Reports by outcome (rejected ones by error code).",
-                                      labels=["outcome", "code"])
+        reports = CounterMetricFamily(
+            "garrison_reports", "Reports by outcome (rejected ones by error code).", labels=["outcome", "code"]
+        )
         for key, value in sorted(stats.items()):
             if key in ("accepted", "dropped", "duplicate"):
                 reports.add_metric([key, ""], value)
@@ -74,37 +80,52 @@ class EngineCollector:
         if "accepted" not in stats:
             reports.add_metric(["accepted", ""], 0)
         yield reports
-        yield SummaryMetricFamily("garrison_ingest_latency_seconds", "Time from a report's arrival to its reply.",
-                                  count_value=stats.get("latency_count", 0), sum_value=stats.get("latency_seconds_sum", 0.0))
-        yield SummaryMetricFamily("garrison_ingest_batch_reports", "Reports per store transaction (group commit).",
-                                  count_value=stats.get("batches", 0), sum_value=stats.get("batch_reports", 0))
+        yield SummaryMetricFamily(
+            "garrison_ingest_latency_seconds",
+            "Time from a report's arrival to its reply.",
+            count_value=stats.get("latency_count", 0),
+            sum_value=stats.get("latency_seconds_sum", 0.0),
+        )
+        yield SummaryMetricFamily(
+            "garrison_ingest_batch_reports",
+            "Reports per store transaction (group commit).",
+            count_value=stats.get("batches", 0),
+            sum_value=stats.get("batch_reports", 0),
+        )
         depth = getattr(self.engine, "ingest_queue_depth", None)
         queue = GaugeMetricFamily("garrison_ingest_queue_depth", "Reports received and waiting for the engine.")
         queue.add_metric([], depth() if depth else 0)
         yield queue
 
-        events = CounterMetricFamily("garrison_violation_events", "Violation events (Violations, ViolationsCleared, "
-                                     "ViolationsInvalidated) by profile and behavior.",
-                                     labels=["event", "profile", "behavior"])
+        events = CounterMetricFamily(
+            "garrison_violation_events",
+            "Violation events (Violations, ViolationsCleared, ViolationsInvalidated) by profile and behavior.",
+            labels=["event", "profile", "behavior"],
+        )
         for (event, profile, behavior), value in sorted(self._event_counts().items()):
             events.add_metric([event, profile, behavior], value)
         yield events
-        active = GaugeMetricFamily("garrison_active_violations", "Open violations by profile and behavior.",
-                                   labels=["profile", "behavior"])
+        active = GaugeMetricFamily(
+            "garrison_active_violations", "Open violations by profile and behavior.", labels=["profile", "behavior"]
+        )
         for item in queries.alarms_by_behavior(store):
             active.add_metric([item["profile"], item["behavior"]], item["count"])
         yield active
 
         counts = queries.fleet_counts(store, self.engine.clock.now_ms(), self.silent_after_s, self.quarantine())
-        things = GaugeMetricFamily("garrison_things", "Things by state (in alarm and quarantined overlap online/silent).",
-                                   labels=["state"])
+        things = GaugeMetricFamily(
+            "garrison_things", "Things by state (in alarm and quarantined overlap online/silent).", labels=["state"]
+        )
         for state in ("online", "silent", "alarm", "quarantined"):
             things.add_metric([state], counts[state])
         yield things
         yield GaugeMetricFamily("garrison_things_total", "Registered things.", value=counts["total"])
 
-        audit = GaugeMetricFamily("garrison_audit_noncompliant_resources",
-                                  "Non-compliant resources per check in the latest audit task.", labels=["check"])
+        audit = GaugeMetricFamily(
+            "garrison_audit_noncompliant_resources",
+            "Non-compliant resources per check in the latest audit task.",
+            labels=["check"],
+        )
         for check, detail in sorted(_latest_audit(store).items()):
             audit.add_metric([check], detail.get("nonCompliantResourcesCount", 0))
         yield audit
@@ -125,8 +146,13 @@ router = APIRouter(include_in_schema=False)
 def metrics(request: Request):
     app = request.app
     if not (app.state.metrics_public or token_matches(request.headers.get("authorization", ""), app.state.token)):
-        return JSONResponse({"ErrorCode": "Unauthorized", "ErrorMessage": "a valid bearer token is required "
-                             "(or serve --metrics-public)"}, status_code=401)
+        return JSONResponse(
+            {
+                "ErrorCode": "Unauthorized",
+                "ErrorMessage": "a valid bearer token is required (or serve --metrics-public)",
+            },
+            status_code=401,
+        )
     started = time.monotonic()
     body = generate_latest(app.state.metrics_registry)
     body += b"# garrison scrape took %.6f s\n" % (time.monotonic() - started)

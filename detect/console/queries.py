@@ -9,6 +9,7 @@ A thing's state: `in alarm` (an open violation), `quarantined` (a member of a qu
 the groups the configured actions move things into, "quarantine" when none is configured),
 `silent` (no report for `silent_after_s`, or never reported) and otherwise `online`.
 """
+
 import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,13 +33,28 @@ def fleet_counts(store: Store, now_ms: int, silent_after_s: float, quarantine: S
     row = store._one("SELECT COUNT(*), COALESCE(SUM(last_received_ms >= ?), 0) FROM things", (cutoff,))
     total, online = row[0], row[1]
     alarm = store._one("SELECT COUNT(DISTINCT thing) FROM violations WHERE end_ms IS NULL")[0]
-    quarantined = store._one(f"SELECT COUNT(DISTINCT thing) FROM group_members WHERE group_name IN "
-                             f"({_group_marks(quarantine)})", tuple(quarantine))[0] if quarantine else 0
+    quarantined = (
+        store._one(
+            f"SELECT COUNT(DISTINCT thing) FROM group_members WHERE group_name IN ({_group_marks(quarantine)})",
+            tuple(quarantine),
+        )[0]
+        if quarantine
+        else 0
+    )
     return {"total": total, "online": online, "silent": total - online, "alarm": alarm, "quarantined": quarantined}
 
 
-def fleet_page(store: Store, now_ms: int, silent_after_s: float, quarantine: Sequence[str], search: str = "",
-               group: str = "", state: str = "", page: int = 0, size: int = PAGE_SIZE) -> Tuple[List[Dict[str, Any]], int]:
+def fleet_page(
+    store: Store,
+    now_ms: int,
+    silent_after_s: float,
+    quarantine: Sequence[str],
+    search: str = "",
+    group: str = "",
+    state: str = "",
+    page: int = 0,
+    size: int = PAGE_SIZE,
+) -> Tuple[List[Dict[str, Any]], int]:
     """One page of things matching the filters, by name, and how many match in all."""
     cutoff = now_ms - int(silent_after_s * 1000)
     where: List[str] = []
@@ -58,7 +74,9 @@ def fleet_page(store: Store, now_ms: int, silent_after_s: float, quarantine: Seq
     elif state == "alarm":
         where.append("EXISTS (SELECT 1 FROM violations v WHERE v.thing = t.name AND v.end_ms IS NULL)")
     elif state == "quarantined":
-        where.append(f"t.name IN (SELECT thing FROM group_members WHERE group_name IN ({_group_marks(quarantine) or 'NULL'}))")
+        where.append(
+            f"t.name IN (SELECT thing FROM group_members WHERE group_name IN ({_group_marks(quarantine) or 'NULL'}))"
+        )
         params.extend(quarantine)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     total = store._one("SELECT COUNT(*) FROM things t" + clause, params)[0]
@@ -66,14 +84,24 @@ def fleet_page(store: Store, now_ms: int, silent_after_s: float, quarantine: Seq
         "SELECT t.name, t.last_received_ms, t.reports, "
         "(SELECT COUNT(*) FROM violations v WHERE v.thing = t.name AND v.end_ms IS NULL) AS alarms, "
         "(SELECT group_concat(group_name, ',') FROM group_members g WHERE g.thing = t.name) AS groups "
-        "FROM things t" + clause + " ORDER BY t.name LIMIT ? OFFSET ?", params + [size, max(page, 0) * size])
+        "FROM things t" + clause + " ORDER BY t.name LIMIT ? OFFSET ?",
+        params + [size, max(page, 0) * size],
+    )
     things = []
     for row in rows:
         groups = sorted(filter(None, (row["groups"] or "").split(",")))
         last = row["last_received_ms"]
-        things.append({"name": row["name"], "last_ms": last, "reports": row["reports"], "alarms": row["alarms"],
-                       "groups": groups, "quarantined": any(g in quarantine for g in groups),
-                       "online": last is not None and last >= cutoff})
+        things.append(
+            {
+                "name": row["name"],
+                "last_ms": last,
+                "reports": row["reports"],
+                "alarms": row["alarms"],
+                "groups": groups,
+                "quarantined": any(g in quarantine for g in groups),
+                "online": last is not None and last >= cutoff,
+            }
+        )
     return things, total
 
 
@@ -83,12 +111,16 @@ def group_names(store: Store, limit: int = 1000) -> List[str]:
 
 
 def alarms_by_behavior(store: Store) -> List[Dict[str, Any]]:
-    rows = store._rows("SELECT profile, behavior_name, COUNT(*) AS n FROM violations WHERE end_ms IS NULL "
-                       "GROUP BY profile, behavior_name ORDER BY n DESC, profile, behavior_name LIMIT 200")
+    rows = store._rows(
+        "SELECT profile, behavior_name, COUNT(*) AS n FROM violations WHERE end_ms IS NULL "
+        "GROUP BY profile, behavior_name ORDER BY n DESC, profile, behavior_name LIMIT 200"
+    )
     return [{"profile": r["profile"], "behavior": r["behavior_name"], "count": r["n"]} for r in rows]
 
 
-def recent_events(store: Store, limit: int = 30, thing: Optional[str] = None, since_ms: Optional[int] = None) -> List[Dict[str, Any]]:
+def recent_events(
+    store: Store, limit: int = 30, thing: Optional[str] = None, since_ms: Optional[int] = None
+) -> List[Dict[str, Any]]:
     """The latest violation events, newest first."""
     where, params = [], []
     if thing:
@@ -97,16 +129,36 @@ def recent_events(store: Store, limit: int = 30, thing: Optional[str] = None, si
     if since_ms is not None:
         where.append("time_ms >= ?")
         params.append(since_ms)
-    rows = store._rows("SELECT seq, violation_id, event_type, time_ms, thing, profile, behavior, metric_value "
-                       "FROM violation_events" + (" WHERE " + " AND ".join(where) if where else "")
-                       + " ORDER BY seq DESC LIMIT ?", params + [limit])
-    return [{"seq": r["seq"], "violationId": r["violation_id"], "type": r["event_type"], "time_ms": r["time_ms"],
-             "thing": r["thing"], "profile": r["profile"], "behavior": json.loads(r["behavior"]).get("name"),
-             "value": _loads(r["metric_value"])} for r in rows]
+    rows = store._rows(
+        "SELECT seq, violation_id, event_type, time_ms, thing, profile, behavior, metric_value "
+        "FROM violation_events" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?",
+        params + [limit],
+    )
+    return [
+        {
+            "seq": r["seq"],
+            "violationId": r["violation_id"],
+            "type": r["event_type"],
+            "time_ms": r["time_ms"],
+            "thing": r["thing"],
+            "profile": r["profile"],
+            "behavior": json.loads(r["behavior"]).get("name"),
+            "value": _loads(r["metric_value"]),
+        }
+        for r in rows
+    ]
 
 
-def violations_page(store: Store, active: Optional[bool], thing: str = "", profile: str = "", behavior: str = "",
-                    verification: str = "", page: int = 0, size: int = PAGE_SIZE) -> Tuple[List[Dict[str, Any]], int]:
+def violations_page(
+    store: Store,
+    active: Optional[bool],
+    thing: str = "",
+    profile: str = "",
+    behavior: str = "",
+    verification: str = "",
+    page: int = 0,
+    size: int = PAGE_SIZE,
+) -> Tuple[List[Dict[str, Any]], int]:
     """Violations (newest first) matching the filters, one page, and how many match."""
     where: List[str] = []
     params: List[Any] = []
@@ -125,32 +177,58 @@ def violations_page(store: Store, active: Optional[bool], thing: str = "", profi
         params.append(verification)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     total = store._one("SELECT COUNT(*) FROM violations" + clause, params)[0]
-    rows = store._rows("SELECT * FROM violations" + clause + " ORDER BY start_ms DESC, violation_id LIMIT ? OFFSET ?",
-                       params + [size, max(page, 0) * size])
+    rows = store._rows(
+        "SELECT * FROM violations" + clause + " ORDER BY start_ms DESC, violation_id LIMIT ? OFFSET ?",
+        params + [size, max(page, 0) * size],
+    )
     return [violation_dict(r) for r in rows], total
 
 
 def violation_dict(r) -> Dict[str, Any]:
-    return {"violationId": r["violation_id"], "thing": r["thing"], "profile": r["profile"],
-            "behavior": r["behavior_name"], "criteria": json.loads(r["behavior"]).get("criteria", {}),
-            "metric": json.loads(r["behavior"]).get("metric"), "value": _loads(r["last_value"]),
-            "start_ms": r["start_ms"], "last_ms": r["last_ms"], "end_ms": r["end_ms"], "end_type": r["end_type"],
-            "verification": r["verification_state"], "verification_description": r["verification_description"],
-            "info": _loads(r["additional_info"])}
+    return {
+        "violationId": r["violation_id"],
+        "thing": r["thing"],
+        "profile": r["profile"],
+        "behavior": r["behavior_name"],
+        "criteria": json.loads(r["behavior"]).get("criteria", {}),
+        "metric": json.loads(r["behavior"]).get("metric"),
+        "value": _loads(r["last_value"]),
+        "start_ms": r["start_ms"],
+        "last_ms": r["last_ms"],
+        "end_ms": r["end_ms"],
+        "end_type": r["end_type"],
+        "verification": r["verification_state"],
+        "verification_description": r["verification_description"],
+        "info": _loads(r["additional_info"]),
+    }
 
 
 def recent_actions(store: Store, thing: str, limit: int = 10) -> List[Dict[str, Any]]:
     """The thing's latest mitigation actions (rules' and operators'), newest first."""
-    rows = store._rows("SELECT seq, time_ms, action, dry_run, outcome, detail FROM action_log WHERE thing = ? "
-                       "ORDER BY seq DESC LIMIT ?", (thing, limit))
-    return [{"seq": r["seq"], "time_ms": r["time_ms"], "action": _loads(r["action"]), "dryRun": bool(r["dry_run"]),
-             "outcome": r["outcome"], "detail": r["detail"]} for r in rows]
+    rows = store._rows(
+        "SELECT seq, time_ms, action, dry_run, outcome, detail FROM action_log WHERE thing = ? "
+        "ORDER BY seq DESC LIMIT ?",
+        (thing, limit),
+    )
+    return [
+        {
+            "seq": r["seq"],
+            "time_ms": r["time_ms"],
+            "action": _loads(r["action"]),
+            "dryRun": bool(r["dry_run"]),
+            "outcome": r["outcome"],
+            "detail": r["detail"],
+        }
+        for r in rows
+    ]
 
 
 def change_mark(store: Store) -> str:
     """Changes whenever a report is accepted or a violation event is recorded (the live refresh)."""
-    row = store._one("SELECT (SELECT MAX(last_received_ms) FROM things), (SELECT MAX(seq) FROM violation_events), "
-                     "(SELECT COUNT(*) FROM things)")
+    row = store._one(
+        "SELECT (SELECT MAX(last_received_ms) FROM things), (SELECT MAX(seq) FROM violation_events), "
+        "(SELECT COUNT(*) FROM things)"
+    )
     return f"{row[0] or 0}-{row[1] or 0}-{row[2]}"
 
 

@@ -7,6 +7,7 @@ store's own record of what the behavior saw: the values of the thing's violation
 datapoint that raised an alarm, the one that cleared it) and each episode's last violating value.
 A list-valued metric (ports, addresses) is plotted as its size.
 """
+
 import json
 from typing import Any, Dict, List, Optional
 
@@ -54,15 +55,20 @@ def metric_points(engine, thing: str, metric: str, profile: str, behavior: str, 
 
 def _violation_points(store: Store, thing: str, profile: str, behavior: str, since_ms: int) -> List[Dict[str, float]]:
     seen: Dict[int, float] = {}
-    for row in store._rows("SELECT time_ms, metric_value, behavior FROM violation_events WHERE thing = ? AND profile = ? "
-                           "AND time_ms >= ? ORDER BY time_ms LIMIT ?", (thing, profile, since_ms, MAX_POINTS)):
+    for row in store._rows(
+        "SELECT time_ms, metric_value, behavior FROM violation_events WHERE thing = ? AND profile = ? "
+        "AND time_ms >= ? ORDER BY time_ms LIMIT ?",
+        (thing, profile, since_ms, MAX_POINTS),
+    ):
         if json.loads(row["behavior"]).get("name") == behavior and row["metric_value"] is not None:
             v = numeric(json.loads(row["metric_value"]))
             if v is not None:
                 seen[row["time_ms"]] = v
-    for row in store._rows("SELECT last_ms, last_value FROM violations WHERE thing = ? AND profile = ? AND "
-                           "behavior_name = ? AND last_ms >= ? ORDER BY last_ms LIMIT ?",
-                           (thing, profile, behavior, since_ms, MAX_POINTS)):
+    for row in store._rows(
+        "SELECT last_ms, last_value FROM violations WHERE thing = ? AND profile = ? AND "
+        "behavior_name = ? AND last_ms >= ? ORDER BY last_ms LIMIT ?",
+        (thing, profile, behavior, since_ms, MAX_POINTS),
+    ):
         v = numeric(json.loads(row["last_value"])) if row["last_value"] is not None else None
         if v is not None:
             seen.setdefault(row["last_ms"], v)
@@ -74,29 +80,45 @@ def threshold_of(store: Store, profile: str, behavior_doc: Dict[str, Any]) -> Di
     criteria = behavior_doc.get("criteria") or {}
     operator = criteria.get("comparisonOperator", "")
     if "mlDetectionConfig" in criteria:
-        return {"value": None, "kind": "ml", "label": f"ML band ({criteria['mlDetectionConfig'].get('confidenceLevel')})"}
+        return {
+            "value": None,
+            "kind": "ml",
+            "label": f"ML band ({criteria['mlDetectionConfig'].get('confidenceLevel')})",
+        }
     if "statisticalThreshold" in criteria:
-        known = store._one("SELECT value FROM fleet_thresholds WHERE profile = ? AND behavior = ?",
-                           (profile, behavior_doc.get("name")))
+        known = store._one(
+            "SELECT value FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior_doc.get("name"))
+        )
         value = known[0] if known else None
-        return {"value": value, "kind": "statistical", "operator": operator,
-                "label": f"{operator} {criteria['statisticalThreshold'].get('statistic')} = "
-                         f"{'n/a' if value is None else round(value, 3)}"}
+        return {
+            "value": value,
+            "kind": "statistical",
+            "operator": operator,
+            "label": f"{operator} {criteria['statisticalThreshold'].get('statistic')} = "
+            f"{'n/a' if value is None else round(value, 3)}",
+        }
     value = criteria.get("value") or {}
     number = numeric({k: value[k] for k in ("count", "number") if k in value}) if value else None
     if number is not None:
         return {"value": number, "kind": "static", "operator": operator, "label": f"{operator} {number:g}"}
     if value:
-        return {"value": None, "kind": "set", "operator": operator,
-                "label": f"{operator} {json.dumps(next(iter(value.values()), ''))[:60]}"}
+        return {
+            "value": None,
+            "kind": "set",
+            "operator": operator,
+            "label": f"{operator} {json.dumps(next(iter(value.values()), ''))[:60]}",
+        }
     return {"value": None, "kind": None, "label": ""}
 
 
 def ml_bands(store: Store, thing: str, profile: str, behavior: str, since_ms: int) -> List[Dict[str, float]]:
     """Learned bands recorded with ML violations ({t, low, high}), when the judgement gave them."""
     out = []
-    for row in store._rows("SELECT time_ms, additional_info, behavior FROM violation_events WHERE thing = ? AND "
-                           "profile = ? AND time_ms >= ? ORDER BY time_ms LIMIT ?", (thing, profile, since_ms, MAX_POINTS)):
+    for row in store._rows(
+        "SELECT time_ms, additional_info, behavior FROM violation_events WHERE thing = ? AND "
+        "profile = ? AND time_ms >= ? ORDER BY time_ms LIMIT ?",
+        (thing, profile, since_ms, MAX_POINTS),
+    ):
         info = json.loads(row["additional_info"]) if row["additional_info"] else {}
         if json.loads(row["behavior"]).get("name") == behavior and isinstance(info, dict):
             low, high = info.get("low"), info.get("high")

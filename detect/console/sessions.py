@@ -8,6 +8,7 @@ signing out deletes the session, so a copied cookie stops working at once. Every
 the session's CSRF token (a form field or the X-CSRF-Token header), compared in constant time:
 SameSite=Strict already keeps other sites' forms out, the token is the second lock.
 """
+
 import hashlib
 import hmac
 import secrets
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 COOKIE = "garrison_console"
-MAX_SESSIONS = 1000        # a flood of sign-ins cannot grow memory without bound: oldest go first
+MAX_SESSIONS = 1000  # a flood of sign-ins cannot grow memory without bound: oldest go first
 
 
 @dataclass
@@ -81,6 +82,9 @@ class Sessions:
         return bool(presented) and hmac.compare_digest(presented.encode(), session.csrf.encode())
 
     def _expire(self, now: float) -> None:
-        for sid in [s.sid for s in self._sessions.values()
-                    if now - s.created > self.lifetime_s or now - s.last_seen > self.idle_s]:
+        for sid in [
+            s.sid
+            for s in self._sessions.values()
+            if now - s.created > self.lifetime_s or now - s.last_seen > self.idle_s
+        ]:
             del self._sessions[sid]

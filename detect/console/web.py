@@ -8,6 +8,7 @@ audit), so the console cannot do what the API would refuse. The pages refresh th
 script polls /console/api/changes and re-renders the page's <main> when a report or an event
 arrived (static/console.js).
 """
+
 import json
 import logging
 import time
@@ -33,18 +34,21 @@ log = logging.getLogger("garrison.console")
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/console"
-SILENT_AFTER_S = 900          # no report for 15 minutes (three of AWS's 5-minute intervals): silent
-CHART_WINDOW_S = 14 * 86400   # what a thing's charts show (the metric history's retention)
-MAX_DOCUMENT = 256 * 1024     # a pasted CreateSecurityProfile document
+SILENT_AFTER_S = 900  # no report for 15 minutes (three of AWS's 5-minute intervals): silent
+CHART_WINDOW_S = 14 * 86400  # what a thing's charts show (the metric history's retention)
+MAX_DOCUMENT = 256 * 1024  # a pasted CreateSecurityProfile document
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 # every page: scripts only from this server, never framed (quarantine buttons), no referrer out
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'; object-src 'none'",
-    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store"}
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def _page(request: Request, template: str, context: Dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -104,8 +108,14 @@ def _back(request: Request, session: Session, fallback: str, kind: str = "", tex
 def _render(request: Request, template: str, session: Session, status_code: int = 200, **context) -> HTMLResponse:
     flash, session.flash = session.flash, []
     engine = request.app.state.engine
-    context.update(request=request, csrf=session.csrf, flash=flash, prefix=PREFIX, page_name=template.split(".")[0],
-                   dry_run=getattr(engine.config, "dry_run", False))
+    context.update(
+        request=request,
+        csrf=session.csrf,
+        flash=flash,
+        prefix=PREFIX,
+        page_name=template.split(".")[0],
+        dry_run=getattr(engine.config, "dry_run", False),
+    )
     return _page(request, template, context, status_code)
 
 
@@ -125,6 +135,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 # ---- sign-in ------------------------------------------------------------------------------------
 
+
 @router.get("/login")
 def login_form(request: Request):
     return _page(request, "login.html", {"prefix": PREFIX, "error": None})
@@ -139,8 +150,9 @@ async def login(request: Request):
         return _page(request, "login.html", {"prefix": PREFIX, "error": "That is not the API token."}, 401)
     _, cookie = request.app.state.console_sessions.create()
     response = RedirectResponse(PREFIX + "/fleet", status_code=303)
-    response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", path=PREFIX,
-                        secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE, cookie, httponly=True, samesite="strict", path=PREFIX, secure=request.url.scheme == "https"
+    )
     log.info("console: signed in from %s", request.client.host if request.client else "?")
     return response
 
@@ -162,6 +174,7 @@ def home():
 
 # ---- fleet --------------------------------------------------------------------------------------
 
+
 @router.get("/fleet")
 def fleet(request: Request, q: str = "", group: str = "", state: str = "", page: str = "0"):
     session = _session(request)
@@ -170,21 +183,37 @@ def fleet(request: Request, q: str = "", group: str = "", state: str = "", page:
     quarantine = _quarantine_groups(engine)
     state = state if state in queries.STATES else ""
     page_no = _int(page)
-    things, matching = queries.fleet_page(engine.store, now_ms, SILENT_AFTER_S, quarantine, q.strip(), group, state, page_no)
+    things, matching = queries.fleet_page(
+        engine.store, now_ms, SILENT_AFTER_S, quarantine, q.strip(), group, state, page_no
+    )
     pages = max(1, -(-matching // queries.PAGE_SIZE))
     try:
         ml = engine.ml_training_summaries()["summaries"]
     except Exception as exc:  # the page still shows the fleet if the ML hook fails
         log.warning("console: ML status unavailable: %s", exc)
         ml = None
-    return _render(request, "fleet.html", session, things=things, matching=matching, page=page_no, pages=pages,
-                   q=q, group=group, state=state, groups=queries.group_names(engine.store),
-                   counts=queries.fleet_counts(engine.store, now_ms, SILENT_AFTER_S, quarantine),
-                   alarms=queries.alarms_by_behavior(engine.store), events=queries.recent_events(engine.store, 25),
-                   ml=ml, silent_after=SILENT_AFTER_S)
+    return _render(
+        request,
+        "fleet.html",
+        session,
+        things=things,
+        matching=matching,
+        page=page_no,
+        pages=pages,
+        q=q,
+        group=group,
+        state=state,
+        groups=queries.group_names(engine.store),
+        counts=queries.fleet_counts(engine.store, now_ms, SILENT_AFTER_S, quarantine),
+        alarms=queries.alarms_by_behavior(engine.store),
+        events=queries.recent_events(engine.store, 25),
+        ml=ml,
+        silent_after=SILENT_AFTER_S,
+    )
 
 
 # ---- a thing ------------------------------------------------------------------------------------
+
 
 @router.get("/things/{thing}")
 def thing_page(request: Request, thing: str):
@@ -198,21 +227,38 @@ def thing_page(request: Request, thing: str):
         doc = engine.store.get_profile(name) or {}
         for behavior in doc.get("behaviors", []):
             if behavior.get("metric"):
-                charts.append({"profile": name, "behavior": behavior["name"], "metric": behavior["metric"],
-                               "threshold": series.threshold_of(engine.store, name, behavior),
-                               "url": f"{PREFIX}/api/things/{quote(thing)}/series?"
-                                      + urlencode({"profile": name, "behavior": behavior["name"]})})
+                charts.append(
+                    {
+                        "profile": name,
+                        "behavior": behavior["name"],
+                        "metric": behavior["metric"],
+                        "threshold": series.threshold_of(engine.store, name, behavior),
+                        "url": f"{PREFIX}/api/things/{quote(thing)}/series?"
+                        + urlencode({"profile": name, "behavior": behavior["name"]}),
+                    }
+                )
     violations, _ = queries.violations_page(engine.store, None, thing=thing, size=100)
     quarantine = _quarantine_groups(engine)
     groups = engine.store.groups_of(thing)
     latest = latest_report(engine.store, thing)
-    return _render(request, "thing.html", session, thing=thing, last_ms=last[1],
-                   report=report_view(latest["report"]) if latest else None, report_ms=latest and latest["time_ms"],
-                   charts=charts, violations=violations, groups=groups,
-                   profiles=engine.store.profiles_for_thing(thing), quarantined=[g for g in groups if g in quarantine],
-                   quarantine_group=quarantine[0], states=VERIFICATION_STATES,
-                   events=queries.recent_events(engine.store, 50, thing=thing),
-                   actions=queries.recent_actions(engine.store, thing))
+    return _render(
+        request,
+        "thing.html",
+        session,
+        thing=thing,
+        last_ms=last[1],
+        report=report_view(latest["report"]) if latest else None,
+        report_ms=latest and latest["time_ms"],
+        charts=charts,
+        violations=violations,
+        groups=groups,
+        profiles=engine.store.profiles_for_thing(thing),
+        quarantined=[g for g in groups if g in quarantine],
+        quarantine_group=quarantine[0],
+        states=VERIFICATION_STATES,
+        events=queries.recent_events(engine.store, 50, thing=thing),
+        actions=queries.recent_actions(engine.store, thing),
+    )
 
 
 def _owner(item: Dict[str, Any]) -> str:
@@ -229,18 +275,29 @@ def report_view(report: Dict[str, Any]) -> Dict[str, Any]:
     owners = m.get("socket_owners") or {}
     by_port = {(o.get("protocol", "tcp"), o.get("port")): _owner(o) for o in owners.get("listening_ports") or []}
     by_conn = {(o.get("remote_addr"), o.get("local_port")): _owner(o) for o in owners.get("connections") or []}
-    view: Dict[str, Any] = {"owners": bool(owners), "custom": report.get("custom_metrics") or {},
-                            "network": m.get("network_stats"), "report_id": (report.get("header") or {}).get("report_id")}
+    view: Dict[str, Any] = {
+        "owners": bool(owners),
+        "custom": report.get("custom_metrics") or {},
+        "network": m.get("network_stats"),
+        "report_id": (report.get("header") or {}).get("report_id"),
+    }
     for proto in ("tcp", "udp"):
         group = m.get(f"listening_{proto}_ports") or {}
-        view[proto] = [{"port": p.get("port"), "interface": p.get("interface"), "owner": by_port.get((proto, p.get("port")), "")}
-                       for p in group.get("ports") or []]
+        view[proto] = [
+            {"port": p.get("port"), "interface": p.get("interface"), "owner": by_port.get((proto, p.get("port")), "")}
+            for p in group.get("ports") or []
+        ]
         view[f"{proto}_total"] = group.get("total", len(view[proto]))
-    est = ((m.get("tcp_connections") or {}).get("established_connections") or {})
-    view["connections"] = [{"remote": c.get("remote_addr"), "local_port": c.get("local_port"),
-                            "interface": c.get("local_interface"),
-                            "owner": by_conn.get((c.get("remote_addr"), c.get("local_port")), "")}
-                           for c in est.get("connections") or []]
+    est = (m.get("tcp_connections") or {}).get("established_connections") or {}
+    view["connections"] = [
+        {
+            "remote": c.get("remote_addr"),
+            "local_port": c.get("local_port"),
+            "interface": c.get("local_interface"),
+            "owner": by_conn.get((c.get("remote_addr"), c.get("local_port")), ""),
+        }
+        for c in est.get("connections") or []
+    ]
     view["connections_total"] = est.get("total", len(view["connections"]))
     return view
 
@@ -257,22 +314,26 @@ def thing_series(request: Request, thing: str, profile: str, behavior: str):
     since_ms = engine.clock.now_ms() - CHART_WINDOW_S * 1000
     data = series.metric_points(engine, thing, spec["metric"], profile, behavior, since_ms)
     episodes, _ = queries.violations_page(engine.store, None, thing=thing, profile=profile, behavior=behavior, size=200)
-    data.update(threshold=series.threshold_of(engine.store, profile, spec),
-                band=series.ml_bands(engine.store, thing, profile, behavior, since_ms),
-                violations=[{"start": v["start_ms"] / 1000.0, "end": v["end_ms"] and v["end_ms"] / 1000.0}
-                            for v in episodes])
+    data.update(
+        threshold=series.threshold_of(engine.store, profile, spec),
+        band=series.ml_bands(engine.store, thing, profile, behavior, since_ms),
+        violations=[{"start": v["start_ms"] / 1000.0, "end": v["end_ms"] and v["end_ms"] / 1000.0} for v in episodes],
+    )
     return data
 
 
 @router.post("/things/{thing}/quarantine")
 async def quarantine(request: Request, thing: str):
-    return await _respond(request, thing, {"type": "add-thing-to-group", "group": _quarantine_groups(request.app.state.engine)[0]})
+    return await _respond(
+        request, thing, {"type": "add-thing-to-group", "group": _quarantine_groups(request.app.state.engine)[0]}
+    )
 
 
 @router.post("/things/{thing}/release")
 async def release(request: Request, thing: str):
-    return await _respond(request, thing, {"type": "remove-thing-from-group",
-                                           "group": _quarantine_groups(request.app.state.engine)[0]})
+    return await _respond(
+        request, thing, {"type": "remove-thing-from-group", "group": _quarantine_groups(request.app.state.engine)[0]}
+    )
 
 
 @router.post("/things/{thing}/broker/{verb}")
@@ -303,18 +364,38 @@ async def _respond(request: Request, thing: str, action: Dict[str, Any]):
 
 # ---- violations ---------------------------------------------------------------------------------
 
+
 @router.get("/violations")
-def violations_page(request: Request, status: str = "active", thing: str = "", profile: str = "", behavior: str = "",
-                    verification: str = "", page: str = "0"):
+def violations_page(
+    request: Request,
+    status: str = "active",
+    thing: str = "",
+    profile: str = "",
+    behavior: str = "",
+    verification: str = "",
+    page: str = "0",
+):
     session = _session(request)
     engine = request.app.state.engine
     active = {"active": True, "ended": False}.get(status)
     page_no = _int(page)
     rows, matching = queries.violations_page(engine.store, active, thing, profile, behavior, verification, page_no)
-    return _render(request, "violations.html", session, violations=rows, matching=matching, page=page_no,
-                   pages=max(1, -(-matching // queries.PAGE_SIZE)), status=status if active is not None else "all",
-                   thing=thing, profile=profile, behavior=behavior, verification=verification,
-                   states=VERIFICATION_STATES, profiles=[p["securityProfileName"] for p in engine.list_profiles()])
+    return _render(
+        request,
+        "violations.html",
+        session,
+        violations=rows,
+        matching=matching,
+        page=page_no,
+        pages=max(1, -(-matching // queries.PAGE_SIZE)),
+        status=status if active is not None else "all",
+        thing=thing,
+        profile=profile,
+        behavior=behavior,
+        verification=verification,
+        states=VERIFICATION_STATES,
+        profiles=[p["securityProfileName"] for p in engine.list_profiles()],
+    )
 
 
 @router.post("/violations/{violation_id}/verify")
@@ -332,6 +413,7 @@ async def verify(request: Request, violation_id: str):
 
 # ---- profiles -----------------------------------------------------------------------------------
 
+
 @router.get("/profiles")
 def profiles(request: Request):
     session = _session(request)
@@ -348,8 +430,14 @@ def profile_page(request: Request, name: str):
     except StoreError:
         return _render(request, "missing.html", session, 404, what="security profile", name=name)
     alarms = [a for a in queries.alarms_by_behavior(engine.store) if a["profile"] == name]
-    return _render(request, "profile.html", session, p=described, alarms=alarms,
-                   document=json.dumps(described["profile"], indent=2))
+    return _render(
+        request,
+        "profile.html",
+        session,
+        p=described,
+        alarms=alarms,
+        document=json.dumps(described["profile"], indent=2),
+    )
 
 
 @router.post("/profiles/submit")
@@ -371,13 +459,20 @@ async def submit_profile(request: Request):
         if form.get("action") == "apply":
             profile, created = engine.apply_profile(doc, attach=target)
             log.info("console: %s security profile %s", "created" if created else "replaced", profile.name)
-            return _back(request, session, f"{PREFIX}/profiles/{quote(profile.name)}", "ok",
-                         f"{'created' if created else 'replaced'} {profile.name}" + (f", attached to {target}" if target else ""))
+            return _back(
+                request,
+                session,
+                f"{PREFIX}/profiles/{quote(profile.name)}",
+                "ok",
+                f"{'created' if created else 'replaced'} {profile.name}"
+                + (f", attached to {target}" if target else ""),
+            )
         result = {"ok": True, "text": f"valid: {profile.name}, {len(profile.behaviors)} behavior(s)"}
     except (ProfileError, StoreError) as exc:
         result = {"ok": False, "text": str(exc)}
-    return _render(request, "profiles.html", session, profiles=engine.list_profiles(), document=text, target=target,
-                   result=result)
+    return _render(
+        request, "profiles.html", session, profiles=engine.list_profiles(), document=text, target=target, result=result
+    )
 
 
 @router.post("/profiles/{name}/targets")
@@ -399,14 +494,18 @@ async def profile_targets(request: Request, name: str):
 
 # ---- audit --------------------------------------------------------------------------------------
 
+
 @router.get("/audit")
 def audit(request: Request, task: str = "", check: str = ""):
     session = _session(request)
     engine = request.app.state.engine
     tasks = audit_http.handle("list_tasks", engine, {}, {}, None)["tasks"][:20]
     task_id = task or (tasks[0]["taskId"] if tasks else "")
-    findings = audit_http.handle("list_findings", engine, {}, {"taskId": task_id, "checkName": check}, None)["findings"] \
-        if task_id else []
+    findings = (
+        audit_http.handle("list_findings", engine, {}, {"taskId": task_id, "checkName": check}, None)["findings"]
+        if task_id
+        else []
+    )
     by_check: Dict[str, Dict[str, Any]] = {}
     for item in findings:
         entry = by_check.setdefault(item["checkName"], {"severity": item.get("severity"), "count": 0, "suppressed": 0})
@@ -414,11 +513,21 @@ def audit(request: Request, task: str = "", check: str = ""):
         entry["suppressed"] += bool(item.get("isSuppressed"))
     from garrison.detect.audit.mitigate import ACTIONS
     from garrison.detect.audit.checks import resource_key
+
     for item in findings:
         item["resourceKey"] = resource_key(item["nonCompliantResource"]["resourceIdentifier"])
-    return _render(request, "audit.html", session, tasks=tasks, task_id=task_id, check=check, findings=findings,
-                   by_check=sorted(by_check.items()), actions=ACTIONS,
-                   suppressions=audit_http.handle("list_suppressions", engine, {}, {}, None)["suppressions"])
+    return _render(
+        request,
+        "audit.html",
+        session,
+        tasks=tasks,
+        task_id=task_id,
+        check=check,
+        findings=findings,
+        by_check=sorted(by_check.items()),
+        actions=ACTIONS,
+        suppressions=audit_http.handle("list_suppressions", engine, {}, {}, None)["suppressions"],
+    )
 
 
 @router.post("/audit/{what}")
@@ -430,17 +539,30 @@ async def audit_post(request: Request, what: str):
     try:
         if what == "run":
             task = audit_http.handle("start_audit", engine, {}, {}, {})
-            return _back(request, session, f"{PREFIX}/audit?task={task['taskId']}", "ok",
-                         f"audit {task['taskId']}: {task['taskStatistics']['nonCompliantChecks']} non-compliant check(s)")
+            return _back(
+                request,
+                session,
+                f"{PREFIX}/audit?task={task['taskId']}",
+                "ok",
+                f"audit {task['taskId']}: {task['taskStatistics']['nonCompliantChecks']} non-compliant check(s)",
+            )
         if what == "suppress":
-            body = {"checkName": form.get("check"), "resourceKey": form.get("resource"), "suppressIndefinitely": True,
-                    "description": form.get("description") or "suppressed in the console"}
+            body = {
+                "checkName": form.get("check"),
+                "resourceKey": form.get("resource"),
+                "suppressIndefinitely": True,
+                "description": form.get("description") or "suppressed in the console",
+            }
             audit_http.handle("create_suppression", engine, {}, {}, body)
             return _back(request, session, back, "ok", f"suppressed {form.get('check')} on {form.get('resource')}")
         if what == "mitigate":
             apply = form.get("apply") == "yes"
-            body = {"taskId": form.get("task"), "checkName": form.get("check"), "action": form.get("action"),
-                    "apply": apply}
+            body = {
+                "taskId": form.get("task"),
+                "checkName": form.get("check"),
+                "action": form.get("action"),
+                "apply": apply,
+            }
             done = audit_http.handle("start_mitigation", engine, {}, {}, body)["actions"]
             lines = "; ".join(str(d.get("detail") or d.get("outcome") or d) for d in done[:10]) or "nothing to do"
             return _back(request, session, back, "ok", f"{'applied' if apply else 'dry run'}: {lines}")
@@ -450,6 +572,7 @@ async def audit_post(request: Request, what: str):
 
 
 # ---- live refresh -------------------------------------------------------------------------------
+
 
 @router.get("/api/changes")
 def changes(request: Request):

@@ -25,6 +25,7 @@ authorization failures are denied publishes and refused connections.
 Every line is bounded (MAX_LINE bytes; longer ones are skipped) and parsed with anchored
 patterns, because client ids and topics are chosen by devices.
 """
+
 import logging
 import os
 import re
@@ -35,46 +36,70 @@ from typing import Callable, Iterable, List, Optional
 log = logging.getLogger("garrison.brokerlog")
 
 MAX_LINE = 4096
-READ_CHUNK = 256 * 1024   # bytes read per poll: a burst is spread over polls, never read at once
+READ_CHUNK = 256 * 1024  # bytes read per poll: a burst is spread over polls, never read at once
 
-CONNECT = "connect"            # value: source address
+CONNECT = "connect"  # value: source address
 CONNECT_REFUSED = "connect-refused"
 DISCONNECT = "disconnect"
-TAKEOVER = "takeover"          # another connection with the same client id closed this one
-PUBLISH_IN = "publish-in"      # device -> broker; topic, size
+TAKEOVER = "takeover"  # another connection with the same client id closed this one
+PUBLISH_IN = "publish-in"  # device -> broker; topic, size
 PUBLISH_DENIED = "publish-denied"
-PUBLISH_OUT = "publish-out"    # broker -> device; topic, size
+PUBLISH_OUT = "publish-out"  # broker -> device; topic, size
 
 
 @dataclass(frozen=True)
 class BrokerEvent:
     kind: str
     client: str
-    time_s: Optional[int]      # the line's epoch timestamp, None when the log has none
+    time_s: Optional[int]  # the line's epoch timestamp, None when the log has none
     address: Optional[str] = None
     topic: Optional[str] = None
     size: Optional[int] = None
-    port: Optional[int] = None       # CONNECT: the client's source port
-    username: Optional[str] = None   # CONNECT: the u'...' of the line, when given
-    count: int = 1                   # how many such events this one stands for (NATS's counters: natsmonitor)
+    port: Optional[int] = None  # CONNECT: the client's source port
+    username: Optional[str] = None  # CONNECT: the u'...' of the line, when given
+    count: int = 1  # how many such events this one stands for (NATS's counters: natsmonitor)
 
 
 _TS = r"^(?:(?P<ts>\d{9,11})(?:\.\d+)?: )?"
 _CID = r"(?P<cid>\S{1,256})"
 _PATTERNS = (
-    (CONNECT, re.compile(_TS + r"New client connected from (?P<addr>\S+):(?P<port>\d+) as " + _CID
-                         + r" \((?P<flags>[^)]*)\)")),
+    (
+        CONNECT,
+        re.compile(
+            _TS + r"New client connected from (?P<addr>\S+):(?P<port>\d+) as " + _CID + r" \((?P<flags>[^)]*)\)"
+        ),
+    ),
     (TAKEOVER, re.compile(_TS + r"Client " + _CID + r"(?: \[\S+\])? already connected, closing old connection")),
     (CONNECT_REFUSED, re.compile(_TS + r"Client " + _CID + r"(?: \[\S+\])? disconnected, not authori[sz]ed\.?$")),
-    (DISCONNECT, re.compile(_TS + r"(?:Client " + _CID + r"(?: \[\S+\])? (?:disconnected|closed its connection|"
-                            r"has exceeded timeout)"
-                            r"|Socket error on client " + _CID.replace("cid", "cid2") + r", disconnecting)")),
-    (PUBLISH_IN, re.compile(_TS + r"Received PUBLISH from " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
-                            r"\.\.\. \((?P<size>\d+) bytes\)\)$")),
-    (PUBLISH_DENIED, re.compile(_TS + r"Denied PUBLISH from " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
-                                r"\.\.\. \((?P<size>\d+) bytes\)\)$")),
-    (PUBLISH_OUT, re.compile(_TS + r"Sending PUBLISH to " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
-                             r"\.\.\. \((?P<size>\d+) bytes\)\)$")),
+    (
+        DISCONNECT,
+        re.compile(
+            _TS + r"(?:Client " + _CID + r"(?: \[\S+\])? (?:disconnected|closed its connection|"
+            r"has exceeded timeout)"
+            r"|Socket error on client " + _CID.replace("cid", "cid2") + r", disconnecting)"
+        ),
+    ),
+    (
+        PUBLISH_IN,
+        re.compile(
+            _TS + r"Received PUBLISH from " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
+            r"\.\.\. \((?P<size>\d+) bytes\)\)$"
+        ),
+    ),
+    (
+        PUBLISH_DENIED,
+        re.compile(
+            _TS + r"Denied PUBLISH from " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
+            r"\.\.\. \((?P<size>\d+) bytes\)\)$"
+        ),
+    ),
+    (
+        PUBLISH_OUT,
+        re.compile(
+            _TS + r"Sending PUBLISH to " + _CID + r" \(d\d, q\d, r\d, m\d+, '(?P<topic>.*)', "
+            r"\.\.\. \((?P<size>\d+) bytes\)\)$"
+        ),
+    ),
 )
 _USER = re.compile(r"u'(?P<user>[^']*)'")
 # cheap prefilter: the words one of the patterns needs (most debug lines are PUBACKs, PINGs, ...)
@@ -97,8 +122,14 @@ def parse_line(line: str) -> Optional[BrokerEvent]:
         ts = int(groups["ts"]) if groups.get("ts") else None
         if kind == CONNECT:
             user = _USER.search(groups["flags"])
-            return BrokerEvent(kind, client, ts, address=groups["addr"], port=int(groups["port"]),
-                               username=user["user"] if user else None)
+            return BrokerEvent(
+                kind,
+                client,
+                ts,
+                address=groups["addr"],
+                port=int(groups["port"]),
+                username=user["user"] if user else None,
+            )
         if kind in (PUBLISH_IN, PUBLISH_DENIED, PUBLISH_OUT):
             return BrokerEvent(kind, client, ts, topic=groups["topic"], size=int(groups["size"]))
         return BrokerEvent(kind, client, ts)
@@ -143,8 +174,11 @@ class LogFollower:
             handle = open(self.path, "rb")
         except OSError as exc:
             if self._inode is None:
-                log.warning("broker log %s not readable yet (%s); cloud-side metrics wait for it",
-                            self.path, exc.strerror or exc)
+                log.warning(
+                    "broker log %s not readable yet (%s); cloud-side metrics wait for it",
+                    self.path,
+                    exc.strerror or exc,
+                )
                 self._inode = -1
             return
         if self._file:
@@ -167,7 +201,7 @@ class LogFollower:
             if self._file is None:
                 return 0
         if os.fstat(self._file.fileno()).st_size < self._file.tell():
-            self._file.seek(0)   # truncated (logrotate copytruncate)
+            self._file.seek(0)  # truncated (logrotate copytruncate)
             self._partial = b""
         data = self._file.read(READ_CHUNK)
         if not data:

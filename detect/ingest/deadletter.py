@@ -13,6 +13,7 @@ small file; a clean finish empties it. At the next start, what is still in it wa
 handled when the process died: those messages are suspects, handled one at a time, and one that
 was in flight `max_attempts` times is dead-lettered without being handled again.
 """
+
 import base64
 import hashlib
 import json
@@ -44,14 +45,25 @@ class DeadLetters:
         os.chmod(self.directory, 0o700)
         key = digest(topic, payload)
         path = self.directory / f"{now_ms}-{key}.json"
-        record = {"time_ms": now_ms, "digest": key, "topic": bytes(topic).decode("utf-8", "replace"),
-                  "reason": reason, "attempts": attempts, "size": len(payload),
-                  "payload_base64": base64.b64encode(bytes(payload)).decode()}
+        record = {
+            "time_ms": now_ms,
+            "digest": key,
+            "topic": bytes(topic).decode("utf-8", "replace"),
+            "reason": reason,
+            "attempts": attempts,
+            "size": len(payload),
+            "payload_base64": base64.b64encode(bytes(payload)).decode(),
+        }
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(record, out)
-        log.error("dead-lettered a message on %s after %d failed attempts (%s): kept in %s",
-                  record["topic"][:160], attempts, reason[:200], path)
+        log.error(
+            "dead-lettered a message on %s after %d failed attempts (%s): kept in %s",
+            record["topic"][:160],
+            attempts,
+            reason[:200],
+            path,
+        )
         return path
 
     def list(self) -> List[Dict[str, Any]]:
@@ -84,8 +96,11 @@ class InFlight:
         if isinstance(crashed, dict):
             self.suspects = {k: int(v) + 1 for k, v in crashed.items() if isinstance(v, int)}
         if self.suspects:
-            log.warning("%d message(s) were being handled when the engine last stopped without "
-                        "finishing: handling them one at a time", len(self.suspects))
+            log.warning(
+                "%d message(s) were being handled when the engine last stopped without "
+                "finishing: handling them one at a time",
+                len(self.suspects),
+            )
 
     def begin(self, digests: Iterable[str]) -> None:
         self._write({d: self.suspects.get(d, 0) for d in digests})

@@ -7,6 +7,7 @@ returns the reply to publish, encoded like the request, or None when no reply is
 `garrison.detect.ingest.mqtt.MqttIngest` connects it to a broker. Error codes are documented in
 docs/wire-format.md.
 """
+
 import logging
 import threading
 import time
@@ -18,20 +19,30 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 from garrison.detect.ingest.validate import Invalid, report_id_of, validate
 from garrison.wire import cbor_guard, codec, names, replies
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
+
 # The contract's reply codes, topics and name rule, re-exported for the engine's callers.
 from garrison.wire.names import valid_thing_name  # noqa: F401
-from garrison.wire.replies import (ERROR_CODES, INTERNAL_ERROR, INVALID_PAYLOAD, INVALID_THING_NAME,  # noqa: F401
-                                   PAYLOAD_TOO_LARGE, REPORT_TOO_OLD, STALE_REPORT_ID, THROTTLED,
-                                   UNREGISTERED_THING, Reply)
+from garrison.wire.replies import (
+    ERROR_CODES,  # noqa: F401  (re-exported: the front door's codes)
+    INTERNAL_ERROR,
+    INVALID_PAYLOAD,
+    INVALID_THING_NAME,  # noqa: F401
+    PAYLOAD_TOO_LARGE,
+    REPORT_TOO_OLD,
+    STALE_REPORT_ID,
+    THROTTLED,
+    UNREGISTERED_THING,
+    Reply,
+)
 from garrison.wire.topics import ENGINE_SUBSCRIPTIONS as SUBSCRIPTIONS  # noqa: F401
 from garrison.wire.topics import parse_report_topic as parse_topic
 from garrison.wire.topics import reply_safe as _safe_reply_thing
 
 log = logging.getLogger("garrison.ingest")
 
-BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000    # the agent's spool keeps reports at most this long
-EPOCH_MS_FLOOR = 10 ** 12                # ids from here up read as epoch ms (2001-09-09 on)
-FIRST_SEEN_GRACE_MS = 300 * 1000         # a first report was made a little before it arrived
+BACKLOG_MAX_AGE_MS = 7 * 86400 * 1000  # the agent's spool keeps reports at most this long
+EPOCH_MS_FLOOR = 10**12  # ids from here up read as epoch ms (2001-09-09 on)
+FIRST_SEEN_GRACE_MS = 300 * 1000  # a first report was made a little before it arrived
 
 
 class Sink(Protocol):
@@ -93,8 +104,14 @@ class Ingestor:
     sink does not know. Thread-safe; one lock serializes the per-thing bookkeeping.
     """
 
-    def __init__(self, sink: Sink, min_interval_s: float = 300, grace_s: Optional[float] = None,
-                 max_payload: int = MAX_PAYLOAD_BYTES, strict: bool = False):
+    def __init__(
+        self,
+        sink: Sink,
+        min_interval_s: float = 300,
+        grace_s: Optional[float] = None,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        strict: bool = False,
+    ):
         if min_interval_s < 0:
             raise ValueError("min_interval_s must not be negative")
         self.sink = sink
@@ -121,8 +138,9 @@ class Ingestor:
                 return self._admit(*prepared)
         except Exception:  # never let one message stop the ingestor
             log.exception("internal error on a report from %s", thing)
-            return self._rejected(thing, fmt, None, now_ms, INTERNAL_ERROR,
-                                  "The engine could not process the report; send it again later")
+            return self._rejected(
+                thing, fmt, None, now_ms, INTERNAL_ERROR, "The engine could not process the report; send it again later"
+            )
 
     def handle_batch(self, messages: Sequence[Tuple[Any, Any, int]]) -> List[Union[Reply, Retry, None]]:
         """Handle (topic, payload, now_ms) messages together: what needs no store is answered
@@ -142,8 +160,14 @@ class Ingestor:
                 prepared = self._prepare(parsed[0], parsed[1], payload, now_ms)
             except Exception:
                 log.exception("internal error on a report from %s", parsed[0])
-                prepared = self._rejected(parsed[0], parsed[1], None, now_ms, INTERNAL_ERROR,
-                                          "The engine could not process the report; send it again later")
+                prepared = self._rejected(
+                    parsed[0],
+                    parsed[1],
+                    None,
+                    now_ms,
+                    INTERNAL_ERROR,
+                    "The engine could not process the report; send it again later",
+                )
             if isinstance(prepared, Reply):
                 outcomes[i] = prepared
             else:
@@ -152,14 +176,19 @@ class Ingestor:
             return outcomes
         batch = getattr(self.sink, "batch", None)
         try:
-            with (batch() if batch is not None else nullcontext()), self._lock:
+            with batch() if batch is not None else nullcontext(), self._lock:
                 for i, prepared in admit:
                     outcomes[i] = self._admit(*prepared, in_batch=True)
         except Exception as exc:  # the transaction did not commit: nothing of the batch is durable
             transient = bool(getattr(exc, "transient", False))
             if transient:
-                self._log(logging.WARNING, "busy", "the store is busy (%s); %d reports wait and will be "
-                          "handled again", exc, len(admit))
+                self._log(
+                    logging.WARNING,
+                    "busy",
+                    "the store is busy (%s); %d reports wait and will be handled again",
+                    exc,
+                    len(admit),
+                )
             else:
                 log.exception("a batch of %d reports failed to commit", len(admit))
             for i, (thing, fmt, _, report_id, _) in admit:
@@ -171,13 +200,18 @@ class Ingestor:
         parsed = parse_topic(topic)
         if parsed is None:
             self.stats["dropped"] += 1
-            self._log(logging.WARNING, "topic", "dropped a message on %r: not a Device Defender "
-                      "report topic", _shorten(topic))
+            self._log(
+                logging.WARNING, "topic", "dropped a message on %r: not a Device Defender report topic", _shorten(topic)
+            )
             return None
         if not _safe_reply_thing(parsed[0]):
             self.stats["dropped"] += 1
-            self._log(logging.WARNING, "thing", "dropped a report from thing %r: the name cannot "
-                      "be used in a reply topic", _shorten(parsed[0]))
+            self._log(
+                logging.WARNING,
+                "thing",
+                "dropped a report from thing %r: the name cannot be used in a reply topic",
+                _shorten(parsed[0]),
+            )
             return None
         return parsed
 
@@ -189,16 +223,24 @@ class Ingestor:
         """The checks that need no store, cheapest first: a final Reply, or the arguments of
         `_admit` for a valid report."""
         if not valid_thing_name(thing):
-            return self._rejected(thing, fmt, None, now_ms, INVALID_THING_NAME,
-                                  names.THING.text[0].upper() + names.THING.text[1:])
+            return self._rejected(
+                thing, fmt, None, now_ms, INVALID_THING_NAME, names.THING.text[0].upper() + names.THING.text[1:]
+            )
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             return self._rejected(thing, fmt, None, now_ms, INVALID_PAYLOAD, "Payload is not bytes")
         if len(payload) > self.max_payload:
-            return self._rejected(thing, fmt, None, now_ms, PAYLOAD_TOO_LARGE,
-                                  f"Payload is {len(payload)} bytes, over the limit of {self.max_payload}")
+            return self._rejected(
+                thing,
+                fmt,
+                None,
+                now_ms,
+                PAYLOAD_TOO_LARGE,
+                f"Payload is {len(payload)} bytes, over the limit of {self.max_payload}",
+            )
         if self.strict and not self.sink.is_registered(thing):  # before decoding: strangers cost little
-            return self._rejected(thing, fmt, None, now_ms, UNREGISTERED_THING,
-                                  "Thing is not registered with the detect engine")
+            return self._rejected(
+                thing, fmt, None, now_ms, UNREGISTERED_THING, "Thing is not registered with the detect engine"
+            )
         try:
             if fmt == "cbor":  # before the decoder: tags and shared references never get built
                 cbor_guard.check(payload)
@@ -214,8 +256,9 @@ class Ingestor:
             return self._rejected(thing, fmt, report_id, now_ms, exc.code, exc.message)
         return thing, fmt, report, report["header"]["report_id"], now_ms
 
-    def _admit(self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int,
-               in_batch: bool = False) -> Union[Reply, Retry]:
+    def _admit(
+        self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int, in_batch: bool = False
+    ) -> Union[Reply, Retry]:
         """Registration, duplicates, order and rate; then the sink. In a batch a failing sink
         gives Retry (a busy store aborts the whole batch) instead of an InternalError reply."""
         try:
@@ -224,16 +267,28 @@ class Ingestor:
             if in_batch:
                 return self._failed(exc, thing, fmt, report_id, "look up")
             log.exception("the engine failed to look up %s", thing)
-            return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR,
-                                  "The engine could not process the report; send it again later")
+            return self._rejected(
+                thing,
+                fmt,
+                report_id,
+                now_ms,
+                INTERNAL_ERROR,
+                "The engine could not process the report; send it again later",
+            )
         if last is not None:
             last_id, last_ms = last
             if report_id == last_id:  # QoS 1 redelivery or a resend: already counted
                 self.stats["duplicate"] += 1
                 return self._accepted(thing, fmt, report_id, now_ms)
             if report_id < last_id:
-                return self._rejected(thing, fmt, report_id, now_ms, STALE_REPORT_ID,
-                                      f"Report id is lower than the last accepted one ({last_id})")
+                return self._rejected(
+                    thing,
+                    fmt,
+                    report_id,
+                    now_ms,
+                    STALE_REPORT_ID,
+                    f"Report id is lower than the last accepted one ({last_id})",
+                )
         at_ms = self.datapoint_time(report_id, now_ms)
         too_old = self._too_old(thing, report_id, at_ms, now_ms, last is None)
         if too_old:
@@ -243,16 +298,28 @@ class Ingestor:
             since_ms = at_ms - last_ms
             # a live report older than the last one means the engine's clock stepped back: let it in
             if since_ms < wait_ms and (since_ms >= 0 or at_ms != now_ms):
-                return self._rejected(thing, fmt, report_id, now_ms, THROTTLED,
-                                      f"Reports are limited to one per {self.min_interval_s:g} s per thing")
+                return self._rejected(
+                    thing,
+                    fmt,
+                    report_id,
+                    now_ms,
+                    THROTTLED,
+                    f"Reports are limited to one per {self.min_interval_s:g} s per thing",
+                )
         try:
             self.sink.accept(thing, report, at_ms)
         except Exception as exc:
             if in_batch:
                 return self._failed(exc, thing, fmt, report_id, "accept")
             log.exception("the engine failed to accept report %s from %s", report_id, thing)
-            return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR,
-                                  "The engine could not process the report; send it again later")
+            return self._rejected(
+                thing,
+                fmt,
+                report_id,
+                now_ms,
+                INTERNAL_ERROR,
+                "The engine could not process the report; send it again later",
+            )
         return self._accepted(thing, fmt, report_id, now_ms)
 
     def _failed(self, exc: Exception, thing: str, fmt: str, report_id: int, what: str) -> Retry:
@@ -266,8 +333,10 @@ class Ingestor:
         history (issue 10): backdated ids would be accepted as a spooled backlog, unthrottled,
         and would train ML models on days that never happened."""
         if EPOCH_MS_FLOOR <= report_id < now_ms - BACKLOG_MAX_AGE_MS:
-            return (f"Report id dates the report more than {BACKLOG_MAX_AGE_MS // 86_400_000} days before "
-                    "its arrival (older than any agent spools)")
+            return (
+                f"Report id dates the report more than {BACKLOG_MAX_AGE_MS // 86_400_000} days before "
+                "its arrival (older than any agent spools)"
+            )
         first_seen = now_ms if new else getattr(self.sink, "first_seen", lambda _: None)(thing)
         if first_seen is not None and at_ms < first_seen - FIRST_SEEN_GRACE_MS:
             return "Report id dates the report before the thing was first seen"
@@ -294,11 +363,12 @@ class Ingestor:
     def _rejected(self, thing, fmt, report_id, now_ms, code, message) -> Reply:
         self.stats[f"rejected:{code}"] += 1
         reply = replies.rejected(thing, fmt, report_id, code, message, now_ms)
-        self._log(logging.INFO, f"rejected:{code}", "rejected a report from %s: %s: %s",
-                  thing, code, reply.error_message)
+        self._log(
+            logging.INFO, f"rejected:{code}", "rejected a report from %s: %s: %s", thing, code, reply.error_message
+        )
         return reply
 
 
 def _shorten(text: Any, limit: int = 160) -> str:
     text = text if isinstance(text, str) else repr(text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,6 +22,7 @@ garrison.detect.ingest.leases) and runs the same `Ingestor` as the MQTT path:
   first); a report the previous owner had stored comes back as a duplicate, which the engine
   does not apply again and answers ACCEPTED, as AWS does for a resend.
 """
+
 import asyncio
 import concurrent.futures
 import logging
@@ -42,7 +43,7 @@ SUBJECTS = "reports.>"
 ACK_WAIT_S = 5.0
 FETCH_EXPIRES_S = 1.0
 MAX_ATTEMPTS = 3
-MAX_AGE_S = 7 * 86400      # the agent spools a week of reports; the stream keeps no longer
+MAX_AGE_S = 7 * 86400  # the agent spools a week of reports; the stream keeps no longer
 DEADLETTER_MAX_AGE_S = 30 * 86400
 _DESCRIPTION = "Garrison Device Defender reports in {} partitions (reports.PARTITION.THING.FORMAT)"
 _PARTITIONS_IN_DESCRIPTION = re.compile(r"in (\d+) partitions")
@@ -86,8 +87,9 @@ def nats_subject(topic: str) -> Optional[str]:
     return ".".join(levels)
 
 
-async def ensure_stream(js, partitions: Optional[int], replicas: int = 3, batch_size: int = 100,
-                        repartition: bool = False) -> int:
+async def ensure_stream(
+    js, partitions: Optional[int], replicas: int = 3, batch_size: int = 100, repartition: bool = False
+) -> int:
     """Create the report stream, its per-partition consumers and the dead-letter stream if they
     are missing (idempotent; every worker may call it). Returns the partition count. With
     `repartition`, an existing stream is moved to `partitions`: consumers are added, and removed
@@ -101,12 +103,21 @@ async def ensure_stream(js, partitions: Optional[int], replicas: int = 3, batch_
         info = None
     if info is None:
         if not partitions:
-            raise NatsSetupError(f"no stream {STREAM} yet: give the partition count (--partition-count, or run "
-                                 "`garrison-detect nats-setup --partitions N`)")
-        await js.add_stream(StreamConfig(
-            name=STREAM, description=_DESCRIPTION.format(partitions), subjects=[SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE, num_replicas=replicas,
-            max_age=MAX_AGE_S))
+            raise NatsSetupError(
+                f"no stream {STREAM} yet: give the partition count (--partition-count, or run "
+                "`garrison-detect nats-setup --partitions N`)"
+            )
+        await js.add_stream(
+            StreamConfig(
+                name=STREAM,
+                description=_DESCRIPTION.format(partitions),
+                subjects=[SUBJECTS],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                num_replicas=replicas,
+                max_age=MAX_AGE_S,
+            )
+        )
         log.info("created stream %s: %d partitions, %d replicas", STREAM, partitions, replicas)
         current = partitions
     else:
@@ -116,24 +127,41 @@ async def ensure_stream(js, partitions: Optional[int], replicas: int = 3, batch_
         current = int(found.group(1))
         if partitions and partitions != current:
             if not repartition:
-                raise NatsSetupError(f"stream {STREAM} has {current} partitions, not {partitions} (to change it: "
-                                     "docs/scale-out.md, `garrison-detect nats-setup --partitions N`)")
+                raise NatsSetupError(
+                    f"stream {STREAM} has {current} partitions, not {partitions} (to change it: "
+                    "docs/scale-out.md, `garrison-detect nats-setup --partitions N`)"
+                )
             await _repartition(js, info, current, partitions)
             current = partitions
     for p in range(current):
         try:
             await js.consumer_info(STREAM, consumer_name(p))
         except NotFoundError:
-            await js.add_consumer(STREAM, ConsumerConfig(
-                durable_name=consumer_name(p), filter_subject=f"reports.{p}.>", ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT_S, max_ack_pending=batch_size, max_deliver=-1))
+            await js.add_consumer(
+                STREAM,
+                ConsumerConfig(
+                    durable_name=consumer_name(p),
+                    filter_subject=f"reports.{p}.>",
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=ACK_WAIT_S,
+                    max_ack_pending=batch_size,
+                    max_deliver=-1,
+                ),
+            )
     try:
         await js.stream_info(DEADLETTER_STREAM)
     except NotFoundError:
-        await js.add_stream(StreamConfig(
-            name=DEADLETTER_STREAM, description="Garrison: reports the engine set aside after failing on them",
-            subjects=[DEADLETTER_SUBJECT + ".>"], storage=StorageType.FILE, num_replicas=replicas,
-            max_age=DEADLETTER_MAX_AGE_S))
+        await js.add_stream(
+            StreamConfig(
+                name=DEADLETTER_STREAM,
+                description="Garrison: reports the engine set aside after failing on them",
+                subjects=[DEADLETTER_SUBJECT + ".>"],
+                storage=StorageType.FILE,
+                num_replicas=replicas,
+                max_age=DEADLETTER_MAX_AGE_S,
+            )
+        )
     return current
 
 
@@ -141,8 +169,10 @@ async def _repartition(js, info, current: int, partitions: int) -> None:
     for p in range(partitions, current):
         consumer = await js.consumer_info(STREAM, consumer_name(p))
         if consumer.num_pending or consumer.num_ack_pending:
-            raise NatsSetupError(f"partition {p} still holds {consumer.num_pending + consumer.num_ack_pending} "
-                                 "reports: stop the devices' traffic or let the workers drain it first")
+            raise NatsSetupError(
+                f"partition {p} still holds {consumer.num_pending + consumer.num_ack_pending} "
+                "reports: stop the devices' traffic or let the workers drain it first"
+            )
     for p in range(partitions, current):
         await js.delete_consumer(STREAM, consumer_name(p))
     info.config.description = _DESCRIPTION.format(partitions)
@@ -162,9 +192,16 @@ class NatsIngest:
     hand is answered and acknowledged). `publish(topic, payload)` sends an alert through NATS.
     """
 
-    def __init__(self, servers: Sequence[str], ingestor: Ingestor, now_ms: Callable[[], int] = _now_ms,
-                 batch_size: int = 100, name: str = "garrison-detect", max_attempts: int = MAX_ATTEMPTS,
-                 user_credentials: Optional[str] = None):
+    def __init__(
+        self,
+        servers: Sequence[str],
+        ingestor: Ingestor,
+        now_ms: Callable[[], int] = _now_ms,
+        batch_size: int = 100,
+        name: str = "garrison-detect",
+        max_attempts: int = MAX_ATTEMPTS,
+        user_credentials: Optional[str] = None,
+    ):
         self.servers = list(servers)
         self.ingestor = ingestor
         self.now_ms = now_ms
@@ -263,9 +300,16 @@ class NatsIngest:
             self._log(logging.WARNING, "nats-error", "NATS: %s", exc)
 
         options: Dict[str, Any] = dict(
-            servers=self.servers, name=self.name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=2, allow_reconnect=True, disconnected_cb=disconnected, reconnected_cb=reconnected,
-            error_cb=error)
+            servers=self.servers,
+            name=self.name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            allow_reconnect=True,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
         if self.user_credentials:
             options["user_credentials"] = self.user_credentials
         self._nc = await nats.connect(**options)
@@ -284,6 +328,7 @@ class NatsIngest:
 
     async def _consume(self, p: int) -> None:
         import nats.errors
+
         sub = None
         log.info("consuming partition %d", p)
         await self._after_previous_owner(p)
@@ -320,8 +365,12 @@ class NatsIngest:
             log.warning("partition %d: cannot read the consumer (%s); waiting for redeliveries anyway", p, exc)
             pending = 1
         if pending:
-            log.info("partition %d: %d reports of its previous owner were not acknowledged; they come back "
-                     "first, in %gs", p, pending, ACK_WAIT_S)
+            log.info(
+                "partition %d: %d reports of its previous owner were not acknowledged; they come back first, in %gs",
+                p,
+                pending,
+                ACK_WAIT_S,
+            )
             await asyncio.sleep(ACK_WAIT_S)
 
     async def _handle(self, p: int, msgs: list) -> None:
@@ -343,10 +392,20 @@ class NatsIngest:
                     attempts[i] += 1
                     if attempts[i] + msgs[i].metadata.num_delivered - 1 >= self.max_attempts:
                         await self._dead_letter(p, msgs[i], outcome)
-                        done.append((i, self.ingestor.internal_error(
-                            outcome.thing, outcome.fmt, outcome.report_id, self.now_ms(),
-                            "The engine failed to handle this report repeatedly and set it aside for the operator"))
-                            if hasattr(self.ingestor, "internal_error") else (i, None))
+                        done.append(
+                            (
+                                i,
+                                self.ingestor.internal_error(
+                                    outcome.thing,
+                                    outcome.fmt,
+                                    outcome.report_id,
+                                    self.now_ms(),
+                                    "The engine failed to handle this report repeatedly and set it aside for the operator",
+                                ),
+                            )
+                            if hasattr(self.ingestor, "internal_error")
+                            else (i, None)
+                        )
                         continue
                 retry.append(i)
             for _i, reply in done:
@@ -375,8 +434,9 @@ class NatsIngest:
     async def _reply(self, reply: Reply) -> None:
         subject = nats_subject(reply.topic)
         if subject is None:
-            self._log(logging.WARNING, "reply-subject", "no reply to %r: the topic is not a NATS subject",
-                      reply.topic[:160])
+            self._log(
+                logging.WARNING, "reply-subject", "no reply to %r: the topic is not a NATS subject", reply.topic[:160]
+            )
             return
         await self._nc.publish(subject, reply.payload)
         self.replies_sent += 1
@@ -391,12 +451,23 @@ class NatsIngest:
                 await msg.ack()
             await msgs[-1].ack_sync(timeout=5)
         except Exception as exc:  # redelivered later: the engine answers the duplicates ACCEPTED
-            self._log(logging.WARNING, "ack", "acknowledging %d reports failed (%s); they will be redelivered "
-                      "and answered again without being applied twice", len(msgs), exc)
+            self._log(
+                logging.WARNING,
+                "ack",
+                "acknowledging %d reports failed (%s); they will be redelivered "
+                "and answered again without being applied twice",
+                len(msgs),
+                exc,
+            )
 
     async def _dead_letter(self, p: int, msg, outcome) -> None:
         reason = getattr(outcome, "reason", "failed")
-        log.error("partition %d: setting aside a report on %s after %d failed attempts: %s", p, msg.subject,
-                  self.max_attempts, reason)
+        log.error(
+            "partition %d: setting aside a report on %s after %d failed attempts: %s",
+            p,
+            msg.subject,
+            self.max_attempts,
+            reason,
+        )
         headers = {"Garrison-Subject": msg.subject, "Garrison-Reason": str(reason)[:500]}
         await self._js.publish(f"{DEADLETTER_SUBJECT}.{p}", msg.data, headers=headers, timeout=5)

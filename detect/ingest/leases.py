@@ -17,25 +17,35 @@ hand, acknowledges it, then unlocks), so a restarted worker gets its partitions 
 load spreads again. The same session holds (OWN, PERIODIC): the one worker that runs the
 periodic work (sweep, fleet statistics, the alert outbox) for the whole database.
 """
+
 import logging
 import threading
 from typing import Callable, Iterable, Optional, Set
 
 log = logging.getLogger("garrison.leases")
 
-OWN = 0x47415231        # "GAR1": (OWN, p) is held by the worker consuming partition p
-WANT = 0x47415232       # "GAR2": (WANT, p) is held (shared) by every live worker preferring p
+OWN = 0x47415231  # "GAR1": (OWN, p) is held by the worker consuming partition p
+WANT = 0x47415232  # "GAR2": (WANT, p) is held (shared) by every live worker preferring p
 SINGLETON = 0x47415233  # "GAR3": process-wide roles, below
-PERIODIC = 1            # (SINGLETON, PERIODIC): the worker running periodic work
-SERVE_MQTT = 2          # (SINGLETON, SERVE_MQTT): the one MQTT-fed `serve` on a PostgreSQL database
+PERIODIC = 1  # (SINGLETON, PERIODIC): the worker running periodic work
+SERVE_MQTT = 2  # (SINGLETON, SERVE_MQTT): the one MQTT-fed `serve` on a PostgreSQL database
 POLL_S = 0.5
 
 
 def _connect(dsn: str, name: str):
     import psycopg
+
     # keepalives: a worker whose machine vanished loses its locks within ~15 s, not hours
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=5, application_name=name[:63],
-                           keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=5)
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=5,
+        application_name=name[:63],
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=5,
+    )
 
 
 class PartitionLeases:
@@ -43,9 +53,18 @@ class PartitionLeases:
     taking one and `on_release(p)` (which must return only when nothing of p is being handled
     any more) before letting one go, from this object's thread."""
 
-    def __init__(self, dsn: str, partitions: int, preferred: Iterable[int], on_acquire: Callable[[int], None],
-                 on_release: Callable[[int], None], takeover: bool = True, periodic: bool = True,
-                 name: str = "garrison-detect", poll_s: float = POLL_S):
+    def __init__(
+        self,
+        dsn: str,
+        partitions: int,
+        preferred: Iterable[int],
+        on_acquire: Callable[[int], None],
+        on_release: Callable[[int], None],
+        takeover: bool = True,
+        periodic: bool = True,
+        name: str = "garrison-detect",
+        poll_s: float = POLL_S,
+    ):
         self.dsn, self.partitions, self.name = dsn, partitions, name
         self.preferred = sorted(set(preferred))
         self.on_acquire, self.on_release = on_acquire, on_release
@@ -95,9 +114,14 @@ class PartitionLeases:
         for p in self.preferred:
             if p not in self.held:
                 self._try(p)
-        wanted = {row[0] for row in execute(
-            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = %s AND objsubid = 2 "
-            "AND granted AND pid <> pg_backend_pid()", (WANT,))}
+        wanted = {
+            row[0]
+            for row in execute(
+                "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = %s AND objsubid = 2 "
+                "AND granted AND pid <> pg_backend_pid()",
+                (WANT,),
+            )
+        }
         for p in sorted(self.held - set(self.preferred)):
             if p in wanted:  # its preferred worker is back: hand it over
                 log.info("handing partition %d back to the worker that prefers it", p)
@@ -128,8 +152,11 @@ class PartitionLeases:
     def _lost(self, exc: Exception) -> None:
         if self._stop.is_set():
             return
-        log.error("lease session lost (%s): stopping partitions %s", str(exc).strip().splitlines()[0] if str(exc)
-                  else type(exc).__name__, _ranges(sorted(self.held)) or "none")
+        log.error(
+            "lease session lost (%s): stopping partitions %s",
+            str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__,
+            _ranges(sorted(self.held)) or "none",
+        )
         self.periodic = False
         for p in sorted(self.held):
             try:

@@ -1,4 +1,5 @@
 """The front door on an MQTT broker: `MqttIngest` runs an `Ingestor` on a persistent session."""
+
 import logging
 import queue
 import threading
@@ -45,14 +46,24 @@ class MqttIngest:
     a message that was being handled when the process died (deadletter.InFlight).
     """
 
-    def __init__(self, broker_url: str, ingestor: Ingestor, client_id: str = "garrison-detect",
-                 tls: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None,
-                 username: Optional[str] = None,
-                 password: Optional[str] = None, queue_size: int = 100,
-                 reconnect_delay: Tuple[int, int] = (1, 60), keepalive: int = 60,
-                 now_ms: Callable[[], int] = _wall_clock_ms, batch_size: int = _BATCH_SIZE,
-                 dead_letters: Optional[str] = None, in_flight: Optional[str] = None,
-                 max_attempts: int = MAX_ATTEMPTS, linger_s: float = 0.005):
+    def __init__(
+        self,
+        broker_url: str,
+        ingestor: Ingestor,
+        client_id: str = "garrison-detect",
+        tls: Optional[Tuple[Optional[str], Optional[str], Optional[str]]] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        queue_size: int = 100,
+        reconnect_delay: Tuple[int, int] = (1, 60),
+        keepalive: int = 60,
+        now_ms: Callable[[], int] = _wall_clock_ms,
+        batch_size: int = _BATCH_SIZE,
+        dead_letters: Optional[str] = None,
+        in_flight: Optional[str] = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        linger_s: float = 0.005,
+    ):
         host, port, url_tls, url_user, url_password = parse_broker_url(broker_url)
         self.url, self.host, self.port = redact_broker_url(broker_url), host, port  # self.url is for logs
         self.ingestor = ingestor
@@ -85,7 +96,7 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self.side_channels = {}   # topic -> handler(payload), called on paho's thread (broker control)
+        self.side_channels = {}  # topic -> handler(payload), called on paho's thread (broker control)
 
     # paho callbacks: signatures differ between paho 1.6 and 2.x, hence *rest.
     def _on_connect(self, client, userdata, flags, rc, *rest):
@@ -103,7 +114,7 @@ class MqttIngest:
 
     def _on_message(self, client, userdata, msg):
         side = self.side_channels.get(msg.topic) if self.side_channels else None
-        if side is not None:   # not a report: never queued behind them (the worker may wait on it)
+        if side is not None:  # not a report: never queued behind them (the worker may wait on it)
             side(msg.payload)
             if self._manual_ack and msg.qos > 0:  # else it holds one of the broker's in-flight slots
                 client.ack(msg.mid, msg.qos)
@@ -112,8 +123,12 @@ class MqttIngest:
             self._queue.put_nowait(msg)
             return
         except queue.Full:
-            self._log_behind(logging.WARNING, "behind", "the engine is behind: %d reports queued; "
-                             "holding the broker back until it catches up", self._queue.maxsize)
+            self._log_behind(
+                logging.WARNING,
+                "behind",
+                "the engine is behind: %d reports queued; holding the broker back until it catches up",
+                self._queue.maxsize,
+            )
         while not self._stopping.is_set():
             try:
                 self._queue.put(msg, timeout=0.5)  # waits while the worker is behind
@@ -237,10 +252,16 @@ class MqttIngest:
         parsed = parse_topic(message.topic)
         if parsed is not None:
             thing, fmt = (retry.thing, retry.fmt) if retry else parsed
-            self._reply(self.ingestor.internal_error(
-                thing, fmt, retry.report_id if retry else None, self.now_ms(),
-                f"The engine failed to handle this report {message.attempts} times and set it aside "
-                "for the operator"))
+            self._reply(
+                self.ingestor.internal_error(
+                    thing,
+                    fmt,
+                    retry.report_id if retry else None,
+                    self.now_ms(),
+                    f"The engine failed to handle this report {message.attempts} times and set it aside "
+                    "for the operator",
+                )
+            )
         self._ack(message)
         if self.in_flight is not None:
             self.in_flight.cleared(message.digest)

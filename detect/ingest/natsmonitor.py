@@ -26,6 +26,7 @@ the message counters, as the log follower starts at the end of the file); connec
 ends are placed at their own times. Work per poll is bounded: MAX_PAGES pages of PAGE connections
 per node, and the per-node state holds only connections the node still lists.
 """
+
 import json
 import logging
 import re
@@ -34,19 +35,24 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from garrison.detect.ingest.brokerlog import (CONNECT, CONNECT_REFUSED, DISCONNECT, PUBLISH_IN, PUBLISH_OUT,
-                                              BrokerEvent)
+from garrison.detect.ingest.brokerlog import CONNECT, CONNECT_REFUSED, DISCONNECT, PUBLISH_IN, PUBLISH_OUT, BrokerEvent
 
 log = logging.getLogger("garrison.natsmonitor")
 
 PAGE = 1024
-MAX_PAGES = 64            # per node and poll: 65536 connections (open and recently closed)
+MAX_PAGES = 64  # per node and poll: 65536 connections (open and recently closed)
 MAX_BODY = 64 * 1024 * 1024
 REFUSED_REASONS = ("Authentication Failure", "Authorization Violation")
 MAX_CLIENT_ID = 256
 # the metrics this source computes (aws:message-byte-size is not: no per-message size)
-METRICS = ("aws:num-connection-attempts", "aws:num-disconnects", "aws:num-authorization-failures",
-           "aws:num-messages-sent", "aws:num-messages-received", "aws:source-ip-address")
+METRICS = (
+    "aws:num-connection-attempts",
+    "aws:num-disconnects",
+    "aws:num-authorization-failures",
+    "aws:num-messages-sent",
+    "aws:num-messages-received",
+    "aws:source-ip-address",
+)
 
 _FRACTION = re.compile(r"\.\d+")
 
@@ -56,8 +62,11 @@ def parse_time(text: Optional[str]) -> Optional[int]:
     if not text or len(text) > 64:
         return None
     try:
-        return int(datetime.fromisoformat(_FRACTION.sub("", text, count=1).replace("Z", "+00:00"))
-                   .astimezone(timezone.utc).timestamp())
+        return int(
+            datetime.fromisoformat(_FRACTION.sub("", text, count=1).replace("Z", "+00:00"))
+            .astimezone(timezone.utc)
+            .timestamp()
+        )
     except ValueError:
         return None
 
@@ -74,14 +83,14 @@ class NodeTracker:
 
     def __init__(self) -> None:
         self.conns: Dict[int, _Conn] = {}
-        self.baseline = True   # the first listing: message counters are a baseline, not events
+        self.baseline = True  # the first listing: message counters are a baseline, not events
 
     def update(self, connections: List[dict], now_s: int) -> List[BrokerEvent]:
         events: List[BrokerEvent] = []
         listed: Set[int] = set()
         for entry in connections:
             if not isinstance(entry, dict) or entry.get("type") != "mqtt":
-                continue   # the engine's own NATS clients, routes, leaf nodes
+                continue  # the engine's own NATS clients, routes, leaf nodes
             cid, client = entry.get("cid"), entry.get("mqtt_client")
             if not isinstance(cid, int) or not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
                 continue
@@ -91,11 +100,17 @@ class NodeTracker:
             known = self.conns.get(cid)
             if known is None:
                 refused = closed and entry.get("reason") in REFUSED_REASONS
-                events.append(BrokerEvent(CONNECT_REFUSED if refused else CONNECT, client,
-                                          parse_time(entry.get("start")) or now_s,
-                                          address=_address(entry.get("ip")), port=_count(entry.get("port")) or None))
+                events.append(
+                    BrokerEvent(
+                        CONNECT_REFUSED if refused else CONNECT,
+                        client,
+                        parse_time(entry.get("start")) or now_s,
+                        address=_address(entry.get("ip")),
+                        port=_count(entry.get("port")) or None,
+                    )
+                )
                 known = self.conns[cid] = _Conn(client, 0, 0) if not self.baseline else _Conn(client, in_msgs, out_msgs)
-                known.closed = refused   # a refused connection never ends: it never began
+                known.closed = refused  # a refused connection never ends: it never began
             for kind, grown in ((PUBLISH_IN, in_msgs - known.in_msgs), (PUBLISH_OUT, out_msgs - known.out_msgs)):
                 if grown > 0:
                     events.append(BrokerEvent(kind, known.client, now_s, count=grown))
@@ -105,7 +120,7 @@ class NodeTracker:
                 events.append(BrokerEvent(DISCONNECT, known.client, parse_time(entry.get("stop")) or now_s))
         for cid in [c for c in self.conns if c not in listed]:
             gone = self.conns.pop(cid)
-            if not gone.closed:   # ended and already out of the closed ring: seen ending now
+            if not gone.closed:  # ended and already out of the closed ring: seen ending now
                 events.append(BrokerEvent(DISCONNECT, gone.client, now_s))
         self.baseline = False
         # a connection ending is placed after its start and its counts (one listing holds all three)
@@ -135,8 +150,11 @@ def fetch_connections(monitor_url: str, timeout: float = 5.0) -> Tuple[List[dict
         if len(batch) < PAGE or len(found) >= _count(body.get("total")):
             break
     else:
-        log.warning("NATS monitor %s lists more than %d connections; the rest are not read this poll",
-                    monitor_url, PAGE * MAX_PAGES)
+        log.warning(
+            "NATS monitor %s lists more than %d connections; the rest are not read this poll",
+            monitor_url,
+            PAGE * MAX_PAGES,
+        )
     return found, now_s or int(datetime.now(timezone.utc).timestamp())
 
 

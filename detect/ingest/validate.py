@@ -10,12 +10,14 @@ metric names starting with "aws:").
 
 Keys the schema does not declare are dropped, so the engine only ever sees declared fields.
 """
+
 import math
 from typing import Any, Dict, List
 
 from garrison.wire import names, schema
 from garrison.wire.limits import MAX_STRING_CHARS as _MAX_STRING
 from garrison.wire.replies import INVALID_PAYLOAD  # noqa: F401  (AWS's code for any malformed report)
+
 # The value rules are the wire contract's, shared with the agent, so what it sends passes here.
 from garrison.wire.values import is_int as _is_int, is_ip as _is_ip, is_number as _is_number, is_text as _is_text
 
@@ -95,8 +97,8 @@ def _children(field: schema.Field) -> Dict[str, schema.Field]:
 
 _PLAIN_TEXT, _ENDPOINT = "text", "endpoint"
 _SPECS: Dict[int, Any] = {}
-_GOOD_ENDPOINTS: set = set()    # addresses already found valid: devices report the same ones again
-_GOOD_ENDPOINTS_MAX = 65536     # bounded: cleared when full
+_GOOD_ENDPOINTS: set = set()  # addresses already found valid: devices report the same ones again
+_GOOD_ENDPOINTS_MAX = 65536  # bounded: cleared when full
 
 
 def _spec(field: schema.Field):
@@ -215,7 +217,7 @@ def _check_custom(doc: Any) -> Dict[str, List[Dict[str, Any]]]:
         if not isinstance(name, str) or not names.NAME.valid(name):
             raise _Bad(names.CUSTOM_METRIC.text)
         try:
-            if not names.CUSTOM_METRIC.valid(name):   # the reserved "aws:" prefix
+            if not names.CUSTOM_METRIC.valid(name):  # the reserved "aws:" prefix
                 raise _Bad(names.CUSTOM_METRIC.text)
             if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
                 raise _Bad('expected a one-element array such as [{"number": 1}]')

@@ -22,6 +22,7 @@ Memory is bounded: at most MAX_EVENTS_PER_THING events per thing and nothing old
 longest duration AWS allows (3600 s) is kept; things with neither events nor a live connection are
 dropped. Everything here is in memory: after an engine restart the windows fill up again.
 """
+
 import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -45,8 +46,12 @@ SOURCE_IP = "aws:source-ip-address"
 # the metrics a broker view computes in the window (aws:disconnect-duration is the sweep's)
 WINDOW_METRICS = tuple(COUNTED) + (MESSAGE_BYTE_SIZE, SOURCE_IP)
 # metrics whose events carry a topic: the ones a TOPIC_FILTER dimension applies to
-TOPIC_METRICS = ("aws:num-messages-sent", "aws:num-messages-received", "aws:num-authorization-failures",
-                 MESSAGE_BYTE_SIZE)
+TOPIC_METRICS = (
+    "aws:num-messages-sent",
+    "aws:num-messages-received",
+    "aws:num-authorization-failures",
+    MESSAGE_BYTE_SIZE,
+)
 
 
 class _Thing:
@@ -97,8 +102,11 @@ class BrokerView:
                 events.popleft()
 
     def _forget_idle(self, now_ms: int) -> None:
-        for name in [n for n, t in self._things.items()
-                     if not t.connected and (not t.events or t.events[-1][0] <= now_ms - KEEP_MS)]:
+        for name in [
+            n
+            for n, t in self._things.items()
+            if not t.connected and (not t.events or t.events[-1][0] <= now_ms - KEEP_MS)
+        ]:
             del self._things[name]
 
     def knows(self, thing: str) -> bool:
@@ -113,8 +121,14 @@ class BrokerView:
                 return None
             return known.connected, known.since_ms
 
-    def value(self, thing: str, metric: str, duration_s: Optional[int], now_ms: int,
-              topic_matches: Optional[Callable[[str], bool]] = None) -> Any:
+    def value(
+        self,
+        thing: str,
+        metric: str,
+        duration_s: Optional[int],
+        now_ms: int,
+        topic_matches: Optional[Callable[[str], bool]] = None,
+    ) -> Any:
         """The metric's value for `thing` over (now - duration, now]; None for no datapoint.
         `topic_matches` keeps only events whose topic it accepts (a metricDimension)."""
         start = now_ms - (duration_s or DEFAULT_DURATION_S) * 1000
@@ -147,5 +161,5 @@ class BrokerView:
 def _canonical(address: str) -> str:
     """Mosquitto prints IPv6 without brackets and IPv4-mapped ones as ::ffff:a.b.c.d."""
     if address.startswith("::ffff:") and address.count(".") == 3:
-        return address[len("::ffff:"):]
+        return address[len("::ffff:") :]
     return address.strip("[]")

@@ -6,12 +6,13 @@ dimension's filters; with NOT_IN only those matching none. Filters use MQTT's wi
 exactly one level, `#` (last, alone in its level) any number of levels including none. As in
 MQTT, a filter starting with a wildcard does not match a topic starting with `$`.
 """
+
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 from garrison.wire import names
 
 TYPES = ("TOPIC_FILTER",)
-MAX_VALUES = 5          # AWS: 1-5 stringValues
+MAX_VALUES = 5  # AWS: 1-5 stringValues
 MAX_VALUE_LENGTH = 256  # AWS: each 1-256 characters
 
 
@@ -62,5 +63,10 @@ def matcher(filters: Sequence[str], operator: str = "IN") -> Callable[[str], boo
 
 def record(row: Mapping[str, Any]) -> Dict[str, Any]:
     """DescribeDimension's shape (times in epoch seconds)."""
-    return {"name": row["name"], "type": row["type"], "stringValues": row["values"],
-            "creationDate": row["created_ms"] / 1000.0, "lastModifiedDate": row["updated_ms"] / 1000.0}
+    return {
+        "name": row["name"],
+        "type": row["type"],
+        "stringValues": row["values"],
+        "creationDate": row["created_ms"] / 1000.0,
+        "lastModifiedDate": row["updated_ms"] / 1000.0,
+    }

@@ -15,6 +15,7 @@ clear it.
 State (all JSON types): {"alarm": bool, "violating": int, "conforming": int,
 "window": [[received_ms, value], ...]} (window only for summed delta metrics).
 """
+
 from typing import Any, Dict, NamedTuple, Optional
 
 from garrison.detect.judge.metrics import MetricSpec
@@ -25,9 +26,9 @@ ALARM_CLEARED = "alarm-cleared"
 
 class Outcome(NamedTuple):
     state: Dict[str, Any]
-    violating: Optional[bool]     # None: no verdict (no datapoint, no threshold yet, retain-only)
-    transition: Optional[str]     # "in-alarm" | "alarm-cleared" | None
-    value: Any                    # the value judged (e.g. the sum over the window)
+    violating: Optional[bool]  # None: no verdict (no datapoint, no threshold yet, retain-only)
+    transition: Optional[str]  # "in-alarm" | "alarm-cleared" | None
+    value: Any  # the value judged (e.g. the sum over the window)
     detail: Dict[str, Any]
 
 
@@ -63,8 +64,14 @@ def _accumulate(behavior, state: Dict[str, Any], value: Any, received_ms: int):
     return sum(entry[1] for entry in window), window, start
 
 
-def step(behavior, state: Optional[Dict[str, Any]], value: Any, received_ms: int,
-         threshold: Optional[float] = None, verdict: Optional[bool] = None) -> Outcome:
+def step(
+    behavior,
+    state: Optional[Dict[str, Any]],
+    value: Any,
+    received_ms: int,
+    threshold: Optional[float] = None,
+    verdict: Optional[bool] = None,
+) -> Outcome:
     """Judge one datapoint of `behavior` (a garrison.detect.judge.profiles.Behavior).
 
     value: the extracted metric value; None means no datapoint (a copy of the state comes back).

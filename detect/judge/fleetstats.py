@@ -14,6 +14,7 @@ type 7): for sorted values x[0..n-1] and p in [0, 100], rank h = (n - 1) * p / 1
 result is x[floor h] + (h - floor h) * (x[floor h + 1] - x[floor h]). So p0 is the minimum,
 p100 the maximum, p50 the median. "Average" (also in AWS's enum) is the arithmetic mean.
 """
+
 import math
 from typing import Iterable, List
 

@@ -12,6 +12,7 @@ Value types and the Python values their extractors return:
   numbers  list of numbers          (custom `number_list`)
   strings  list of strings          (custom `string_list`)
 """
+
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,12 +31,16 @@ NUMERIC_TYPES = ("count", "number")
 LIST_TYPES = ("ports", "cidrs", "numbers", "strings")
 
 # Criteria value key (AWS MetricValue) -> the custom metric type the report carries.
-CUSTOM_TYPE_BY_VALUE_KEY = {"number": "number", "numbers": "number_list",
-                            "strings": "string_list", "cidrs": "ip_list"}
+CUSTOM_TYPE_BY_VALUE_KEY = {"number": "number", "numbers": "number_list", "strings": "string_list", "cidrs": "ip_list"}
 # The same, by the AWS CreateCustomMetric `metricType` names (report names accepted too).
 _CUSTOM_VALUE_TYPE_BY_DECLARED = {
-    "number": "number", "number-list": "numbers", "string-list": "strings", "ip-address-list": "cidrs",
-    "number_list": "numbers", "string_list": "strings", "ip_list": "cidrs",
+    "number": "number",
+    "number-list": "numbers",
+    "string-list": "strings",
+    "ip-address-list": "cidrs",
+    "number_list": "numbers",
+    "string_list": "strings",
+    "ip_list": "cidrs",
 }
 
 
@@ -46,9 +51,9 @@ class MetricError(ValueError):
 @dataclass(frozen=True)
 class MetricSpec:
     id: str
-    value_type: str                         # count | number | ports | cidrs | numbers | strings
+    value_type: str  # count | number | ports | cidrs | numbers | strings
     operators: Tuple[str, ...]
-    delta: bool                             # a per-report delta, summed over durationSeconds
+    delta: bool  # a per-report delta, summed over durationSeconds
     extract: Callable[[Mapping[str, Any]], Any]
     custom: bool = False
 
@@ -73,6 +78,7 @@ def _network_stat(key: str) -> Callable[[Mapping[str, Any]], Optional[int]]:
     def extract(report):
         value = _dig(report, "metrics", "network_stats", key)
         return value if type(value) is int else None
+
     return extract
 
 
@@ -99,16 +105,21 @@ def _ports(group: str) -> Callable[[Mapping[str, Any]], Optional[List[int]]]:
     def extract(report):
         """The snapshot's listening ports, united with those that listened in the interval."""
         ports = snapshot(report)
-        between = {e["port"] for e in _interval(report, "listening_ports")
-                   if e.get("protocol") == protocol and type(e.get("port")) is int}
+        between = {
+            e["port"]
+            for e in _interval(report, "listening_ports")
+            if e.get("protocol") == protocol and type(e.get("port")) is int
+        }
         if not between:
             return ports
         return sorted(between.union(ports or ()))
+
     return extract
 
 
 def _total(*path: str, list_key: str) -> Callable[[Mapping[str, Any]], Optional[int]]:
     """`total` (the true count, lists may be capped); the list length when total is absent."""
+
     def extract(report):
         node = _dig(report, *path)
         if type(node) is not dict:
@@ -118,6 +129,7 @@ def _total(*path: str, list_key: str) -> Callable[[Mapping[str, Any]], Optional[
             return total
         items = node.get(list_key)
         return len(items) if isinstance(items, list) else None
+
     return extract
 
 
@@ -134,7 +146,7 @@ def remote_ip(remote_addr: str) -> Optional[str]:
         end = remote_addr.find("]")
         return _canonical_v6(remote_addr[1:end]) if end > 1 else None
     if remote_addr.count(":") == 1:
-        return remote_addr[:remote_addr.index(":")] or None
+        return remote_addr[: remote_addr.index(":")] or None
     if ":" in remote_addr:
         return _canonical_v6(remote_addr)  # bare IPv6 without brackets (no port)
     return remote_addr
@@ -162,7 +174,7 @@ def _destination_ips(report: Mapping[str, Any]) -> Optional[List[str]]:
         if type(addr) is not str or not addr:
             continue
         if addr[0] != "[" and addr.count(":") == 1:  # the common "a.b.c.d:port", inline for speed
-            ips.add(addr[:addr.index(":")])
+            ips.add(addr[: addr.index(":")])
         else:
             ip = remote_ip(addr)
             if ip:
@@ -175,20 +187,25 @@ def _spec(metric_id, value_type, delta, extract, custom=False) -> MetricSpec:
 
 
 _CONNECTIONS = ("metrics", "tcp_connections", "established_connections")
-CATALOGUE: Dict[str, MetricSpec] = {spec.id: spec for spec in (
-    _spec("aws:all-bytes-in", "count", True, _network_stat("bytes_in")),
-    _spec("aws:all-bytes-out", "count", True, _network_stat("bytes_out")),
-    _spec("aws:all-packets-in", "count", True, _network_stat("packets_in")),
-    _spec("aws:all-packets-out", "count", True, _network_stat("packets_out")),
-    _spec("aws:listening-tcp-ports", "ports", False, _ports("listening_tcp_ports")),
-    _spec("aws:listening-udp-ports", "ports", False, _ports("listening_udp_ports")),
-    _spec("aws:num-listening-tcp-ports", "count", False,
-          _total("metrics", "listening_tcp_ports", list_key="ports")),
-    _spec("aws:num-listening-udp-ports", "count", False,
-          _total("metrics", "listening_udp_ports", list_key="ports")),
-    _spec("aws:num-established-tcp-connections", "count", False, _total(*_CONNECTIONS, list_key="connections")),
-    _spec("aws:destination-ip-addresses", "cidrs", False, _destination_ips),
-)}
+CATALOGUE: Dict[str, MetricSpec] = {
+    spec.id: spec
+    for spec in (
+        _spec("aws:all-bytes-in", "count", True, _network_stat("bytes_in")),
+        _spec("aws:all-bytes-out", "count", True, _network_stat("bytes_out")),
+        _spec("aws:all-packets-in", "count", True, _network_stat("packets_in")),
+        _spec("aws:all-packets-out", "count", True, _network_stat("packets_out")),
+        _spec("aws:listening-tcp-ports", "ports", False, _ports("listening_tcp_ports")),
+        _spec("aws:listening-udp-ports", "ports", False, _ports("listening_udp_ports")),
+        _spec(
+            "aws:num-listening-tcp-ports", "count", False, _total("metrics", "listening_tcp_ports", list_key="ports")
+        ),
+        _spec(
+            "aws:num-listening-udp-ports", "count", False, _total("metrics", "listening_udp_ports", list_key="ports")
+        ),
+        _spec("aws:num-established-tcp-connections", "count", False, _total(*_CONNECTIONS, list_key="connections")),
+        _spec("aws:destination-ip-addresses", "cidrs", False, _destination_ips),
+    )
+}
 
 # The device metrics ML Detect models (the numeric ones); custom `number` metrics qualify too.
 ML_METRICS = tuple(spec.id for spec in CATALOGUE.values() if spec.numeric)
@@ -217,22 +234,37 @@ SILENCE_METRICS = (DISCONNECT_DURATION, REPORT_SILENCE)
 # AWS's cloud-side metrics: measured by AWS IoT Core, never by a device. Reports carry none of
 # them (their extractors give no datapoint); the engine computes them from the broker's log
 # (garrison.detect.judge.cloudmetrics) when it has one, and aws:disconnect-duration in its sweep.
-BROKER_METRICS = ("aws:num-messages-received", "aws:num-messages-sent", "aws:message-byte-size",
-                  "aws:num-authorization-failures", "aws:num-connection-attempts", "aws:num-disconnects",
-                  "aws:source-ip-address")
+BROKER_METRICS = (
+    "aws:num-messages-received",
+    "aws:num-messages-sent",
+    "aws:message-byte-size",
+    "aws:num-authorization-failures",
+    "aws:num-connection-attempts",
+    "aws:num-disconnects",
+    "aws:source-ip-address",
+)
 # the metrics a metricDimension (a TOPIC_FILTER dimension) may narrow, as on AWS
-DIMENSION_METRICS = ("aws:num-messages-sent", "aws:num-messages-received", "aws:message-byte-size",
-                     "aws:num-authorization-failures")
-CLOUD_METRICS: Dict[str, MetricSpec] = {spec.id: spec for spec in (
-    *(_spec(metric_id, "cidrs" if metric_id == "aws:source-ip-address" else "count", False, _never)
-      for metric_id in BROKER_METRICS),
-    MetricSpec(DISCONNECT_DURATION, "count", DISCONNECT_OPERATORS, False, _connected),
-    MetricSpec(REPORT_SILENCE, "count", DISCONNECT_OPERATORS, False, _connected),
-)}
+DIMENSION_METRICS = (
+    "aws:num-messages-sent",
+    "aws:num-messages-received",
+    "aws:message-byte-size",
+    "aws:num-authorization-failures",
+)
+CLOUD_METRICS: Dict[str, MetricSpec] = {
+    spec.id: spec
+    for spec in (
+        *(
+            _spec(metric_id, "cidrs" if metric_id == "aws:source-ip-address" else "count", False, _never)
+            for metric_id in BROKER_METRICS
+        ),
+        MetricSpec(DISCONNECT_DURATION, "count", DISCONNECT_OPERATORS, False, _connected),
+        MetricSpec(REPORT_SILENCE, "count", DISCONNECT_OPERATORS, False, _connected),
+    )
+}
 
 
 def _custom(name: str, value_type: str) -> Callable[[Mapping[str, Any]], Any]:
-    report_key = CUSTOM_TYPE_BY_VALUE_KEY[value_type]   # value type "numbers" -> report key "number_list"
+    report_key = CUSTOM_TYPE_BY_VALUE_KEY[value_type]  # value type "numbers" -> report key "number_list"
 
     def extract(report):
         entries = _dig(report, "custom_metrics", name)
@@ -246,6 +278,7 @@ def _custom(name: str, value_type: str) -> Callable[[Mapping[str, Any]], Any]:
         if not isinstance(value, list):
             return None
         return sorted(set(value)) if value_type == "cidrs" else list(value)
+
     return extract
 
 
@@ -259,20 +292,22 @@ def custom_value_type(criteria: Optional[Mapping[str, Any]] = None, declared_typ
         try:
             return _CUSTOM_VALUE_TYPE_BY_DECLARED[declared_type]
         except KeyError:
-            raise MetricError(f"unknown custom metric type {declared_type!r} (choose number, "
-                              "number-list, string-list or ip-address-list)") from None
+            raise MetricError(
+                f"unknown custom metric type {declared_type!r} (choose number, "
+                "number-list, string-list or ip-address-list)"
+            ) from None
     value = (criteria or {}).get("value")
     if isinstance(value, Mapping) and value:
         keys = [k for k in value if k in CUSTOM_TYPE_BY_VALUE_KEY]
         if len(keys) == 1:
             return keys[0]
-        raise MetricError("a custom metric's criteria value must hold exactly one of "
-                          "number, numbers, strings, cidrs")
+        raise MetricError("a custom metric's criteria value must hold exactly one of number, numbers, strings, cidrs")
     return "number"
 
 
-def spec_for(metric_id: str, criteria: Optional[Mapping[str, Any]] = None,
-             declared_type: Optional[str] = None) -> MetricSpec:
+def spec_for(
+    metric_id: str, criteria: Optional[Mapping[str, Any]] = None, declared_type: Optional[str] = None
+) -> MetricSpec:
     """The spec of a device metric (aws:...) or of a custom metric (any other name)."""
     if not isinstance(metric_id, str) or not metric_id:
         raise MetricError("metric must be a non-empty string")
@@ -280,8 +315,7 @@ def spec_for(metric_id: str, criteria: Optional[Mapping[str, Any]] = None,
         try:
             return CATALOGUE.get(metric_id) or CLOUD_METRICS[metric_id]
         except KeyError:
-            raise MetricError(f"unknown metric {metric_id!r}; device metrics are: "
-                              + ", ".join(CATALOGUE)) from None
+            raise MetricError(f"unknown metric {metric_id!r}; device metrics are: " + ", ".join(CATALOGUE)) from None
     if metric_id == REPORT_SILENCE:
         return CLOUD_METRICS[metric_id]
     value_type = custom_value_type(criteria, declared_type)

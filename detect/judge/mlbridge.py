@@ -16,6 +16,7 @@ additional info says how many devices deviated, in which direction, and why. A l
 alarms. `feedback` is the verification hook: FALSE_POSITIVE / BENIGN_POSITIVE teach the device's
 model (Model.teach); TRUE_POSITIVE guards it from ever learning the attack; UNKNOWN does nothing.
 """
+
 import logging
 import math
 from collections import Counter
@@ -60,9 +61,9 @@ class _StoredStates(MutableMapping):
 
 
 FLEET_THING = "$fleet"
-TEACHING_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE")     # the datapoint was normal
-GUARDING_STATES = ("TRUE_POSITIVE",)                        # it was an attack: never learn it
-LASTING_S = 1800    # a benign violation still open after this long is a new normal level
+TEACHING_STATES = ("FALSE_POSITIVE", "BENIGN_POSITIVE")  # the datapoint was normal
+GUARDING_STATES = ("TRUE_POSITIVE",)  # it was an attack: never learn it
+LASTING_S = 1800  # a benign violation still open after this long is a new normal level
 
 
 class MlRegistry:
@@ -79,15 +80,17 @@ class MlRegistry:
         if stored is not None:
             blob, built_ms = stored
             prior = ml.FleetPrior.from_state(blob) if blob else None
-        return ml.BehaviorModels(self.config, states=_StoredStates(self.store, profile, behavior),
-                                 prior=prior, prior_built_ms=built_ms)
+        return ml.BehaviorModels(
+            self.config, states=_StoredStates(self.store, profile, behavior), prior=prior, prior_built_ms=built_ms
+        )
 
     def judge(self, thing: str, profile: str, behavior, value: Any, received_ms: int) -> Optional[Dict[str, Any]]:
         """Judge then learn one datapoint; None when there is no verdict (no model, no prior yet)."""
         if not isinstance(value, (int, float)) or not ml.supports(behavior.metric, behavior.spec.value_type):
             return None
         judgement = self._models(profile, behavior.name).observe(
-            thing, float(value), received_ms, behavior.confidence_level, behavior.metric)
+            thing, float(value), received_ms, behavior.confidence_level, behavior.metric
+        )
         if judgement.basis == "none":
             return None
         events = self._fleet.get((profile, behavior.name))
@@ -96,25 +99,42 @@ class MlRegistry:
         for change in events.note(thing, received_ms, judgement.direction):
             self._fleet_notice(change, events, profile, behavior, received_ms)
         if judgement.anomalous and events.active(judgement.direction):
-            return None     # part of a fleet event: the fleet notice speaks for it
+            return None  # part of a fleet event: the fleet notice speaks for it
         return additional_info(judgement)
 
     def _fleet_notice(self, change: str, events: "ml.FleetEvents", profile: str, behavior, time_ms: int) -> None:
         """Raise (change "open") or clear ("close") the fleet notice of (profile, behavior)."""
         described = events.describe()
-        info = {"fleetEvent": described, "metric": behavior.metric,
-                "confidenceLevel": behavior.confidence_level,
-                "explanation": (f"{described['devices']} of {described['devicesJudged']} devices under {profile} "
-                                f"reported {behavior.metric} {described['direction']} their learned normal bands "
-                                f"at the same time: a fleet-wide event (firmware update, maintenance, "
-                                f"outage?), one notice instead of an alarm per device")}
+        info = {
+            "fleetEvent": described,
+            "metric": behavior.metric,
+            "confidenceLevel": behavior.confidence_level,
+            "explanation": (
+                f"{described['devices']} of {described['devicesJudged']} devices under {profile} "
+                f"reported {behavior.metric} {described['direction']} their learned normal bands "
+                f"at the same time: a fleet-wide event (firmware update, maintenance, "
+                f"outage?), one notice instead of an alarm per device"
+            ),
+        }
         opening = change == "open"
         violations.record_datapoint(
-            self.store, FLEET_THING, profile, behavior.doc,
-            transition=violations.IN_ALARM if opening else violations.ALARM_CLEARED, violating=opening,
-            metric_value=described["devices"], time_ms=time_ms, additional_info=info)
-        log.warning("fleet event on %s/%s %s: %s", profile, behavior.name,
-                    "started" if opening else "ended", info["explanation"])
+            self.store,
+            FLEET_THING,
+            profile,
+            behavior.doc,
+            transition=violations.IN_ALARM if opening else violations.ALARM_CLEARED,
+            violating=opening,
+            metric_value=described["devices"],
+            time_ms=time_ms,
+            additional_info=info,
+        )
+        log.warning(
+            "fleet event on %s/%s %s: %s",
+            profile,
+            behavior.name,
+            "started" if opening else "ended",
+            info["explanation"],
+        )
 
     def feedback(self, record: Mapping[str, Any], state: str) -> str:
         """A violation was verified: FALSE_POSITIVE or BENIGN_POSITIVE on an ML behavior teaches
@@ -126,16 +146,21 @@ class MlRegistry:
         behavior = record.get("behavior") or {}
         criteria = behavior.get("criteria") or {}
         thing = record.get("thingName")
-        if ("mlDetectionConfig" not in criteria or thing == FLEET_THING
-                or state not in TEACHING_STATES + GUARDING_STATES):
+        if (
+            "mlDetectionConfig" not in criteria
+            or thing == FLEET_THING
+            or state not in TEACHING_STATES + GUARDING_STATES
+        ):
             return ""
         profile, name = record["securityProfileName"], behavior.get("name")
         # The datapoints to teach: the one that raised the alarm (its in-alarm event) and, while
         # the violation is open, the latest violating one (an ended violation's record holds the
         # datapoint that cleared it, which was normal).
-        points = [(loads(row["additional_info"]) or {}, row["time_ms"])
-                  for row in self.store.list_events(thing=thing, profile=profile)
-                  if row["violation_id"] == record.get("violationId") and row["event_type"] == violations.IN_ALARM]
+        points = [
+            (loads(row["additional_info"]) or {}, row["time_ms"])
+            for row in self.store.list_events(thing=thing, profile=profile)
+            if row["violation_id"] == record.get("violationId") and row["event_type"] == violations.IN_ALARM
+        ]
         latest = record.get("violationEventAdditionalInfo") or {}
         if record.get("active", True) and latest.get("anomalous") and record.get("lastViolationTime"):
             points.append((latest, int(record["lastViolationTime"] * 1000)))
@@ -149,22 +174,33 @@ class MlRegistry:
             model = models.model(thing)
             for info, at_ms in points:
                 if isinstance(info.get("value"), (int, float)) and info.get("anomalous"):
-                    learned = model.teach(float(info["value"]), int(at_ms), benign=state in TEACHING_STATES,
-                                          lasting=lasting) or learned
+                    learned = (
+                        model.teach(float(info["value"]), int(at_ms), benign=state in TEACHING_STATES, lasting=lasting)
+                        or learned
+                    )
             if learned:
                 models.states[thing] = model.to_state()
-        log.info("violation %s of %s (%s/%s) verified %s: the model learned %s", record.get("violationId"),
-                 thing, profile, name, state, {"band": "a wider band", "level": "a new level",
-                                               "guard": "never to learn it"}.get(learned, "nothing"))
+        log.info(
+            "violation %s of %s (%s/%s) verified %s: the model learned %s",
+            record.get("violationId"),
+            thing,
+            profile,
+            name,
+            state,
+            {"band": "a wider band", "level": "a new level", "guard": "never to learn it"}.get(learned, "nothing"),
+        )
         return learned
 
     def status(self, profile: str, behavior: str, now_ms: int) -> str:
         """ACTIVE when any device's model is, EXPIRED when all are, else PENDING_BUILD."""
-        return _behavior_status(summary.get("modelStatus") for summary in
-                                self._models(profile, behavior).training_summaries(now_ms).values())
+        return _behavior_status(
+            summary.get("modelStatus")
+            for summary in self._models(profile, behavior).training_summaries(now_ms).values()
+        )
 
-    def training_summaries(self, profile: str, behavior, now_ms: int, members: Collection[str] = (),
-                           thing: Optional[str] = None) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    def training_summaries(
+        self, profile: str, behavior, now_ms: int, members: Collection[str] = (), thing: Optional[str] = None
+    ) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
         """(the behavior's BehaviorModelTrainingSummary, one summary per thing).
 
         The behavior's summary has AWS's fields, aggregated over its device models (status as
@@ -191,16 +227,25 @@ class MlRegistry:
         refreshes = [s["lastModelRefreshDate"] for s in summaries if s["lastModelRefreshDate"]]
         counts = Counter(s["modelStatus"] for s in summaries)
         prior = models.prior
-        overall = dict(head, **{
-            "trainingDataCollectionStartDate": min(starts) / 1000.0 if starts else None,
-            "modelStatus": _behavior_status(counts),
-            "datapointsCollectionPercentage": max((s["datapointsCollectionPercentage"] for s in summaries),
-                                                  default=0.0),
-            "lastModelRefreshDate": max(refreshes) / 1000.0 if refreshes else None,
-            "metric": behavior.metric, "confidenceLevel": behavior.confidence_level,
-            "modelStatusCounts": {status: counts.get(status, 0) for status in ml.MODEL_STATUSES},
-            "fleetPrior": ({"models": prior.models, "lastBuildDate": models.prior_built_ms / 1000.0}
-                           if prior is not None else None)})
+        overall = dict(
+            head,
+            **{
+                "trainingDataCollectionStartDate": min(starts) / 1000.0 if starts else None,
+                "modelStatus": _behavior_status(counts),
+                "datapointsCollectionPercentage": max(
+                    (s["datapointsCollectionPercentage"] for s in summaries), default=0.0
+                ),
+                "lastModelRefreshDate": max(refreshes) / 1000.0 if refreshes else None,
+                "metric": behavior.metric,
+                "confidenceLevel": behavior.confidence_level,
+                "modelStatusCounts": {status: counts.get(status, 0) for status in ml.MODEL_STATUSES},
+                "fleetPrior": (
+                    {"models": prior.models, "lastBuildDate": models.prior_built_ms / 1000.0}
+                    if prior is not None
+                    else None
+                ),
+            },
+        )
         return overall, per_thing
 
     def rebuild_priors(self, behaviors: Iterable[Tuple[str, str]], now_ms: int) -> None:
@@ -221,8 +266,9 @@ def additional_info(judgement: "ml.Judgement") -> Dict[str, Any]:
     data["modelStatus"] = data.pop("status")
     if not data.get("note"):
         data.pop("note", None)
-    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
-            for key, value in data.items()}
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in data.items()
+    }
 
 
 def _behavior_status(statuses: Iterable[str]) -> str:

@@ -11,21 +11,29 @@ Messages are AWS-flavoured and name the value given; pydantic supplies the path
 (`behaviors[2].criteria.durationSeconds`). Field names are AWS's; fields we do not use
 (alertTargets' content, tags, ...) are kept as given.
 """
+
 from typing import Any, Dict, List, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # profiles.py imports this module only inside load_profile, so the constants come from there
-from garrison.detect.judge.profiles import (CONFIDENCE_LEVELS, CONSECUTIVE_RANGE, DIMENSION_OPERATORS, DURATIONS,
-                                            MAX_BEHAVIORS, MAX_DESCRIPTION, STATISTICS)
+from garrison.detect.judge.profiles import (
+    CONFIDENCE_LEVELS,
+    CONSECUTIVE_RANGE,
+    DIMENSION_OPERATORS,
+    DURATIONS,
+    MAX_BEHAVIORS,
+    MAX_DESCRIPTION,
+    STATISTICS,
+)
 from garrison.wire import names
 from garrison.wire.limits import MAX_NAME_CHARS
 
-NAME_PATTERN = f"^[{names.CHARS}]{{1,{MAX_NAME_CHARS}}}$"   # for the JSON schema; names.NAME checks
+NAME_PATTERN = f"^[{names.CHARS}]{{1,{MAX_NAME_CHARS}}}$"  # for the JSON schema; names.NAME checks
 
 
 def _name(value: Any, what: str) -> str:
-    if not names.NAME.valid(value):   # profile, behavior, metric and dimension names alike
+    if not names.NAME.valid(value):  # profile, behavior, metric and dimension names alike
         raise ValueError(f"{what} must be {names.SHAPE}, got {value!r}")
     return value
 
@@ -48,12 +56,18 @@ class _Model(BaseModel):
 
 class MetricValue(_Model):
     """Exactly one key: the one the metric's type takes (checked with the metric, in profiles.py)."""
-    count: Optional[Any] = Field(None, description="a non-negative integer (a long), or a string of digits",
-                                 json_schema_extra={"type": ["integer", "string"]})
-    cidrs: Optional[Any] = Field(None, description="CIDRs such as 192.0.2.0/24",
-                                 json_schema_extra={"type": "array", "items": {"type": "string"}})
-    ports: Optional[Any] = Field(None, description="ports 0-65535",
-                                 json_schema_extra={"type": "array", "items": {"type": "integer"}})
+
+    count: Optional[Any] = Field(
+        None,
+        description="a non-negative integer (a long), or a string of digits",
+        json_schema_extra={"type": ["integer", "string"]},
+    )
+    cidrs: Optional[Any] = Field(
+        None, description="CIDRs such as 192.0.2.0/24", json_schema_extra={"type": "array", "items": {"type": "string"}}
+    )
+    ports: Optional[Any] = Field(
+        None, description="ports 0-65535", json_schema_extra={"type": "array", "items": {"type": "integer"}}
+    )
     number: Optional[Any] = Field(None, description="a finite number", json_schema_extra={"type": "number"})
     numbers: Optional[Any] = Field(None, json_schema_extra={"type": "array", "items": {"type": "number"}})
     strings: Optional[Any] = Field(None, json_schema_extra={"type": "array", "items": {"type": "string"}})
@@ -68,7 +82,7 @@ class MlDetectionConfig(_Model):
 
 
 class Criteria(_Model):
-    model_config = ConfigDict(extra="forbid")   # an unknown criteria field is a mistake
+    model_config = ConfigDict(extra="forbid")  # an unknown criteria field is a mistake
     comparisonOperator: Optional[str] = Field(None, examples=["less-than-equals", "in-port-set"])
     value: Optional[MetricValue] = None
     durationSeconds: Optional[int] = Field(None, json_schema_extra={"enum": list(DURATIONS)})
@@ -81,13 +95,13 @@ class Criteria(_Model):
     @classmethod
     def _operator(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
-            raise ValueError(f"must be a string such as \"less-than\", got {value!r}")
+            raise ValueError(f'must be a string such as "less-than", got {value!r}')
         return value
 
     @field_validator("value", mode="before")
     @classmethod
     def _value(cls, value: Any) -> Any:
-        return _object(value, "must be an object such as {\"count\": 10}")
+        return _object(value, 'must be an object such as {"count": 10}')
 
     @field_validator("durationSeconds", mode="before")
     @classmethod
@@ -200,6 +214,7 @@ class RetainedMetric(_Model):
 
 class ProfileDocument(_Model):
     """A CreateSecurityProfile request (in the API, securityProfileName may come from the path)."""
+
     securityProfileName: Optional[str] = Field(None, pattern=NAME_PATTERN)
     securityProfileDescription: str = Field("", max_length=MAX_DESCRIPTION)
     behaviors: List[Behavior] = Field(default_factory=list, max_length=MAX_BEHAVIORS)
@@ -231,7 +246,7 @@ class ProfileDocument(_Model):
     @field_validator("alertTargets", mode="before")
     @classmethod
     def _alert_targets(cls, value: Any) -> Any:
-        return _object(value, "must be an object such as {\"SNS\": {...}}")
+        return _object(value, 'must be an object such as {"SNS": {...}}')
 
     @field_validator("additionalMetricsToRetainV2", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ whose behaviors carry their resolved metric spec and parsed criterion, ready for
 field. Fields we do not use (alertTargets, tags, metricDimension, exportMetric, ...) are kept,
 and `SecurityProfile.to_dict()` gives the document back as it was given.
 """
+
 import copy
 import ipaddress
 import json
@@ -23,8 +24,20 @@ from garrison.wire import names
 MAX_BEHAVIORS = 100
 MAX_DESCRIPTION = 1000
 DURATIONS = (300, 600, 900, 1800, 3600)
-STATISTICS = ("p0", "p0.1", "p0.01", "p1", "p10", "p50", "p90", "p99", "p99.9", "p99.99", "p100",
-              "Average")  # "Average" is in AWS's enum too (the mean of the population)
+STATISTICS = (
+    "p0",
+    "p0.1",
+    "p0.01",
+    "p1",
+    "p10",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "p99.99",
+    "p100",
+    "Average",
+)  # "Average" is in AWS's enum too (the mean of the population)
 CONFIDENCE_LEVELS = ("LOW", "MEDIUM", "HIGH")
 VALUE_KEYS = ("count", "cidrs", "ports", "number", "numbers", "strings")
 DIMENSION_OPERATORS = ("IN", "NOT_IN")
@@ -63,7 +76,8 @@ class CidrSet:
             net = ipaddress.ip_network(text, strict=False)
             bits = net.max_prefixlen
             self._tables[net.version].setdefault(net.prefixlen, set()).add(
-                int(net.network_address) >> (bits - net.prefixlen))
+                int(net.network_address) >> (bits - net.prefixlen)
+            )
         self._memo: Dict[str, bool] = {}
 
     def __eq__(self, other):
@@ -161,14 +175,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_name(value: Any, what: str, behavior: Optional[str] = None, fld: Optional[str] = None) -> str:
-    if not names.NAME.valid(value):   # profile, behavior, metric and dimension names alike
-        raise ProfileError(f"{what} must be {names.SHAPE}, got {value!r}",
-                           behavior, fld)
+    if not names.NAME.valid(value):  # profile, behavior, metric and dimension names alike
+        raise ProfileError(f"{what} must be {names.SHAPE}, got {value!r}", behavior, fld)
     return value
 
 
@@ -176,7 +188,7 @@ def _parse_value(value: Any, spec: MetricSpec, name: str) -> Tuple[Dict[str, Any
     """Check the criteria value against the metric's type; return (raw, parsed criterion)."""
     fld = "criteria.value"
     if not isinstance(value, Mapping):
-        raise ProfileError("must be an object such as {\"count\": 10}", name, fld)
+        raise ProfileError('must be an object such as {"count": 10}', name, fld)
     keys = [k for k in value if value[k] is not None]
     unknown = [k for k in keys if k not in VALUE_KEYS]
     if unknown:
@@ -226,8 +238,9 @@ def _parse_value(value: Any, spec: MetricSpec, name: str) -> Tuple[Dict[str, Any
                 raise ValueError
             ipaddress.ip_network(text, strict=False)
         except ValueError:
-            raise ProfileError(f"{text!r} is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32",
-                               name, f"{fld}[{i}]") from None
+            raise ProfileError(
+                f"{text!r} is not a CIDR such as 192.0.2.0/24 or 2001:db8::/32", name, f"{fld}[{i}]"
+            ) from None
     return dict(value), CidrSet(raw)
 
 
@@ -253,24 +266,30 @@ def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping
     if ml_config is not None:
         kind = "ml"
         confidence = ml_config["confidenceLevel"]
-        for key, present in (("comparisonOperator", operator), ("value", value),
-                             ("statisticalThreshold", statistical)):
+        for key, present in (("comparisonOperator", operator), ("value", value), ("statisticalThreshold", statistical)):
             if present is not None:
                 raise ProfileError("cannot be used with mlDetectionConfig", name, f"criteria.{key}")
         if not (spec.id in metrics.ML_METRICS or (spec.custom and spec.value_type == "number")):
-            raise ProfileError(f"ML Detect supports only {', '.join(metrics.ML_METRICS)} and custom "
-                               f"number metrics, not {spec.id}", name, "criteria.mlDetectionConfig")
+            raise ProfileError(
+                f"ML Detect supports only {', '.join(metrics.ML_METRICS)} and custom number metrics, not {spec.id}",
+                name,
+                "criteria.mlDetectionConfig",
+            )
     elif statistical is not None:
         kind = "statistical"
         statistic = statistical["statistic"]
         if value is not None:
             raise ProfileError("cannot be used with statisticalThreshold", name, "criteria.value")
         if not spec.numeric:
-            raise ProfileError(f"statistical thresholds need a numeric metric; {spec.id} is a "
-                               f"{spec.value_type} metric", name, "criteria.statisticalThreshold")
+            raise ProfileError(
+                f"statistical thresholds need a numeric metric; {spec.id} is a {spec.value_type} metric",
+                name,
+                "criteria.statisticalThreshold",
+            )
         if spec.id in metrics.SILENCE_METRICS:  # AWS: Rules Detect only
-            raise ProfileError(f"{spec.id} takes only a comparisonOperator and a value (a rule)",
-                               name, "criteria.statisticalThreshold")
+            raise ProfileError(
+                f"{spec.id} takes only a comparisonOperator and a value (a rule)", name, "criteria.statisticalThreshold"
+            )
         if operator is None:
             raise ProfileError("is required with statisticalThreshold", name, "criteria.comparisonOperator")
     elif operator is not None or value is not None:
@@ -283,27 +302,40 @@ def parse_behavior(doc: Mapping[str, Any], custom_metric_types: Optional[Mapping
         kind = "retain"
 
     if operator is not None and operator not in spec.operators:
-        raise ProfileError(f"{operator!r} does not apply to {spec.id} ({spec.value_type}); "
-                           f"use one of {', '.join(spec.operators)}", name, "criteria.comparisonOperator")
+        raise ProfileError(
+            f"{operator!r} does not apply to {spec.id} ({spec.value_type}); use one of {', '.join(spec.operators)}",
+            name,
+            "criteria.comparisonOperator",
+        )
     raw_value, criterion = (None, None) if value is None else _parse_value(value, spec, name)
 
     if duration is not None and not spec.numeric:
-        raise ProfileError(f"cannot be used with list metric {spec.id} ({spec.value_type})",
-                           name, "criteria.durationSeconds")
+        raise ProfileError(
+            f"cannot be used with list metric {spec.id} ({spec.value_type})", name, "criteria.durationSeconds"
+        )
     dimension = doc.get("metricDimension")
     if dimension is not None and spec.custom:
         raise ProfileError("dimensions cannot be used with custom metrics", name, "metricDimension")
-    if dimension is not None and spec.id not in metrics.DIMENSION_METRICS:   # as AWS
-        raise ProfileError(f"dimensions apply only to {', '.join(metrics.DIMENSION_METRICS)}, not {spec.id}",
-                           name, "metricDimension")
+    if dimension is not None and spec.id not in metrics.DIMENSION_METRICS:  # as AWS
+        raise ProfileError(
+            f"dimensions apply only to {', '.join(metrics.DIMENSION_METRICS)}, not {spec.id}", name, "metricDimension"
+        )
 
     return Behavior(
-        name=name, metric=metric_id, spec=spec, kind=kind, operator=operator, value=raw_value,
-        criterion=criterion, duration_seconds=duration,
+        name=name,
+        metric=metric_id,
+        spec=spec,
+        kind=kind,
+        operator=operator,
+        value=raw_value,
+        criterion=criterion,
+        duration_seconds=duration,
         consecutive_to_alarm=criteria.get("consecutiveDatapointsToAlarm", 1),
         consecutive_to_clear=criteria.get("consecutiveDatapointsToClear", 1),
-        statistic=statistic, confidence_level=confidence,
-        suppress_alerts=doc.get("suppressAlerts", False), export_metric=doc.get("exportMetric", False),
+        statistic=statistic,
+        confidence_level=confidence,
+        suppress_alerts=doc.get("suppressAlerts", False),
+        export_metric=doc.get("exportMetric", False),
         metric_dimension=None if dimension is None else dict(dimension),
         doc=copy.deepcopy(dict(doc)),
     )
@@ -324,9 +356,10 @@ def _read(source: Union[Mapping[str, Any], str, Path]) -> Dict[str, Any]:
     if isinstance(source, Mapping):
         return dict(source)
     if not isinstance(source, (str, Path)):
-        raise ProfileError(f"a profile must be a JSON object (a CreateSecurityProfile request), "
-                           f"got {type(source).__name__}")
-    path = Path(str(source)[len("file://"):] if str(source).startswith("file://") else source)
+        raise ProfileError(
+            f"a profile must be a JSON object (a CreateSecurityProfile request), got {type(source).__name__}"
+        )
+    path = Path(str(source)[len("file://") :] if str(source).startswith("file://") else source)
     shown = str(path) if str(path).isprintable() else repr(str(path))  # errors stay one line
     try:
         doc = json.loads(path.read_text())
@@ -347,6 +380,7 @@ def _check_shape(doc: Dict[str, Any]) -> None:
 
     from garrison.detect.judge.profile_schema import ProfileDocument  # imports this module's constants
     from garrison.detect.validation import field_path, message
+
     try:
         ProfileDocument.model_validate(doc)
     except ValidationError as exc:
@@ -364,8 +398,9 @@ def _check_shape(doc: Dict[str, Any]) -> None:
         raise ProfileError(text, None, field_path(loc)) from None
 
 
-def load_profile(source: Union[Mapping[str, Any], str, Path],
-                 custom_metric_types: Optional[Mapping[str, str]] = None) -> SecurityProfile:
+def load_profile(
+    source: Union[Mapping[str, Any], str, Path], custom_metric_types: Optional[Mapping[str, str]] = None
+) -> SecurityProfile:
     """A validated profile from a CreateSecurityProfile document, or a path to a JSON file of one.
 
     `custom_metric_types` (name -> AWS metricType such as "number-list") types custom metrics that
@@ -387,6 +422,11 @@ def load_profile(source: Union[Mapping[str, Any], str, Path],
     alert_targets = doc.get("alertTargets") or {}
     tags = doc.get("tags") or []
     return SecurityProfile(
-        name=name, description=description, behaviors=behaviors, alert_targets=dict(alert_targets),
+        name=name,
+        description=description,
+        behaviors=behaviors,
+        alert_targets=dict(alert_targets),
         additional_metrics=_check_additional_metrics(doc.get("additionalMetricsToRetainV2")),
-        tags=list(tags), doc=copy.deepcopy(doc))
+        tags=list(tags),
+        doc=copy.deepcopy(doc),
+    )

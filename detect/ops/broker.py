@@ -6,6 +6,7 @@ on 127.0.0.1 only and run as a child process we stop on `.stop()`. Mosquitto can
 (mutual TLS with the certificate's CN as the user name) and take extra configuration lines
 (`mosquitto_config`), which is how the tests run it (tests/fixtures.py).
 """
+
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
 class TlsListener:
     """The listener's TLS files; with `require_certificate`, clients need one signed by `ca` and
     its CN becomes their user name (what per-thing ACLs match)."""
+
     ca: Path
     cert: Path
     key: Path
@@ -67,8 +69,9 @@ class TlsListener:
 class LocalBroker:
     """A running local broker: `.url`, `.kind` ("mosquitto" or "amqtt"), `.stop()`, `.restart()`."""
 
-    def __init__(self, kind: str, port: int, proc: subprocess.Popen, log_path: Path,
-                 argv: Sequence[str] = (), tls: bool = False):
+    def __init__(
+        self, kind: str, port: int, proc: subprocess.Popen, log_path: Path, argv: Sequence[str] = (), tls: bool = False
+    ):
         self.kind, self.host, self.port = kind, HOST, port
         self.proc, self.log_path = proc, log_path
         self.argv, self.tls = list(argv), tls
@@ -101,20 +104,36 @@ class LocalBroker:
         self.stop()
 
 
-def mosquitto_config(workdir: Path, port: int, persistent: bool = True, tls: Optional[TlsListener] = None,
-                     extra_config: str = "", log_types: Sequence[str] = ("error", "warning", "notice")) -> Path:
+def mosquitto_config(
+    workdir: Path,
+    port: int,
+    persistent: bool = True,
+    tls: Optional[TlsListener] = None,
+    extra_config: str = "",
+    log_types: Sequence[str] = ("error", "warning", "notice"),
+) -> Path:
     """Write WORKDIR/mosquitto.conf for a loopback listener on `port`; returns its path."""
     workdir = Path(workdir)
     # persistence keeps persistent sessions and queued QoS 1 reports across broker restarts
     persistence = ["persistence true", f"persistence_location {workdir}/"] if persistent else ["persistence false"]
-    lines = [f"listener {port} {HOST}", "allow_anonymous true", *persistence,
-             "log_dest stderr", *(f"log_type {t}" for t in log_types), "max_queued_messages 100000",
-             "set_tcp_nodelay true"]  # replies without Nagle delay (an agent waits for each)
+    lines = [
+        f"listener {port} {HOST}",
+        "allow_anonymous true",
+        *persistence,
+        "log_dest stderr",
+        *(f"log_type {t}" for t in log_types),
+        "max_queued_messages 100000",
+        "set_tcp_nodelay true",
+    ]  # replies without Nagle delay (an agent waits for each)
     if os.geteuid() == 0:
         lines.append("user root")  # else it drops to the mosquitto user and cannot use workdir
     if tls:
-        lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}",
-                  f"require_certificate {'true' if tls.require_certificate else 'false'}"]
+        lines += [
+            f"cafile {tls.ca}",
+            f"certfile {tls.cert}",
+            f"keyfile {tls.key}",
+            f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
         if tls.require_certificate:
             lines.append("use_identity_as_username true")
     if extra_config:
@@ -128,8 +147,9 @@ def mosquitto_argv(config: Path) -> List[str]:
     return [shutil.which("mosquitto") or "mosquitto", "-c", str(config)]
 
 
-def launch(kind: str, argv: Sequence[str], port: int, log_path: Path, timeout: float = 20.0,
-           tls: bool = False) -> LocalBroker:
+def launch(
+    kind: str, argv: Sequence[str], port: int, log_path: Path, timeout: float = 20.0, tls: bool = False
+) -> LocalBroker:
     """Run the broker `argv` (its output appended to `log_path`) and wait until `port` answers."""
     proc = _spawn(kind, argv, port, log_path, timeout)
     broker = LocalBroker(kind, port, proc, log_path, argv, tls)
@@ -159,8 +179,7 @@ def _amqtt_argv(workdir: Path, port: int):
     return [sys.executable, "-m", "garrison.detect.ops.broker", "--serve-amqtt", str(path)]
 
 
-def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto",
-                       timeout: float = 20.0) -> LocalBroker:
+def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto", timeout: float = 20.0) -> LocalBroker:
     """Start a broker on 127.0.0.1:`port` (a free one if None); `kind`: auto|mosquitto|amqtt."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -173,8 +192,10 @@ def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto",
         try:
             import amqtt  # noqa: F401
         except ImportError:
-            raise BrokerError("neither mosquitto nor amqtt is installed "
-                              "(apt-get install mosquitto, or pip install 'garrison[detect]')") from None
+            raise BrokerError(
+                "neither mosquitto nor amqtt is installed "
+                "(apt-get install mosquitto, or pip install 'garrison[detect]')"
+            ) from None
     else:
         raise BrokerError(f"unknown broker kind {kind!r} (auto, mosquitto or amqtt)")
     if port:
@@ -186,6 +207,7 @@ def start_local_broker(workdir, port: Optional[int] = None, kind: str = "auto",
 
 
 # ------------------------------------------------------------------ the embedded amqtt broker
+
 
 class _ClientMayPublish(str):
     """A topic amqtt lets a client publish although it starts with "$".

@@ -6,6 +6,7 @@ list and used to appear whole in the log. `serve` takes it instead, as the agent
 `LoadCredential=` file fits the first); the user name comes from `--broker-user` or the URL.
 Every broker URL that is printed goes through garrison.agent.transports.paho_compat.redact_broker_url.
 """
+
 import logging
 import os
 from typing import Mapping, Optional, Tuple
@@ -30,15 +31,23 @@ def read_password_file(path: str) -> str:
     return text[0]
 
 
-def broker_credentials(url: str, user: Optional[str] = None, password_file: Optional[str] = None,
-                       environ: Optional[Mapping[str, str]] = None) -> Tuple[Optional[str], Optional[str]]:
+def broker_credentials(
+    url: str,
+    user: Optional[str] = None,
+    password_file: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[Optional[str], Optional[str]]:
     """(user name, password) for the engine's broker connection: the file, else the environment,
     else the URL. Raises ValueError with a one-line reason (never quoting the password)."""
     environ = os.environ if environ is None else environ
     parsed = parse_broker_url(url)
     if parsed.password is not None:
-        log.warning("the broker password is in --broker %s, where `ps` shows it to every local user; use "
-                    "--broker-password-file or $%s", redact_broker_url(url), PASSWORD_ENV)
+        log.warning(
+            "the broker password is in --broker %s, where `ps` shows it to every local user; use "
+            "--broker-password-file or $%s",
+            redact_broker_url(url),
+            PASSWORD_ENV,
+        )
     password = parsed.password
     if password_file:
         password = read_password_file(password_file)

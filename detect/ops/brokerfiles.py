@@ -6,6 +6,7 @@ ENABLE_IOT_LOGGING, REPLACE_DEFAULT_POLICY_VERSION) and the `disable` response
 (garrison.detect.respond.revocation). Mosquitto 2.0 takes a new `crlfile` setting only when it
 starts; a changed CRL file (and ACL file) on SIGHUP.
 """
+
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ def broker_pid(conf_path: Optional[str], given: Optional[int] = None, pid_file: 
         return given
     if not pid_file and conf_path:
         from garrison.detect.audit.sources import load_broker_config
+
         try:
             directive = load_broker_config(conf_path).last("pid_file")
         except (OSError, ValueError):

@@ -11,6 +11,7 @@ The engine serves its console at http://127.0.0.1:8765/console/ (or the next fre
 demo prints the address and the sign-in token, so the fleet page shows the demo device going
 into alarm and clearing.
 """
+
 import argparse
 import json
 import os
@@ -42,22 +43,44 @@ class DemoError(RuntimeError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="garrison-detect demo", description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="Example: garrison-detect demo --duration 60")
-    parser.add_argument("--duration", type=float, metavar="SECONDS",
-                        help="stop after this many seconds (default: run until Ctrl-C)")
-    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
-                        help="the agent's report interval (default 10; the engine accepts one report per 5 s)")
+        prog="garrison-detect demo",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        epilog="Example: garrison-detect demo --duration 60",
+    )
+    parser.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this many seconds (default: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the agent's report interval (default 10; the engine accepts one report per 5 s)",
+    )
     parser.add_argument("--thing", default="demo-device", help="the demo device's thing name")
-    parser.add_argument("--trip-after", type=int, default=2, metavar="N",
-                        help="open the forbidden port after N accepted reports (default 2)")
-    parser.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
-                        help="which local broker to start (default: mosquitto if installed)")
-    parser.add_argument("--console-port", type=int, default=8765, metavar="PORT",
-                        help="serve the console (and the HTTP API) on 127.0.0.1:PORT (default 8765; a free "
-                             "port if it is taken)")
-    parser.add_argument("--workdir", help="keep the database, state and logs here (default: a temporary "
-                                          "directory, removed at the end)")
+    parser.add_argument(
+        "--trip-after",
+        type=int,
+        default=2,
+        metavar="N",
+        help="open the forbidden port after N accepted reports (default 2)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "amqtt"),
+        default="auto",
+        help="which local broker to start (default: mosquitto if installed)",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=8765,
+        metavar="PORT",
+        help="serve the console (and the HTTP API) on 127.0.0.1:PORT (default 8765; a free port if it is taken)",
+    )
+    parser.add_argument(
+        "--workdir", help="keep the database, state and logs here (default: a temporary directory, removed at the end)"
+    )
     return parser
 
 
@@ -150,8 +173,11 @@ class Demo:
         self.broker = start_local_broker(self.workdir / "broker", kind=self.args.broker)
         self.say(f"broker: {self.broker.kind} on {self.broker.url}")
         detect = [sys.executable, "-m", "garrison.detect.cli"]
-        applied = subprocess.run(detect + ["profiles", "apply", str(PROFILE), "--attach", "all", "--db", str(db)],
-                                 capture_output=True, text=True)
+        applied = subprocess.run(
+            detect + ["profiles", "apply", str(PROFILE), "--attach", "all", "--db", str(db)],
+            capture_output=True,
+            text=True,
+        )
         if applied.returncode != 0:
             raise DemoError(f"applying {PROFILE.name} failed: {(applied.stderr or applied.stdout).strip()}")
         self.say(f"profile: {applied.stdout.strip()}")
@@ -159,47 +185,93 @@ class Demo:
         self.watcher = Watcher(self.broker.url, self.args.thing)
         port = _console_port(self.args.console_port)
         token = secrets.token_urlsafe(16)  # handed to serve in its environment, not on its command line
-        engine = Child("engine", detect + ["serve", "--broker", self.broker.url, "--db", str(db),
-                                           "--min-report-interval", "5", "--api-bind", f"127.0.0.1:{port}"],
-                       self.workdir / "engine.log", env=dict(os.environ, GARRISON_API_TOKEN=token))
+        engine = Child(
+            "engine",
+            detect
+            + [
+                "serve",
+                "--broker",
+                self.broker.url,
+                "--db",
+                str(db),
+                "--min-report-interval",
+                "5",
+                "--api-bind",
+                f"127.0.0.1:{port}",
+            ],
+            self.workdir / "engine.log",
+            env=dict(os.environ, GARRISON_API_TOKEN=token),
+        )
         self.children.append(engine)
         engine.wait_for_log(ENGINE_READY, 30)
         self.say(f"engine: running (log: {engine.log_path})")
         self.console_url = f"http://127.0.0.1:{port}/console/"
         self.say(f"console: {self.console_url}  (sign in with the token {token})")
-        agent = Child("agent", [sys.executable, "-m", "garrison.agent.cli", "run", "--broker", self.broker.url,
-                                "--thing", self.args.thing, "--interval", f"{self.args.interval:g}",
-                                "--state-dir", str(self.workdir / "agent-state")],
-                      self.workdir / "agent.log")
+        agent = Child(
+            "agent",
+            [
+                sys.executable,
+                "-m",
+                "garrison.agent.cli",
+                "run",
+                "--broker",
+                self.broker.url,
+                "--thing",
+                self.args.thing,
+                "--interval",
+                f"{self.args.interval:g}",
+                "--state-dir",
+                str(self.workdir / "agent-state"),
+            ],
+            self.workdir / "agent.log",
+        )
         self.children.append(agent)
         self.say(f"agent: reporting as {self.args.thing} every {self.args.interval:g}s (log: {agent.log_path})")
-        self.say(f"after {self.args.trip_after} accepted reports the demo opens TCP port {self.port}, "
-                 f"which the profile forbids ({TRIP_BEHAVIOR})")
+        self.say(
+            f"after {self.args.trip_after} accepted reports the demo opens TCP port {self.port}, "
+            f"which the profile forbids ({TRIP_BEHAVIOR})"
+        )
 
     def audit(self, detect: List[str], db: Path) -> None:
         """Audit a demo fleet PKI whose second device certificate expires soon; print the finding."""
         from garrison.detect.ops import pki
+
         ca = pki.FleetCA(self.workdir / "pki")
         ca.init()
         ca.issue_thing(self.args.thing)
         ca.issue_thing("demo-expiring", days=10)
-        ran = subprocess.run(detect + ["audit", "run", "--pki", str(ca.dir), "--check",
-                                       "DEVICE_CERTIFICATE_EXPIRING_CHECK", "--json", "--db", str(db)],
-                             capture_output=True, text=True)
+        ran = subprocess.run(
+            detect
+            + [
+                "audit",
+                "run",
+                "--pki",
+                str(ca.dir),
+                "--check",
+                "DEVICE_CERTIFICATE_EXPIRING_CHECK",
+                "--json",
+                "--db",
+                str(db),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if ran.returncode != 0:
             raise DemoError(f"the audit failed: {(ran.stderr or ran.stdout).strip()}")
         for finding in json.loads(ran.stdout)["findings"]:
             thing = finding["nonCompliantResource"].get("additionalInfo", {}).get("thingName", "?")
-            self.say(f"audit: {finding['checkName']} {finding['severity']} on {thing}: "
-                     f"{finding['reasonForNonCompliance']}")
+            self.say(
+                f"audit: {finding['checkName']} {finding['severity']} on {thing}: {finding['reasonForNonCompliance']}"
+            )
 
     def run(self) -> None:
         deadline = None if self.args.duration is None else self.started + self.args.duration
         while deadline is None or time.monotonic() < deadline:
             for child in self.children:
                 if child.proc.poll() is not None:
-                    raise DemoError(f"the {child.name} stopped (exit code {child.proc.returncode}):\n"
-                                    f"{child.log_tail()}")
+                    raise DemoError(
+                        f"the {child.name} stopped (exit code {child.proc.returncode}):\n{child.log_tail()}"
+                    )
             try:
                 topic, payload = self.watcher.events.get(timeout=0.5)
             except queue.Empty:
@@ -225,9 +297,11 @@ class Demo:
         name = behavior.get("name") if isinstance(behavior, dict) else behavior
         self.counts[event] = self.counts.get(event, 0) + 1
         label = {"in-alarm": "ALARM  ", "alarm-cleared": "CLEARED"}.get(event, event.upper())
-        explained = alert.get("explanation")   # e.g. "4444/tcp opened by /usr/bin/python3, pid 812, user me"
-        self.say(f"{label} {alert.get('thingName')}: {alert.get('securityProfileName')}/{name} {event}, "
-                 f"value {json.dumps(alert.get('metricValue'))}" + (f": {explained}" if explained else ""))
+        explained = alert.get("explanation")  # e.g. "4444/tcp opened by /usr/bin/python3, pid 812, user me"
+        self.say(
+            f"{label} {alert.get('thingName')}: {alert.get('securityProfileName')}/{name} {event}, "
+            f"value {json.dumps(alert.get('metricValue'))}" + (f": {explained}" if explained else "")
+        )
         if event == "in-alarm" and name == TRIP_BEHAVIOR and self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -242,8 +316,10 @@ class Demo:
             sock.listen()
         except OSError as exc:
             sock.close()
-            self.say(f"port {self.port} is taken on this machine ({exc.strerror}): whatever holds it "
-                     "trips the alarm just the same")
+            self.say(
+                f"port {self.port} is taken on this machine ({exc.strerror}): whatever holds it "
+                "trips the alarm just the same"
+            )
             return
         self.listener = sock
         self.say(f"opened TCP port {self.port} on 127.0.0.1: the next report should raise an alarm")
@@ -260,8 +336,10 @@ class Demo:
 
     def summary(self) -> str:
         c = self.counts
-        return (f"{c['accepted']} reports accepted, {c['rejected']} rejected; "
-                f"alarms: {c['in-alarm']} raised, {c['alarm-cleared']} cleared")
+        return (
+            f"{c['accepted']} reports accepted, {c['rejected']} rejected; "
+            f"alarms: {c['in-alarm']} raised, {c['alarm-cleared']} cleared"
+        )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -270,8 +348,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("garrison-detect demo: --duration must be more than 0", file=sys.stderr)
         return 2
     if args.interval < 5.5:
-        print("garrison-detect demo: --interval must be at least 5.5 s (the demo engine accepts one "
-              "report per 5 s per device)", file=sys.stderr)
+        print(
+            "garrison-detect demo: --interval must be at least 5.5 s (the demo engine accepts one "
+            "report per 5 s per device)",
+            file=sys.stderr,
+        )
         return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="garrison-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ name ever issued in DIR/issued-names (garrison.detect.ops.pki_names), so that no
 certificate carrying the engine's name (the default one included) or a name issued before.
 The directory is kept at mode 0700 whatever mode it had.
 """
+
 import argparse
 import datetime
 import ipaddress
@@ -29,9 +30,11 @@ from garrison.detect.ops import pki_names
 from garrison.wire import names
 
 PROG = "garrison-detect pki"
-NAME_RULE = names.SHAPE   # thing names (garrison.wire.names.THING)
-_HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+NAME_RULE = names.SHAPE  # thing names (garrison.wire.names.THING)
+_HOST = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9*]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 DEFAULT_ENGINE_IDENTITY = "garrison-detect"
 CA_DAYS, LEAF_DAYS = 3650, 825
 
@@ -46,6 +49,7 @@ def valid_name(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------ files
+
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Create `path` with `mode` from the start; refuse to replace an existing file."""
@@ -74,14 +78,19 @@ def _refuse_existing(*paths: Path) -> None:
 
 def _new_key():
     from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _save(cert, key, cert_path: Path, key_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
+
     _refuse_existing(cert_path, key_path)
-    _write_new(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()), 0o600)
+    _write_new(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        0o600,
+    )
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
@@ -111,17 +120,32 @@ class FleetCA:
         key = _new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = _now()
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=days))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                             key_encipherment=False, data_encipherment=False,
-                                             key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                             encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
         _save(cert, key, self.cert_path, self.key_path)
         return self.cert_path
 
@@ -130,6 +154,7 @@ class FleetCA:
     def _load(self):
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
+
         try:
             cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
@@ -139,8 +164,9 @@ class FleetCA:
             raise PkiError(f"cannot read the fleet CA in {self.dir}: {exc}") from None
         return cert, key
 
-    def _issue(self, cn: str, days: int, cert_path: Path, key_path: Path, server_hosts: Sequence[str] = (),
-               kind: str = "thing") -> Path:
+    def _issue(
+        self, cn: str, days: int, cert_path: Path, key_path: Path, server_hosts: Sequence[str] = (), kind: str = "thing"
+    ) -> Path:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -155,22 +181,36 @@ class FleetCA:
         key = _new_key()
         now = _now()
         not_after = min(now + datetime.timedelta(days=days), _not_after(ca_cert))  # never outlive the CA
-        builder = (x509.CertificateBuilder()
-                   .subject_name(_common_name(cn))
-                   .issuer_name(ca_cert.subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(not_after)
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                                key_encipherment=False, data_encipherment=False,
-                                                key_agreement=True, key_cert_sign=False, crl_sign=False,
-                                                encipher_only=False, decipher_only=False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                  critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_common_name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
         if server_hosts:
-            builder = builder.add_extension(x509.SubjectAlternativeName([_san(h) for h in server_hosts]),
-                                            critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_san(h) for h in server_hosts]), critical=False
+            )
             usage = ExtendedKeyUsageOID.SERVER_AUTH
         else:
             usage = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -221,6 +261,7 @@ class FleetCA:
     def revoke_certificate(self, cert_path: Path, reason: str = "unspecified") -> Path:
         """Revoke any certificate the CA issued (also ones it did not write, e.g. factory-provisioned)."""
         from cryptography import x509
+
         try:
             cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
         except FileNotFoundError:
@@ -232,18 +273,24 @@ class FleetCA:
     def revoke_serials(self, serials: Sequence[int], reason: str = "unspecified", issuer=None) -> Path:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
+
         try:
             flag = x509.ReasonFlags[reason.replace("-", "_")]
         except KeyError:
-            raise PkiError(f"unknown revocation reason {reason!r} (use one of "
-                           f"{', '.join(r.name for r in x509.ReasonFlags)})") from None
+            raise PkiError(
+                f"unknown revocation reason {reason!r} (use one of {', '.join(r.name for r in x509.ReasonFlags)})"
+            ) from None
         ca_cert, ca_key = self._load()
         if issuer is not None and issuer != ca_cert.subject:
             raise PkiError("that certificate was not issued by this fleet CA")
         now = _now()
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
-                   # an expired CRL makes OpenSSL refuse every client: it lasts as long as the CA
-                   .next_update(max(_not_after(ca_cert), now + datetime.timedelta(days=1))))
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now)
+            # an expired CRL makes OpenSSL refuse every client: it lasts as long as the CA
+            .next_update(max(_not_after(ca_cert), now + datetime.timedelta(days=1)))
+        )
         known = set()
         if self.crl_path.exists():
             for entry in x509.load_pem_x509_crl(self.crl_path.read_bytes()):
@@ -273,6 +320,7 @@ def _common_name(cn: str):
     past 64 the bound is not applied."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
+
     if len(cn) <= 64:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     with warnings.catch_warnings():  # cryptography warns about exactly this
@@ -282,6 +330,7 @@ def _common_name(cn: str):
 
 def _san(host: str):
     from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -307,6 +356,7 @@ def _not_before(cert) -> datetime.datetime:
 
 # -------------------------------------------------------------------------------------- CLI
 
+
 def _days(text: str) -> int:
     try:
         value = int(text)
@@ -329,25 +379,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return sub
 
     action("init", "Create the fleet CA (EC P-256) in DIR: ca.crt, ca.key (mode 0600).", CA_DAYS)
-    sub = action("issue", "Issue a device certificate (CN = thing name) into DIR/things/. Refuses a name "
-                 f"issued before (recorded in DIR/{pki_names.INDEX_NAME}, even if its files were deleted) "
-                 f"and the engine's names ({DEFAULT_ENGINE_IDENTITY} is always reserved).", LEAF_DAYS)
+    sub = action(
+        "issue",
+        "Issue a device certificate (CN = thing name) into DIR/things/. Refuses a name "
+        f"issued before (recorded in DIR/{pki_names.INDEX_NAME}, even if its files were deleted) "
+        f"and the engine's names ({DEFAULT_ENGINE_IDENTITY} is always reserved).",
+        LEAF_DAYS,
+    )
     sub.add_argument("--thing", required=True, help=f"the thing name: {NAME_RULE}")
     sub = action("server", "Issue the broker's server certificate: DIR/server.crt, server.key.", LEAF_DAYS)
-    sub.add_argument("--host", action="append", required=True, metavar="NAME_OR_IP",
-                     help="a DNS name or IP address devices use to reach the broker (repeatable)")
-    sub = action("engine", "Issue the detect engine's client certificate: DIR/engine.crt, engine.key; the name "
-                 "is recorded in DIR/engine.name, which broker-config reads.", LEAF_DAYS)
-    sub.add_argument("--name", default=DEFAULT_ENGINE_IDENTITY,
-                     help=f"the engine's MQTT identity, distinct from every thing (default {DEFAULT_ENGINE_IDENTITY})")
-    sub = actions.add_parser("revoke", help="Revoke a thing's certificate: add it to DIR/crl.pem.",
-                             description="Revoke a thing's certificate: add it to DIR/crl.pem, signed by the fleet "
-                             "CA. Run broker-config again (it writes crlfile when crl.pem exists) and reload "
-                             "the broker (SIGHUP) so it refuses the certificate.")
+    sub.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="NAME_OR_IP",
+        help="a DNS name or IP address devices use to reach the broker (repeatable)",
+    )
+    sub = action(
+        "engine",
+        "Issue the detect engine's client certificate: DIR/engine.crt, engine.key; the name "
+        "is recorded in DIR/engine.name, which broker-config reads.",
+        LEAF_DAYS,
+    )
+    sub.add_argument(
+        "--name",
+        default=DEFAULT_ENGINE_IDENTITY,
+        help=f"the engine's MQTT identity, distinct from every thing (default {DEFAULT_ENGINE_IDENTITY})",
+    )
+    sub = actions.add_parser(
+        "revoke",
+        help="Revoke a thing's certificate: add it to DIR/crl.pem.",
+        description="Revoke a thing's certificate: add it to DIR/crl.pem, signed by the fleet "
+        "CA. Run broker-config again (it writes crlfile when crl.pem exists) and reload "
+        "the broker (SIGHUP) so it refuses the certificate.",
+    )
     sub.add_argument("--dir", required=True, help="the fleet PKI directory")
     sub.add_argument("--thing", required=True, help="the thing whose certificate (DIR/things/NAME.crt) is revoked")
-    sub.add_argument("--reason", default="unspecified",
-                     help="key_compromise, superseded, cessation_of_operation, ... (default unspecified)")
+    sub.add_argument(
+        "--reason",
+        default="unspecified",
+        help="key_compromise, superseded, cessation_of_operation, ... (default unspecified)",
+    )
 
 
 def run(args) -> int:
@@ -355,8 +427,10 @@ def run(args) -> int:
     try:
         if args.pki_action == "init":
             ca.init(args.days)
-            print(f"created the fleet CA: {ca.cert_path} (give it to devices and the broker), "
-                  f"{ca.key_path} (mode 0600; keep it offline)")
+            print(
+                f"created the fleet CA: {ca.cert_path} (give it to devices and the broker), "
+                f"{ca.key_path} (mode 0600; keep it offline)"
+            )
         elif args.pki_action == "issue":
             cert, key = ca.issue_thing(args.thing, args.days)
             print(f"issued {cert} and {key} (mode 0600) for thing {args.thing}")
@@ -378,8 +452,7 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="The fleet's certificates: CA, devices, "
-                                     "broker, engine.")
+    parser = argparse.ArgumentParser(prog=PROG, description="The fleet's certificates: CA, devices, broker, engine.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -10,6 +10,7 @@ never rewritten: deleting a certificate file does not free its name.
 The default engine identity is always reserved: a broker configured with the default (or before
 `pki engine` ran) gives it the engine's rights.
 """
+
 import fcntl
 import os
 from pathlib import Path
@@ -59,13 +60,17 @@ def _conflict(names: Dict[str, Set[str]], kind: str, name: str, default_engine: 
         if name == default_engine or name == engine or "engine" in kinds:
             return f"{name!r} is reserved for the detect engine's identity; a device cannot have it"
         if kinds:
-            return (f"a certificate for {name!r} was issued before ({', '.join(sorted(kinds))}); "
-                    "refusing to issue the name again")
+            return (
+                f"a certificate for {name!r} was issued before ({', '.join(sorted(kinds))}); "
+                "refusing to issue the name again"
+            )
     elif kind == "engine":
         other = kinds - {"engine"}
         if other:
-            return (f"{name!r} was issued before as a {'/'.join(sorted(other))} name; "
-                    "the engine needs an identity of its own")
+            return (
+                f"{name!r} was issued before as a {'/'.join(sorted(other))} name; "
+                "the engine needs an identity of its own"
+            )
     elif kind == "server":
         other = kinds - {"server"}
         if other or name == default_engine:

@@ -27,6 +27,7 @@ every execution, real or dry run, is written to the audit log (store table actio
 mode (engine-wide `dry_run = true`, or `"dry_run": true` on one rule) nothing changes: the log
 says what would have been done.
 """
+
 import logging
 import json
 import os
@@ -59,7 +60,7 @@ class Action:
     group: str = ""
     on: str = IN_ALARM
     dry_run: bool = False
-    params: str = field(default="{}", compare=False)   # JSON: command, timeout_seconds, request
+    params: str = field(default="{}", compare=False)  # JSON: command, timeout_seconds, request
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -78,14 +79,21 @@ def parse_action(key: str, doc: Any) -> Action:
     where = f"actions.{key!r}"
     profile, sep, behavior = key.partition("/")
     if not sep or not profile or not behavior:
-        raise ActionError(f"{where}: keys are \"<profile>/<behavior>\" (either may be \"*\")")
+        raise ActionError(f'{where}: keys are "<profile>/<behavior>" (either may be "*")')
     if not isinstance(doc, Mapping):
-        raise ActionError(f"{where}: must be a table such as {{type = \"add-thing-to-group\", group = \"quarantine\"}}")
+        raise ActionError(f'{where}: must be a table such as {{type = "add-thing-to-group", group = "quarantine"}}')
     kind = doc.get("type")
     if kind not in ACTION_TYPES:
         raise ActionError(f"{where}: type must be one of {', '.join(ACTION_TYPES)}, got {kind!r}")
-    own = {"group"} if kind in GROUP_TYPES else {"command", "timeout_seconds"} if kind == RUN_COMMAND else \
-        {"request"} if kind == RECONFIGURE else set()
+    own = (
+        {"group"}
+        if kind in GROUP_TYPES
+        else {"command", "timeout_seconds"}
+        if kind == RUN_COMMAND
+        else {"request"}
+        if kind == RECONFIGURE
+        else set()
+    )
     unknown = set(doc) - {"type", "on", "dry_run"} - own
     if unknown:
         raise ActionError(f"{where}: unknown field {sorted(unknown)[0]!r} for {kind}")
@@ -113,8 +121,12 @@ def parse_action(key: str, doc: Any) -> Action:
 def _command_params(where: str, doc: Mapping[str, Any]) -> Dict[str, Any]:
     """An argv list (no shell) whose program is an absolute path, and a bounded timeout."""
     argv = doc.get("command")
-    if (not isinstance(argv, list) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv)
-            or len(argv) > 64):
+    if (
+        not isinstance(argv, list)
+        or not argv
+        or not all(isinstance(a, str) and "\0" not in a for a in argv)
+        or len(argv) > 64
+    ):
         raise ActionError(f"{where}: command must be a list of 1-64 strings, the program first (no shell)")
     if not os.path.isabs(argv[0]):
         raise ActionError(f"{where}: the command's program must be an absolute path, got {argv[0]!r}")
@@ -147,16 +159,34 @@ class Actions:
         """Run the actions `event` triggers, inside the caller's transaction; return audit entries."""
         done = []
         for action in self.matching(event):
-            done.append(execute(store, action, event.thing, now_ms, dry_run=self.dry_run or action.dry_run,
-                                violation_id=event.violation_id, profile=event.profile,
-                                behavior=event.behavior.get("name"), event=event.to_record()))
+            done.append(
+                execute(
+                    store,
+                    action,
+                    event.thing,
+                    now_ms,
+                    dry_run=self.dry_run or action.dry_run,
+                    violation_id=event.violation_id,
+                    profile=event.profile,
+                    behavior=event.behavior.get("name"),
+                    event=event.to_record(),
+                )
+            )
         return done
 
 
-def execute(store: Store, action: Action, thing: str, now_ms: int, dry_run: bool = False,
-            violation_id: Optional[str] = None, profile: Optional[str] = None,
-            behavior: Optional[str] = None, event: Optional[Dict[str, Any]] = None,
-            by: Optional[str] = None) -> Dict[str, Any]:
+def execute(
+    store: Store,
+    action: Action,
+    thing: str,
+    now_ms: int,
+    dry_run: bool = False,
+    violation_id: Optional[str] = None,
+    profile: Optional[str] = None,
+    behavior: Optional[str] = None,
+    event: Optional[Dict[str, Any]] = None,
+    by: Optional[str] = None,
+) -> Dict[str, Any]:
     """Run one action on `thing` (or say what it would do) and write it to the audit log.
     `by`: who asked, when not a rule (an operator through the CLI or the API)."""
     if action.type in DEFERRED_TYPES:
@@ -180,26 +210,56 @@ def execute(store: Store, action: Action, thing: str, now_ms: int, dry_run: bool
     log.warning("mitigation for violation %s (%s/%s): %s: %s", violation_id, profile, behavior, outcome, detail)
     logged = dict(action.to_dict(), **({"by": by} if by else {}))
     seq = store.log_action(now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
-    return {"seq": seq, "thingName": thing, "action": logged, "dryRun": dry_run, "outcome": outcome,
-            "detail": detail, "violationId": violation_id}
+    return {
+        "seq": seq,
+        "thingName": thing,
+        "action": logged,
+        "dryRun": dry_run,
+        "outcome": outcome,
+        "detail": detail,
+        "violationId": violation_id,
+    }
 
 
-def _defer(store: Store, action: Action, thing: str, now_ms: int, dry_run: bool, violation_id: Optional[str],
-           profile: Optional[str], behavior: Optional[str], event: Optional[Dict[str, Any]],
-           by: Optional[str]) -> Dict[str, Any]:
+def _defer(
+    store: Store,
+    action: Action,
+    thing: str,
+    now_ms: int,
+    dry_run: bool,
+    violation_id: Optional[str],
+    profile: Optional[str],
+    behavior: Optional[str],
+    event: Optional[Dict[str, Any]],
+    by: Optional[str],
+) -> Dict[str, Any]:
     """Log an action that reaches outside the store as pending (the runner does it after the commit)."""
     logged = action.to_dict()
     if by:
         logged["by"] = by
     if event is not None and action.type == RUN_COMMAND:
-        logged["event"] = event   # what the command receives, kept with the request
+        logged["event"] = event  # what the command receives, kept with the request
     what = describe(action, thing)
     outcome, detail = ("dry-run", f"would {what}") if dry_run else (PENDING, what)
-    log.warning("mitigation for %s (%s/%s, by %s): %s: %s", violation_id or "no violation", profile, behavior,
-                by or "rule", outcome, detail)
+    log.warning(
+        "mitigation for %s (%s/%s, by %s): %s: %s",
+        violation_id or "no violation",
+        profile,
+        behavior,
+        by or "rule",
+        outcome,
+        detail,
+    )
     seq = store.log_action(now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
-    return {"seq": seq, "thingName": thing, "action": logged, "dryRun": dry_run, "outcome": outcome,
-            "detail": detail, "violationId": violation_id}
+    return {
+        "seq": seq,
+        "thingName": thing,
+        "action": logged,
+        "dryRun": dry_run,
+        "outcome": outcome,
+        "detail": detail,
+        "violationId": violation_id,
+    }
 
 
 def describe(action: Action, thing: str) -> str:

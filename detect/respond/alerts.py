@@ -17,6 +17,7 @@ delivered ("delivered"), given up after its last attempt ("failed"), or not take
 full queue, a closed target). The engine (garrison.detect.engine) marks its outbox from these outcomes,
 and hands a target no more than it has room for, so an alert is never marked sent that was not.
 """
+
 import http.client
 import io
 import json
@@ -37,18 +38,25 @@ _MQTT_ERR_NO_CONN = 4  # paho's MQTT_ERR_NO_CONN (the same in paho 1.6 and 2.x)
 DEFAULT_TOPIC = "garrison/alerts/{thing}"
 DEFAULT_QUEUE_SIZE = 1000
 MAX_BACKOFF_SECONDS = 60.0
-MAX_RESPONSE_BYTES = 64 * 1024   # a webhook's status line, headers and the start of its body
+MAX_RESPONSE_BYTES = 64 * 1024  # a webhook's status line, headers and the start of its body
 DELIVERED, FAILED, DROPPED = "delivered", "failed", "dropped"
-Done = Callable[[str, str], None]   # done(outcome, detail)
+Done = Callable[[str, str], None]  # done(outcome, detail)
 
 
 class AlertConfigError(ValueError):
     """A bad alert target configuration."""
 
 
-def AlertMessage(thingName: str, securityProfileName: str, behavior: Any, metricValue: Optional[Dict[str, Any]],
-                 violationId: str, violationEventType: str, violationEventTime: int,
-                 **extras: Any) -> Dict[str, Any]:
+def AlertMessage(
+    thingName: str,
+    securityProfileName: str,
+    behavior: Any,
+    metricValue: Optional[Dict[str, Any]],
+    violationId: str,
+    violationEventType: str,
+    violationEventTime: int,
+    **extras: Any,
+) -> Dict[str, Any]:
     """An alert in the SNS-like shape. `behavior` may be a garrison.detect.judge.profiles.Behavior, its AWS
     dict, or a behavior name; extras (e.g. threshold=...) are added as they are."""
     if violationEventType not in EVENT_TYPES:
@@ -58,9 +66,13 @@ def AlertMessage(thingName: str, securityProfileName: str, behavior: Any, metric
     elif isinstance(behavior, str):
         behavior = {"name": behavior}
     message = {
-        "thingName": thingName, "securityProfileName": securityProfileName, "behavior": behavior,
-        "metricValue": metricValue, "violationId": violationId,
-        "violationEventType": violationEventType, "violationEventTime": int(violationEventTime),
+        "thingName": thingName,
+        "securityProfileName": securityProfileName,
+        "behavior": behavior,
+        "metricValue": metricValue,
+        "violationId": violationId,
+        "violationEventType": violationEventType,
+        "violationEventTime": int(violationEventTime),
     }
     message.update({k: v for k, v in extras.items() if v is not None})
     return message
@@ -160,15 +172,24 @@ class QueuedTarget:
                 return DELIVERED, ""
             except RetryableError as exc:
                 if attempt == self.retries:
-                    log.error("%s: alert for violation %s failed after %d attempts: %s", self,
-                              message.get("violationId"), attempt + 1, exc)
+                    log.error(
+                        "%s: alert for violation %s failed after %d attempts: %s",
+                        self,
+                        message.get("violationId"),
+                        attempt + 1,
+                        exc,
+                    )
                     self.stats["failed"] += 1
                     return FAILED, f"{self}: {exc} (after {attempt + 1} attempts)"
-                delay = min(self.backoff * (2 ** attempt), MAX_BACKOFF_SECONDS)
+                delay = min(self.backoff * (2**attempt), MAX_BACKOFF_SECONDS)
                 log.info("%s: %s; retrying in %.1fs", self, exc, delay)
                 if self._stop.is_set() or self._stop.wait(delay):
-                    log.error("%s: closing, alert for violation %s not sent (%s); it stays pending", self,
-                              message.get("violationId"), exc)
+                    log.error(
+                        "%s: closing, alert for violation %s not sent (%s); it stays pending",
+                        self,
+                        message.get("violationId"),
+                        exc,
+                    )
                     self.stats["dropped"] += 1
                     return DROPPED, f"closing: {exc}"
             except Exception as exc:  # a permanent failure (4xx, bad payload): do not retry
@@ -231,15 +252,24 @@ class MqttTarget(QueuedTarget):
 
     name = "mqtt"
 
-    def __init__(self, client: Any, topic: str = DEFAULT_TOPIC, qos: int = 1, retain: bool = False,
-                 queue_size: int = DEFAULT_QUEUE_SIZE, retries: int = 3, backoff: float = 1.0):
+    def __init__(
+        self,
+        client: Any,
+        topic: str = DEFAULT_TOPIC,
+        qos: int = 1,
+        retain: bool = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        retries: int = 3,
+        backoff: float = 1.0,
+    ):
         if qos not in (0, 1, 2):
             raise AlertConfigError(f"mqtt qos must be 0, 1 or 2, got {qos!r}")
         try:
             topic.format(thing="t", profile="p", behavior="b", event="e")
         except (KeyError, IndexError, ValueError) as exc:
-            raise AlertConfigError(f"bad mqtt alert topic {topic!r}: use {{thing}}, {{profile}}, "
-                                   f"{{behavior}}, {{event}} ({exc})") from None
+            raise AlertConfigError(
+                f"bad mqtt alert topic {topic!r}: use {{thing}}, {{profile}}, {{behavior}}, {{event}} ({exc})"
+            ) from None
         self.client = client
         self.topic = topic
         self.qos = qos
@@ -250,8 +280,12 @@ class MqttTarget(QueuedTarget):
         return f"mqtt alerts ({self.topic})"
 
     def topic_for(self, message: Mapping[str, Any]) -> str:
-        return self.topic.format(thing=message.get("thingName", ""), profile=message.get("securityProfileName", ""),
-                                 behavior=_behavior_name(message), event=message.get("violationEventType", ""))
+        return self.topic.format(
+            thing=message.get("thingName", ""),
+            profile=message.get("securityProfileName", ""),
+            behavior=_behavior_name(message),
+            event=message.get("violationEventType", ""),
+        )
 
     def send(self, message: Mapping[str, Any]) -> None:
         topic = self.topic_for(message)
@@ -275,9 +309,16 @@ class WebhookTarget(QueuedTarget):
 
     name = "webhook"
 
-    def __init__(self, url: str, retries: int = 3, backoff: float = 1.0, timeout: float = 5.0,
-                 headers: Optional[Mapping[str, str]] = None, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES):
+    def __init__(
+        self,
+        url: str,
+        retries: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 5.0,
+        headers: Optional[Mapping[str, str]] = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise AlertConfigError(f"webhook url must start with http:// or https://, got {url!r}")
         if timeout <= 0:
@@ -287,7 +328,7 @@ class WebhookTarget(QueuedTarget):
             raise AlertConfigError(f"webhook url has no host: {url!r}")
         self.url = url
         self._parts = parts
-        self.timeout = timeout   # the whole attempt: connect, send, status and headers
+        self.timeout = timeout  # the whole attempt: connect, send, status and headers
         self.max_response_bytes = max_response_bytes
         self.headers = {"Content-Type": "application/json", "User-Agent": "garrison-detect"}
         self.headers.update(headers or {})
@@ -303,7 +344,8 @@ class WebhookTarget(QueuedTarget):
         https = parts.scheme == "https"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection = (_DeadlineHTTPS if https else _DeadlineHTTP)(
-            parts.hostname, parts.port, timeout=self.timeout, deadline=deadline, cap=self.max_response_bytes)
+            parts.hostname, parts.port, timeout=self.timeout, deadline=deadline, cap=self.max_response_bytes
+        )
         try:
             connection.request("POST", path, body=body, headers=self.headers)
             response = connection.getresponse()
@@ -344,7 +386,7 @@ class _DeadlineReader(io.RawIOBase):
         if self.left <= 0:
             raise _ResponseTooLarge()
         self.sock.settimeout(remaining)
-        view = memoryview(buffer)[:self.left]
+        view = memoryview(buffer)[: self.left]
         n = self.sock.recv_into(view)
         self.left -= n
         return n
@@ -399,7 +441,7 @@ class AlertDispatcher:
     def __init__(self, targets: Iterable[Any] = ()):
         self.targets: List[Any] = list(targets)
 
-    tracks_delivery = True   # the engine may pass done= and ask has_room()
+    tracks_delivery = True  # the engine may pass done= and ask has_room()
 
     def deliver(self, message: Mapping[str, Any], done: Optional[Done] = None) -> None:
         """Hand `message` to every target. `done(outcome, detail)` is called once all of them
@@ -412,7 +454,7 @@ class AlertDispatcher:
                     target.deliver(message)
                 elif hasattr(target, "has_room"):  # ours: reports its outcome when it has one
                     target.deliver(message, collect.one)
-                else:                              # a plain deliver(message): handed over is done
+                else:  # a plain deliver(message): handed over is done
                     target.deliver(message)
                     collect.one(DELIVERED, "")
             except Exception as exc:  # a broken target must not stop the others, nor the engine
@@ -464,8 +506,9 @@ _MQTT_KEYS = {"topic", "qos", "retain", "retries", "backoff_seconds", "queue_siz
 def _check_keys(conf: Mapping[str, Any], allowed: set, where: str) -> None:
     unknown = set(conf) - allowed - {"type"}
     if unknown:
-        raise AlertConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))} "
-                               f"(known: {', '.join(sorted(allowed))})")
+        raise AlertConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(allowed))})"
+        )
 
 
 def _number(conf: Mapping[str, Any], key: str, default: float, where: str) -> float:
@@ -484,10 +527,14 @@ def _webhook(conf: Any, where: str) -> WebhookTarget:
     headers = conf.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         raise AlertConfigError(f"{where}.headers must map header names to strings")
-    return WebhookTarget(conf.get("url"), retries=int(_number(conf, "retries", 3, where)),
-                         backoff=_number(conf, "backoff_seconds", 1.0, where),
-                         timeout=_number(conf, "timeout_seconds", 5.0, where) or 5.0, headers=headers,
-                         queue_size=int(_number(conf, "queue_size", DEFAULT_QUEUE_SIZE, where)))
+    return WebhookTarget(
+        conf.get("url"),
+        retries=int(_number(conf, "retries", 3, where)),
+        backoff=_number(conf, "backoff_seconds", 1.0, where),
+        timeout=_number(conf, "timeout_seconds", 5.0, where) or 5.0,
+        headers=headers,
+        queue_size=int(_number(conf, "queue_size", DEFAULT_QUEUE_SIZE, where)),
+    )
 
 
 def _mqtt(conf: Any, publish: Any, where: str) -> Optional[MqttTarget]:
@@ -498,14 +545,18 @@ def _mqtt(conf: Any, publish: Any, where: str) -> Optional[MqttTarget]:
     _check_keys(conf, _MQTT_KEYS, where)
     if publish is None:
         raise AlertConfigError(f"{where}: MQTT alerts need the engine's MQTT connection")
-    return MqttTarget(publish, topic=conf.get("topic", DEFAULT_TOPIC), qos=conf.get("qos", 1),
-                      retain=bool(conf.get("retain", False)), retries=int(_number(conf, "retries", 3, where)),
-                      backoff=_number(conf, "backoff_seconds", 1.0, where),
-                      queue_size=int(_number(conf, "queue_size", DEFAULT_QUEUE_SIZE, where)))
+    return MqttTarget(
+        publish,
+        topic=conf.get("topic", DEFAULT_TOPIC),
+        qos=conf.get("qos", 1),
+        retain=bool(conf.get("retain", False)),
+        retries=int(_number(conf, "retries", 3, where)),
+        backoff=_number(conf, "backoff_seconds", 1.0, where),
+        queue_size=int(_number(conf, "queue_size", DEFAULT_QUEUE_SIZE, where)),
+    )
 
 
-def targets_from_config(config: Any, mqtt_publish: Any = None,
-                        logger: Optional[logging.Logger] = None) -> List[Any]:
+def targets_from_config(config: Any, mqtt_publish: Any = None, logger: Optional[logging.Logger] = None) -> List[Any]:
     """Alert targets from configuration.
 
     Either a mapping  {"log": true, "mqtt": {"topic": "garrison/alerts/{thing}", "qos": 1},
@@ -520,8 +571,9 @@ def targets_from_config(config: Any, mqtt_publish: Any = None,
     if isinstance(config, Mapping):
         unknown = set(config) - {"log", "mqtt", "webhooks", "webhook"}
         if unknown:
-            raise AlertConfigError(f"alerts: unknown setting(s) {', '.join(sorted(unknown))} "
-                                   "(known: log, mqtt, webhooks)")
+            raise AlertConfigError(
+                f"alerts: unknown setting(s) {', '.join(sorted(unknown))} (known: log, mqtt, webhooks)"
+            )
         if config.get("log", True):
             targets.append(LogTarget(logger))
         if config.get("mqtt"):
@@ -547,4 +599,3 @@ def targets_from_config(config: Any, mqtt_publish: Any = None,
                 raise AlertConfigError(f"{where}: type must be log, mqtt or webhook, got {kind!r}")
         return targets
     raise AlertConfigError("alerts must be an object or a list of targets")
-

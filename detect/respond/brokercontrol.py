@@ -28,6 +28,7 @@ DYNSEC_RESPONSE_TOPIC are handed to `BrokerControl.on_response`: in serve, the e
 connection (garrison.detect.service), since a second connection with the same
 certificate would take over the first.
 """
+
 import glob
 import json
 import logging
@@ -48,12 +49,19 @@ QUARANTINE_ROLE_PREFIX = "garrison-quarantine:"
 QUARANTINE_PRIORITY = 1000
 DISABLED_PRIORITY = 2000
 DEFAULT_TIMEOUT_S = 5.0
-MAX_RESPONSE_BYTES = 1 << 20   # a response we never asked to be big
-PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
-                "/usr/local/lib/mosquitto_dynamic_security.so", "/usr/lib64/mosquitto_dynamic_security.so")
+MAX_RESPONSE_BYTES = 1 << 20  # a response we never asked to be big
+PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+)
 # What a plugin error means "already the case" for our idempotent commands.
-_ALREADY = {"createClient": "Client already exists", "createRole": "Role already exists",
-            "deleteRole": "Role not found"}
+_ALREADY = {
+    "createClient": "Client already exists",
+    "createRole": "Role already exists",
+    "deleteRole": "Role not found",
+}
 
 
 class BrokerControlError(Exception):
@@ -71,10 +79,13 @@ def plugin_path() -> Optional[str]:
 
 # ------------------------------------------------------------------------------- roles
 
+
 def _deny_everything(priority: int = 0) -> List[Dict[str, Any]]:
-    return [{"acltype": kind, "topic": topic, "allow": False, "priority": priority}
-            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
-            for topic in ("#",) + DOLLAR_ROOTS]
+    return [
+        {"acltype": kind, "topic": topic, "allow": False, "priority": priority}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
+        for topic in ("#",) + DOLLAR_ROOTS
+    ]
 
 
 def quarantine_role(thing: str) -> str:
@@ -88,33 +99,44 @@ def quarantine_acls(thing: str) -> List[Dict[str, Any]]:
     for fmt in FORMATS:
         allow.append({"acltype": "publishClientSend", "topic": report_topic(thing, fmt), "allow": True, "priority": 10})
         for reply in reply_topics(thing, fmt):
-            allow += [{"acltype": "subscribeLiteral", "topic": reply, "allow": True, "priority": 10},
-                      {"acltype": "publishClientReceive", "topic": reply, "allow": True, "priority": 10}]
+            allow += [
+                {"acltype": "subscribeLiteral", "topic": reply, "allow": True, "priority": 10},
+                {"acltype": "publishClientReceive", "topic": reply, "allow": True, "priority": 10},
+            ]
     return allow + _deny_everything()
 
 
 def admin_acls() -> List[Dict[str, Any]]:
-    return [{"acltype": kind, "topic": DYNSEC_FILTER, "allow": True}
-            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]
+    return [
+        {"acltype": kind, "topic": DYNSEC_FILTER, "allow": True}
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")
+    ]
 
 
 def initial_config(admins: Sequence[str]) -> Dict[str, Any]:
     """The plugin's starting state (its JSON file): `admins` (the engine) administer it; nothing
     is allowed by default, so whatever the plugin does not decide falls to the ACL file."""
     return {
-        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
-                             "subscribe": False, "unsubscribe": True},
-        "clients": [{"username": name, "textname": "Garrison broker control", "roles": [{"rolename": ADMIN_ROLE}]}
-                    for name in admins],
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": [
+            {"username": name, "textname": "Garrison broker control", "roles": [{"rolename": ADMIN_ROLE}]}
+            for name in admins
+        ],
         "groups": [],
-        "roles": [{"rolename": ADMIN_ROLE, "textname": "administers the dynamic security plugin",
-                   "acls": admin_acls()},
-                  {"rolename": DISABLED_ROLE, "textname": "a disabled client: nothing at all",
-                   "acls": _deny_everything()}],
+        "roles": [
+            {"rolename": ADMIN_ROLE, "textname": "administers the dynamic security plugin", "acls": admin_acls()},
+            {"rolename": DISABLED_ROLE, "textname": "a disabled client: nothing at all", "acls": _deny_everything()},
+        ],
     }
 
 
 # ----------------------------------------------------------------------------- control
+
 
 class BrokerControl:
     """Sends dynamic security commands over `link` and waits (bounded) for their answers."""
@@ -162,7 +184,8 @@ class BrokerControl:
                     if remaining <= 0:
                         raise BrokerControlError(
                             f"the broker did not answer {commands[0]['command']} within {self.timeout_s:g} s "
-                            "(is the dynamic security plugin loaded and this identity its administrator?)")
+                            "(is the dynamic security plugin loaded and this identity its administrator?)"
+                        )
                     self._cond.wait(remaining)
                 answers = [self._answers.pop(i) for i in ids]
         finally:
@@ -173,42 +196,67 @@ class BrokerControl:
         for command, answer in zip(commands, answers):
             error = answer.get("error")
             if error and error != _ALREADY.get(command["command"]):
-                raise BrokerControlError(f"{command['command']} {command.get('username') or command.get('rolename')}: "
-                                         f"{error}")
+                raise BrokerControlError(
+                    f"{command['command']} {command.get('username') or command.get('rolename')}: {error}"
+                )
         return answers
 
     # ---- the actions ----------------------------------------------------------------------
 
     def quarantine(self, thing: str) -> str:
         """Only its reports and replies from now on; its connection is dropped so this applies at once."""
-        self.send([{"command": "createClient", "username": thing, "textname": "restricted by Garrison"},
-                   {"command": "createRole", "rolename": quarantine_role(thing), "acls": quarantine_acls(thing)},
-                   {"command": "addClientRole", "username": thing, "rolename": quarantine_role(thing),
-                    "priority": QUARANTINE_PRIORITY}])
+        self.send(
+            [
+                {"command": "createClient", "username": thing, "textname": "restricted by Garrison"},
+                {"command": "createRole", "rolename": quarantine_role(thing), "acls": quarantine_acls(thing)},
+                {
+                    "command": "addClientRole",
+                    "username": thing,
+                    "rolename": quarantine_role(thing),
+                    "priority": QUARANTINE_PRIORITY,
+                },
+            ]
+        )
         return f"thing {thing} quarantined on the broker (reports and replies only; connection dropped)"
 
     def release(self, thing: str) -> str:
         """Back to the rights it had before the quarantine."""
         if quarantine_role(thing) not in self.client_roles(thing):
             return f"thing {thing} was not quarantined on the broker"
-        self.send([{"command": "removeClientRole", "username": thing, "rolename": quarantine_role(thing)},
-                   {"command": "deleteRole", "rolename": quarantine_role(thing)}])
+        self.send(
+            [
+                {"command": "removeClientRole", "username": thing, "rolename": quarantine_role(thing)},
+                {"command": "deleteRole", "rolename": quarantine_role(thing)},
+            ]
+        )
         return f"thing {thing} released on the broker (previous rights restored; connection dropped)"
 
     def disable(self, thing: str) -> str:
         """No rights at all, and disconnected now."""
-        self.send([{"command": "createClient", "username": thing, "textname": "restricted by Garrison"},
-                   {"command": "createRole", "rolename": DISABLED_ROLE, "acls": _deny_everything()},
-                   {"command": "addClientRole", "username": thing, "rolename": DISABLED_ROLE,
-                    "priority": DISABLED_PRIORITY},
-                   {"command": "disableClient", "username": thing}])
+        self.send(
+            [
+                {"command": "createClient", "username": thing, "textname": "restricted by Garrison"},
+                {"command": "createRole", "rolename": DISABLED_ROLE, "acls": _deny_everything()},
+                {
+                    "command": "addClientRole",
+                    "username": thing,
+                    "rolename": DISABLED_ROLE,
+                    "priority": DISABLED_PRIORITY,
+                },
+                {"command": "disableClient", "username": thing},
+            ]
+        )
         return f"thing {thing} disabled on the broker (disconnected; no rights if it reconnects)"
 
     def enable(self, thing: str) -> str:
         if DISABLED_ROLE not in self.client_roles(thing):
             return f"thing {thing} was not disabled on the broker"
-        self.send([{"command": "removeClientRole", "username": thing, "rolename": DISABLED_ROLE},
-                   {"command": "enableClient", "username": thing}])
+        self.send(
+            [
+                {"command": "removeClientRole", "username": thing, "rolename": DISABLED_ROLE},
+                {"command": "enableClient", "username": thing},
+            ]
+        )
         return f"thing {thing} enabled on the broker (previous rights restored)"
 
     def client_roles(self, thing: str) -> List[str]:

@@ -7,13 +7,14 @@ destinations go into the violation's `violationEventAdditionalInfo.socketOwners`
 `explanation` that the alerts and `violations list` show. Reports without the extension (AWS's
 agents, an agent reporting to AWS) give neither.
 """
+
 from typing import Any, Dict, List, Mapping, Optional
 
 from garrison.detect.judge.metrics import remote_ip
 
 PORT_METRICS = {"aws:listening-tcp-ports": "tcp", "aws:listening-udp-ports": "udp"}
 DESTINATIONS = "aws:destination-ip-addresses"
-MAX_NAMED = 10   # owners kept per violation (the explanation names at most 3)
+MAX_NAMED = 10  # owners kept per violation (the explanation names at most 3)
 
 
 def offenders(behavior, value: Any) -> List[Any]:
@@ -52,13 +53,22 @@ def note(behavior, report: Mapping[str, Any], value: Any) -> Optional[Dict[str, 
     named: List[Dict[str, Any]] = []
     if behavior.metric in PORT_METRICS:
         protocol = PORT_METRICS[behavior.metric]
-        by_port = {o.get("port"): o for o in owners.get("listening_ports") or ()
-                   if type(o) is dict and o.get("protocol") == protocol}
+        by_port = {
+            o.get("port"): o
+            for o in owners.get("listening_ports") or ()
+            if type(o) is dict and o.get("protocol") == protocol
+        }
         for port in bad:
             if port in by_port:
                 owner = by_port[port]
-                named.append({"port": port, "protocol": protocol, **_owner(owner),
-                              "text": f"{port}/{protocol} opened by {describe(owner)}"})
+                named.append(
+                    {
+                        "port": port,
+                        "protocol": protocol,
+                        **_owner(owner),
+                        "text": f"{port}/{protocol} opened by {describe(owner)}",
+                    }
+                )
     elif behavior.metric == DESTINATIONS:
         bad_set = set(bad)
         for owner in owners.get("connections") or ():
@@ -67,8 +77,13 @@ def note(behavior, report: Mapping[str, Any], value: Any) -> Optional[Dict[str, 
             address = remote_ip(owner.get("remote_addr") or "")
             if address in bad_set:
                 bad_set.discard(address)  # one owner per destination
-                named.append({"remoteAddr": owner.get("remote_addr"), **_owner(owner),
-                              "text": f"connection to {owner.get('remote_addr')} by {describe(owner)}"})
+                named.append(
+                    {
+                        "remoteAddr": owner.get("remote_addr"),
+                        **_owner(owner),
+                        "text": f"connection to {owner.get('remote_addr')} by {describe(owner)}",
+                    }
+                )
     if not named:
         return None
     named = named[:MAX_NAMED]

@@ -20,14 +20,17 @@ Each step is a clause of the action's log entry. A revoked certificate is never 
 back the broker rights, and the device needs a new certificate under a new thing name
 (`pki issue` never issues a name twice, garrison.detect.ops.pki_names).
 """
+
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
 from garrison.detect.ops import brokerfiles
 
-NOT_DURABLE = ("not durable: the engine config's [audit] table names no pki_dir and broker_config, so its "
-               "certificate is not revoked and its reconnect is not refused (Mosquitto 2.0 lets it connect, "
-               "with no rights)")
+NOT_DURABLE = (
+    "not durable: the engine config's [audit] table names no pki_dir and broker_config, so its "
+    "certificate is not revoked and its reconnect is not refused (Mosquitto 2.0 lets it connect, "
+    "with no rights)"
+)
 
 
 class Revocation:
@@ -36,6 +39,7 @@ class Revocation:
 
     def __init__(self, pki_dir: str, broker_config: str, broker_pid_file: Optional[str] = None):
         from garrison.detect.ops.pki import FleetCA
+
         self.ca = FleetCA(Path(pki_dir))
         self.broker_config = Path(broker_config)
         self.broker_pid_file = broker_pid_file
@@ -53,6 +57,7 @@ class Revocation:
 
     def is_revoked(self, thing: str) -> bool:
         from cryptography import x509
+
         try:
             cert = x509.load_pem_x509_certificate(self.certificate(thing).read_bytes())
             crl = x509.load_pem_x509_crl(self.ca.crl_path.read_bytes())
@@ -63,6 +68,7 @@ class Revocation:
     def revoke(self, thing: str, now_ms: int) -> Tuple[bool, List[str]]:
         """(refused: the broker will refuse the certificate from now on, steps: one clause each)."""
         from garrison.detect.ops.pki import PkiError
+
         cert = self.certificate(thing)
         steps: List[str] = []
         try:
@@ -74,14 +80,20 @@ class Revocation:
         try:
             added = brokerfiles.install_crl(self.broker_config, self.ca.crl_path, now_ms)
         except OSError as exc:
-            return False, steps + [f"could not copy the CRL next to {self.broker_config}: "
-                                   f"{exc.strerror or exc}; its reconnect is not refused"]
+            return False, steps + [
+                f"could not copy the CRL next to {self.broker_config}: "
+                f"{exc.strerror or exc}; its reconnect is not refused"
+            ]
         if added is None:
-            return False, steps + [f"{self.broker_config} was not written by broker-config: point its crlfile at a "
-                                   "copy of the CRL and reload the broker; until then its reconnect is not refused"]
+            return False, steps + [
+                f"{self.broker_config} was not written by broker-config: point its crlfile at a "
+                "copy of the CRL and reload the broker; until then its reconnect is not refused"
+            ]
         if added:
-            return False, steps + [f"added crlfile to {self.broker_config}: Mosquitto reads a new crlfile only "
-                                   "when it starts, so restart the broker; until then its reconnect is not refused"]
+            return False, steps + [
+                f"added crlfile to {self.broker_config}: Mosquitto reads a new crlfile only "
+                "when it starts, so restart the broker; until then its reconnect is not refused"
+            ]
         pid = brokerfiles.broker_pid(str(self.broker_config), pid_file=self.broker_pid_file)
         reloaded = brokerfiles.reload(pid).lstrip("; ")
         steps.append(f"refreshed the broker's copy of the CRL; {reloaded}")
@@ -94,6 +106,8 @@ class Revocation:
         """What `enable` says about the certificate."""
         if not self.is_revoked(thing):
             return ""
-        return (f"; its certificate {self.certificate(thing)} stays revoked (a revoked certificate is never "
-                "reinstated), so the broker still refuses it: issue the device a new certificate under a new thing "
-                "name (`garrison-detect pki issue` refuses a name issued before)")
+        return (
+            f"; its certificate {self.certificate(thing)} stays revoked (a revoked certificate is never "
+            "reinstated), so the broker still refuses it: issue the device a new certificate under a new thing "
+            "name (`garrison-detect pki issue` refuses a name issued before)"
+        )

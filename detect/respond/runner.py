@@ -9,6 +9,7 @@ committed report and polling once a second, which also picks up requests the CLI
 the database. An entry found `running` at start (the process died while doing it) runs again:
 broker actions are idempotent; a command may then run twice.
 """
+
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from garrison.wire.topics import control_topic
 
 log = logging.getLogger("garrison.actions")
 
-MAX_OUTPUT_BYTES = 4096        # of a command's output kept in the log (the rest is read and dropped)
+MAX_OUTPUT_BYTES = 4096  # of a command's output kept in the log (the rest is read and dropped)
 POLL_S = 1.0
 
 
@@ -35,15 +36,21 @@ class ActionRunner:
     the engine's MQTT publish, for reconfiguration requests (None: likewise); revocation: makes
     `disable` durable by revoking the certificate (None: the broker step only, and the log says so)."""
 
-    def __init__(self, store: Store, broker: Optional[BrokerControl] = None,
-                 publish: Optional[Callable[..., Any]] = None, connected: Callable[[], bool] = lambda: True,
-                 revocation: Optional[Revocation] = None, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)):
+    def __init__(
+        self,
+        store: Store,
+        broker: Optional[BrokerControl] = None,
+        publish: Optional[Callable[..., Any]] = None,
+        connected: Callable[[], bool] = lambda: True,
+        revocation: Optional[Revocation] = None,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ):
         self.store = store
         self.broker = broker
         self.revocation = revocation
         self.now_ms = now_ms
         self.publish = publish
-        self.connected = connected   # while False, actions that need the broker wait, still pending
+        self.connected = connected  # while False, actions that need the broker wait, still pending
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -54,13 +61,20 @@ class ActionRunner:
         for entry in self.store.pending_actions(limit):
             needs_broker = entry["action"].get("type") in BROKER_TYPES + (RECONFIGURE,)
             if needs_broker and (self.broker is not None or self.publish is not None) and not self.connected():
-                continue   # the connection is down: carried out once it is back, not failed
+                continue  # the connection is down: carried out once it is back, not failed
             if self.store.claim_action(entry["seq"]):
                 outcome, detail = self.execute(entry)
                 self.store.finish_action(entry["seq"], outcome, detail)
                 level = logging.ERROR if outcome == "failed" else logging.WARNING
-                log.log(level, "action %d (%s on %s): %s: %s", entry["seq"], entry["action"].get("type"),
-                        entry["thingName"], outcome, detail)
+                log.log(
+                    level,
+                    "action %d (%s on %s): %s: %s",
+                    entry["seq"],
+                    entry["action"].get("type"),
+                    entry["thingName"],
+                    outcome,
+                    detail,
+                )
                 done += 1
         return done
 
@@ -70,8 +84,10 @@ class ActionRunner:
         try:
             if kind in BROKER_TYPES:
                 if self.broker is None:
-                    return "failed", (f"{kind} {thing}: no broker control here (serve with --broker-control, "
-                                      "on a broker set up by broker-config --dynamic-security)")
+                    return "failed", (
+                        f"{kind} {thing}: no broker control here (serve with --broker-control, "
+                        "on a broker set up by broker-config --dynamic-security)"
+                    )
                 if kind == "disable":
                     return self.disable(thing)
                 detail = getattr(self.broker, kind)(thing)
@@ -79,8 +95,9 @@ class ActionRunner:
                     detail += self.revocation.enable_note(thing)
                 return "done", detail
             if kind == RUN_COMMAND:
-                return run_command(action["command"], action.get("timeout_seconds", 10),
-                                   action.get("event") or {"thingName": thing})
+                return run_command(
+                    action["command"], action.get("timeout_seconds", 10), action.get("event") or {"thingName": thing}
+                )
             if kind == RECONFIGURE:
                 if self.publish is None:
                     return "failed", f"reconfigure {thing}: no broker connection here"
@@ -91,7 +108,7 @@ class ActionRunner:
             return "failed", f"unknown action type {kind!r}"
         except BrokerControlError as exc:
             return "failed", str(exc)
-        except Exception as exc:   # one broken action must not stop the others
+        except Exception as exc:  # one broken action must not stop the others
             log.exception("action %s on %s failed", kind, thing)
             return "failed", f"{type(exc).__name__}: {exc}"
 
@@ -103,7 +120,7 @@ class ActionRunner:
         refused, steps = self.revocation.revoke(thing, self.now_ms())
         try:
             steps.append(self.broker.disable(thing))
-        except BrokerControlError as exc:   # the revocation stands: say both
+        except BrokerControlError as exc:  # the revocation stands: say both
             return "failed", "; ".join(steps + [str(exc)])
         if refused:
             steps.append("its reconnect is refused at the TLS handshake")
@@ -140,8 +157,14 @@ def run_command(argv, timeout_s: float, event: Dict[str, Any]):
     """Run argv (no shell) with the event as JSON on stdin, in its own process group, killed at
     the deadline; (outcome, detail) with the exit status and the first MAX_OUTPUT_BYTES of output."""
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError as exc:
         return "failed", f"could not start {argv[0]}: {exc.strerror or exc}"
     deadline = time.monotonic() + timeout_s
@@ -150,7 +173,7 @@ def run_command(argv, timeout_s: float, event: Dict[str, Any]):
         try:
             proc.stdin.write(json.dumps(event).encode() + b"\n")
         except BrokenPipeError:
-            pass   # it did not read its input: its business
+            pass  # it did not read its input: its business
         proc.stdin.close()
         fd = proc.stdout.fileno()
         while True:
@@ -164,7 +187,7 @@ def run_command(argv, timeout_s: float, event: Dict[str, Any]):
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            kept += chunk[:max(0, MAX_OUTPUT_BYTES - len(kept))]
+            kept += chunk[: max(0, MAX_OUTPUT_BYTES - len(kept))]
         if not timed_out:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))

@@ -10,6 +10,7 @@ This module turns evaluation outcomes into rows in garrison.detect.state.store (
 transaction) and rows into AWS-shaped records: ActiveViolation (ListActiveViolations) and
 ViolationEvent (ListViolationEvents), times in epoch seconds as floats like AWS's CLI output.
 """
+
 import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -46,10 +47,20 @@ class Event:
 
     @classmethod
     def from_row(cls, row) -> "Event":
-        return cls(row["seq"], row["violation_id"], row["event_type"], row["time_ms"], row["thing"],
-                   row["profile"], loads(row["behavior"]), loads(row["metric_value"]),
-                   loads(row["additional_info"]), bool(row["suppress_alerts"]),
-                   row["verification_state"], row["verification_description"])
+        return cls(
+            row["seq"],
+            row["violation_id"],
+            row["event_type"],
+            row["time_ms"],
+            row["thing"],
+            row["profile"],
+            loads(row["behavior"]),
+            loads(row["metric_value"]),
+            loads(row["additional_info"]),
+            bool(row["suppress_alerts"]),
+            row["verification_state"],
+            row["verification_description"],
+        )
 
     def to_record(self) -> Dict[str, Any]:
         """ViolationEvent, with AWS's field names."""
@@ -99,9 +110,18 @@ def _event(store: Store, seq: Optional[int]) -> Optional[Event]:
     return Event.from_row(rows[0]) if rows else None
 
 
-def record_datapoint(store: Store, thing: str, profile: str, behavior: Dict[str, Any], *,
-                     transition: Optional[str], violating: bool, metric_value: Any, time_ms: int,
-                     additional_info: Optional[Dict[str, Any]] = None) -> Optional[Event]:
+def record_datapoint(
+    store: Store,
+    thing: str,
+    profile: str,
+    behavior: Dict[str, Any],
+    *,
+    transition: Optional[str],
+    violating: bool,
+    metric_value: Any,
+    time_ms: int,
+    additional_info: Optional[Dict[str, Any]] = None,
+) -> Optional[Event]:
     """Apply one evaluated datapoint to the violation of (thing, profile, behavior).
 
     Call inside the store transaction that also saves the evaluation state. Returns the new
@@ -117,14 +137,30 @@ def record_datapoint(store: Store, thing: str, profile: str, behavior: Dict[str,
             return None
         violation_id = str(uuid.uuid4())
         store.insert_violation(violation_id, thing, profile, behavior, metric_value, time_ms, additional_info)
-        return _event(store, store.insert_event(violation_id, IN_ALARM, time_ms, thing, profile, behavior,
-                                                metric_value, additional_info, suppress))
+        return _event(
+            store,
+            store.insert_event(
+                violation_id, IN_ALARM, time_ms, thing, profile, behavior, metric_value, additional_info, suppress
+            ),
+        )
     if current is None:
         return None
     if transition == ALARM_CLEARED:
         store.close_violation(current["violation_id"], ALARM_CLEARED, time_ms)
-        return _event(store, store.insert_event(current["violation_id"], ALARM_CLEARED, time_ms, thing,
-                                                profile, behavior, metric_value, additional_info, suppress))
+        return _event(
+            store,
+            store.insert_event(
+                current["violation_id"],
+                ALARM_CLEARED,
+                time_ms,
+                thing,
+                profile,
+                behavior,
+                metric_value,
+                additional_info,
+                suppress,
+            ),
+        )
     if violating:
         store.update_violation_value(current["violation_id"], metric_value, time_ms, additional_info)
     return None
@@ -137,9 +173,20 @@ def invalidate(store: Store, row, time_ms: int, reason: str) -> Optional[Event]:
     store.delete_state(row["thing"], row["profile"], row["behavior_name"])
     info = dict(loads(row["additional_info"]) or {})
     info["invalidationReason"] = reason
-    return _event(store, store.insert_event(row["violation_id"], ALARM_INVALIDATED, time_ms, row["thing"],
-                                            row["profile"], behavior, loads(row["last_value"]), info,
-                                            bool(behavior.get("suppressAlerts", False))))
+    return _event(
+        store,
+        store.insert_event(
+            row["violation_id"],
+            ALARM_INVALIDATED,
+            time_ms,
+            row["thing"],
+            row["profile"],
+            behavior,
+            loads(row["last_value"]),
+            info,
+            bool(behavior.get("suppressAlerts", False)),
+        ),
+    )
 
 
 def verify(store: Store, violation_id: str, state: str, description: Optional[str] = None) -> Dict[str, Any]:

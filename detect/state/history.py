@@ -13,6 +13,7 @@ broker's metrics for a thing; the sweep drops rows past the retention. A metric 
 Exports wait in a bounded in-memory queue (best effort: a datapoint the engine could not publish
 before it stopped is not exported again; the history itself is in the database).
 """
+
 import base64
 import json
 import logging
@@ -26,16 +27,16 @@ from garrison.detect.judge.metrics import MetricError
 log = logging.getLogger("garrison.history")
 
 DEFAULT_RETENTION_S = 14 * 86400
-MAX_RESULTS = 250              # ListMetricValues page size (AWS's maximum)
-EXPORT_BATCH = 100             # metrics per export message
-EXPORT_QUEUE = 100000          # exported datapoints waiting at most; the oldest are dropped beyond
+MAX_RESULTS = 250  # ListMetricValues page size (AWS's maximum)
+EXPORT_BATCH = 100  # metrics per export message
+EXPORT_QUEUE = 100000  # exported datapoints waiting at most; the oldest are dropped beyond
 
 
 class HistoryError(ValueError):
     """A bad ListMetricValues request."""
 
 
-_RETAINED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # per parsed profile
+_RETAINED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # per parsed profile
 
 
 def retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
@@ -48,8 +49,11 @@ def retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
 
 
 def _retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
-    topic = (profile.doc.get("metricsExportConfig") or {}).get("mqttTopic") if isinstance(
-        profile.doc.get("metricsExportConfig"), Mapping) else None
+    topic = (
+        (profile.doc.get("metricsExportConfig") or {}).get("mqttTopic")
+        if isinstance(profile.doc.get("metricsExportConfig"), Mapping)
+        else None
+    )
     topic = topic if isinstance(topic, str) and topic else None
     out: Dict[str, Tuple[Any, Optional[str]]] = {}
     for behavior in profile.behaviors:
@@ -80,7 +84,7 @@ class MetricHistory:
         """Keep the report's values of every metric the thing's profiles retain (device-side and
         custom metrics; the broker's are recorded when they are computed), in one row."""
         if not self.retention_ms:
-            return   # metric_retention = 0: no history
+            return  # metric_retention = 0: no history
         wanted: Dict[str, Tuple[Any, Optional[str]]] = {}
         for profile in profiles:
             for metric_id, (spec, topic) in retained(profile).items():
@@ -95,13 +99,21 @@ class MetricHistory:
                 continue
             values[metric_id] = value = evaluate.violation_value(spec, value)
             if topic:
-                self._export(topic, {"name": metric_id, "thing": thing, "value": value, "version": 1,
-                                     "timestamp": received_ms})
+                self._export(
+                    topic, {"name": metric_id, "thing": thing, "value": value, "version": 1, "timestamp": received_ms}
+                )
         if values:
             self.store.put_metric_values(thing, received_ms, "report", values)
 
-    def record(self, thing: str, metric_id: str, value: Dict[str, Any], time_ms: int,
-               export_topic: Optional[str] = None, dimension: Optional[Mapping[str, Any]] = None) -> None:
+    def record(
+        self,
+        thing: str,
+        metric_id: str,
+        value: Dict[str, Any],
+        time_ms: int,
+        export_topic: Optional[str] = None,
+        dimension: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         """One datapoint of the broker's metrics; kept in the row of (thing, time_ms) that
         `flush()` writes (one per thing per evaluation)."""
         if not self.retention_ms:
@@ -123,7 +135,7 @@ class MetricHistory:
 
     def _export(self, topic: str, entry: Dict[str, Any]) -> None:
         if len(self._exports) == self._exports.maxlen:
-            self.dropped_exports += 1   # the oldest waiting one goes
+            self.dropped_exports += 1  # the oldest waiting one goes
         self._exports.append((topic, entry))
 
     def flush_exports(self, publish: Optional[Callable[[str, bytes], Any]]) -> int:
@@ -137,7 +149,7 @@ class MetricHistory:
         sent = 0
         for topic, entries in by_topic.items():
             for i in range(0, len(entries), EXPORT_BATCH):
-                batch = entries[i:i + EXPORT_BATCH]
+                batch = entries[i : i + EXPORT_BATCH]
                 try:
                     publish(topic, json.dumps({"version": "1.0", "metrics": batch}, separators=(",", ":")).encode())
                     sent += len(batch)
@@ -148,9 +160,17 @@ class MetricHistory:
     def prune(self, now_ms: int) -> int:
         return self.store.prune_metric_values(now_ms - self.retention_ms)
 
-    def list_values(self, thing: str, metric: str, start_s: Optional[float] = None, end_s: Optional[float] = None,
-                    dimension_name: Optional[str] = None, dimension_operator: Optional[str] = None,
-                    max_results: Optional[int] = None, next_token: Optional[str] = None) -> Dict[str, Any]:
+    def list_values(
+        self,
+        thing: str,
+        metric: str,
+        start_s: Optional[float] = None,
+        end_s: Optional[float] = None,
+        dimension_name: Optional[str] = None,
+        dimension_operator: Optional[str] = None,
+        max_results: Optional[int] = None,
+        next_token: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """ListMetricValues: {"metricDatumList": [{"timestamp": s, "value": MetricValue}], "nextToken"}."""
         if not isinstance(thing, str) or not thing or not isinstance(metric, str) or not metric:
             raise HistoryError("thingName and metricName are required")
@@ -162,8 +182,9 @@ class MetricHistory:
         start_ms = 0 if start_s is None else int(start_s * 1000)
         end_ms = 2**62 if end_s is None else int(end_s * 1000)
         after = _decode_token(next_token) if next_token else None
-        rows = self.store.metric_values(thing, _key(metric, dimension_name or "", dimension_operator or "IN"),
-                                        start_ms, end_ms, after, limit + 1)
+        rows = self.store.metric_values(
+            thing, _key(metric, dimension_name or "", dimension_operator or "IN"), start_ms, end_ms, after, limit + 1
+        )
         page = rows[:limit]
         out: Dict[str, Any] = {"metricDatumList": [{"timestamp": t / 1000.0, "value": v} for t, v in page]}
         if len(rows) > limit:

@@ -6,13 +6,15 @@ audit's posture): the table stays the size of the fleet. Reports are bounded by 
 (128 KB, capped lists), so a row is too. Created here with CREATE TABLE IF NOT EXISTS, like the
 audit's tables, so garrison.detect.state.store's schema is untouched.
 """
+
 import json
 from typing import Any, Dict, Mapping, Optional
 
 from garrison.detect.state.store import Store
 
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS latest_reports (thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, "
-           "report TEXT NOT NULL)")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS latest_reports (thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, report TEXT NOT NULL)"
+)
 
 
 def ensure_table(store: Store) -> None:
@@ -30,9 +32,11 @@ def ensure_table(store: Store) -> None:
 def record_latest_report(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
     """The engine's hook (inside the report's transaction)."""
     ensure_table(store)
-    store._exec("INSERT INTO latest_reports VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE "
-                "SET time_ms = excluded.time_ms, report = excluded.report",
-                (thing, received_ms, json.dumps(report_long, separators=(",", ":"), default=str)))
+    store._exec(
+        "INSERT INTO latest_reports VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE "
+        "SET time_ms = excluded.time_ms, report = excluded.report",
+        (thing, received_ms, json.dumps(report_long, separators=(",", ":"), default=str)),
+    )
 
 
 def latest_report(store: Store, thing: str) -> Optional[Dict[str, Any]]:

@@ -19,6 +19,7 @@ be done again) instead of one write silently overwriting the other. One connecti
 shared by the process's threads behind a lock, as with SQLite; it is re-opened when the server
 dropped it (a restart, a failover).
 """
+
 import re
 import threading
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ except ImportError:  # pragma: no cover - the `scaleout` extra is not installed
     psycopg = None
 
 CONNECT_TIMEOUT_S = 10
-SCHEMA_LOCK_KEY = 0x6761727269736f6e  # "garrison": serializes schema creation across workers
+SCHEMA_LOCK_KEY = 0x6761727269736F6E  # "garrison": serializes schema creation across workers
 STATEMENT_TIMEOUT_MS = 30000
 
 
@@ -144,8 +145,9 @@ class PostgresStore(Store):
 
     def _connect(self):
         try:
-            conn = psycopg.connect(self.dsn, autocommit=True, row_factory=_row_factory,
-                                   connect_timeout=CONNECT_TIMEOUT_S)
+            conn = psycopg.connect(
+                self.dsn, autocommit=True, row_factory=_row_factory, connect_timeout=CONNECT_TIMEOUT_S
+            )
             conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")  # a stuck query is an error
         except psycopg.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {_first_line(exc)}") from None
@@ -253,8 +255,7 @@ class PostgresStore(Store):
                 self._conn = self._connect()
 
     def _error(self, exc: Exception) -> Exception:
-        if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
-                            pg_errors.LockNotAvailable)):
+        if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable)):
             return StoreConflict(f"database {self.path}: {_first_line(exc)}")
         return exc
 

@@ -20,6 +20,7 @@ the dialect both agree on (INSERT ... ON CONFLICT, RETURNING, `?` placeholders);
 backend translates the placeholders and the DDL's types. Schema changes are MIGRATIONS, applied
 in order by both backends and counted in meta.schema_version.
 """
+
 import json
 import sqlite3
 import threading
@@ -231,6 +232,7 @@ class Store:
     def __new__(cls, path: Any = None, *args: Any, **kwargs: Any):
         if cls is Store and is_postgres(path):  # the same interface on PostgreSQL
             from garrison.detect.state.postgres import PostgresStore
+
             return super().__new__(PostgresStore)
         return super().__new__(cls)
 
@@ -240,8 +242,9 @@ class Store:
         self.path = str(path)
         self.busy_timeout_ms = int(busy_timeout_ms)
         try:
-            self._conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
-                                         isolation_level=None, check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.RLock()
@@ -296,8 +299,10 @@ class Store:
         if int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} was written by a newer Garrison (schema {row[0]})")
         for version in range(int(row[0]) + 1, SCHEMA_VERSION + 1):
-            self._script(f"BEGIN; {MIGRATIONS[version]}; "
-                         f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'; COMMIT;")
+            self._script(
+                f"BEGIN; {MIGRATIONS[version]}; "
+                f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -386,16 +391,19 @@ class Store:
         if value is None:
             self._exec("DELETE FROM meta WHERE key = ?", (key,))
         else:
-            self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                       "value = excluded.value", (key, value))
+            self._exec(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     # ---- things -------------------------------------------------------------------------------
 
     def register_thing(self, name: str, now_ms: int, pre_registered: bool = False) -> bool:
         """Register `name` (no-op if known); True if it is new."""
-        cur = self._exec("INSERT INTO things (name, registered_ms, pre_registered) VALUES (?, ?, ?) "
-                         "ON CONFLICT DO NOTHING",
-                         (name, now_ms, int(pre_registered)))
+        cur = self._exec(
+            "INSERT INTO things (name, registered_ms, pre_registered) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (name, now_ms, int(pre_registered)),
+        )
         return cur.rowcount == 1
 
     def list_things(self) -> List[Dict[str, Any]]:
@@ -414,10 +422,15 @@ class Store:
     def _thing(self, row: sqlite3.Row) -> Dict[str, Any]:
         """A thing's record (times in epoch seconds, like the violation records)."""
         last = row["last_received_ms"]
-        return {"thingName": row["name"], "registeredTime": row["registered_ms"] / 1000.0,
-                "preRegistered": bool(row["pre_registered"]), "lastReportId": row["last_report_id"],
-                "lastReportTime": None if last is None else last / 1000.0, "reports": row["reports"],
-                "groups": self.groups_of(row["name"])}
+        return {
+            "thingName": row["name"],
+            "registeredTime": row["registered_ms"] / 1000.0,
+            "preRegistered": bool(row["pre_registered"]),
+            "lastReportId": row["last_report_id"],
+            "lastReportTime": None if last is None else last / 1000.0,
+            "reports": row["reports"],
+            "groups": self.groups_of(row["name"]),
+        }
 
     def last_report(self, name: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
         """(last report id, last received ms) of a registered thing (both None before its first
@@ -432,24 +445,30 @@ class Store:
 
     def last_received_times(self) -> Dict[str, int]:
         """Every thing that has reported -> when its last accepted report was dated (ms)."""
-        return {r[0]: r[1] for r in self._rows(
-            "SELECT name, last_received_ms FROM things WHERE last_received_ms IS NOT NULL")}
+        return {
+            r[0]: r[1]
+            for r in self._rows("SELECT name, last_received_ms FROM things WHERE last_received_ms IS NOT NULL")
+        }
 
     def record_reports(self, rows: Iterable[Tuple[int, int, int, str]]) -> None:
         """record_report for many (report id, received ms, how many reports, thing) at once."""
-        self._many("UPDATE things SET last_report_id = ?, last_received_ms = ?, "
-                   "reports = reports + ? WHERE name = ?", rows)
+        self._many(
+            "UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + ? WHERE name = ?", rows
+        )
 
     def record_report(self, name: str, report_id: int, received_ms: int) -> None:
-        self._exec("UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 "
-                   "WHERE name = ?", (report_id, received_ms, name))
+        self._exec(
+            "UPDATE things SET last_report_id = ?, last_received_ms = ?, reports = reports + 1 WHERE name = ?",
+            (report_id, received_ms, name),
+        )
 
     # ---- groups -------------------------------------------------------------------------------
 
     def create_group(self, name: str, now_ms: int, description: str = "") -> bool:
-        cur = self._exec("INSERT INTO thing_groups (name, created_ms, description) VALUES (?, ?, ?) "
-                         "ON CONFLICT DO NOTHING",
-                         (name, now_ms, description))
+        cur = self._exec(
+            "INSERT INTO thing_groups (name, created_ms, description) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (name, now_ms, description),
+        )
         return cur.rowcount == 1
 
     def delete_group(self, name: str) -> bool:
@@ -465,30 +484,44 @@ class Store:
         with self.transaction():
             if not self.group_exists(group):
                 raise NotFound(f"no thing group named {group!r}")
-            cur = self._exec("INSERT INTO group_members (group_name, thing, added_ms) VALUES (?, ?, ?) "
-                             "ON CONFLICT DO NOTHING",
-                             (group, thing, now_ms))
+            cur = self._exec(
+                "INSERT INTO group_members (group_name, thing, added_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (group, thing, now_ms),
+            )
             return cur.rowcount == 1
 
     def remove_from_group(self, group: str, thing: str) -> bool:
         with self.transaction():
             if not self.group_exists(group):
                 raise NotFound(f"no thing group named {group!r}")
-            return self._exec("DELETE FROM group_members WHERE group_name = ? AND thing = ?",
-                              (group, thing)).rowcount == 1
+            return (
+                self._exec("DELETE FROM group_members WHERE group_name = ? AND thing = ?", (group, thing)).rowcount == 1
+            )
 
     def list_groups(self) -> List[Dict[str, Any]]:
         groups = []
         for row in self._rows("SELECT * FROM thing_groups ORDER BY name"):
-            members = [r[0] for r in self._rows(
-                "SELECT thing FROM group_members WHERE group_name = ? ORDER BY thing", (row["name"],))]
-            groups.append({"groupName": row["name"], "description": row["description"],
-                           "creationTime": row["created_ms"] / 1000.0, "things": members})
+            members = [
+                r[0]
+                for r in self._rows(
+                    "SELECT thing FROM group_members WHERE group_name = ? ORDER BY thing", (row["name"],)
+                )
+            ]
+            groups.append(
+                {
+                    "groupName": row["name"],
+                    "description": row["description"],
+                    "creationTime": row["created_ms"] / 1000.0,
+                    "things": members,
+                }
+            )
         return groups
 
     def groups_of(self, thing: str) -> List[str]:
-        return [r[0] for r in self._rows(
-            "SELECT group_name FROM group_members WHERE thing = ? ORDER BY group_name", (thing,))]
+        return [
+            r[0]
+            for r in self._rows("SELECT group_name FROM group_members WHERE thing = ? ORDER BY group_name", (thing,))
+        ]
 
     # ---- profiles and attachments -------------------------------------------------------------
 
@@ -496,9 +529,11 @@ class Store:
         """Create or replace a profile; True if it is new."""
         with self.transaction():
             existed = self.get_profile(name) is not None
-            self._exec("INSERT INTO profiles (name, doc, created_ms, updated_ms) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT(name) DO UPDATE SET doc = excluded.doc, updated_ms = excluded.updated_ms",
-                       (name, _dumps(doc), now_ms, now_ms))
+            self._exec(
+                "INSERT INTO profiles (name, doc, created_ms, updated_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET doc = excluded.doc, updated_ms = excluded.updated_ms",
+                (name, _dumps(doc), now_ms, now_ms),
+            )
             return not existed
 
     def get_profile(self, name: str) -> Optional[Dict[str, Any]]:
@@ -512,9 +547,15 @@ class Store:
     def list_profiles(self) -> List[Dict[str, Any]]:
         out = []
         for row in self._rows("SELECT name, doc, created_ms, updated_ms FROM profiles ORDER BY name"):
-            out.append({"securityProfileName": row["name"], "doc": _loads(row["doc"]),
-                        "created_ms": row["created_ms"], "updated_ms": row["updated_ms"],
-                        "targets": self.attachments_of(row["name"])})
+            out.append(
+                {
+                    "securityProfileName": row["name"],
+                    "doc": _loads(row["doc"]),
+                    "created_ms": row["created_ms"],
+                    "updated_ms": row["updated_ms"],
+                    "targets": self.attachments_of(row["name"]),
+                }
+            )
         return out
 
     def delete_profile(self, name: str) -> bool:
@@ -538,26 +579,32 @@ class Store:
             if profile in attached:
                 return False
             if len(attached) >= MAX_PROFILES_PER_TARGET:
-                raise StoreError(f"target {target} already has {MAX_PROFILES_PER_TARGET} security profiles "
-                                 f"({', '.join(sorted(attached))})")
+                raise StoreError(
+                    f"target {target} already has {MAX_PROFILES_PER_TARGET} security profiles "
+                    f"({', '.join(sorted(attached))})"
+                )
             self._exec("INSERT INTO attachments (profile, target) VALUES (?, ?)", (profile, target))
             return True
 
     def detach(self, profile: str, target: str) -> bool:
         parse_target(target)
-        return self._exec("DELETE FROM attachments WHERE profile = ? AND target = ?",
-                          (profile, target)).rowcount == 1
+        return self._exec("DELETE FROM attachments WHERE profile = ? AND target = ?", (profile, target)).rowcount == 1
 
     def attachments_of(self, profile: str) -> List[str]:
-        return [r[0] for r in self._rows(
-            "SELECT target FROM attachments WHERE profile = ? ORDER BY target", (profile,))]
+        return [
+            r[0] for r in self._rows("SELECT target FROM attachments WHERE profile = ? ORDER BY target", (profile,))
+        ]
 
     def profiles_for_thing(self, thing: str) -> List[str]:
         """Profiles that apply to `thing`: attached to all things, one of its groups, or itself."""
         targets = ["all", f"thing:{thing}"] + [f"group:{g}" for g in self.groups_of(thing)]
         marks = ",".join("?" * len(targets))
-        return [r[0] for r in self._rows(
-            f"SELECT DISTINCT profile FROM attachments WHERE target IN ({marks}) ORDER BY profile", targets)]
+        return [
+            r[0]
+            for r in self._rows(
+                f"SELECT DISTINCT profile FROM attachments WHERE target IN ({marks}) ORDER BY profile", targets
+            )
+        ]
 
     def attachments_by_target(self) -> Dict[str, List[str]]:
         """Every attachment: target -> its profiles (sorted)."""
@@ -573,76 +620,125 @@ class Store:
             "SELECT name FROM things WHERE EXISTS (SELECT 1 FROM attachments WHERE profile = ? AND target = 'all') "
             "UNION SELECT substr(target, 7) FROM attachments WHERE profile = ? AND target LIKE 'thing:%' "
             "UNION SELECT m.thing FROM group_members m JOIN attachments a ON a.target = 'group:' || m.group_name "
-            "WHERE a.profile = ? ORDER BY 1", (profile,) * 3)
+            "WHERE a.profile = ? ORDER BY 1",
+            (profile,) * 3,
+        )
         return [r[0] for r in rows]
 
     # ---- evaluation state ---------------------------------------------------------------------
 
     def get_state(self, thing: str, profile: str, behavior: str) -> Any:
-        row = self._one("SELECT state FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
-                        (thing, profile, behavior))
+        row = self._one(
+            "SELECT state FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?", (thing, profile, behavior)
+        )
         return None if row is None else _loads(row[0])
 
     def states_of_thing(self, thing: str) -> Dict[Tuple[str, str], Any]:
         """Every evaluation state of `thing`, keyed (profile, behavior): one query per report."""
-        return {(r[0], r[1]): _loads(r[2]) for r in self._rows(
-            "SELECT profile, behavior, state FROM eval_state WHERE thing = ?", (thing,))}
+        return {
+            (r[0], r[1]): _loads(r[2])
+            for r in self._rows("SELECT profile, behavior, state FROM eval_state WHERE thing = ?", (thing,))
+        }
 
     def states_of_behavior(self, profile: str, behavior: str) -> Dict[str, Any]:
         """Every thing's evaluation state of one behavior, keyed by thing: one query per sweep."""
-        return {r[0]: _loads(r[1]) for r in self._rows(
-            "SELECT thing, state FROM eval_state WHERE profile = ? AND behavior = ?", (profile, behavior))}
+        return {
+            r[0]: _loads(r[1])
+            for r in self._rows(
+                "SELECT thing, state FROM eval_state WHERE profile = ? AND behavior = ?", (profile, behavior)
+            )
+        }
 
     def put_state(self, thing: str, profile: str, behavior: str, state: Any, now_ms: int) -> None:
-        self._exec("INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
-                   "updated_ms = excluded.updated_ms", (thing, profile, behavior, _dumps(state), now_ms))
+        self._exec(
+            "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
+            "updated_ms = excluded.updated_ms",
+            (thing, profile, behavior, _dumps(state), now_ms),
+        )
 
     def put_states(self, rows: Iterable[Tuple[str, str, str, Any, int]]) -> None:
         """put_state for many (thing, profile, behavior, state, now_ms) at once (group commit)."""
-        self._many("INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
-                   "updated_ms = excluded.updated_ms", [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows])
+        self._many(
+            "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
+            "updated_ms = excluded.updated_ms",
+            [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows],
+        )
 
     def delete_state(self, thing: str, profile: str, behavior: str) -> None:
-        self._exec("DELETE FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?",
-                   (thing, profile, behavior))
+        self._exec(
+            "DELETE FROM eval_state WHERE thing = ? AND profile = ? AND behavior = ?", (thing, profile, behavior)
+        )
 
     # ---- violations ---------------------------------------------------------------------------
 
     def open_violation(self, thing: str, profile: str, behavior_name: str) -> Optional[sqlite3.Row]:
-        return self._one("SELECT * FROM violations WHERE thing = ? AND profile = ? AND behavior_name = ? "
-                         "AND end_ms IS NULL", (thing, profile, behavior_name))
+        return self._one(
+            "SELECT * FROM violations WHERE thing = ? AND profile = ? AND behavior_name = ? AND end_ms IS NULL",
+            (thing, profile, behavior_name),
+        )
 
-    def insert_violation(self, violation_id: str, thing: str, profile: str, behavior: Dict[str, Any],
-                         value: Any, time_ms: int, additional_info: Any) -> None:
-        self._exec("INSERT INTO violations (violation_id, thing, profile, behavior_name, behavior, start_ms, "
-                   "last_value, last_ms, additional_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (violation_id, thing, profile, behavior["name"], _dumps(behavior), time_ms,
-                    _dumps(value), time_ms, _dumps(additional_info)))
+    def insert_violation(
+        self,
+        violation_id: str,
+        thing: str,
+        profile: str,
+        behavior: Dict[str, Any],
+        value: Any,
+        time_ms: int,
+        additional_info: Any,
+    ) -> None:
+        self._exec(
+            "INSERT INTO violations (violation_id, thing, profile, behavior_name, behavior, start_ms, "
+            "last_value, last_ms, additional_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                violation_id,
+                thing,
+                profile,
+                behavior["name"],
+                _dumps(behavior),
+                time_ms,
+                _dumps(value),
+                time_ms,
+                _dumps(additional_info),
+            ),
+        )
 
     def update_violation_value(self, violation_id: str, value: Any, time_ms: int, additional_info: Any) -> None:
-        self._exec("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? "
-                   "WHERE violation_id = ?", (_dumps(value), time_ms, _dumps(additional_info), violation_id))
+        self._exec(
+            "UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? WHERE violation_id = ?",
+            (_dumps(value), time_ms, _dumps(additional_info), violation_id),
+        )
 
     def update_violation_values(self, rows: Iterable[Tuple[str, Any, int, Any]]) -> None:
         """update_violation_value for many (violation id, value, time ms, additional info)."""
-        self._many("UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? WHERE violation_id = ?",
-                   [(_dumps(v), ms, _dumps(info), vid) for vid, v, ms, info in rows])
+        self._many(
+            "UPDATE violations SET last_value = ?, last_ms = ?, additional_info = ? WHERE violation_id = ?",
+            [(_dumps(v), ms, _dumps(info), vid) for vid, v, ms, info in rows],
+        )
 
     def close_violation(self, violation_id: str, end_type: str, time_ms: int) -> None:
-        self._exec("UPDATE violations SET end_ms = ?, end_type = ? WHERE violation_id = ? AND end_ms IS NULL",
-                   (time_ms, end_type, violation_id))
+        self._exec(
+            "UPDATE violations SET end_ms = ?, end_type = ? WHERE violation_id = ? AND end_ms IS NULL",
+            (time_ms, end_type, violation_id),
+        )
 
     def get_violation(self, violation_id: str) -> Optional[sqlite3.Row]:
         return self._one("SELECT * FROM violations WHERE violation_id = ?", (violation_id,))
 
     def set_verification(self, violation_id: str, state: str, description: Optional[str]) -> bool:
-        return self._exec("UPDATE violations SET verification_state = ?, verification_description = ? "
-                          "WHERE violation_id = ?", (state, description, violation_id)).rowcount == 1
+        return (
+            self._exec(
+                "UPDATE violations SET verification_state = ?, verification_description = ? WHERE violation_id = ?",
+                (state, description, violation_id),
+            ).rowcount
+            == 1
+        )
 
-    def list_violations(self, active_only: bool = False, thing: Optional[str] = None,
-                        profile: Optional[str] = None) -> List[sqlite3.Row]:
+    def list_violations(
+        self, active_only: bool = False, thing: Optional[str] = None, profile: Optional[str] = None
+    ) -> List[sqlite3.Row]:
         where, params = self._filters(thing=thing, profile=profile)
         if active_only:
             where.append("end_ms IS NULL")
@@ -660,28 +756,56 @@ class Store:
 
     # ---- events and the alert outbox ----------------------------------------------------------
 
-    def insert_event(self, violation_id: str, event_type: str, time_ms: int, thing: str, profile: str,
-                     behavior: Dict[str, Any], metric_value: Any, additional_info: Any,
-                     suppress_alerts: bool) -> Optional[int]:
+    def insert_event(
+        self,
+        violation_id: str,
+        event_type: str,
+        time_ms: int,
+        thing: str,
+        profile: str,
+        behavior: Dict[str, Any],
+        metric_value: Any,
+        additional_info: Any,
+        suppress_alerts: bool,
+    ) -> Optional[int]:
         """Record an event; None if this episode already has an event of this type."""
-        rows = self._rows("INSERT INTO violation_events (violation_id, event_type, time_ms, thing, "
-                          "profile, behavior, metric_value, additional_info, suppress_alerts, alerted_ms) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
-                          (violation_id, event_type, time_ms, thing, profile, _dumps(behavior),
-                           _dumps(metric_value), _dumps(additional_info), int(suppress_alerts),
-                           time_ms if suppress_alerts else None))
+        rows = self._rows(
+            "INSERT INTO violation_events (violation_id, event_type, time_ms, thing, "
+            "profile, behavior, metric_value, additional_info, suppress_alerts, alerted_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING seq",
+            (
+                violation_id,
+                event_type,
+                time_ms,
+                thing,
+                profile,
+                _dumps(behavior),
+                _dumps(metric_value),
+                _dumps(additional_info),
+                int(suppress_alerts),
+                time_ms if suppress_alerts else None,
+            ),
+        )
         return rows[0][0] if rows else None
 
-    def list_events(self, thing: Optional[str] = None, profile: Optional[str] = None,
-                    start_ms: Optional[int] = None, end_ms: Optional[int] = None,
-                    after_seq: Optional[int] = None, limit: Optional[int] = None) -> List[sqlite3.Row]:
+    def list_events(
+        self,
+        thing: Optional[str] = None,
+        profile: Optional[str] = None,
+        start_ms: Optional[int] = None,
+        end_ms: Optional[int] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> List[sqlite3.Row]:
         where, params = self._filters(prefix="e.", thing=thing, profile=profile)
         for clause, value in (("e.time_ms >= ?", start_ms), ("e.time_ms <= ?", end_ms), ("e.seq > ?", after_seq)):
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        sql = ("SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
-               "JOIN violations v ON v.violation_id = e.violation_id")
+        sql = (
+            "SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
+            "JOIN violations v ON v.violation_id = e.violation_id"
+        )
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY e.seq"
@@ -691,9 +815,12 @@ class Store:
 
     def pending_alerts(self, limit: int = 500) -> List[sqlite3.Row]:
         """Events whose alert has not been handed to the alert targets yet (oldest first)."""
-        return self._rows("SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
-                          "JOIN violations v ON v.violation_id = e.violation_id "
-                          "WHERE e.alerted_ms IS NULL ORDER BY e.seq LIMIT ?", (limit,))
+        return self._rows(
+            "SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
+            "JOIN violations v ON v.violation_id = e.violation_id "
+            "WHERE e.alerted_ms IS NULL ORDER BY e.seq LIMIT ?",
+            (limit,),
+        )
 
     def mark_alerted(self, seq: int, now_ms: int, failure: Optional[str] = None) -> None:
         """The alert of event `seq` was delivered, or (with `failure`) given up after its last
@@ -701,9 +828,11 @@ class Store:
         with self.transaction():
             self._exec("UPDATE violation_events SET alerted_ms = ? WHERE seq = ?", (now_ms, seq))
             if failure is not None:
-                self._exec("INSERT INTO alert_failures (seq, failed_ms, detail) VALUES (?, ?, ?) ON CONFLICT(seq) "
-                           "DO UPDATE SET failed_ms = excluded.failed_ms, detail = excluded.detail",
-                           (seq, now_ms, failure[:2000]))
+                self._exec(
+                    "INSERT INTO alert_failures (seq, failed_ms, detail) VALUES (?, ?, ?) ON CONFLICT(seq) "
+                    "DO UPDATE SET failed_ms = excluded.failed_ms, detail = excluded.detail",
+                    (seq, now_ms, failure[:2000]),
+                )
 
     def alert_failures(self) -> List[sqlite3.Row]:
         """Alerts given up after their last attempt: seq, failed_ms, detail (oldest first)."""
@@ -713,15 +842,23 @@ class Store:
 
     def put_sample(self, profile: str, behavior: str, thing: str, time_ms: int, value: float) -> None:
         """Keep `thing`'s latest judged value for a statistical behavior."""
-        self._exec("INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
-                   "value = excluded.value", (profile, behavior, thing, time_ms, float(value)))
+        self._exec(
+            "INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
+            "value = excluded.value",
+            (profile, behavior, thing, time_ms, float(value)),
+        )
 
     def samples(self, profile: str, behavior: str, since_ms: int) -> List[Tuple[str, int, float]]:
         """(thing, time_ms, value) of the devices whose latest value is newer than `since_ms`."""
-        return [(r[0], r[1], r[2]) for r in self._rows(
-            "SELECT thing, time_ms, value FROM fleet_samples WHERE profile = ? AND behavior = ? AND time_ms > ? "
-            "ORDER BY thing", (profile, behavior, since_ms))]
+        return [
+            (r[0], r[1], r[2])
+            for r in self._rows(
+                "SELECT thing, time_ms, value FROM fleet_samples WHERE profile = ? AND behavior = ? AND time_ms > ? "
+                "ORDER BY thing",
+                (profile, behavior, since_ms),
+            )
+        ]
 
     def forget_behavior(self, profile: str, behavior: str) -> None:
         """Drop evaluation state, fleet statistics and models of one behavior (it changed or went away)."""
@@ -732,10 +869,13 @@ class Store:
         self._exec("DELETE FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
 
     def put_threshold(self, profile: str, behavior: str, value: Optional[float], devices: int, now_ms: int) -> None:
-        self._exec("INSERT INTO fleet_thresholds (profile, behavior, value, devices, computed_ms) "
-                   "VALUES (?, ?, ?, ?, ?) "
-                   "ON CONFLICT(profile, behavior) DO UPDATE SET value = excluded.value, devices = excluded.devices, "
-                   "computed_ms = excluded.computed_ms", (profile, behavior, value, devices, now_ms))
+        self._exec(
+            "INSERT INTO fleet_thresholds (profile, behavior, value, devices, computed_ms) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(profile, behavior) DO UPDATE SET value = excluded.value, devices = excluded.devices, "
+            "computed_ms = excluded.computed_ms",
+            (profile, behavior, value, devices, now_ms),
+        )
 
     def get_threshold(self, profile: str, behavior: str) -> Optional[Dict[str, Any]]:
         row = self._one("SELECT * FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
@@ -746,50 +886,80 @@ class Store:
     # ---- ML Detect model states ---------------------------------------------------------------
 
     def get_model(self, profile: str, behavior: str, thing: str) -> Optional[bytes]:
-        row = self._one("SELECT state FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?",
-                        (profile, behavior, thing))
+        row = self._one(
+            "SELECT state FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?", (profile, behavior, thing)
+        )
         return None if row is None else bytes(row[0])
 
     def put_model(self, profile: str, behavior: str, thing: str, state: bytes) -> None:
-        self._exec("INSERT INTO ml_models (profile, behavior, thing, state) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT(profile, behavior, thing) DO UPDATE SET state = excluded.state",
-                   (profile, behavior, thing, bytes(state)))
+        self._exec(
+            "INSERT INTO ml_models (profile, behavior, thing, state) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(profile, behavior, thing) DO UPDATE SET state = excluded.state",
+            (profile, behavior, thing, bytes(state)),
+        )
 
     def delete_model(self, profile: str, behavior: str, thing: str) -> bool:
-        return self._exec("DELETE FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?",
-                          (profile, behavior, thing)).rowcount == 1
+        return (
+            self._exec(
+                "DELETE FROM ml_models WHERE profile = ? AND behavior = ? AND thing = ?", (profile, behavior, thing)
+            ).rowcount
+            == 1
+        )
 
     def model_things(self, profile: str, behavior: str) -> List[str]:
-        return [r[0] for r in self._rows("SELECT thing FROM ml_models WHERE profile = ? AND behavior = ? "
-                                         "ORDER BY thing", (profile, behavior))]
+        return [
+            r[0]
+            for r in self._rows(
+                "SELECT thing FROM ml_models WHERE profile = ? AND behavior = ? ORDER BY thing", (profile, behavior)
+            )
+        ]
 
     def get_prior(self, profile: str, behavior: str) -> Optional[Tuple[Optional[bytes], int]]:
-        row = self._one("SELECT state, built_ms FROM ml_priors WHERE profile = ? AND behavior = ?",
-                        (profile, behavior))
+        row = self._one("SELECT state, built_ms FROM ml_priors WHERE profile = ? AND behavior = ?", (profile, behavior))
         return None if row is None else (None if row[0] is None else bytes(row[0]), row[1])
 
     def put_prior(self, profile: str, behavior: str, state: Optional[bytes], built_ms: int) -> None:
-        self._exec("INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
-                   (profile, behavior, None if state is None else bytes(state), built_ms))
+        self._exec(
+            "INSERT INTO ml_priors (profile, behavior, state, built_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(profile, behavior) DO UPDATE SET state = excluded.state, built_ms = excluded.built_ms",
+            (profile, behavior, None if state is None else bytes(state), built_ms),
+        )
 
     # ---- dimensions ---------------------------------------------------------------------------
 
-    def put_dimension(self, name: str, dimension_type: str, values: List[str], now_ms: int,
-                      create: bool = True) -> bool:
+    def put_dimension(
+        self, name: str, dimension_type: str, values: List[str], now_ms: int, create: bool = True
+    ) -> bool:
         """Create (create=True; False if it exists) or update (False if it does not) a dimension."""
         if create:
-            return self._exec("INSERT INTO dimensions (name, type, string_values, created_ms, updated_ms) "
-                              "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (name, dimension_type, _dumps(values), now_ms, now_ms)
-                              ).rowcount == 1
-        return self._exec("UPDATE dimensions SET string_values = ?, updated_ms = ? WHERE name = ?",
-                          (_dumps(values), now_ms, name)).rowcount == 1
+            return (
+                self._exec(
+                    "INSERT INTO dimensions (name, type, string_values, created_ms, updated_ms) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (name, dimension_type, _dumps(values), now_ms, now_ms),
+                ).rowcount
+                == 1
+            )
+        return (
+            self._exec(
+                "UPDATE dimensions SET string_values = ?, updated_ms = ? WHERE name = ?", (_dumps(values), now_ms, name)
+            ).rowcount
+            == 1
+        )
 
     def get_dimension(self, name: str) -> Optional[Dict[str, Any]]:
         row = self._one("SELECT * FROM dimensions WHERE name = ?", (name,))
-        return None if row is None else {"name": row["name"], "type": row["type"],
-                                         "values": _loads(row["string_values"]),
-                                         "created_ms": row["created_ms"], "updated_ms": row["updated_ms"]}
+        return (
+            None
+            if row is None
+            else {
+                "name": row["name"],
+                "type": row["type"],
+                "values": _loads(row["string_values"]),
+                "created_ms": row["created_ms"],
+                "updated_ms": row["updated_ms"],
+            }
+        )
 
     def list_dimensions(self) -> List[str]:
         return [r[0] for r in self._rows("SELECT name FROM dimensions ORDER BY name")]
@@ -802,20 +972,26 @@ class Store:
     def put_metric_values(self, thing: str, time_ms: int, source: str, values: Dict[str, Any]) -> None:
         """Keep the datapoints of one report (source "report") or evaluation ("broker"):
         {metric key: MetricValue}; the same thing, time and source again replaces them."""
-        self._exec("INSERT INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?) "
-                   "ON CONFLICT (thing, time_ms, source) DO UPDATE SET doc = excluded.doc",
-                   (thing, time_ms, source, _dumps(values)))
+        self._exec(
+            "INSERT INTO metric_values (thing, time_ms, source, doc) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (thing, time_ms, source) DO UPDATE SET doc = excluded.doc",
+            (thing, time_ms, source, _dumps(values)),
+        )
 
-    def metric_values(self, thing: str, key: str, start_ms: int, end_ms: int,
-                      after_ms: Optional[int] = None, limit: int = 250) -> List[Tuple[int, Any]]:
+    def metric_values(
+        self, thing: str, key: str, start_ms: int, end_ms: int, after_ms: Optional[int] = None, limit: int = 250
+    ) -> List[Tuple[int, Any]]:
         """(time_ms, value) of one metric key in [start_ms, end_ms], oldest first, after `after_ms`."""
         low = start_ms if after_ms is None else max(start_ms, after_ms + 1)
         # the key is picked out here, not with SQLite's json_extract: the same query on PostgreSQL;
         # rows without the key are skipped, a chunk at a time
         found: List[Tuple[int, Any]] = []
         while len(found) < limit:
-            rows = self._rows("SELECT time_ms, doc FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
-                              "ORDER BY time_ms LIMIT ?", (thing, low, end_ms, 4 * limit))
+            rows = self._rows(
+                "SELECT time_ms, doc FROM metric_values WHERE thing = ? AND time_ms BETWEEN ? AND ? "
+                "ORDER BY time_ms LIMIT ?",
+                (thing, low, end_ms, 4 * limit),
+            )
             for time_ms, doc in rows:
                 value = json.loads(doc).get(key)
                 if value is not None:
@@ -833,34 +1009,67 @@ class Store:
 
     # ---- mitigation audit log -----------------------------------------------------------------
 
-    def log_action(self, time_ms: int, thing: str, action: Dict[str, Any], dry_run: bool, outcome: str,
-                   detail: str = "", violation_id: Optional[str] = None, profile: Optional[str] = None,
-                   behavior: Optional[str] = None) -> int:
-        return self._rows("INSERT INTO action_log (time_ms, violation_id, thing, profile, behavior, action, "
-                          "dry_run, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                          (time_ms, violation_id, thing, profile, behavior, _dumps(action), int(dry_run),
-                           outcome, detail))[0][0]
+    def log_action(
+        self,
+        time_ms: int,
+        thing: str,
+        action: Dict[str, Any],
+        dry_run: bool,
+        outcome: str,
+        detail: str = "",
+        violation_id: Optional[str] = None,
+        profile: Optional[str] = None,
+        behavior: Optional[str] = None,
+    ) -> int:
+        return self._rows(
+            "INSERT INTO action_log (time_ms, violation_id, thing, profile, behavior, action, "
+            "dry_run, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (time_ms, violation_id, thing, profile, behavior, _dumps(action), int(dry_run), outcome, detail),
+        )[0][0]
 
     def list_actions(self, thing: Optional[str] = None) -> List[Dict[str, Any]]:
         where, params = self._filters(thing=thing)
         sql = "SELECT * FROM action_log" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq"
-        return [{"seq": r["seq"], "time": r["time_ms"] / 1000.0, "violationId": r["violation_id"],
-                 "thingName": r["thing"], "securityProfileName": r["profile"], "behaviorName": r["behavior"],
-                 "action": _loads(r["action"]), "dryRun": bool(r["dry_run"]), "outcome": r["outcome"],
-                 "detail": r["detail"]} for r in self._rows(sql, params)]
+        return [
+            {
+                "seq": r["seq"],
+                "time": r["time_ms"] / 1000.0,
+                "violationId": r["violation_id"],
+                "thingName": r["thing"],
+                "securityProfileName": r["profile"],
+                "behaviorName": r["behavior"],
+                "action": _loads(r["action"]),
+                "dryRun": bool(r["dry_run"]),
+                "outcome": r["outcome"],
+                "detail": r["detail"],
+            }
+            for r in self._rows(sql, params)
+        ]
 
     def pending_actions(self, limit: int = 100) -> List[Dict[str, Any]]:
         """Logged actions still to be carried out (garrison.detect.respond.runner), oldest first."""
         rows = self._rows("SELECT * FROM action_log WHERE outcome = 'pending' ORDER BY seq LIMIT ?", (limit,))
-        return [{"seq": r["seq"], "thingName": r["thing"], "action": _loads(r["action"]),
-                 "violationId": r["violation_id"], "securityProfileName": r["profile"],
-                 "behaviorName": r["behavior"]} for r in rows]
+        return [
+            {
+                "seq": r["seq"],
+                "thingName": r["thing"],
+                "action": _loads(r["action"]),
+                "violationId": r["violation_id"],
+                "securityProfileName": r["profile"],
+                "behaviorName": r["behavior"],
+            }
+            for r in rows
+        ]
 
     def claim_action(self, seq: int) -> bool:
         """Mark a pending action as running; False if another process took it first."""
         with self.transaction():
-            return self._exec("UPDATE action_log SET outcome = 'running' WHERE seq = ? AND outcome = 'pending'",
-                              (seq,)).rowcount == 1
+            return (
+                self._exec(
+                    "UPDATE action_log SET outcome = 'running' WHERE seq = ? AND outcome = 'pending'", (seq,)
+                ).rowcount
+                == 1
+            )
 
     def finish_action(self, seq: int, outcome: str, detail: str) -> None:
         with self.transaction():

@@ -3,6 +3,7 @@
 Everything here produces reports with the agent's own wire-format code (`garrison.agent.report`),
 so what the simulator sends is exactly what a real agent would send.
 """
+
 from pathlib import Path
 
 __all__ = ["PROFILES_DIR", "FLEET_PROFILE"]

@@ -3,6 +3,7 @@
 Every address an attack adds is in a documentation range (RFC 5737) and exists only inside the
 simulated report: the C2 "servers" are in 203.0.113.0/24, the exfiltration sink in 192.0.2.0/24.
 """
+
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -99,8 +100,7 @@ class Silent(Attack):
     silences = True
 
 
-SCENARIOS: Dict[str, type] = {cls.name: cls for cls in (Ddos, Backdoor, CommandAndControl, Scan,
-                                                        Exfiltration, Silent)}
+SCENARIOS: Dict[str, type] = {cls.name: cls for cls in (Ddos, Backdoor, CommandAndControl, Scan, Exfiltration, Silent)}
 
 
 @dataclass(frozen=True)

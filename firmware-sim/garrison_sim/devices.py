@@ -5,6 +5,7 @@ daily traffic rhythm. A `VirtualDevice` turns the simulated time since its previ
 an `Observation` (the same records the real collectors return), which attacks may then alter
 before `garrison.agent.report.build` makes the report.
 """
+
 import math
 import random
 import zlib
@@ -21,8 +22,8 @@ CLOUD_API = ("198.51.100.20", 443)
 CLOUD_VIDEO = ("198.51.100.30", 443)
 CLOUD_UPDATES = ("198.51.100.40", 443)
 
-DEFAULT_INTERVAL = 300.0   # seconds between reports, as AWS expects
-INTERVAL_JITTER = 0.1      # +-10%, as real agents drift
+DEFAULT_INTERVAL = 300.0  # seconds between reports, as AWS expects
+INTERVAL_JITTER = 0.1  # +-10%, as real agents drift
 
 
 @dataclass(frozen=True)
@@ -30,29 +31,60 @@ class DeviceType:
     name: str
     tcp_ports: Tuple[int, ...]
     udp_ports: Tuple[int, ...]
-    cloud: Tuple[Tuple[str, int], ...]     # endpoints kept connected
-    bytes_out_per_s: float                 # daily mean
+    cloud: Tuple[Tuple[str, int], ...]  # endpoints kept connected
+    bytes_out_per_s: float  # daily mean
     bytes_in_per_s: float
-    peak_hour: float                       # local hour of the daily traffic peak
-    swing: float                           # 0..1, depth of the daily rhythm
-    packet_bytes: int = 1200               # mean packet size, for packet counts
+    peak_hour: float  # local hour of the daily traffic peak
+    swing: float  # 0..1, depth of the daily rhythm
+    packet_bytes: int = 1200  # mean packet size, for packet counts
     lan_clients: Tuple[int, int] = (0, 0)  # inbound LAN connections (min, max), gateways only
     interface: str = "eth0"
 
 
-DEVICE_TYPES: Dict[str, DeviceType] = {t.name: t for t in (
-    # An IP camera: web UI and RTSP, ONVIF discovery; uploads motion clips, busy by day.
-    DeviceType("camera", (80, 554), (3702,), (CLOUD_MQTT, CLOUD_VIDEO),
-               bytes_out_per_s=8_000, bytes_in_per_s=1_500, peak_hour=14, swing=0.6, packet_bytes=1300),
-    # A home/industrial gateway: SSH, HTTPS admin, a local MQTT broker for its sensors, DNS/DHCP/NTP.
-    DeviceType("gateway", (22, 443, 1883), (53, 67, 123, 5353), (CLOUD_MQTT, CLOUD_API, CLOUD_UPDATES),
-               bytes_out_per_s=4_000, bytes_in_per_s=6_000, peak_hour=20, swing=0.5, packet_bytes=700,
-               lan_clients=(4, 12), interface="br-lan"),
-    # A battery sensor: CoAP only, one MQTT connection, a trickle of data.
-    DeviceType("sensor", (), (5683,), (CLOUD_MQTT,),
-               bytes_out_per_s=60, bytes_in_per_s=40, peak_hour=12, swing=0.2, packet_bytes=180,
-               interface="wlan0"),
-)}
+DEVICE_TYPES: Dict[str, DeviceType] = {
+    t.name: t
+    for t in (
+        # An IP camera: web UI and RTSP, ONVIF discovery; uploads motion clips, busy by day.
+        DeviceType(
+            "camera",
+            (80, 554),
+            (3702,),
+            (CLOUD_MQTT, CLOUD_VIDEO),
+            bytes_out_per_s=8_000,
+            bytes_in_per_s=1_500,
+            peak_hour=14,
+            swing=0.6,
+            packet_bytes=1300,
+        ),
+        # A home/industrial gateway: SSH, HTTPS admin, a local MQTT broker for its sensors, DNS/DHCP/NTP.
+        DeviceType(
+            "gateway",
+            (22, 443, 1883),
+            (53, 67, 123, 5353),
+            (CLOUD_MQTT, CLOUD_API, CLOUD_UPDATES),
+            bytes_out_per_s=4_000,
+            bytes_in_per_s=6_000,
+            peak_hour=20,
+            swing=0.5,
+            packet_bytes=700,
+            lan_clients=(4, 12),
+            interface="br-lan",
+        ),
+        # A battery sensor: CoAP only, one MQTT connection, a trickle of data.
+        DeviceType(
+            "sensor",
+            (),
+            (5683,),
+            (CLOUD_MQTT,),
+            bytes_out_per_s=60,
+            bytes_in_per_s=40,
+            peak_hour=12,
+            swing=0.2,
+            packet_bytes=180,
+            interface="wlan0",
+        ),
+    )
+}
 
 # Every port any device type listens on: the fleet profile's allow-lists.
 ALLOWED_TCP_PORTS = sorted({p for t in DEVICE_TYPES.values() for p in t.tcp_ports})
@@ -90,8 +122,8 @@ class VirtualDevice:
     utc_offset_hours: float = 0.0
     report_id: int = 0
     reports_sent: int = 0
-    last_report_at: Optional[float] = None   # simulated epoch seconds
-    attacks: list = field(default_factory=list)   # attacks.Attack instances, started or not
+    last_report_at: Optional[float] = None  # simulated epoch seconds
+    attacks: list = field(default_factory=list)  # attacks.Attack instances, started or not
     _ephemeral: Dict[Tuple[str, int], int] = field(default_factory=dict)
 
     def next_delay(self) -> float:
@@ -115,8 +147,9 @@ class VirtualDevice:
         factor = daily_factor(hour, kind.peak_hour, kind.swing) * rng.lognormvariate(0, 0.25)
         obs = Observation(tcp, udp, conns, {k: 0 for k in schema.NETWORK_STATS_KEYS})
         if elapsed > 0:
-            obs.add_traffic(kind.bytes_out_per_s * factor * elapsed, kind.bytes_in_per_s * factor * elapsed,
-                            kind.packet_bytes)
+            obs.add_traffic(
+                kind.bytes_out_per_s * factor * elapsed, kind.bytes_in_per_s * factor * elapsed, kind.packet_bytes
+            )
         return obs
 
     def _local_port(self, endpoint: Tuple[str, int]) -> int:
@@ -136,5 +169,10 @@ class VirtualDevice:
         self.report_id = wire.next_report_id(self.report_id, now_ms=int(now * 1000))
         self.last_report_at = now
         self.reports_sent += 1
-        return wire.build(self.report_id, listening_tcp=obs.listening_tcp, listening_udp=obs.listening_udp,
-                          connections=obs.connections, network_stats=obs.network_stats)
+        return wire.build(
+            self.report_id,
+            listening_tcp=obs.listening_tcp,
+            listening_udp=obs.listening_udp,
+            connections=obs.connections,
+            network_stats=obs.network_stats,
+        )

@@ -5,6 +5,7 @@ than the wall clock, so days of reports pass in minutes; report ids and the traf
 the simulated clock. Publishing is QoS 1 through `clients` paho connections (the broker does not
 care which connection a thing's topic arrives on).
 """
+
 import heapq
 import logging
 import random
@@ -54,20 +55,22 @@ class Summary:
     devices: int = 0
     reports: int = 0
     payload_bytes: int = 0
-    silenced_reports: int = 0            # reports a silent device did not send
+    silenced_reports: int = 0  # reports a silent device did not send
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
-    max_lag_s: float = 0.0               # simulated seconds a report went out late (too many devices)
+    max_lag_s: float = 0.0  # simulated seconds a report went out late (too many devices)
     accepted: int = 0
     rejected: int = 0
     per_device: Dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> List[str]:
         rate = self.reports / self.wall_seconds if self.wall_seconds else 0.0
-        out = [f"devices {self.devices}, reports {self.reports} ({self.payload_bytes / 1e6:.1f} MB), "
-               f"simulated {self.sim_seconds / 3600:.2f} h in {self.wall_seconds:.1f} s wall, {rate:.0f} reports/s",
-               f"withheld by silent devices: {self.silenced_reports}; "
-               f"worst lag behind schedule: {self.max_lag_s:.1f} s simulated"]
+        out = [
+            f"devices {self.devices}, reports {self.reports} ({self.payload_bytes / 1e6:.1f} MB), "
+            f"simulated {self.sim_seconds / 3600:.2f} h in {self.wall_seconds:.1f} s wall, {rate:.0f} reports/s",
+            f"withheld by silent devices: {self.silenced_reports}; "
+            f"worst lag behind schedule: {self.max_lag_s:.1f} s simulated",
+        ]
         if self.accepted or self.rejected:
             out.append(f"engine replies: {self.accepted} accepted, {self.rejected} rejected")
         return out
@@ -85,15 +88,23 @@ def device_names(count: int, types: Sequence[str]) -> List[tuple]:
 
 
 class Fleet:
-    def __init__(self, count: int, types: Sequence[str] = ("camera", "gateway", "sensor"),
-                 seed: Optional[int] = None, interval: float = DEFAULT_INTERVAL,
-                 attacks: Iterable[AttackSpec] = (), start: Optional[float] = None, prefix: str = ""):
+    def __init__(
+        self,
+        count: int,
+        types: Sequence[str] = ("camera", "gateway", "sensor"),
+        seed: Optional[int] = None,
+        interval: float = DEFAULT_INTERVAL,
+        attacks: Iterable[AttackSpec] = (),
+        start: Optional[float] = None,
+        prefix: str = "",
+    ):
         if count < 1:
             raise ValueError("--devices must be at least 1")
         unknown = [t for t in types if t not in DEVICE_TYPES]
         if unknown or not types:
-            raise ValueError(f"unknown device type {', '.join(unknown) or '(none)'} "
-                             f"(choose from {', '.join(DEVICE_TYPES)})")
+            raise ValueError(
+                f"unknown device type {', '.join(unknown) or '(none)'} (choose from {', '.join(DEVICE_TYPES)})"
+            )
         if interval <= 0:
             raise ValueError("--interval must be positive")
         self.start = time.time() if start is None else start
@@ -101,8 +112,15 @@ class Fleet:
         rng = random.Random(seed)
         self.devices: List[VirtualDevice] = []
         for name, kind in device_names(count, list(types)):
-            self.devices.append(VirtualDevice(prefix + name, DEVICE_TYPES[kind], random.Random(rng.getrandbits(64)),
-                                              interval, utc_offset_hours=rng.choice((-8, -5, 0, 1, 8))))
+            self.devices.append(
+                VirtualDevice(
+                    prefix + name,
+                    DEVICE_TYPES[kind],
+                    random.Random(rng.getrandbits(64)),
+                    interval,
+                    utc_offset_hours=rng.choice((-8, -5, 0, 1, 8)),
+                )
+            )
         self.by_name = {d.name: d for d in self.devices}
         self._first_at = {d.name: self.start + rng.uniform(0, interval) for d in self.devices}
         for spec in attacks:
@@ -121,8 +139,14 @@ class Fleet:
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self, publish: Callable[[str, bytes], None], duration: float, accelerate: float = 1.0,
-            fmt: str = "json", short_names: bool = False) -> Summary:
+    def run(
+        self,
+        publish: Callable[[str, bytes], None],
+        duration: float,
+        accelerate: float = 1.0,
+        fmt: str = "json",
+        short_names: bool = False,
+    ) -> Summary:
         """Report for `duration` simulated seconds; `publish(topic, payload)` sends one report."""
         clock = SimClock(accelerate, self.start)
         end = self.start + duration
@@ -168,8 +192,7 @@ class Publisher:
     65535, and an unbounded queue would only hide that the broker cannot keep up).
     """
 
-    def __init__(self, broker: str, clients: int = 1, watch_replies: bool = True, qos: int = 1,
-                 window: int = 5000):
+    def __init__(self, broker: str, clients: int = 1, watch_replies: bool = True, qos: int = 1, window: int = 5000):
         self.qos = qos
         self.accepted = 0
         self.rejected = 0
@@ -183,10 +206,11 @@ class Publisher:
         if watch_replies:
             watcher = self._clients[0]
             watcher.on_message = self._on_reply
-            watcher.subscribe([(topics.reply_filter(outcome="accepted"), 0),
-                               (topics.reply_filter(outcome="rejected"), 0)])
+            watcher.subscribe(
+                [(topics.reply_filter(outcome="accepted"), 0), (topics.reply_filter(outcome="rejected"), 0)]
+            )
 
-    def _on_publish(self, *_args):   # paho 1.6 and 2.x pass different extra arguments
+    def _on_publish(self, *_args):  # paho 1.6 and 2.x pass different extra arguments
         with self._acked:
             self._unacked -= 1
             self._acked.notify_all()
@@ -201,7 +225,7 @@ class Publisher:
         with self._acked:
             while self._unacked >= self._window:
                 if self._aborted.is_set():
-                    return           # stopping while the broker is away: nothing more to send
+                    return  # stopping while the broker is away: nothing more to send
                 self._acked.wait(0.5)
             self._unacked += 1
         # One device always uses the same connection, so its reports arrive in order.
@@ -226,7 +250,7 @@ class Publisher:
             while self._unacked > 0 and time.monotonic() < deadline and not self._aborted.is_set():
                 self._acked.wait(0.2)
         if linger:
-            time.sleep(linger)   # let the last engine replies arrive
+            time.sleep(linger)  # let the last engine replies arrive
         for client in self._clients:
             client.disconnect()
             client.loop_stop()

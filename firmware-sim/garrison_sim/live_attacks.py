@@ -4,6 +4,7 @@ Each attack creates its sockets inside the device's namespace (so the agent ther
 and, where it sends traffic, runs one bounded thread: every loop stops at a byte budget, a time
 limit or `stop()`, whichever comes first.
 """
+
 import socket
 import threading
 import time
@@ -13,19 +14,19 @@ from .netns import C2_SERVER, inside
 from .sinks import C2_PORT, EXFIL_PORT, FLOOD_PORT, SCAN_PORT
 
 BACKDOOR_PORT = 4444
-FLOOD_BYTES = 640_000_000          # over the 500 MB / 300 s of ddos-bytes-out
+FLOOD_BYTES = 640_000_000  # over the 500 MB / 300 s of ddos-bytes-out
 FLOOD_DATAGRAM = 60_000
-EXFIL_BYTES = 250_000_000          # over 40 MB / 300 s for three reports, under the DDoS line
-EXFIL_RATE = 15_000_000            # bytes per second
-SCAN_TARGETS = 120                 # over the 50 established connections of scan-connections
+EXFIL_BYTES = 250_000_000  # over 40 MB / 300 s for three reports, under the DDoS line
+EXFIL_RATE = 15_000_000  # bytes per second
+SCAN_TARGETS = 120  # over the 50 established connections of scan-connections
 MAX_SECONDS = 60.0
 
 
 class LiveAttack:
     name = ""
-    expected = ()                  # behaviors of the fleet profile this attack should break
-    silences = False               # the runner stops the device's agent instead
-    transient = False              # over after a moment: its alarm clears at the next report
+    expected = ()  # behaviors of the fleet profile this attack should break
+    silences = False  # the runner stops the device's agent instead
+    transient = False  # over after a moment: its alarm clears at the next report
 
     def __init__(self, netns: str, gateway: str):
         self.netns, self.gateway = netns, gateway
@@ -50,7 +51,7 @@ class LiveAttack:
         try:
             self.loop(time.monotonic() + MAX_SECONDS)
         except OSError:
-            pass                    # the namespace went away under us: the run is ending
+            pass  # the namespace went away under us: the run is ending
 
     def open(self) -> None:
         """Create the attack's sockets (in the device namespace)."""
@@ -91,7 +92,7 @@ class Ddos(LiveAttack):
             try:
                 self.sent += self.udp.sendto(datagram, target)
             except (ConnectionRefusedError, BlockingIOError):
-                pass                 # an ICMP error from an earlier datagram: keep flooding
+                pass  # an ICMP error from an earlier datagram: keep flooding
 
 
 class CommandAndControl(LiveAttack):
@@ -134,7 +135,7 @@ class Exfiltration(LiveAttack):
         while self.sent < EXFIL_BYTES and time.monotonic() < deadline and not self._stop.is_set():
             self.session.sendall(chunk)
             self.sent += len(chunk)
-            ahead = started + self.sent / EXFIL_RATE - time.monotonic()   # pace to EXFIL_RATE
+            ahead = started + self.sent / EXFIL_RATE - time.monotonic()  # pace to EXFIL_RATE
             if ahead > 0:
                 self._stop.wait(ahead)
 
@@ -142,6 +143,7 @@ class Exfiltration(LiveAttack):
 class Silent(LiveAttack):
     """The device stops reporting (the runner stops its agent): aws:disconnect-duration, which the
     engine measures as the time since the thing's last accepted report."""
+
     name = "silent"
     expected = ("silent-device",)
     silences = True
@@ -152,6 +154,7 @@ class Beacon(LiveAttack):
     BEACON_PERIOD s (the issue's "one second every 20 s at a 60 s interval", scaled to the runner's
     2 s reports: the session lasts milliseconds, so a snapshot almost never sees it). Only the
     agent's socket events (collectors.sockevents) catch it."""
+
     name = "beacon"
     expected = ("c2-destinations",)
     period = 1.0
@@ -170,6 +173,7 @@ class Beacon(LiveAttack):
 class ShortListener(LiveAttack):
     """A backdoor listener open for a moment between two reports (the issue's 5 s between 60 s
     reports, scaled to the runner's 2 s: HOLD s), once: no snapshot is taken while it listens."""
+
     name = "short-listener"
     expected = ("backdoor-tcp-ports",)
     transient = True
@@ -185,6 +189,7 @@ class ShortListener(LiveAttack):
             self._stop.wait(self.hold)
 
 
-LIVE_ATTACKS = {cls.name: cls for cls in (Backdoor, Ddos, CommandAndControl, Scan, Exfiltration, Silent,
-                                          Beacon, ShortListener)}
+LIVE_ATTACKS = {
+    cls.name: cls for cls in (Backdoor, Ddos, CommandAndControl, Scan, Exfiltration, Silent, Beacon, ShortListener)
+}
 DEFAULT_SCENARIOS = tuple(LIVE_ATTACKS)

@@ -1,4 +1,5 @@
 """A paho-mqtt client that works with paho 1.6 and 2.x, and broker URL parsing."""
+
 import threading
 import uuid
 from typing import Optional, Tuple
@@ -24,8 +25,7 @@ def new_client(client_id: Optional[str] = None) -> mqtt.Client:
     return paho_compat.new_client(client_id or f"garrison-sim-{uuid.uuid4().hex[:10]}")
 
 
-def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0,
-            max_inflight: int = 1000) -> mqtt.Client:
+def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0, max_inflight: int = 1000) -> mqtt.Client:
     """A connected client with its network loop running in a background thread."""
     host, port, tls = parse_broker(url)
     client = new_client(client_id)
@@ -48,8 +48,9 @@ def connect(url: str, client_id: Optional[str] = None, timeout: float = 10.0,
     client.loop_start()
     if not connected.wait(timeout) or _failed(result.get("rc")):
         client.loop_stop()
-        raise BrokerError(f"broker {paho_compat.redact_broker_url(url)} refused or did not answer the connection "
-                          f"({result.get('rc')})")
+        raise BrokerError(
+            f"broker {paho_compat.redact_broker_url(url)} refused or did not answer the connection ({result.get('rc')})"
+        )
     return client
 
 

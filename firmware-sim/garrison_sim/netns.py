@@ -9,6 +9,7 @@ Layout (every address exists only inside namespaces this module created):
 `inside(name)` moves the calling thread into a namespace for the duration of a `with` block, so
 sockets created there belong to that namespace (they stay there when the thread moves back).
 """
+
 import contextlib
 import ctypes
 import logging
@@ -33,7 +34,7 @@ class NetnsError(RuntimeError):
 
 
 def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):          # Python 3.12+
+    if hasattr(os, "setns"):  # Python 3.12+
         os.setns(fd, CLONE_NEWNET)
     elif _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -72,8 +73,8 @@ class Topology:
     def __init__(self, device_names: List[str], prefix: str = "gsim"):
         self.run_id = uuid.uuid4().hex[:6]
         self.cloud = f"{prefix}-{self.run_id}-cloud"
-        self.devices: Dict[str, str] = {}          # device name -> namespace
-        self.addresses: Dict[str, str] = {}        # device name -> its cloud-side gateway address
+        self.devices: Dict[str, str] = {}  # device name -> namespace
+        self.addresses: Dict[str, str] = {}  # device name -> its cloud-side gateway address
         self._made: List[str] = []
         try:
             self._add_ns(self.cloud)

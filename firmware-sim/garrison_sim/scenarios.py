@@ -10,6 +10,7 @@ The matrix says, per scenario, which behaviors fired, after how many accepted re
 seconds since the attack began, and which scenarios (and the control) raised no alarm.
 Everything is torn down at the end, namespaces included, whatever happened.
 """
+
 import json
 import logging
 import os
@@ -36,8 +37,8 @@ BROKER_PORT = 1883
 AGENT_INTERVAL = 2.0
 BASELINE_REPORTS = 3
 CONTROL = "clean"
-BLIND = "-blind"           # suffix of a device whose agent runs without socket events
-BLIND_REPORTS = 4          # accepted reports a blind device makes under attack before the run ends
+BLIND = "-blind"  # suffix of a device whose agent runs without socket events
+BLIND_REPORTS = 4  # accepted reports a blind device makes under attack before the run ends
 # The engine's sweep runs every second, and aws:disconnect-duration counts seconds instead of
 # AWS's minutes: the fleet profile's "at most 10 minutes without a report" becomes 10 seconds
 # (five missed reports at AGENT_INTERVAL), so `silent` is caught within the run.
@@ -50,26 +51,31 @@ class Row:
     thing: str
     expected: List[str]
     detected: bool = False
-    behaviors: List[str] = field(default_factory=list)   # every behavior that went in-alarm, in order
-    reports: Optional[int] = None      # accepted reports from the attack's start to the first alarm
-                                       # (0 for a device that went silent)
-    seconds: Optional[float] = None    # from the attack's start to the first alarm
-    socket_events: bool = True         # False: the agent ran snapshot-only (a blind-spot probe)
-    accepted: int = 0                  # accepted reports from the attack's start to the end of the run
-    cleared: List[str] = field(default_factory=list)     # behaviors that went alarm-cleared after an alarm
+    behaviors: List[str] = field(default_factory=list)  # every behavior that went in-alarm, in order
+    reports: Optional[int] = None  # accepted reports from the attack's start to the first alarm
+    # (0 for a device that went silent)
+    seconds: Optional[float] = None  # from the attack's start to the first alarm
+    socket_events: bool = True  # False: the agent ran snapshot-only (a blind-spot probe)
+    accepted: int = 0  # accepted reports from the attack's start to the end of the run
+    cleared: List[str] = field(default_factory=list)  # behaviors that went alarm-cleared after an alarm
 
 
 @dataclass
 class Matrix:
     rows: List[Row]
-    baseline_alerts: List[dict]        # alarms raised before any attack (must be none)
-    violations: List[dict]             # `garrison-detect violations list --json` at the end
+    baseline_alerts: List[dict]  # alarms raised before any attack (must be none)
+    violations: List[dict]  # `garrison-detect violations list --json` at the end
     baseline_seconds: float = 0.0
 
     def missed(self) -> List[str]:
         """Attack scenarios whose expected behaviors did not all fire."""
-        return [row.scenario for row in self.rows if row.scenario != CONTROL and row.socket_events
-                and not (row.detected and set(row.expected) <= set(row.behaviors))]
+        return [
+            row.scenario
+            for row in self.rows
+            if row.scenario != CONTROL
+            and row.socket_events
+            and not (row.detected and set(row.expected) <= set(row.behaviors))
+        ]
 
     def blind_spots(self) -> List[str]:
         """Attacks on snapshot-only agents (socket events off) that raised no alarm."""
@@ -83,31 +89,53 @@ class Matrix:
         return not self.missed() and not self.false_alarms()
 
     def table(self) -> str:
-        lines = [f"{'scenario':20} {'thing':26} {'detected':9} {'reports':>7} {'seconds':>7}  "
-                 "behaviors fired (expected)"]
+        lines = [
+            f"{'scenario':20} {'thing':26} {'detected':9} {'reports':>7} {'seconds':>7}  behaviors fired (expected)"
+        ]
         for row in self.rows:
-            detected = "yes" if row.detected else ("no alarm" if row.scenario == CONTROL or not row.socket_events
-                                                   else "NO ALARM")
+            detected = (
+                "yes"
+                if row.detected
+                else ("no alarm" if row.scenario == CONTROL or not row.socket_events else "NO ALARM")
+            )
             reports = "-" if row.reports is None else str(row.reports)
             seconds = "-" if row.seconds is None else f"{row.seconds:.1f}"
             fired = ", ".join(row.behaviors) or "-"
-            lines.append(f"{row.scenario:20} {row.thing:26} {detected:9} {reports:>7} {seconds:>7}  "
-                         f"{fired} ({', '.join(row.expected) or 'none'})")
+            lines.append(
+                f"{row.scenario:20} {row.thing:26} {detected:9} {reports:>7} {seconds:>7}  "
+                f"{fired} ({', '.join(row.expected) or 'none'})"
+            )
         if self.ok:
             verdict = "every attack detected, no false alarm"
         else:
-            verdict = "; ".join(filter(None, [
-                f"NOT DETECTED: {', '.join(self.missed())}" if self.missed() else "",
-                f"{self.false_alarms()} FALSE ALARM(S)" if self.false_alarms() else ""]))
+            verdict = "; ".join(
+                filter(
+                    None,
+                    [
+                        f"NOT DETECTED: {', '.join(self.missed())}" if self.missed() else "",
+                        f"{self.false_alarms()} FALSE ALARM(S)" if self.false_alarms() else "",
+                    ],
+                )
+            )
         if self.blind_spots():
             lines.append(f"snapshot-only agents (socket events off) missed: {', '.join(self.blind_spots())}")
-        lines.append(f"baseline: {len(self.baseline_alerts)} alarm(s) over {self.baseline_seconds:.1f} s "
-                     f"of clean reports; verdict: {verdict}")
+        lines.append(
+            f"baseline: {len(self.baseline_alerts)} alarm(s) over {self.baseline_seconds:.1f} s "
+            f"of clean reports; verdict: {verdict}"
+        )
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"ok": self.ok, "missed": self.missed(), "rows": [asdict(r) for r in self.rows],
-                           "baseline_alerts": self.baseline_alerts, "violations": self.violations}, indent=2)
+        return json.dumps(
+            {
+                "ok": self.ok,
+                "missed": self.missed(),
+                "rows": [asdict(r) for r in self.rows],
+                "baseline_alerts": self.baseline_alerts,
+                "violations": self.violations,
+            },
+            indent=2,
+        )
 
 
 class Observer:
@@ -116,17 +144,22 @@ class Observer:
     def __init__(self, cloud_ns: str):
         self.accepted: Dict[str, List[float]] = defaultdict(list)
         self.rejected: Dict[str, List[dict]] = defaultdict(list)
-        self.alerts: List[tuple] = []          # (monotonic time, message)
+        self.alerts: List[tuple] = []  # (monotonic time, message)
         self._lock = threading.Lock()
-        with inside(cloud_ns):                 # the client's socket and network thread stay there
+        with inside(cloud_ns):  # the client's socket and network thread stay there
             self.client = mqtt.connect(f"mqtt://127.0.0.1:{BROKER_PORT}", client_id="garrison-sim-observer")
         self.client.on_message = self._on_message
-        self.client.subscribe([(topics.reply_filter(outcome="accepted"), 1),
-                               (topics.reply_filter(outcome="rejected"), 1), ("garrison/alerts/#", 1)])
+        self.client.subscribe(
+            [
+                (topics.reply_filter(outcome="accepted"), 1),
+                (topics.reply_filter(outcome="rejected"), 1),
+                ("garrison/alerts/#", 1),
+            ]
+        )
 
     def _on_message(self, _client, _userdata, message):
         now = time.monotonic()
-        reply = topics.parse_reply_topic(message.topic)   # (thing, format, outcome) or None
+        reply = topics.parse_reply_topic(message.topic)  # (thing, format, outcome) or None
         with self._lock:
             if reply is None:
                 try:
@@ -150,8 +183,9 @@ class Observer:
 class Run:
     """One scenario run: namespaces, broker, engine, agents, attacks; `close()` undoes it all."""
 
-    def __init__(self, scenarios: Sequence[str], workdir: Path, profile: Path = FLEET_PROFILE,
-                 blind: Sequence[str] = ()):
+    def __init__(
+        self, scenarios: Sequence[str], workdir: Path, profile: Path = FLEET_PROFILE, blind: Sequence[str] = ()
+    ):
         self.scenarios = list(scenarios)
         self.workdir = workdir
         self.profile = profile
@@ -159,8 +193,8 @@ class Run:
         # what a snapshot misses
         self.blind = [name + BLIND for name in blind]
         self.things = {name: f"ns-{name}" for name in self.scenarios + self.blind + [CONTROL]}
-        self.procs: Dict[str, subprocess.Popen] = {}      # log name -> process, in start order
-        self.stopped: set = set()                          # processes stopped on purpose
+        self.procs: Dict[str, subprocess.Popen] = {}  # log name -> process, in start order
+        self.stopped: set = set()  # processes stopped on purpose
         self.attacks: Dict[str, LiveAttack] = {}
         self.topology: Optional[Topology] = None
         self.observer: Optional[Observer] = None
@@ -171,13 +205,13 @@ class Run:
 
     def _spawn(self, ns: str, argv: List[str], logname: str) -> subprocess.Popen:
         with open(self.workdir / logname, "ab") as out:
-            proc = subprocess.Popen(self.topology.exec_argv(ns, argv), stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(self.topology.exec_argv(ns, argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         self.procs[logname] = proc
         return proc
 
     def _wait_broker(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
         import socket
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -195,19 +229,30 @@ class Run:
         raise RuntimeError("mosquitto did not start in the cloud namespace")
 
     def _detect(self, *argv: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "garrison.detect.cli", "--db", str(self.db), *argv],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "garrison.detect.cli", "--db", str(self.db), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"garrison-detect {' '.join(argv)}: {done.stderr.strip()[-500:]}")
         return done
 
     def setup(self) -> None:
         from .sinks import Sinks
+
         self.topology = Topology(list(self.things))
         cloud = self.topology.cloud
         conf = self.workdir / "mosquitto.conf"
-        lines = [f"listener {BROKER_PORT} 0.0.0.0", "allow_anonymous true", "persistence false",
-                 "log_dest stderr", "log_type error", "log_type warning"]
+        lines = [
+            f"listener {BROKER_PORT} 0.0.0.0",
+            "allow_anonymous true",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
         if os.geteuid() == 0:
             lines.append("user root")
         conf.write_text("\n".join(lines) + "\n")
@@ -217,20 +262,50 @@ class Run:
         self._detect("profiles", "apply", str(self.profile), "--attach", "all")
         engine_config = self.workdir / "engine.toml"
         engine_config.write_text(ENGINE_CONFIG)
-        self._spawn(cloud, [sys.executable, "-m", "garrison.detect.cli", "--db", str(self.db), "serve",
-                            "--broker", f"mqtt://127.0.0.1:{BROKER_PORT}", "--min-report-interval", "0",
-                            "--config", str(engine_config)],
-                    "engine.log")
+        self._spawn(
+            cloud,
+            [
+                sys.executable,
+                "-m",
+                "garrison.detect.cli",
+                "--db",
+                str(self.db),
+                "serve",
+                "--broker",
+                f"mqtt://127.0.0.1:{BROKER_PORT}",
+                "--min-report-interval",
+                "0",
+                "--config",
+                str(engine_config),
+            ],
+            "engine.log",
+        )
         self.observer = Observer(cloud)
         for name, thing in self.things.items():
             state = self.workdir / "agents" / thing
             state.mkdir(parents=True, exist_ok=True)
-            self._spawn(self.topology.devices[name],
-                        [sys.executable, "-m", "garrison.agent.cli", "run", "--thing", thing,
-                         "--broker", f"mqtt://{self.topology.addresses[name]}:{BROKER_PORT}",
-                         "--interval", str(AGENT_INTERVAL), "--format", "json", "--state-dir", str(state),
-                         "--socket-events", "off" if name in self.blind else "auto"],
-                        f"agent-{thing}.log")
+            self._spawn(
+                self.topology.devices[name],
+                [
+                    sys.executable,
+                    "-m",
+                    "garrison.agent.cli",
+                    "run",
+                    "--thing",
+                    thing,
+                    "--broker",
+                    f"mqtt://{self.topology.addresses[name]}:{BROKER_PORT}",
+                    "--interval",
+                    str(AGENT_INTERVAL),
+                    "--format",
+                    "json",
+                    "--state-dir",
+                    str(state),
+                    "--socket-events",
+                    "off" if name in self.blind else "auto",
+                ],
+                f"agent-{thing}.log",
+            )
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -238,8 +313,10 @@ class Run:
         for logname, proc in self.procs.items():
             if logname not in self.stopped and proc.poll() is not None:
                 tail = (self.workdir / logname).read_text(errors="replace").strip().splitlines()[-1:]
-                raise RuntimeError(f"{logname[:-4]} exited with {proc.returncode} ({' '.join(tail) or 'no output'}); "
-                                   f"logs in {self.workdir}")
+                raise RuntimeError(
+                    f"{logname[:-4]} exited with {proc.returncode} ({' '.join(tail) or 'no output'}); "
+                    f"logs in {self.workdir}"
+                )
 
     def _silence(self, name: str) -> None:
         logname = f"agent-{self.things[name]}.log"
@@ -258,8 +335,10 @@ class Run:
         accepted, _ = self.observer.snapshot()
         counts = {t: len(accepted.get(t, ())) for t in self.things.values()}
         rejected = {t: v[:1] for t, v in self.observer.rejected.items()}
-        raise RuntimeError(f"devices did not report within {timeout:.0f} s: accepted {counts}, rejected {rejected}; "
-                           f"see the logs in {self.workdir}")
+        raise RuntimeError(
+            f"devices did not report within {timeout:.0f} s: accepted {counts}, rejected {rejected}; "
+            f"see the logs in {self.workdir}"
+        )
 
     def attack(self, timeout: float) -> Matrix:
         baseline_seconds = self.baseline(timeout)
@@ -279,9 +358,15 @@ class Run:
                 except OSError as exc:
                     raise RuntimeError(f"attack {name} could not start: {exc}") from None
             log.info("attack %s started on %s", name, self.things[name])
-        rows = {name: Row(name, thing, list(LIVE_ATTACKS[_attack_of(name)].expected) if name != CONTROL else [],
-                          socket_events=name not in self.blind)
-                for name, thing in self.things.items()}
+        rows = {
+            name: Row(
+                name,
+                thing,
+                list(LIVE_ATTACKS[_attack_of(name)].expected) if name != CONTROL else [],
+                socket_events=name not in self.blind,
+            )
+            for name, thing in self.things.items()
+        }
         deadline = time.monotonic() + timeout
         last_alarm = None
         while time.monotonic() < deadline:
@@ -307,10 +392,13 @@ class Run:
                     row.reports = reports if silenced else max(reports, 1)
             seen_alerts = len(alerts)
             # with blind devices, every attacked device reports BLIND_REPORTS times under attack
-            blind_seen = all(sum(1 for t in accepted.get(self.things[n], ()) if t >= started[n]) >= BLIND_REPORTS
-                             for n in (self.scenarios + self.blind if self.blind else ()))
-            if blind_seen and all(rows[n].detected and set(rows[n].expected) <= set(rows[n].behaviors)
-                                  for n in self.scenarios):
+            blind_seen = all(
+                sum(1 for t in accepted.get(self.things[n], ()) if t >= started[n]) >= BLIND_REPORTS
+                for n in (self.scenarios + self.blind if self.blind else ())
+            )
+            if blind_seen and all(
+                rows[n].detected and set(rows[n].expected) <= set(rows[n].behaviors) for n in self.scenarios
+            ):
                 # one more report interval, so the control and the other behaviors have their say
                 if last_alarm is not None and time.monotonic() - last_alarm > 2 * AGENT_INTERVAL:
                     break
@@ -327,7 +415,7 @@ class Run:
     def close(self) -> None:
         for attack in self.attacks.values():
             attack.stop()
-        procs = list(self.procs.values())[::-1]     # agents, then engine, then broker
+        procs = list(self.procs.values())[::-1]  # agents, then engine, then broker
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -346,11 +434,15 @@ class Run:
 
 
 def _attack_of(device: str) -> str:
-    return device[:-len(BLIND)] if device.endswith(BLIND) else device
+    return device[: -len(BLIND)] if device.endswith(BLIND) else device
 
 
-def run(scenarios: Sequence[str] = DEFAULT_SCENARIOS, workdir: Optional[Path] = None,
-        timeout: float = 60.0, blind: Sequence[str] = ()) -> Matrix:
+def run(
+    scenarios: Sequence[str] = DEFAULT_SCENARIOS,
+    workdir: Optional[Path] = None,
+    timeout: float = 60.0,
+    blind: Sequence[str] = (),
+) -> Matrix:
     """Run the scenarios (plus the clean control) and return the detection matrix."""
     scenarios = list(dict.fromkeys(scenarios))
     unknown = [s for s in list(scenarios) + list(blind) if s not in LIVE_ATTACKS]
@@ -376,10 +468,12 @@ def run(scenarios: Sequence[str] = DEFAULT_SCENARIOS, workdir: Optional[Path] = 
 def main(args) -> int:
     """`garrison-sim scenarios`: print the matrix; exit 0 if every attack was caught and nothing else."""
     import signal
+
     scenarios = [s.strip() for s in args.only.split(",")] if args.only else list(DEFAULT_SCENARIOS)
 
     def interrupted(signum, _frame):
-        raise KeyboardInterrupt        # unwinds through run()'s cleanup
+        raise KeyboardInterrupt  # unwinds through run()'s cleanup
+
     signal.signal(signal.SIGTERM, interrupted)
     try:
         blind = [s.strip() for s in args.blind.split(",")] if getattr(args, "blind", None) else []

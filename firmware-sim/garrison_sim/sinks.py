@@ -6,6 +6,7 @@
 - UDP 9 (discard) on every address: the flood target; never read, the kernel drops what overflows.
 One thread serves the TCP sockets with a selector; everything closes with `close()`.
 """
+
 import selectors
 import socket
 import threading
@@ -50,7 +51,7 @@ class Sinks:
                         conn.setblocking(False)
                         self._selector.register(conn, selectors.EVENT_READ, "conn")
                         self._sockets.append(conn)
-                    elif not sock.recv(1 << 20):            # peer closed
+                    elif not sock.recv(1 << 20):  # peer closed
                         self._selector.unregister(sock)
                         sock.close()
                 except (BlockingIOError, InterruptedError):

@@ -23,15 +23,42 @@ Public API (stable; see docs/ml-detect.md):
 
 One Model per (thing, security profile, behavior); one FleetPrior per (profile, behavior).
 """
-from .config import (ACTIVE, CONFIDENCE_LEVELS, DEFAULT_BANDS, EXPIRED, MODEL_STATUSES, PENDING_BUILD,
-                     SUPPORTED_METRICS, MLConfig, MLConfigError, supports)
+
+from .config import (
+    ACTIVE,
+    CONFIDENCE_LEVELS,
+    DEFAULT_BANDS,
+    EXPIRED,
+    MODEL_STATUSES,
+    PENDING_BUILD,
+    SUPPORTED_METRICS,
+    MLConfig,
+    MLConfigError,
+    supports,
+)
 from .model import STATE_SIZE, Judgement, Model, from_log, to_log
 from .prior import FleetPrior, FleetPriorBuilder
 from .fleet import BehaviorModels
 from .fleetevent import FleetEvents
 
 __all__ = [
-    "ACTIVE", "CONFIDENCE_LEVELS", "DEFAULT_BANDS", "EXPIRED", "MODEL_STATUSES", "PENDING_BUILD",
-    "SUPPORTED_METRICS", "MLConfig", "MLConfigError", "supports", "STATE_SIZE", "Judgement", "Model",
-    "from_log", "to_log", "FleetPrior", "FleetPriorBuilder", "BehaviorModels", "FleetEvents",
+    "ACTIVE",
+    "CONFIDENCE_LEVELS",
+    "DEFAULT_BANDS",
+    "EXPIRED",
+    "MODEL_STATUSES",
+    "PENDING_BUILD",
+    "SUPPORTED_METRICS",
+    "MLConfig",
+    "MLConfigError",
+    "supports",
+    "STATE_SIZE",
+    "Judgement",
+    "Model",
+    "from_log",
+    "to_log",
+    "FleetPrior",
+    "FleetPriorBuilder",
+    "BehaviorModels",
+    "FleetEvents",
 ]

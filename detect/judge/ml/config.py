@@ -1,5 +1,6 @@
 """ML Detect settings: training period, minimum datapoints, retraining cadence, expiry, and the
 band widths behind each confidence level."""
+
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Tuple
 
@@ -9,8 +10,12 @@ MODEL_STATUSES = (PENDING_BUILD, ACTIVE, EXPIRED)
 
 # Device-side metrics ML Detect accepts (as AWS); custom metrics of type `number` are accepted too.
 SUPPORTED_METRICS = (
-    "aws:all-bytes-in", "aws:all-bytes-out", "aws:all-packets-in", "aws:all-packets-out",
-    "aws:num-listening-tcp-ports", "aws:num-listening-udp-ports",
+    "aws:all-bytes-in",
+    "aws:all-bytes-out",
+    "aws:all-packets-in",
+    "aws:all-packets-out",
+    "aws:num-listening-tcp-ports",
+    "aws:num-listening-udp-ports",
     "aws:num-established-tcp-connections",
 )
 
@@ -119,50 +124,71 @@ class MLConfig:
         def check(name, ok, what):
             if not ok:
                 raise MLConfigError(f"ML config {name}={getattr(self, name)!r}: must be {what}")
+
         check("training_days", 0 <= self.training_days <= 365, "between 0 and 365")
-        check("min_datapoints", isinstance(self.min_datapoints, int) and self.min_datapoints >= 1,
-              "an integer >= 1")
-        check("retrain_every_s", isinstance(self.retrain_every_s, int) and self.retrain_every_s >= 0,
-              "an integer >= 0")
-        check("expire_after_s", isinstance(self.expire_after_s, int) and self.expire_after_s > 0,
-              "an integer > 0")
-        check("tz_offset_s", isinstance(self.tz_offset_s, int) and abs(self.tz_offset_s) <= 14 * 3600,
-              "an integer within +-14 h")
+        check("min_datapoints", isinstance(self.min_datapoints, int) and self.min_datapoints >= 1, "an integer >= 1")
+        check("retrain_every_s", isinstance(self.retrain_every_s, int) and self.retrain_every_s >= 0, "an integer >= 0")
+        check("expire_after_s", isinstance(self.expire_after_s, int) and self.expire_after_s > 0, "an integer > 0")
+        check(
+            "tz_offset_s",
+            isinstance(self.tz_offset_s, int) and abs(self.tz_offset_s) <= 14 * 3600,
+            "an integer within +-14 h",
+        )
         for name in ("level_rate", "hour_rate", "day_rate", "scale_rate", "shift_rate"):
             check(name, 0 < getattr(self, name) <= 1, "in (0, 1]")
-        check("prior_weight", isinstance(self.prior_weight, int) and 1 <= self.prior_weight <= 10000,
-              "an integer in 1..10000")
-        check("warm_datapoints", isinstance(self.warm_datapoints, int) and self.warm_datapoints >= 1,
-              "an integer >= 1")
+        check(
+            "prior_weight",
+            isinstance(self.prior_weight, int) and 1 <= self.prior_weight <= 10000,
+            "an integer in 1..10000",
+        )
+        check("warm_datapoints", isinstance(self.warm_datapoints, int) and self.warm_datapoints >= 1, "an integer >= 1")
         check("min_scale", 0 < self.min_scale < 10, "in (0, 10)")
         check("init_scale", 0 < self.init_scale < 10, "in (0, 10)")
         check("low_side_factor", 0.5 <= self.low_side_factor <= 10, "in [0.5, 10]")
         check("building_shift_factor", 1 <= self.building_shift_factor <= 10, "in [1, 10]")
         check("confirm_points", self.confirm_points in (1, 2), "1 or 2")
-        check("confirm_within_s", isinstance(self.confirm_within_s, int) and self.confirm_within_s > 0,
-              "an integer > 0")
+        check(
+            "confirm_within_s", isinstance(self.confirm_within_s, int) and self.confirm_within_s > 0, "an integer > 0"
+        )
         check("immediate_ratio", self.immediate_ratio == 0 or self.immediate_ratio > 1, "0 or > 1")
         check("phase_tolerance_h", 0 <= self.phase_tolerance_h <= 3, "in [0, 3]")
         check("fleet_event_fraction", 0 <= self.fleet_event_fraction <= 1, "in [0, 1]")
-        check("fleet_event_min_devices", isinstance(self.fleet_event_min_devices, int)
-              and self.fleet_event_min_devices >= 2, "an integer >= 2")
-        check("fleet_event_window_s", isinstance(self.fleet_event_window_s, int)
-              and 60 <= self.fleet_event_window_s <= 86400, "an integer in 60..86400")
-        check("fleet_event_clear_s", isinstance(self.fleet_event_clear_s, int)
-              and 0 <= self.fleet_event_clear_s <= 7 * 86400, "an integer in 0..604800")
+        check(
+            "fleet_event_min_devices",
+            isinstance(self.fleet_event_min_devices, int) and self.fleet_event_min_devices >= 2,
+            "an integer >= 2",
+        )
+        check(
+            "fleet_event_window_s",
+            isinstance(self.fleet_event_window_s, int) and 60 <= self.fleet_event_window_s <= 86400,
+            "an integer in 60..86400",
+        )
+        check(
+            "fleet_event_clear_s",
+            isinstance(self.fleet_event_clear_s, int) and 0 <= self.fleet_event_clear_s <= 7 * 86400,
+            "an integer in 0..604800",
+        )
         check("feedback_margin", 1 <= self.feedback_margin <= 10, "in [1, 10]")
         bands = dict(self.bands)
-        check("bands", set(bands) == set(CONFIDENCE_LEVELS) and all(
-            len(b) == 2 and b[0] > 0 and b[1] > 0 for b in bands.values()),
-            "{LOW|MEDIUM|HIGH: (datapoint sigmas > 0, shift sigmas > 0)}")
+        check(
+            "bands",
+            set(bands) == set(CONFIDENCE_LEVELS) and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in bands.values()),
+            "{LOW|MEDIUM|HIGH: (datapoint sigmas > 0, shift sigmas > 0)}",
+        )
         object.__setattr__(self, "bands", {k: (float(v[0]), float(v[1])) for k, v in bands.items()})
 
     @classmethod
     def version1(cls, **overrides) -> "MLConfig":
         """The settings of the first release (every datapoint outside the band alarms at once, no
         phase tolerance, no fleet events), kept as the benchmark's baseline."""
-        settings = dict(confirm_points=1, immediate_ratio=0.0, phase_tolerance_h=0.0,
-                        fleet_event_fraction=0.0, bands=dict(VERSION1_BANDS), building_shift_factor=1.5)
+        settings = dict(
+            confirm_points=1,
+            immediate_ratio=0.0,
+            phase_tolerance_h=0.0,
+            fleet_event_fraction=0.0,
+            bands=dict(VERSION1_BANDS),
+            building_shift_factor=1.5,
+        )
         settings.update(overrides)
         return cls(**settings)
 
@@ -172,6 +198,5 @@ class MLConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise MLConfigError(f"unknown ML config key(s): {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(known))})")
+            raise MLConfigError(f"unknown ML config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**dict(data))

@@ -8,6 +8,7 @@
 (one STATE_SIZE blob per thing). The fleet prior is rebuilt by streaming every state through a
 FleetPriorBuilder; keep `prior.to_state()` next to the states to survive restarts.
 """
+
 from typing import Dict, MutableMapping, Optional
 
 from .config import MLConfig
@@ -16,9 +17,13 @@ from .prior import FleetPrior, FleetPriorBuilder
 
 
 class BehaviorModels:
-    def __init__(self, config: Optional[MLConfig] = None,
-                 states: Optional[MutableMapping[str, bytes]] = None,
-                 prior: Optional[FleetPrior] = None, prior_built_ms: int = 0):
+    def __init__(
+        self,
+        config: Optional[MLConfig] = None,
+        states: Optional[MutableMapping[str, bytes]] = None,
+        prior: Optional[FleetPrior] = None,
+        prior_built_ms: int = 0,
+    ):
         self.config = config or MLConfig()
         self.states: MutableMapping[str, bytes] = states if states is not None else {}
         self.prior = prior
@@ -28,8 +33,7 @@ class BehaviorModels:
         state = self.states.get(thing)
         return Model.new(self.config) if state is None else Model.from_state(state, self.config)
 
-    def observe(self, thing: str, value: float, ts_ms: int, confidence: str,
-                metric: str = "value") -> Judgement:
+    def observe(self, thing: str, value: float, ts_ms: int, confidence: str, metric: str = "value") -> Judgement:
         """Judge one datapoint of `thing` (with the fleet prior), then learn it and store the state."""
         model = self.model(thing)
         judgement = model.judge(value, ts_ms, confidence, prior=self.prior, metric=metric)
@@ -42,15 +46,18 @@ class BehaviorModels:
 
     def training_summaries(self, now_ms: int) -> Dict[str, dict]:
         # (dbm-like stores hand keys back as bytes)
-        return {thing.decode() if isinstance(thing, bytes) else thing:
-                Model.from_state(state, self.config).training_summary(now_ms)
-                for thing, state in self.states.items()}
+        return {
+            thing.decode() if isinstance(thing, bytes) else thing: Model.from_state(
+                state, self.config
+            ).training_summary(now_ms)
+            for thing, state in self.states.items()
+        }
 
     def rebuild_prior(self, now_ms: int) -> Optional[FleetPrior]:
         builder = FleetPriorBuilder()
         for state in self.states.values():
             builder.add(Model.from_state(state, self.config))
-        self.prior = builder.build() or self.prior    # an emptied fleet keeps the last prior
+        self.prior = builder.build() or self.prior  # an emptied fleet keeps the last prior
         self.prior_built_ms = now_ms
         return self.prior
 

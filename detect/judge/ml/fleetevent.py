@@ -17,6 +17,7 @@ after a restart the counts start again (a fleet event in progress may let a few 
     if judgement.anomalous and events.active(judgement.direction): ...  # part of a fleet event
     events.describe()   # what the open notice says
 """
+
 from typing import Dict, List, Optional
 
 from .config import MLConfig
@@ -25,8 +26,19 @@ from .config import MLConfig
 class FleetEvents:
     """Fleet-event recognition for one (profile, behavior). Not thread-safe."""
 
-    __slots__ = ("fraction", "min_devices", "bucket_ms", "hold", "_bucket", "_current", "_previous",
-                 "_last_seen", "open_direction", "opened_ms", "peak")
+    __slots__ = (
+        "fraction",
+        "min_devices",
+        "bucket_ms",
+        "hold",
+        "_bucket",
+        "_current",
+        "_previous",
+        "_last_seen",
+        "open_direction",
+        "opened_ms",
+        "peak",
+    )
 
     def __init__(self, config: Optional[MLConfig] = None):
         config = config or MLConfig()
@@ -40,9 +52,9 @@ class FleetEvents:
         self._bucket = None
         self._current: Dict[str, int] = {}
         self._previous: Dict[str, int] = {}
-        self.open_direction = 0        # direction of the open fleet notice, 0 = none
+        self.open_direction = 0  # direction of the open fleet notice, 0 = none
         self.opened_ms = 0
-        self.peak = (0, 0)             # (devices deviating, devices judged) at the notice's peak
+        self.peak = (0, 0)  # (devices deviating, devices judged) at the notice's peak
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +83,7 @@ class FleetEvents:
                         changes.append("close")
             self._bucket = bucket
         if bucket < self._bucket - 1:
-            return changes               # too late to count (a spooled backlog): judged alone
+            return changes  # too late to count (a spooled backlog): judged alone
         counts = self._current if bucket == self._bucket else self._previous
         counts[thing] = direction
         if direction and not self.open_direction and self.active(direction):
@@ -87,15 +99,21 @@ class FleetEvents:
 
     def active(self, direction: int) -> bool:
         """Whether a deviation in `direction` is, right now, part of a fleet event."""
-        return bool(direction) and self.enabled and (
-            self._event_in(self._previous, direction) or self._event_in(self._current, direction))
+        return (
+            bool(direction)
+            and self.enabled
+            and (self._event_in(self._previous, direction) or self._event_in(self._current, direction))
+        )
 
     def _event_in(self, counted: Dict[str, int], direction: int) -> bool:
         deviating = sum(1 for d in counted.values() if d == direction)
         return deviating >= self.min_devices and deviating >= self.fraction * len(counted)
 
     def describe(self) -> Dict[str, object]:
-        return {"direction": "above" if self.open_direction > 0 else "below",
-                "devices": self.peak[0], "devicesJudged": self.peak[1],
-                "fraction": round(self.peak[0] / self.peak[1], 3) if self.peak[1] else None,
-                "startTime": self.opened_ms / 1000.0}
+        return {
+            "direction": "above" if self.open_direction > 0 else "below",
+            "devices": self.peak[0],
+            "devicesJudged": self.peak[1],
+            "fraction": round(self.peak[0] / self.peak[1], 3) if self.peak[1] else None,
+            "startTime": self.opened_ms / 1000.0,
+        }

@@ -20,6 +20,7 @@ hour of day, a benign lasting change becomes the new level; a true positive teac
 The whole state is one fixed-size struct-packed bytearray (STATE_SIZE bytes): to_state() is those
 bytes, and from_state() takes them back exactly (a version-1 state is upgraded on load).
 """
+
 import math
 import struct
 from dataclasses import dataclass, asdict
@@ -31,13 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .prior import FleetPrior
 
 _VERSION = 2
-_SEEDED, _ACTIVE = 1, 2               # flag bits
+_SEEDED, _ACTIVE = 1, 2  # flag bits
 _HOURS, _DAYS = 24, 7
 # version, flags, taught tolerance above / below the band (log units / 20), datapoints,
 # first / last datapoint, last build (epoch seconds)
 _HEAD = struct.Struct("<BBBBIIII")
 _TOL_UNIT = 0.05
-_COUNTS = struct.Struct("<%dH" % (_HOURS + _DAYS))        # datapoints per hour knot, per weekday
+_COUNTS = struct.Struct("<%dH" % (_HOURS + _DAYS))  # datapoints per hour knot, per weekday
 # level, shift, weekday[7], hour shape[24], hour scale[24], then two slots: the first two
 # deseasonalised datapoints while anchoring (n < 3); afterwards the previous datapoint's score
 # (for confirmation) and the hour knot the taught tolerance applies around (-1: any hour); last,
@@ -46,10 +47,10 @@ _FLOATS = struct.Struct("<%df" % (2 + _DAYS + 2 * _HOURS + 3))
 _LVL, _SHIFT, _DOW, _HOD, _SCL = 0, 1, 2, 2 + _DAYS, 2 + _DAYS + _HOURS
 _EARLY = _SCL + _HOURS
 _PREV, _TOL_HOUR, _GUARD = _EARLY, _EARLY + 1, _EARLY + 2
-_V1_SIZE = 318      # version 1 had no guard
-_TOL_HOURS = 1.5   # a tolerance taught at one hour of day applies within this many hours of it
+_V1_SIZE = 318  # version 1 had no guard
+_TOL_HOURS = 1.5  # a tolerance taught at one hour of day applies within this many hours of it
 _CONFIRM_AT = 0.5  # the previous datapoint confirms when it was this far (x the band) out, same side
-_ANCHOR = 3        # datapoints whose median anchors the level before anything else is learned
+_ANCHOR = 3  # datapoints whose median anchors the level before anything else is learned
 _COUNTS_AT = _HEAD.size
 _FLOATS_AT = _COUNTS_AT + _COUNTS.size
 STATE_SIZE = _FLOATS_AT + _FLOATS.size
@@ -101,11 +102,11 @@ class Judgement:
     score: float = 0.0
     shift: float = 0.0
     limit: float = 0.0
-    when: str = ""          # e.g. "Tue 14:00 UTC", the seasonal slot the band belongs to
-    note: str = ""          # why a datapoint was not judged
-    direction: int = 0      # +1 / -1: beyond half the band (or half the shift limit) above / below:
-                            # what fleet events count (garrison.detect.judge.ml.fleetevent), alarm or not
-    outside: bool = False   # outside the band (an alarm once confirmed by the next datapoint)
+    when: str = ""  # e.g. "Tue 14:00 UTC", the seasonal slot the band belongs to
+    note: str = ""  # why a datapoint was not judged
+    direction: int = 0  # +1 / -1: beyond half the band (or half the shift limit) above / below:
+    # what fleet events count (garrison.detect.judge.ml.fleetevent), alarm or not
+    outside: bool = False  # outside the band (an alarm once confirmed by the next datapoint)
 
     @property
     def explanation(self) -> str:
@@ -113,26 +114,37 @@ class Judgement:
         metric, value = self.metric, _fmt(self.value)
         if self.basis == "none":
             return f"{metric} = {value} not judged: {self.note}"
-        source = {"device": "device model", "device+fleet": "device model seeded from the fleet prior",
-                  "fleet": "fleet prior"}[self.basis]
+        source = {
+            "device": "device model",
+            "device+fleet": "device model seeded from the fleet prior",
+            "fleet": "fleet prior",
+        }[self.basis]
         low = "-" if self.low is None else _fmt(self.low)
         edges = f"[{low}, {_fmt(self.high)}]"
         band = f"normal band {edges} (expected ~{_fmt(self.expected)} at {self.when})"
         if self.kind == "spike":
-            return (f"{metric} = {value} is {'above' if self.score > 0 else 'below'} the learned {band}: "
-                    f"{abs(self.score):.1f} sigma, beyond {self.limit:g} for {self.confidence} confidence "
-                    f"({source}, {self.status})")
+            return (
+                f"{metric} = {value} is {'above' if self.score > 0 else 'below'} the learned {band}: "
+                f"{abs(self.score):.1f} sigma, beyond {self.limit:g} for {self.confidence} confidence "
+                f"({source}, {self.status})"
+            )
         if self.kind == "shift":
-            return (f"{metric} = {value} is inside the learned {band}, but recent datapoints sit "
-                    f"{abs(self.shift):.1f} sigma {'above' if self.shift > 0 else 'below'} normal on "
-                    f"average: sustained shift beyond {self.limit:g} for {self.confidence} confidence "
-                    f"({source}, {self.status})")
+            return (
+                f"{metric} = {value} is inside the learned {band}, but recent datapoints sit "
+                f"{abs(self.shift):.1f} sigma {'above' if self.shift > 0 else 'below'} normal on "
+                f"average: sustained shift beyond {self.limit:g} for {self.confidence} confidence "
+                f"({source}, {self.status})"
+            )
         if self.outside:
-            return (f"{metric} = {value} is {'above' if self.direction > 0 else 'below'} the learned "
-                    f"{band} ({abs(self.score):.1f} sigma) for {self.confidence} confidence, not yet "
-                    f"confirmed by a second datapoint ({source}, {self.status})")
-        return (f"{metric} = {value} is inside the learned {band} for {self.confidence} confidence "
-                f"({source}, {self.status})")
+            return (
+                f"{metric} = {value} is {'above' if self.direction > 0 else 'below'} the learned "
+                f"{band} ({abs(self.score):.1f} sigma) for {self.confidence} confidence, not yet "
+                f"confirmed by a second datapoint ({source}, {self.status})"
+            )
+        return (
+            f"{metric} = {value} is inside the learned {band} for {self.confidence} confidence "
+            f"({source}, {self.status})"
+        )
 
     @property
     def judged(self) -> bool:
@@ -161,11 +173,12 @@ class Model:
             if state[:1] == b"\x01" and len(state) == _V1_SIZE:
                 state = bytes(state) + bytes(STATE_SIZE - _V1_SIZE)
             if len(state) != STATE_SIZE or state[0] not in (1, _VERSION):
-                raise ValueError(f"ML model state: expected {STATE_SIZE} bytes of version "
-                                 f"{_VERSION}, got {len(state)} bytes"
-                                 + (f" of version {state[0]}" if state else ""))
+                raise ValueError(
+                    f"ML model state: expected {STATE_SIZE} bytes of version "
+                    f"{_VERSION}, got {len(state)} bytes" + (f" of version {state[0]}" if state else "")
+                )
             self._b = bytearray(state)
-            if state[0] == 1:       # same layout; the spare slots gain a meaning
+            if state[0] == 1:  # same layout; the spare slots gain a meaning
                 self._b[0], self._b[2], self._b[3] = _VERSION, 0, 0
                 if self.datapoints >= _ANCHOR:
                     struct.pack_into("<2f", self._b, _FLOATS_AT + 4 * _EARLY, 0.0, -1.0)
@@ -175,8 +188,7 @@ class Model:
         return cls(config)
 
     @classmethod
-    def from_state(cls, state: Union[bytes, bytearray, memoryview],
-                   config: Optional[MLConfig] = None) -> "Model":
+    def from_state(cls, state: Union[bytes, bytearray, memoryview], config: Optional[MLConfig] = None) -> "Model":
         """The model whose to_state() gave `state`; pass the config it was trained with."""
         return cls(config, bytes(state))
 
@@ -238,18 +250,22 @@ class Model:
         if not (flags & _ACTIVE or n >= self.config.warm_datapoints):
             return None
         f = _FLOATS.unpack_from(self._b, _FLOATS_AT)
-        hour = f[_HOD:_HOD + _HOURS]
-        day = f[_DOW:_DOW + _DAYS]
+        hour = f[_HOD : _HOD + _HOURS]
+        day = f[_DOW : _DOW + _DAYS]
         mean_hour, mean_day = sum(hour) / _HOURS, sum(day) / _DAYS
-        return ((f[_LVL] + mean_hour + mean_day,) + tuple(h - mean_hour for h in hour)
-                + tuple(d - mean_day for d in day) + f[_SCL:_SCL + _HOURS])
+        return (
+            (f[_LVL] + mean_hour + mean_day,)
+            + tuple(h - mean_hour for h in hour)
+            + tuple(d - mean_day for d in day)
+            + f[_SCL : _SCL + _HOURS]
+        )
 
     # --- time -------------------------------------------------------------------------------
 
     def _when(self, ts_ms: int) -> Tuple[int, int, float, int]:
         """(hour knot i0, i1, weight of i1, weekday) of a timestamp in the fleet's local time."""
         local_s = ts_ms // 1000 + self.config.tz_offset_s
-        hours = (local_s % 86400) / 3600.0 - 0.5   # knots sit at the middle of each hour
+        hours = (local_s % 86400) / 3600.0 - 0.5  # knots sit at the middle of each hour
         base = math.floor(hours)
         w1 = hours - base
         i0 = base % _HOURS
@@ -288,8 +304,19 @@ class Model:
             values.append((1.0 - w) * hour[base % _HOURS] + w * hour[(base + 1) % _HOURS])
         return min(values) - here, max(values) - here
 
-    def _outside(self, y: float, centre: float, below: float, above: float, sigma: float,
-                 i0: int, w1: float, tol_up: float, tol_down: float, tol_hour: float) -> float:
+    def _outside(
+        self,
+        y: float,
+        centre: float,
+        below: float,
+        above: float,
+        sigma: float,
+        i0: int,
+        w1: float,
+        tol_up: float,
+        tol_down: float,
+        tol_hour: float,
+    ) -> float:
         """The datapoint's distance outside the phase envelope [centre + below, centre + above]
         in sigmas (signed; 0 inside), less what feedback taught is normal at this hour."""
         error = y - centre
@@ -346,9 +373,10 @@ class Model:
         w0 = 1.0 - w1
         sigma = max(spread, cfg.min_scale)
         error = y - centre
-        below, above = self._phase_range(f[_HOD:_HOD + _HOURS], i0, w1)
-        outside = self._outside(y, centre, below, above, sigma, i0, w1, tol_up * _TOL_UNIT,
-                                tol_down * _TOL_UNIT, f[_TOL_HOUR])
+        below, above = self._phase_range(f[_HOD : _HOD + _HOURS], i0, w1)
+        outside = self._outside(
+            y, centre, below, above, sigma, i0, w1, tol_up * _TOL_UNIT, tol_down * _TOL_UNIT, f[_TOL_HOUR]
+        )
         # The shift average follows the standardised error beyond the phase envelope (less what
         # feedback taught), so a rhythm shifted by an hour does not read as a sustained shift.
         f[_SHIFT] += cfg.shift_rate * (max(-_CLIP_SHIFT, min(_CLIP_SHIFT, outside)) - f[_SHIFT])
@@ -363,7 +391,7 @@ class Model:
         rate = max(1.0 / n, cfg.level_rate)
         f[_LVL] += rate * step
         step *= 1.0 - rate
-        norm = w0 * w0 + w1 * w1                        # normalised LMS over the two knots
+        norm = w0 * w0 + w1 * w1  # normalised LMS over the two knots
         for i, w in ((i0, w0), (i1, w1)):
             if w > 0.0:
                 f[_HOD + i] += max(1.0 / (counts[i] + 1), cfg.hour_rate) * w * step / norm
@@ -395,16 +423,16 @@ class Model:
         counts = [0] * (_HOURS + _DAYS)
         flags = 0
         if prior is not None:
-            f[_HOD:_HOD + _HOURS] = prior.hour
-            f[_DOW:_DOW + _DAYS] = prior.weekday
-            f[_SCL:_SCL + _HOURS] = prior.scale
+            f[_HOD : _HOD + _HOURS] = prior.hour
+            f[_DOW : _DOW + _DAYS] = prior.weekday
+            f[_SCL : _SCL + _HOURS] = prior.scale
             w0 = 1.0 - w1
             f[_LVL] = y - (w0 * prior.hour[i0] + w1 * prior.hour[i1] + prior.weekday[day])
             counts = [cfg.prior_weight] * _HOURS + [min(cfg.prior_weight * 24, _MAX_COUNT)] * _DAYS
             flags = _SEEDED
         else:
             f[_LVL] = y
-            f[_SCL:_SCL + _HOURS] = [cfg.init_scale] * _HOURS
+            f[_SCL : _SCL + _HOURS] = [cfg.init_scale] * _HOURS
         f[_EARLY] = f[_LVL]
         flags, _ = self._build(f, counts, flags, 1, ts_s, ts_s)
         self._store(flags, (0, 0), 1, ts_s, ts_s, ts_s, counts, f)
@@ -413,8 +441,8 @@ class Model:
         """The periodic build: re-centre shape and weekday offsets into the level (predictions
         unchanged) and promote to ACTIVE once trained long enough."""
         cfg = self.config
-        mean_hour = sum(f[_HOD:_HOD + _HOURS]) / _HOURS
-        mean_day = sum(f[_DOW:_DOW + _DAYS]) / _DAYS
+        mean_hour = sum(f[_HOD : _HOD + _HOURS]) / _HOURS
+        mean_day = sum(f[_DOW : _DOW + _DAYS]) / _DAYS
         for i in range(_HOURS):
             f[_HOD + i] -= mean_hour
         for i in range(_DAYS):
@@ -448,7 +476,7 @@ class Model:
         i0, i1, w1, day = self._when(ts_ms)
         centre, spread = self._expect(f, i0, i1, w1, day)
         sigma = max(spread, cfg.min_scale)
-        below, above = self._phase_range(f[_HOD:_HOD + _HOURS], i0, w1)
+        below, above = self._phase_range(f[_HOD : _HOD + _HOURS], i0, w1)
         outside = self._outside(y, centre, below, above, sigma, i0, w1, 0.0, 0.0, -1.0)
         point_k = max(k for k, _ in cfg.bands.values())
         learned = ""
@@ -468,7 +496,7 @@ class Model:
             units = min(255, int(math.ceil(need / _TOL_UNIT)))
             hour = i0 + w1
             if f[_TOL_HOUR] >= 0 and abs((hour - f[_TOL_HOUR] + 12) % 24 - 12) > _TOL_HOURS:
-                f[_TOL_HOUR] = -1.0           # taught at two different hours: any hour
+                f[_TOL_HOUR] = -1.0  # taught at two different hours: any hour
             elif (tol_up or tol_down) == 0:
                 f[_TOL_HOUR] = round(hour, 2) % 24
             if outside > 0:
@@ -483,8 +511,14 @@ class Model:
 
     # --- judging ----------------------------------------------------------------------------
 
-    def judge(self, value: float, ts_ms: int, confidence: str = "HIGH",
-              prior: "Optional[FleetPrior]" = None, metric: str = "value") -> Judgement:
+    def judge(
+        self,
+        value: float,
+        ts_ms: int,
+        confidence: str = "HIGH",
+        prior: "Optional[FleetPrior]" = None,
+        metric: str = "value",
+    ) -> Judgement:
         """Judge one datapoint against the learned normal (does not learn it; call update())."""
         if confidence not in CONFIDENCE_LEVELS:
             raise ValueError(f"confidence must be one of {', '.join(CONFIDENCE_LEVELS)}, got {confidence!r}")
@@ -495,8 +529,12 @@ class Model:
         status = self.status(ts_ms)
         _, flags, tol_up, tol_down, n, first_s, last_s, _ = self._head()
         i0, i1, w1, day = self._when(ts_ms)
-        own = status == ACTIVE or (status == PENDING_BUILD and prior is not None and n >= _ANCHOR and
-                                   (flags & _SEEDED or n >= cfg.warm_datapoints))
+        own = status == ACTIVE or (
+            status == PENDING_BUILD
+            and prior is not None
+            and n >= _ANCHOR
+            and (flags & _SEEDED or n >= cfg.warm_datapoints)
+        )
         y = to_log(value)
         if own:
             f = _FLOATS.unpack_from(self._b, _FLOATS_AT)
@@ -504,14 +542,13 @@ class Model:
             sigma = max(spread, cfg.min_scale) * math.sqrt(1.0 + 1.0 / n)
             basis = "device+fleet" if status != ACTIVE and flags & _SEEDED else "device"
             previous_shift = f[_SHIFT]
-            below, above = self._phase_range(f[_HOD:_HOD + _HOURS], i0, w1)
+            below, above = self._phase_range(f[_HOD : _HOD + _HOURS], i0, w1)
             tol = (tol_up * _TOL_UNIT, tol_down * _TOL_UNIT, f[_TOL_HOUR])
             recent = ts_ms // 1000 - last_s <= cfg.confirm_within_s
             previous = f[_PREV] if recent else 0.0
         elif prior is not None:
             centre = prior.level + (1 - w1) * prior.hour[i0] + w1 * prior.hour[i1] + prior.weekday[day]
-            sigma = math.hypot(max((1 - w1) * prior.scale[i0] + w1 * prior.scale[i1], cfg.min_scale),
-                               prior.spread)
+            sigma = math.hypot(max((1 - w1) * prior.scale[i0] + w1 * prior.scale[i1], cfg.min_scale), prior.spread)
             basis, previous_shift = "fleet", 0.0
             below, above = self._phase_range(prior.hour, i0, w1)
             tol, previous = (0.0, 0.0, -1.0), 0.0
@@ -520,10 +557,22 @@ class Model:
                 why = "no datapoint for %.1f days" % ((ts_ms // 1000 - last_s) / 86400)
             else:
                 why = "%d of %d datapoints, %.1f of %g training days" % (
-                    n, cfg.min_datapoints, max(0, ts_ms // 1000 - first_s) / 86400 if n else 0,
-                    cfg.training_days)
-            return Judgement(False, None, None, status, metric, value, confidence, "none",
-                             note=f"model {status} ({why}) and no fleet prior")
+                    n,
+                    cfg.min_datapoints,
+                    max(0, ts_ms // 1000 - first_s) / 86400 if n else 0,
+                    cfg.training_days,
+                )
+            return Judgement(
+                False,
+                None,
+                None,
+                status,
+                metric,
+                value,
+                confidence,
+                "none",
+                note=f"model {status} ({why}) and no fleet prior",
+            )
         point_k, shift_k = cfg.bands[confidence]
         if status != ACTIVE:
             shift_k *= cfg.building_shift_factor
@@ -536,8 +585,12 @@ class Model:
             # (a device may well be quieter than its fleet, and a first report's deltas are 0).
             low_k = math.inf
         direction, kind, limit = 0, "", point_k
-        if (score > point_k / 2 or -score > low_k / 2
-                or shift > shift_k / 2 or -shift > shift_k * cfg.low_side_factor / 2):
+        if (
+            score > point_k / 2
+            or -score > low_k / 2
+            or shift > shift_k / 2
+            or -shift > shift_k * cfg.low_side_factor / 2
+        ):
             # leaning out, for fleet events: many devices half out of their bands at once are one event
             direction = 1 if (score if abs(score) > point_k / 2 else shift) > 0 else -1
         if score > point_k or -score > low_k:
@@ -545,17 +598,26 @@ class Model:
             limit = point_k if score > 0 else low_k
             # One datapoint outside is an alarm only when the previous one was outside on the same
             # side too, or when it is far outside (immediate_ratio).
-            if (cfg.confirm_points == 1 or previous * direction > _CONFIRM_AT * limit
-                    or (direction > 0 and cfg.immediate_ratio
-                        and y - centre - above > math.log(cfg.immediate_ratio))):
+            if (
+                cfg.confirm_points == 1
+                or previous * direction > _CONFIRM_AT * limit
+                or (direction > 0 and cfg.immediate_ratio and y - centre - above > math.log(cfg.immediate_ratio))
+            ):
                 kind = "spike"
-        if not kind and basis != "fleet" and n >= 2.0 / cfg.shift_rate and (
-                shift > shift_k or -shift > shift_k * cfg.low_side_factor):
+        if (
+            not kind
+            and basis != "fleet"
+            and n >= 2.0 / cfg.shift_rate
+            and (shift > shift_k or -shift > shift_k * cfg.low_side_factor)
+        ):
             kind, limit = "shift", (shift_k if shift > 0 else shift_k * cfg.low_side_factor)
             direction = 1 if shift > 0 else -1
         local_s = ts_ms // 1000 + cfg.tz_offset_s
-        when = "%s %02d:00 %s" % (_WEEKDAYS[day], (local_s % 86400) // 3600,
-                                  "UTC%+g" % (cfg.tz_offset_s / 3600) if cfg.tz_offset_s else "UTC")
+        when = "%s %02d:00 %s" % (
+            _WEEKDAYS[day],
+            (local_s % 86400) // 3600,
+            "UTC%+g" % (cfg.tz_offset_s / 3600) if cfg.tz_offset_s else "UTC",
+        )
         high_edge = centre + above + point_k * sigma
         low_edge = centre + below - low_k * sigma
         if tol[0] or tol[1]:
@@ -564,7 +626,21 @@ class Model:
                 high_edge += tol[0]
                 low_edge -= tol[1]
         low = None if low_k == math.inf else from_log(low_edge)
-        return Judgement(bool(kind), low, from_log(high_edge),
-                         status, metric, value, confidence, basis, kind, from_log(centre),
-                         round(score, 3), round(shift, 3), limit, when, direction=direction,
-                         outside=score > point_k or -score > low_k)
+        return Judgement(
+            bool(kind),
+            low,
+            from_log(high_edge),
+            status,
+            metric,
+            value,
+            confidence,
+            basis,
+            kind,
+            from_log(centre),
+            round(score, 3),
+            round(shift, 3),
+            limit,
+            when,
+            direction=direction,
+            outside=score > point_k or -score > low_k,
+        )

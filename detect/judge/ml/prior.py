@@ -7,6 +7,7 @@ devices (1.4826 * MAD). A device with no data of its own is judged on the fleet 
 that spread; a new device's model is seeded with the fleet's shape at its first datapoint and
 then learns its own.
 """
+
 import math
 import random
 import statistics
@@ -26,16 +27,22 @@ class FleetPrior:
 
     __slots__ = ("level", "spread", "hour", "weekday", "scale", "models")
 
-    def __init__(self, level: float, spread: float, hour: Sequence[float], weekday: Sequence[float],
-                 scale: Sequence[float], models: int):
+    def __init__(
+        self,
+        level: float,
+        spread: float,
+        hour: Sequence[float],
+        weekday: Sequence[float],
+        scale: Sequence[float],
+        models: int,
+    ):
         if len(hour) != _HOURS or len(weekday) != _DAYS or len(scale) != _HOURS:
             raise ValueError("fleet prior needs 24 hour values, 7 weekday values, 24 scales")
         self.level, self.spread, self.models = float(level), float(spread), int(models)
         self.hour, self.weekday, self.scale = tuple(hour), tuple(weekday), tuple(scale)
 
     def to_state(self) -> bytes:
-        return _PACK.pack(_VERSION, self.models, self.level, self.spread,
-                          *self.hour, *self.weekday, *self.scale)
+        return _PACK.pack(_VERSION, self.models, self.level, self.spread, *self.hour, *self.weekday, *self.scale)
 
     @classmethod
     def from_state(cls, state: bytes) -> "FleetPrior":
@@ -44,7 +51,7 @@ class FleetPrior:
         values = _PACK.unpack(state)
         models, level, spread = values[1:4]
         rest = values[4:]
-        return cls(level, spread, rest[:_HOURS], rest[_HOURS:_HOURS + _DAYS], rest[_HOURS + _DAYS:], models)
+        return cls(level, spread, rest[:_HOURS], rest[_HOURS : _HOURS + _DAYS], rest[_HOURS + _DAYS :], models)
 
     def __eq__(self, other):
         return isinstance(other, FleetPrior) and self.to_state() == other.to_state()
@@ -55,8 +62,7 @@ class FleetPrior:
         return "FleetPrior(models=%d, level=%.3f, spread=%.3f)" % (self.models, self.level, self.spread)
 
     @classmethod
-    def from_models(cls, models: Iterable["Model"], max_models: int = 1000,
-                    seed: int = 0) -> "Optional[FleetPrior]":
+    def from_models(cls, models: Iterable["Model"], max_models: int = 1000, seed: int = 0) -> "Optional[FleetPrior]":
         builder = FleetPriorBuilder(max_models=max_models, seed=seed)
         for model in models:
             builder.add(model)
@@ -100,12 +106,11 @@ class FleetPriorBuilder:
         level = medians[0]
         mad = statistics.median(abs(x - level) for x in levels)
         spread = 1.4826 * mad
-        hour = _centred(medians[1:1 + _HOURS])
-        weekday = _centred(medians[1 + _HOURS:1 + _HOURS + _DAYS])
-        return FleetPrior(level, spread, hour, weekday, medians[1 + _HOURS + _DAYS:], self.seen)
+        hour = _centred(medians[1 : 1 + _HOURS])
+        weekday = _centred(medians[1 + _HOURS : 1 + _HOURS + _DAYS])
+        return FleetPrior(level, spread, hour, weekday, medians[1 + _HOURS + _DAYS :], self.seen)
 
 
 def _centred(values: Sequence[float]) -> List[float]:
     mean = math.fsum(values) / len(values)
     return [v - mean for v in values]
-
