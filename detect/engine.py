@@ -37,7 +37,8 @@ from garrison.detect.judge import cloudmetrics, dimensions, evaluate, fleetstats
 from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
-from garrison.detect.audit.store import record_posture
+from garrison.detect.audit.store import AuditStore, record_posture
+from garrison.detect.state.latest import ensure_table as ensure_latest_table
 from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
@@ -142,6 +143,9 @@ class Engine:
         }
         for group in self.actions.groups():  # a quarantine group exists before it is needed
             store.create_group(group, self.clock.now_ms())
+        # the tables the report hooks write, settled here outside any report's transaction
+        AuditStore(store)
+        ensure_latest_table(store)
 
     # ---- the Sink garrison.detect.ingest.frontdoor calls ---------------------------------------------------------
 

@@ -37,10 +37,7 @@ class AuditStore:
 
     def __init__(self, store: Store):
         self.store = store
-        if not getattr(store, "_audit_tables", False):
-            # on either backend (PostgreSQL translates the types); marked done only when the
-            # tables exist for good, not inside a transaction that may still roll back
-            store._audit_tables = store.create_tables(_SCHEMA)
+        store.create_tables(_SCHEMA)  # a set lookup once the tables exist (Store.create_tables)
 
     # ---- tasks and findings -------------------------------------------------------------------
 

@@ -18,15 +18,9 @@ _SCHEMA = (
 
 
 def ensure_table(store: Store) -> None:
-    """Create the table if needed. Remembered only when created outside a transaction: one that
-    rolls back (a report that failed) takes the CREATE with it, so inside one it is re-checked
-    (CREATE TABLE IF NOT EXISTS: a schema lookup) until a call outside one, such as the console's
-    start, settles it."""
-    if getattr(store, "_latest_table", False):
-        return
-    with store._lock:
-        if store.create_tables(_SCHEMA):  # SQLite or PostgreSQL (garrison.detect.state.postgres)
-            store._latest_table = True
+    """Create the table if needed (Store.create_tables remembers it once it exists for good; the
+    engine settles it at start, outside any report's transaction)."""
+    store.create_tables(_SCHEMA)
 
 
 def record_latest_report(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:

@@ -23,7 +23,7 @@ dropped it (a restart, a failover).
 import re
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set
 
 from garrison.detect.state.store import _SCHEMA, Store, StoreBusy, StoreError
 
@@ -134,6 +134,7 @@ class PostgresStore(Store):
         self.path = redact_dsn(dsn)
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
+        self._settled_ddl: Set[str] = set()
         self._depth = 0
         self._pipe = None  # the open pipeline, inside a transaction
         self._conn = self._connect()
@@ -163,7 +164,7 @@ class PostgresStore(Store):
                 raise StoreError(f"cannot create the schema in {self.path}: {_first_line(exc)}") from None
             self._migrate()
 
-    def create_tables(self, ddl: str) -> bool:
+    def _create_tables(self, ddl: str) -> bool:
         """The SQLite store's create_tables on PostgreSQL: tables that exist are not touched (no
         lock, so workers do not queue behind each other); missing ones are created under the
         schema lock, in the caller's transaction if there is one."""

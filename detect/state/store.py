@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 SCHEMA_VERSION = 1
 # version -> the SQL that takes the schema from version - 1 to it (both dialects; see _migrate)
@@ -248,6 +248,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self._settled_ddl: Set[str] = set()  # create_tables DDL known to exist for good
         self._depth = 0
         try:
             self._conn.row_factory = sqlite3.Row
@@ -275,8 +276,18 @@ class Store:
     def create_tables(self, ddl: str) -> bool:
         """Run a module's own CREATE ... IF NOT EXISTS statements (`;`-separated, SQLite types; the
         PostgreSQL backend translates them), joining the caller's transaction if there is one.
-        True when the tables now exist for good (created outside a transaction), so the caller
-        need not check again."""
+        True when the tables now exist for good (created outside a transaction): the same DDL is
+        then a no-op on this store, so modules call this before each use (a report's hook
+        included) at the cost of a set lookup. Inside a transaction that may still roll back it
+        is checked again next time."""
+        if ddl in self._settled_ddl:
+            return True
+        if self._create_tables(ddl):
+            self._settled_ddl.add(ddl)
+            return True
+        return False
+
+    def _create_tables(self, ddl: str) -> bool:
         with self._lock:
             try:  # statement by statement: executescript would commit the caller's transaction
                 for statement in filter(str.strip, ddl.split(";")):

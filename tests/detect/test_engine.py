@@ -1,4 +1,5 @@
 """garrison.detect.engine fed validated reports, with a manual clock and a real SQLite file."""
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -52,15 +53,15 @@ def test_in_alarm_after_n_consecutive_violations_and_cleared_after_m(engine, clo
     engine.apply_profile(max_connections(limit=5, to_alarm=3, to_clear=2), attach="all")
     assert types(feed(engine, clock, connections=9)) == []
     assert types(feed(engine, clock, connections=9)) == []
-    assert types(feed(engine, clock, connections=1)) == []          # streak broken
+    assert types(feed(engine, clock, connections=1)) == []  # streak broken
     assert types(feed(engine, clock, connections=9)) == []
     assert types(feed(engine, clock, connections=9)) == []
-    [start] = feed(engine, clock, connections=10)                   # third in a row
+    [start] = feed(engine, clock, connections=10)  # third in a row
     assert start.event_type == "in-alarm" and start.metric_value == {"count": 10}
     assert types(feed(engine, clock, connections=12)) == []
     [active] = engine.active_violations()
     assert active["violationId"] == start.violation_id and active["lastViolationValue"] == {"count": 12}
-    assert types(feed(engine, clock, connections=1)) == []          # one conforming is not enough
+    assert types(feed(engine, clock, connections=1)) == []  # one conforming is not enough
     [end] = feed(engine, clock, connections=4)
     assert end.event_type == "alarm-cleared" and end.violation_id == start.violation_id
     assert engine.active_violations() == []
@@ -77,7 +78,7 @@ def test_things_register_on_first_report_and_a_replayed_report_is_a_no_op(engine
     assert engine.is_registered("dev1")
     assert engine.last_report("dev1") == (report["header"]["report_id"], clock.now_ms())
     clock.advance(1)
-    assert engine.accept("dev1", report, clock.now_ms()) == []     # QoS 1 redelivery
+    assert engine.accept("dev1", report, clock.now_ms()) == []  # QoS 1 redelivery
     assert engine.store.list_things()[0]["reports"] == 1
     assert len(engine.violation_events()) == 1
 
@@ -85,9 +86,9 @@ def test_things_register_on_first_report_and_a_replayed_report_is_a_no_op(engine
 def test_invalidation_after_two_days_of_silence(engine, clock):
     engine.apply_profile(max_connections(), attach="all")
     [start] = feed(engine, clock, connections=9)
-    feed(engine, clock, thing="dev2", connections=1)                # 300 s later
+    feed(engine, clock, thing="dev2", connections=1)  # 300 s later
     clock.advance(2 * DAY - 300 - 1)
-    assert engine.sweep() == []                                      # dev1: one second short of two days
+    assert engine.sweep() == []  # dev1: one second short of two days
     clock.advance(2)
     [event] = engine.sweep()
     assert (event.event_type, event.violation_id, event.thing) == ("alarm-invalidated", start.violation_id, "dev1")
@@ -113,8 +114,10 @@ def test_verification_state(engine, clock):
     record = engine.verify(start.violation_id, "BENIGN_POSITIVE", "nightly backup")
     assert record["verificationState"] == "BENIGN_POSITIVE"
     [active] = engine.active_violations()
-    assert (active["verificationState"], active["verificationStateDescription"]) == ("BENIGN_POSITIVE",
-                                                                                    "nightly backup")
+    assert (active["verificationState"], active["verificationStateDescription"]) == (
+        "BENIGN_POSITIVE",
+        "nightly backup",
+    )
     with pytest.raises(StoreError):
         engine.verify(start.violation_id, "PROBABLY_FINE")
 
@@ -123,23 +126,25 @@ def test_restart_continues_the_same_episodes_without_duplicates(db, clock):
     engine, alerts = make_engine(db, clock)
     engine.apply_profile(max_connections(to_clear=2), attach="all")
     [start] = feed(engine, clock, connections=9)
-    feed(engine, clock, connections=1)                               # half-way to clearing
+    feed(engine, clock, connections=1)  # half-way to clearing
     last = validated(connections=9)
     clock.advance(300)
     engine.accept("dev1", last, clock.now_ms())
     engine.store.close()
 
-    engine, alerts = make_engine(db, clock)                           # a new process on the same file
-    assert engine.accept("dev1", last, clock.now_ms() + 5) == []     # the broker redelivers: no-op
-    assert alerts.messages == []                                      # nothing sent twice
+    engine, alerts = make_engine(db, clock)  # a new process on the same file
+    assert engine.accept("dev1", last, clock.now_ms() + 5) == []  # the broker redelivers: no-op
+    assert alerts.messages == []  # nothing sent twice
     [active] = engine.active_violations()
     assert active["violationId"] == start.violation_id
-    assert types(feed(engine, clock, connections=1)) == []           # state survived: needs 2 to clear
+    assert types(feed(engine, clock, connections=1)) == []  # state survived: needs 2 to clear
     [end] = feed(engine, clock, connections=1)
     assert end.violation_id == start.violation_id
     events = engine.violation_events()
     assert [(e["violationEventType"], e["violationId"]) for e in events] == [
-        ("in-alarm", start.violation_id), ("alarm-cleared", start.violation_id)]
+        ("in-alarm", start.violation_id),
+        ("alarm-cleared", start.violation_id),
+    ]
     engine.store.close()
 
 
@@ -154,15 +159,21 @@ def test_a_report_is_applied_entirely_or_not_at_all(db, clock):
             return super()._step(*args)
 
     engine = Crashing(Store(db), clock)
-    engine.apply_profile(profile("P", behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
-                                 behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 2})), attach="all")
+    engine.apply_profile(
+        profile(
+            "P",
+            behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
+            behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 2}),
+        ),
+        attach="all",
+    )
     report = validated(connections=9, tcp_ports=[1, 2, 3])
     with pytest.raises(RuntimeError):
         engine.accept("dev1", report, clock.now_ms())
-    assert engine.last_report("dev1") is None                         # report id not recorded
-    assert engine.store.get_state("dev1", "P", "a") is None           # first behavior's state rolled back
+    assert engine.last_report("dev1") is None  # report id not recorded
+    assert engine.store.get_state("dev1", "P", "a") is None  # first behavior's state rolled back
     assert engine.violation_events() == []
-    events = engine.accept("dev1", report, clock.now_ms())             # the redelivery applies it once
+    events = engine.accept("dev1", report, clock.now_ms())  # the redelivery applies it once
     assert sorted(e.behavior["name"] for e in events) == ["a", "b"]
     engine.store.close()
 
@@ -194,23 +205,35 @@ def test_bad_profiles_are_refused_before_anything_is_stored(engine):
 
 
 def test_a_durations_behavior_sums_deltas_over_its_window(engine, clock):
-    engine.apply_profile(profile("Traffic", behavior("out", "aws:all-bytes-out", "less-than", {"count": 1000},
-                                                     durationSeconds=600)), attach="all")
+    engine.apply_profile(
+        profile("Traffic", behavior("out", "aws:all-bytes-out", "less-than", {"count": 1000}, durationSeconds=600)),
+        attach="all",
+    )
     assert feed(engine, clock, every=200, network_stats={"bytes_out": 400}) == []
-    assert feed(engine, clock, every=200, network_stats={"bytes_out": 400}) == []   # 800 in the last 600 s
-    [start] = feed(engine, clock, every=200, network_stats={"bytes_out": 400})      # 1200 > 1000
+    assert feed(engine, clock, every=200, network_stats={"bytes_out": 400}) == []  # 800 in the last 600 s
+    [start] = feed(engine, clock, every=200, network_stats={"bytes_out": 400})  # 1200 > 1000
     assert start.metric_value == {"count": 1200}
-    feed(engine, clock, every=200, network_stats={"bytes_out": 0})   # the first 400 left the window: 800
+    feed(engine, clock, every=200, network_stats={"bytes_out": 0})  # the first 400 left the window: 800
     assert engine.violation_events()[-1]["violationEventType"] == "alarm-cleared"
 
 
 def test_statistical_threshold_from_the_fleet_shown_in_the_alarm(db, clock):
     engine, alerts = make_engine(db, clock, fleet_min_devices=5)
-    engine.apply_profile(profile("Stat", behavior("conns", "aws:num-established-tcp-connections", "less-than-equals",
-                                                  statisticalThreshold={"statistic": "p90"},
-                                                  durationSeconds=900)), attach="all")
+    engine.apply_profile(
+        profile(
+            "Stat",
+            behavior(
+                "conns",
+                "aws:num-established-tcp-connections",
+                "less-than-equals",
+                statisticalThreshold={"statistic": "p90"},
+                durationSeconds=900,
+            ),
+        ),
+        attach="all",
+    )
     for i in range(6):
-        feed(engine, clock, thing=f"dev{i}", every=10, connections=10 + i)   # 10..15
+        feed(engine, clock, thing=f"dev{i}", every=10, connections=10 + i)  # 10..15
     assert engine.recompute_fleet_stats() == {("Stat", "conns"): pytest.approx(14.5)}
     assert feed(engine, clock, thing="dev0", every=10, connections=14) == []
     [start] = feed(engine, clock, thing="dev1", every=10, connections=40)
@@ -223,8 +246,18 @@ def test_statistical_threshold_from_the_fleet_shown_in_the_alarm(db, clock):
 
 def test_no_statistical_threshold_with_too_few_devices(db, clock):
     engine, _ = make_engine(db, clock, fleet_min_devices=5)
-    engine.apply_profile(profile("Stat", behavior("conns", "aws:num-established-tcp-connections", "less-than-equals",
-                                                  statisticalThreshold={"statistic": "p90"})), attach="all")
+    engine.apply_profile(
+        profile(
+            "Stat",
+            behavior(
+                "conns",
+                "aws:num-established-tcp-connections",
+                "less-than-equals",
+                statisticalThreshold={"statistic": "p90"},
+            ),
+        ),
+        attach="all",
+    )
     for i in range(4):
         feed(engine, clock, thing=f"dev{i}", every=10, connections=10)
     assert engine.recompute_fleet_stats() == {("Stat", "conns"): None}
@@ -236,15 +269,25 @@ def test_fleet_population_counts_each_device_once_and_drops_silent_ones(db, cloc
     """The population rules of docs/profiles.md: each device once, with its latest value; devices
     silent for the behavior's duration leave it."""
     engine, _ = make_engine(db, clock, fleet_min_devices=2)
-    engine.apply_profile(profile("Stat", behavior("conns", "aws:num-established-tcp-connections", "greater-than-equals",
-                                                  statisticalThreshold={"statistic": "p0"},
-                                                  durationSeconds=300)), attach="all")
+    engine.apply_profile(
+        profile(
+            "Stat",
+            behavior(
+                "conns",
+                "aws:num-established-tcp-connections",
+                "greater-than-equals",
+                statisticalThreshold={"statistic": "p0"},
+                durationSeconds=300,
+            ),
+        ),
+        attach="all",
+    )
     feed(engine, clock, thing="dev0", every=10, connections=10)
     feed(engine, clock, thing="dev1", every=10, connections=20)
     assert engine.recompute_fleet_stats() == {("Stat", "conns"): 10}
-    feed(engine, clock, thing="dev0", every=10, connections=50)      # dev0's 10 is replaced, not added
+    feed(engine, clock, thing="dev0", every=10, connections=50)  # dev0's 10 is replaced, not added
     assert engine.recompute_fleet_stats() == {("Stat", "conns"): 20}
-    feed(engine, clock, thing="dev2", every=400, connections=30)     # dev0 and dev1 silent for 300 s+
+    feed(engine, clock, thing="dev2", every=400, connections=30)  # dev0 and dev1 silent for 300 s+
     feed(engine, clock, thing="dev3", every=10, connections=40)
     assert engine.recompute_fleet_stats() == {("Stat", "conns"): 30}
     assert engine.describe_profile("Stat")["statisticalThresholds"]["conns"]["devices"] == 2
@@ -254,11 +297,13 @@ def test_fleet_population_counts_each_device_once_and_drops_silent_ones(db, cloc
 def test_quarantine_action_moves_the_thing_under_a_stricter_profile(db, clock):
     actions = {"Fleet/conns": {"type": "add-thing-to-group", "group": "quarantine"}}
     engine, _ = make_engine(db, clock, actions=actions)
-    assert engine.store.group_exists("quarantine")                     # created at start
+    assert engine.store.group_exists("quarantine")  # created at start
     engine.apply_profile(max_connections(limit=50, name="Fleet"), attach="all")
-    engine.apply_profile(profile("Lockdown", behavior("ports", "aws:listening-tcp-ports", "in-port-set",
-                                                      {"ports": [22]})), attach="group:quarantine")
-    assert feed(engine, clock, tcp_ports=[22, 8080], connections=1) == []   # Lockdown does not apply yet
+    engine.apply_profile(
+        profile("Lockdown", behavior("ports", "aws:listening-tcp-ports", "in-port-set", {"ports": [22]})),
+        attach="group:quarantine",
+    )
+    assert feed(engine, clock, tcp_ports=[22, 8080], connections=1) == []  # Lockdown does not apply yet
     [start] = feed(engine, clock, tcp_ports=[22, 8080], connections=60)
     assert engine.store.groups_of("dev1") == ["quarantine"]
     [entry] = engine.store.list_actions()
@@ -281,8 +326,12 @@ def test_dry_run_only_logs_what_it_would_do(db, clock):
 
 
 def test_release_action_on_alarm_cleared(db, clock):
-    actions = {"Conns/conns": [{"type": "add-thing-to-group", "group": "watch"},
-                               {"type": "remove-thing-from-group", "group": "watch", "on": "alarm-cleared"}]}
+    actions = {
+        "Conns/conns": [
+            {"type": "add-thing-to-group", "group": "watch"},
+            {"type": "remove-thing-from-group", "group": "watch", "on": "alarm-cleared"},
+        ]
+    }
     engine, _ = make_engine(db, clock, actions=actions)
     engine.apply_profile(max_connections(), attach="all")
     feed(engine, clock, connections=9)
@@ -294,13 +343,24 @@ def test_release_action_on_alarm_cleared(db, clock):
 
 
 def test_changing_or_deleting_a_profile_invalidates_its_open_violations(engine, clock):
-    engine.apply_profile(profile("P", behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
-                                 behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 2})), attach="all")
+    engine.apply_profile(
+        profile(
+            "P",
+            behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
+            behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 2}),
+        ),
+        attach="all",
+    )
     events = feed(engine, clock, connections=9, tcp_ports=[1, 2, 3])
     assert sorted(e.behavior["name"] for e in events) == ["a", "b"]
     # b's criteria change, a stays: only b's episode ends
-    engine.apply_profile(profile("P", behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
-                                 behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 10})))
+    engine.apply_profile(
+        profile(
+            "P",
+            behavior("a", "aws:num-established-tcp-connections", "less-than", {"count": 5}),
+            behavior("b", "aws:num-listening-tcp-ports", "less-than", {"count": 10}),
+        )
+    )
     [invalidated] = [e for e in engine.violation_events() if e["violationEventType"] == "alarm-invalidated"]
     assert invalidated["behavior"]["name"] == "b"
     assert invalidated["violationEventAdditionalInfo"]["invalidationReason"] == "behavior-changed"
@@ -343,7 +403,7 @@ def test_suppressed_alerts_are_recorded_but_not_sent(engine, clock):
 
 
 def test_events_written_without_targets_are_sent_by_the_engine_that_has_them(db, clock):
-    cli = Engine(Store(db), clock)                                    # like `garrison-detect profiles delete`
+    cli = Engine(Store(db), clock)  # like `garrison-detect profiles delete`
     cli.apply_profile(max_connections(), attach="all")
     feed(cli, clock, connections=9)
     cli.delete_profile("Conns")
@@ -366,8 +426,13 @@ def test_alerts_reach_real_targets(db, clock, caplog):
 
 
 def test_ml_behaviors_wait_for_a_model(engine, clock):
-    engine.apply_profile(profile("ML", behavior("conns", "aws:num-established-tcp-connections",
-                                                mlDetectionConfig={"confidenceLevel": "HIGH"})), attach="all")
+    engine.apply_profile(
+        profile(
+            "ML",
+            behavior("conns", "aws:num-established-tcp-connections", mlDetectionConfig={"confidenceLevel": "HIGH"}),
+        ),
+        attach="all",
+    )
     assert feed(engine, clock, connections=10_000) == []
     [summary] = engine.describe_profile("ML")["behaviorModelTrainingSummaries"]
     assert summary == {"behaviorName": "conns", "modelStatus": "PENDING_BUILD"}
@@ -376,10 +441,15 @@ def test_ml_behaviors_wait_for_a_model(engine, clock):
 def test_ml_behaviors_alarm_on_what_the_device_model_learned(db, clock):
     pytest.importorskip("garrison.detect.judge.ml")
     engine, alerts = make_engine(db, clock, ml={"training_days": 0, "min_datapoints": 30, "retrain_every_s": 0})
-    engine.apply_profile(profile("ML", behavior("conns", "aws:num-established-tcp-connections",
-                                                mlDetectionConfig={"confidenceLevel": "HIGH"})), attach="all")
+    engine.apply_profile(
+        profile(
+            "ML",
+            behavior("conns", "aws:num-established-tcp-connections", mlDetectionConfig={"confidenceLevel": "HIGH"}),
+        ),
+        attach="all",
+    )
     for i in range(60):
-        assert feed(engine, clock, connections=8 + i % 5) == []          # 8..12: normal, learned
+        assert feed(engine, clock, connections=8 + i % 5) == []  # 8..12: normal, learned
     [summary] = engine.describe_profile("ML")["behaviorModelTrainingSummaries"]
     assert summary["modelStatus"] == "ACTIVE"
     [start] = feed(engine, clock, connections=400)
@@ -400,6 +470,7 @@ def test_the_ingestor_drives_the_engine_strict_mode_and_redelivery(engine, clock
     from garrison.agent import report as wire
     from garrison.detect.ingest.frontdoor import Ingestor
     from engine_support import build
+
     engine.apply_profile(max_connections(), attach="all")
     ingestor = Ingestor(engine, min_interval_s=300, strict=True)
     payload = wire.encode(build(connections=9))
@@ -410,7 +481,7 @@ def test_the_ingestor_drives_the_engine_strict_mode_and_redelivery(engine, clock
     assert len(engine.active_violations("dev1")) == 1
     assert ingestor.handle(wire.topic("dev1", "json"), payload, clock.now_ms() + 1000).accepted  # redelivery
     throttled = ingestor.handle(wire.topic("dev1", "json"), wire.encode(build(connections=1)), clock.now_ms() + 2000)
-    assert throttled.error_code == "Throttled"                       # AWS: one report per 300 s
+    assert throttled.error_code == "Throttled"  # AWS: one report per 300 s
     assert len(engine.violation_events()) == 1 and engine.store.list_things()[0]["reports"] == 1
 
 
@@ -450,5 +521,21 @@ def test_restarts_and_redeliveries_change_nothing(tmp_path_factory, steps):
     assert [e[0] for e in shape] == ["in-alarm", "alarm-cleared"] * (len(shape) // 2) + ["in-alarm"] * (len(shape) % 2)
     ids = [e["violationId"] for e in troubled]
     starts, ends = ids[::2], ids[1::2]
-    assert len(set(starts)) == len(starts)                           # a new id per episode
-    assert ends == starts[:len(ends)]                                 # an episode ends with its own id
+    assert len(set(starts)) == len(starts)  # a new id per episode
+    assert ends == starts[: len(ends)]  # an episode ends with its own id
+
+
+def test_a_report_runs_no_table_creation_once_the_engine_has_started(tmp_path, clock):
+    """The report hooks' own tables (audit posture, latest report) are settled when the engine
+    starts, so a report's transaction no longer re-runs their CREATE ... IF NOT EXISTS."""
+    engine, _ = make_engine(str(tmp_path / "engine.db"), clock)
+    statements = []
+    engine.store._conn.set_trace_callback(statements.append)
+    try:
+        feed(engine, clock, connections=1, custom={"posture:telnet_listening": {"number": 0}})
+    finally:
+        engine.store._conn.set_trace_callback(None)
+        engine.store.close()
+    assert any("INSERT INTO audit_posture" in s for s in statements)  # the hook did run
+    assert any("INSERT INTO latest_reports" in s for s in statements)
+    assert not [s for s in statements if "CREATE" in s.upper()]
