@@ -61,6 +61,10 @@ class Sink(Protocol):
     # it are refused); batch() -> a context manager making the accepts inside one transaction
 
 
+# what a device is told when the engine failed on its report (it keeps it and resends)
+RESEND_LATER = "The engine could not process the report; send it again later"
+
+
 @dataclass(frozen=True)
 class Retry:
     """No answer yet (handle_batch): the report was not durably handled, so it must not be
@@ -138,9 +142,7 @@ class Ingestor:
                 return self._admit(*prepared)
         except Exception:  # never let one message stop the ingestor
             log.exception("internal error on a report from %s", thing)
-            return self._rejected(
-                thing, fmt, None, now_ms, INTERNAL_ERROR, "The engine could not process the report; send it again later"
-            )
+            return self.internal_error(thing, fmt, None, now_ms)
 
     def handle_batch(self, messages: Sequence[Tuple[Any, Any, int]]) -> List[Union[Reply, Retry, None]]:
         """Handle (topic, payload, now_ms) messages together: what needs no store is answered
@@ -160,14 +162,7 @@ class Ingestor:
                 prepared = self._prepare(parsed[0], parsed[1], payload, now_ms)
             except Exception:
                 log.exception("internal error on a report from %s", parsed[0])
-                prepared = self._rejected(
-                    parsed[0],
-                    parsed[1],
-                    None,
-                    now_ms,
-                    INTERNAL_ERROR,
-                    "The engine could not process the report; send it again later",
-                )
+                prepared = self.internal_error(parsed[0], parsed[1], None, now_ms)
             if isinstance(prepared, Reply):
                 outcomes[i] = prepared
             else:
@@ -215,8 +210,11 @@ class Ingestor:
             return None
         return parsed
 
-    def internal_error(self, thing: str, fmt: str, report_id: Optional[int], now_ms: int, message: str) -> Reply:
-        """An InternalError reply (e.g. for a message set aside after failing again and again)."""
+    def internal_error(
+        self, thing: str, fmt: str, report_id: Optional[int], now_ms: int, message: str = RESEND_LATER
+    ) -> Reply:
+        """An InternalError reply: by default, that the report may be sent again later; also for a
+        message set aside after failing again and again (with its own message)."""
         return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR, message)
 
     def _prepare(self, thing: str, fmt: str, payload: bytes, now_ms: int):
@@ -267,14 +265,7 @@ class Ingestor:
             if in_batch:
                 return self._failed(exc, thing, fmt, report_id, "look up")
             log.exception("the engine failed to look up %s", thing)
-            return self._rejected(
-                thing,
-                fmt,
-                report_id,
-                now_ms,
-                INTERNAL_ERROR,
-                "The engine could not process the report; send it again later",
-            )
+            return self.internal_error(thing, fmt, report_id, now_ms)
         if last is not None:
             last_id, last_ms = last
             if report_id == last_id:  # QoS 1 redelivery or a resend: already counted
@@ -312,14 +303,7 @@ class Ingestor:
             if in_batch:
                 return self._failed(exc, thing, fmt, report_id, "accept")
             log.exception("the engine failed to accept report %s from %s", report_id, thing)
-            return self._rejected(
-                thing,
-                fmt,
-                report_id,
-                now_ms,
-                INTERNAL_ERROR,
-                "The engine could not process the report; send it again later",
-            )
+            return self.internal_error(thing, fmt, report_id, now_ms)
         return self._accepted(thing, fmt, report_id, now_ms)
 
     def _failed(self, exc: Exception, thing: str, fmt: str, report_id: int, what: str) -> Retry:

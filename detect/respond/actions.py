@@ -209,16 +209,7 @@ def execute(
             outcome, detail = "failed", f"{what}: {exc}"
     log.warning("mitigation for violation %s (%s/%s): %s: %s", violation_id, profile, behavior, outcome, detail)
     logged = dict(action.to_dict(), **({"by": by} if by else {}))
-    seq = store.log_action(now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
-    return {
-        "seq": seq,
-        "thingName": thing,
-        "action": logged,
-        "dryRun": dry_run,
-        "outcome": outcome,
-        "detail": detail,
-        "violationId": violation_id,
-    }
+    return _log(store, now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
 
 
 def _defer(
@@ -250,6 +241,22 @@ def _defer(
         outcome,
         detail,
     )
+    return _log(store, now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
+
+
+def _log(
+    store: Store,
+    now_ms: int,
+    thing: str,
+    logged: Dict[str, Any],
+    dry_run: bool,
+    outcome: str,
+    detail: str,
+    violation_id: Optional[str],
+    profile: Optional[str],
+    behavior: Optional[str],
+) -> Dict[str, Any]:
+    """Write one entry to the actions log; the record the CLI and the API return for it."""
     seq = store.log_action(now_ms, thing, logged, dry_run, outcome, detail, violation_id, profile, behavior)
     return {
         "seq": seq,
