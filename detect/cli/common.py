@@ -41,6 +41,16 @@ def action(actions, db_parent: argparse.ArgumentParser, name: str, help_text: st
     return actions.add_parser(name, help=help_text, parents=[db_parent])
 
 
+def add_with_helpers(sub, db_parent: argparse.ArgumentParser, add_commands) -> None:
+    """For command modules written as `add_commands(command, actions_of, action)` (dimensions,
+    metrics, respond): hand them these helpers bound to `sub` and `db_parent`."""
+    add_commands(
+        lambda name, text: command(sub, db_parent, name, text),
+        actions_of,
+        lambda actions, name, text: action(actions, db_parent, name, text),
+    )
+
+
 # ---------------------------------------------------------------------------------- the engine
 
 

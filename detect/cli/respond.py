@@ -26,11 +26,7 @@ def add_parser(sub, db_parent) -> None:
     """Add `respond` to the `garrison-detect` subparsers `sub`."""
     from garrison.detect.cli import common
 
-    add_commands(
-        lambda name, text: common.command(sub, db_parent, name, text),
-        common.actions_of,
-        lambda actions, name, text: common.action(actions, db_parent, name, text),
-    )
+    common.add_with_helpers(sub, db_parent, add_commands)
 
 
 def add_commands(command, action_of, action) -> None:
