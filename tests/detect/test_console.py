@@ -75,6 +75,15 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_the_session(ser
     assert cookie is not None
 
 
+def _resent_on_reset(request, attempts: int = 5):
+    for _ in range(attempts - 1):
+        try:
+            return request()
+        except ConnectionResetError:
+            continue
+    return request()
+
+
 def test_forged_cookies_and_posts_without_csrf_are_refused(served):
     server, engine, clock = served
     _alarm(engine, clock)
@@ -84,7 +93,10 @@ def test_forged_cookies_and_posts_without_csrf_are_refused(served):
     forged = Browser(server.url)
     forged.cookies = {"garrison_console": f"{sid}.{'0' * len(signature)}"}
     assert forged.get("/console/fleet")[0] == 303
-    assert forged.post("/console/things/cam-1/quarantine", {"csrf": csrf})[0] == 401  # no body from strangers
+    # no body from strangers: refused before its body is read, the server may close with that
+    # body unread and the kernel then resets the connection, sometimes before the 401 is read;
+    # a reset is a transport event, not an answer, so the same request is made again
+    assert _resent_on_reset(lambda: forged.post("/console/things/cam-1/quarantine", {"csrf": csrf}))[0] == 401
     violation = engine.active_violations("cam-1")[0]["violationId"]
     assert browser.post(f"/console/violations/{violation}/verify", {"state": "TRUE_POSITIVE"})[0] == 403
     assert browser.post(f"/console/violations/{violation}/verify", {"state": "TRUE_POSITIVE", "csrf": "x" + csrf})[0] == 403
