@@ -39,7 +39,7 @@ from garrison.detect.respond.actions import ActionError, Actions, execute as exe
 from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
 from garrison.detect.audit.store import AuditStore, record_posture
 from garrison.detect.state.latest import ensure_table as ensure_latest_table
-from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report
+from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report, record_latest_reports
 from garrison.detect.clock import SystemClock
 from garrison.detect.config import Config
 from garrison.detect.hooks import ActionRules, AlertSink, Clock, MlJudge, ResponseRunner
@@ -67,6 +67,10 @@ PENDING_BUILD = "PENDING_BUILD"
 # ingest waits this long for another process's write lock, then retries the batch later: a long
 # CLI write must not stall the ingest thread for the store's whole busy timeout
 INGEST_BUSY_TIMEOUT_MS = 250
+# Things whose report id, states and open violations stay cached from one batch to the next
+# (while nobody else writes): a fleet's backlog interleaves its things' reports, so a thing's
+# next report is usually in a later batch. Bounded: a few MB for a gateway-sized profile.
+HOT_THINGS = 4096
 # what `serve` gives its other work (API, periodic work) on the connection it shares with ingest
 SERVE_BUSY_TIMEOUT_MS = 1000
 
@@ -119,6 +123,10 @@ class Engine:
         self._pending_things: Dict[str, List[int]] = {}
         self._staged_violations: Dict[str, Tuple[Any, int, Any]] = {}
         self._pending_violations: Dict[str, Tuple[Any, int, Any]] = {}
+        # a batch's rows of the console's latest report (by thing) and of the metric history
+        self._staged_rows: List[Tuple[str, int, Mapping[str, Any], Optional[Dict[str, Any]]]] = []
+        self._pending_latest: Dict[str, Tuple[int, Mapping[str, Any]]] = {}
+        self._pending_history: List[Tuple[str, int, str, Dict[str, Any]]] = []
         self._dispatch_lock = threading.RLock()  # before the store's lock, never after
         self._alerts_in_flight: set = set()  # outbox seqs handed to the targets, outcome not known yet
         # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
@@ -179,11 +187,14 @@ class Engine:
                 yield self
                 self._flush()
                 self._hot_marker = self.store.change_marker()
-                self._forget_things()
+                if len(self._hot_last) > HOT_THINGS:  # else kept: the next batch's reports of them skip three reads
+                    self._forget_things()
         except BaseException:
             self._pending_states.clear()
             self._pending_things.clear()
             self._pending_violations.clear()
+            self._pending_latest.clear()
+            self._pending_history.clear()
             self._hot_drop()
             raise
         finally:
@@ -206,6 +217,7 @@ class Engine:
         if self._batching:
             self._staged_states.clear()
             self._staged_violations.clear()
+            self._staged_rows.clear()
             self._staged_thing = None
             try:
                 with self.store.savepoint():
@@ -213,11 +225,16 @@ class Engine:
             except BaseException:
                 self._staged_states.clear()
                 self._staged_violations.clear()
+                self._staged_rows.clear()
                 self._flush()  # what earlier reports of the batch hold back stays theirs
                 self._hot_drop()  # the cache may hold what was just undone
                 raise
             self._pending_states.update(self._staged_states)
             self._pending_violations.update(self._staged_violations)
+            for name, received, report, values in self._staged_rows:
+                self._pending_latest[name] = (received, report)
+                if values:
+                    self._pending_history.append((name, received, "report", values))
             if self._staged_thing is not None:
                 name, report_id, received = self._staged_thing
                 count = self._pending_things.get(name, (0, 0, 0))[2] + 1
@@ -249,7 +266,8 @@ class Engine:
         else:
             self.store.record_report(thing, report_id, received_ms)
         record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
-        record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
+        if not self._batching:
+            record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
         return self._evaluate(thing, report_long, received_ms)
 
     # ---- what a batch caches --------------------------------------------------------------------
@@ -274,6 +292,12 @@ class Engine:
                 (vid, value, ms, info) for vid, (value, ms, info) in self._pending_violations.items()
             )
             self._pending_violations.clear()
+        if self._pending_latest:
+            record_latest_reports(self.store, ((t, ms, report) for t, (ms, report) in self._pending_latest.items()))
+            self._pending_latest.clear()
+        if self._pending_history:
+            self.store.put_metric_values_many(self._pending_history)
+            self._pending_history.clear()
 
     def _hot_drop(self) -> None:
         self._hot_marker = None
@@ -317,17 +341,23 @@ class Engine:
             states = self.store.states_of_thing(thing)
             names = self.store.profiles_for_thing(thing)
         applied = []
+        extracted: Dict[Any, Any] = {}  # (metric, spec) -> value: behaviors and history share one extraction
         for name in names:
             profile = self._profile(name)
             if profile is None:
                 continue
             applied.append(profile)
             for behavior in profile.behaviors:
-                event = self._step(thing, name, behavior, report, received_ms, states.get((name, behavior.name)))
+                state = states.get((name, behavior.name))
+                event = self._step(thing, name, behavior, report, received_ms, state, extracted)
                 if event is not None:
                     events.append(event)
                     self.actions.run(self.store, event, received_ms)
-        self.history.record_report(thing, applied, report, received_ms)
+        if self._batching:  # written with the batch's (Engine._flush), as is the latest report
+            values = self.history.report_values(thing, applied, report, received_ms, extracted)
+            self._staged_rows.append((thing, received_ms, report, values))
+        else:
+            self.history.record_report(thing, applied, report, received_ms, extracted)
         return events
 
     def _step(
@@ -338,10 +368,11 @@ class Engine:
         report: Mapping[str, Any],
         received_ms: int,
         state: Optional[Dict[str, Any]],
+        extracted: Dict[Any, Any],
     ) -> Optional[Event]:
         if behavior.kind == "retain":
             return None
-        value = metrics.extract(report, behavior.metric, behavior.spec)
+        value = history.extract_once(extracted, report, behavior.metric, behavior.spec)
         if value is None:
             return None
         if behavior.metric in metrics.SILENCE_METRICS:

@@ -118,9 +118,72 @@ def _spec(field: schema.Field):
     return spec
 
 
+# Compiled checks, one per (schema object, key order): agents write every entry of a list with
+# the same keys in the same order, so a straight-line function per shape checks a well-formed
+# entry without the generic loop (a gateway's report has dozens of connection objects). It
+# answers None for anything unusual, and the generic code below then does the work and words
+# the problem. Only shapes of declared keys are compiled, at most _SHAPES_PER_FIELD per field,
+# so hostile key orders cost a bounded number of compilations.
+_SHAPES: Dict[int, Dict[tuple, Any]] = {}
+_SHAPES_PER_FIELD = 16
+
+
+def _compiled(field: schema.Field, doc: Dict[Any, Any]) -> Any:
+    shapes = _SHAPES.setdefault(id(field), {})
+    keys = tuple(doc)
+    check = shapes.get(keys)
+    if check is None and len(shapes) < _SHAPES_PER_FIELD:
+        check = shapes[keys] = _compile(field, keys)
+    return check or None
+
+
+def _compile(field: schema.Field, keys: tuple) -> Any:
+    """The check of one shape, or False (this shape always takes the generic path)."""
+    table, required = _spec(field)
+    namespace: Dict[str, Any] = {"GOOD": _GOOD_ENDPOINTS, "MAX": _MAX_STRING, "check_any": _check, "Bad": _Bad}
+    seen, tests, nested, out = set(), [], [], []
+    for i, key in enumerate(keys):
+        entry = table.get(key) if type(key) is str else None
+        if entry is None or entry[0] in seen:
+            return False  # undeclared keys (any number of shapes) or a field given twice
+        long, fast, low, high, sub = entry
+        seen.add(long)
+        v = f"v{i}"
+        namespace[f"LOW{i}"], namespace[f"HIGH{i}"], namespace[f"SUB{i}"] = low, high, sub
+        if fast == "int":
+            tests.append(f"type({v}) is int and LOW{i} <= {v} <= HIGH{i}")
+        elif fast is _PLAIN_TEXT:
+            tests.append(f"type({v}) is str and len({v}) <= MAX and {v}.isascii()")
+        elif fast is _ENDPOINT:
+            tests.append(f"type({v}) is str and {v} in GOOD")
+        elif sub.kind in ("object", "list", "custom"):
+            tests.append(f"{v} is not None")
+            nested.append(f"        {v} = check_any({v}, SUB{i})")
+        else:
+            return False  # text with choices: the generic check
+        out.append(f"{long!r}: {v}")
+    if not set(required) <= seen:
+        return False
+    lines = ["def check(doc):"]
+    lines += [f"    v{i} = doc[{key!r}]" for i, key in enumerate(keys)]
+    lines.append(f"    if not ({' and '.join(tests) or 'True'}):")
+    lines.append("        return None")
+    if nested:
+        lines += ["    try:", *nested, "    except Bad:", "        return None"]
+    lines.append(f"    return {{{', '.join(out)}}}")
+    exec("\n".join(lines), namespace)  # noqa: S102  (code built from the schema's own names only)
+    return namespace["check"]
+
+
 def _check_object(doc: Any, field: schema.Field) -> Dict[str, Any]:
     if not isinstance(doc, dict):
         raise _Bad(f"expected an object, got {_type_name(doc)}")
+    if type(doc) is dict:
+        check = _compiled(field, doc)
+        if check is not None:
+            fast = check(doc)
+            if fast is not None:
+                return fast
     table, required = _spec(field)
     out: Dict[str, Any] = {}
     for key, value in doc.items():
@@ -174,7 +237,14 @@ def _check_list(doc: Any, field: schema.Field) -> List[Dict[str, Any]]:
     if field.max_items is not None and len(doc) > field.max_items:
         raise _Bad(f"at most {field.max_items} entries, got {len(doc)}")
     out = []
+    shapes = _SHAPES.get(id(field), {})
     for i, entry in enumerate(doc):
+        # the compiled check of the entry's shape inline (the list's hot loop); else the full one
+        check = shapes.get(tuple(entry)) if type(entry) is dict else None
+        checked = check(entry) if check else None
+        if checked is not None:
+            out.append(checked)
+            continue
         try:
             out.append(_check_object(entry, field))
         except _Bad as bad:

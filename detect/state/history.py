@@ -72,6 +72,15 @@ def _retained(profile) -> Dict[str, Tuple[Any, Optional[str]]]:
     return out
 
 
+def extract_once(extracted: Dict[Any, Any], report: Mapping[str, Any], metric_id: str, spec: Any) -> Any:
+    """metrics.extract, remembered in `extracted` (one report's): a gateway's destination list
+    is built once for the behaviors and the history that both want it."""
+    key = (metric_id, id(spec))
+    if key not in extracted:
+        extracted[key] = metrics.extract(report, metric_id, spec)
+    return extracted[key]
+
+
 class MetricHistory:
     def __init__(self, store, retention_s: float = DEFAULT_RETENTION_S):
         self.store = store
@@ -80,11 +89,33 @@ class MetricHistory:
         self._pending: Dict[Tuple[str, int], Dict[str, Any]] = {}
         self.dropped_exports = 0
 
-    def record_report(self, thing: str, profiles: List[Any], report: Mapping[str, Any], received_ms: int) -> None:
+    def record_report(
+        self,
+        thing: str,
+        profiles: List[Any],
+        report: Mapping[str, Any],
+        received_ms: int,
+        extracted: Optional[Dict[Any, Any]] = None,
+    ) -> None:
         """Keep the report's values of every metric the thing's profiles retain (device-side and
-        custom metrics; the broker's are recorded when they are computed), in one row."""
+        custom metrics; the broker's are recorded when they are computed), in one row.
+        `extracted`: values the caller already extracted from this report (extract_once)."""
+        values = self.report_values(thing, profiles, report, received_ms, extracted)
+        if values:
+            self.store.put_metric_values(thing, received_ms, "report", values)
+
+    def report_values(
+        self,
+        thing: str,
+        profiles: List[Any],
+        report: Mapping[str, Any],
+        received_ms: int,
+        extracted: Optional[Dict[Any, Any]] = None,
+    ) -> Optional[Dict[str, Any]]:
+        """The row record_report keeps (None: nothing to keep), for a caller that writes a batch's
+        rows at once (Store.put_metric_values_many); queues the report's exports."""
         if not self.retention_ms:
-            return  # metric_retention = 0: no history
+            return None  # metric_retention = 0: no history
         wanted: Dict[str, Tuple[Any, Optional[str]]] = {}
         for profile in profiles:
             for metric_id, (spec, topic) in retained(profile).items():
@@ -94,7 +125,7 @@ class MetricHistory:
                 wanted[metric_id] = (spec, (known and known[1]) or topic)
         values = {}
         for metric_id, (spec, topic) in wanted.items():
-            value = spec.extract(report)
+            value = extract_once({} if extracted is None else extracted, report, metric_id, spec)
             if value is None:
                 continue
             values[metric_id] = value = evaluate.violation_value(spec, value)
@@ -102,8 +133,7 @@ class MetricHistory:
                 self._export(
                     topic, {"name": metric_id, "thing": thing, "value": value, "version": 1, "timestamp": received_ms}
                 )
-        if values:
-            self.store.put_metric_values(thing, received_ms, "report", values)
+        return values or None
 
     def record(
         self,

@@ -168,6 +168,40 @@ def test_rejections(case):
     assert expected in err.value.message
 
 
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_rejections_after_the_same_shapes_passed_give_the_same_answer(case):
+    """Well-formed shapes get a compiled check (validate._compile); a value it does not accept
+    falls back to the full check, which words the problem exactly as before."""
+    validate(good())  # every object shape of good() is now compiled
+    validate(good())
+    path, value, expected = REJECTED[case]
+    doc = path if isinstance(path, list) else mutate(path, value)
+    with pytest.raises(Invalid) as err:
+        validate(doc)
+    assert expected in err.value.message
+
+
+def test_compiled_shapes_are_bounded_and_every_key_order_still_validates():
+    fields = ("remote_addr", "local_port", "local_interface")
+    orders = [(a, b, c) for a in fields for b in fields for c in fields if len({a, b, c}) == 3]
+    short = {"remote_addr": "rad", "local_port": "lp", "local_interface": "li"}
+    values = {"remote_addr": "192.0.2.1:443", "local_port": 5000, "local_interface": "eth0"}
+    conns = []
+    for order in orders:  # 6 orders x 8 mixes of long and short names: 48 shapes of one object
+        for mix in range(8):
+            conns.append({(short[f] if mix >> i & 1 else f): values[f] for i, f in enumerate(order)})
+    doc = good()
+    doc["metrics"]["tcp_connections"]["established_connections"]["connections"] = conns
+    for _ in range(2):
+        out = validate(doc)["metrics"]["tcp_connections"]["established_connections"]["connections"]
+        assert out == [values] * len(conns)
+    from garrison.detect.ingest import validate as module
+    assert len(conns) == 48 and all(len(shapes) <= module._SHAPES_PER_FIELD for shapes in module._SHAPES.values())
+    conns[-1] = {"rad": "192.0.2.1:443", "remote_addr": "192.0.2.1:443", "lp": 1}
+    with pytest.raises(Invalid, match="given twice"):
+        validate(doc)
+
+
 def test_neither_metrics_nor_custom_metrics():
     for doc in ({"header": {"report_id": 1, "version": "1.0"}},
                 {"header": {"report_id": 1, "version": "1.0"}, "metrics": {}, "custom_metrics": {}},
