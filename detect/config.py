@@ -19,6 +19,10 @@
     token_file = "/etc/garrison/api-token"   # or token = "..."
     metrics_public = false         # true: GET /metrics without the token (for Prometheus)
 
+    [dead_letters]                 # reports set aside after failing 3 times (DB.dead-letters/)
+    max_files = 1000               # when either cap is reached, new ones are answered and
+    max_bytes = 67108864           # acknowledged but not kept (logged, counted)
+
     [alerts]                       # garrison.detect.respond.alerts.targets_from_config
     log = true
     mqtt = {topic = "garrison/alerts/{thing}", qos = 1}
@@ -57,6 +61,8 @@ from pydantic import (
     ValidationError,
 )
 
+from garrison.detect.ingest.deadletter import MAX_BYTES as DEAD_LETTERS_MAX_BYTES
+from garrison.detect.ingest.deadletter import MAX_FILES as DEAD_LETTERS_MAX_FILES
 from garrison.detect.validation import field_path, message
 
 try:
@@ -97,6 +103,9 @@ class Config:
     broker_log: Optional[str] = None  # Mosquitto log file for the cloud-side metrics
     cloud_metrics_interval_s: float = 60.0  # how often the cloud-side metrics are evaluated
     metric_retention_s: float = 14 * 86400.0  # metric history kept for ListMetricValues
+    dead_letters_dir: Optional[str] = None  # serve --dead-letters; None: DB.dead-letters beside SQLite
+    dead_letters_max_files: int = DEAD_LETTERS_MAX_FILES
+    dead_letters_max_bytes: int = DEAD_LETTERS_MAX_BYTES
 
     @property
     def api_enabled(self) -> bool:
@@ -160,6 +169,11 @@ class ApiSection(_Section):
     metrics_public: StrictBool = False
 
 
+class DeadLettersSection(_Section):
+    max_files: StrictInt = Field(DEAD_LETTERS_MAX_FILES, ge=0)
+    max_bytes: StrictInt = Field(DEAD_LETTERS_MAX_BYTES, ge=0)
+
+
 class ProfileEntry(_Section):
     file: NonEmpty = Field(description="a CreateSecurityProfile JSON file, relative to the config file")
     attach: Optional[NonEmpty] = Field(None, description="all, group:NAME or thing:NAME")
@@ -188,6 +202,7 @@ class ConfigFile(_Section):
     broker_log: Optional[NonEmpty] = Field(None, description="Mosquitto's log file, relative to the config file")
     cloud_metrics_interval: Annotated[float, BeforeValidator(_duration("cloud_metrics_interval", True))] = 60.0
     metric_retention: Annotated[float, BeforeValidator(_duration("metric_retention"))] = 14 * 86400.0  # 0: none
+    dead_letters: DeadLettersSection = DeadLettersSection()
 
 
 def _describe(exc: ValidationError) -> str:
@@ -249,6 +264,8 @@ def from_dict(doc: Mapping[str, Any], base: Path = Path(".")) -> Config:
         broker_log=str(base / parsed.broker_log) if parsed.broker_log else None,
         cloud_metrics_interval_s=parsed.cloud_metrics_interval,
         metric_retention_s=parsed.metric_retention,
+        dead_letters_max_files=parsed.dead_letters.max_files,
+        dead_letters_max_bytes=parsed.dead_letters.max_bytes,
     )
 
 

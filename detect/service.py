@@ -100,8 +100,7 @@ class Service:
                 username=self.broker.username,
                 password=self.broker.password,
                 now_ms=engine.clock.now_ms,
-                # beside a SQLite file; a PostgreSQL engine logs what it gives up on instead
-                dead_letters=None if is_postgres(self.db) else f"{self.db}.dead-letters",
+                dead_letters=_dead_letters(self.db, config),
                 in_flight=None if is_postgres(self.db) else f"{self.db}.inflight",
             )
             from garrison.detect.console.prometheus import watch_ingest
@@ -214,6 +213,18 @@ def _start_runner(engine, store, ingest, broker_control: bool):
         now_ms=engine.clock.now_ms,
     )
     return engine.runner
+
+
+def _dead_letters(db: str, config: Config) -> Any:
+    """The bounded dead-letter directory: --dead-letters, else beside a SQLite file; None (a
+    PostgreSQL engine without --dead-letters): what the engine gives up on is only logged."""
+    from garrison.detect.ingest.deadletter import DeadLetters
+    from garrison.detect.state.store import is_postgres
+
+    directory = config.dead_letters_dir or (None if is_postgres(db) else f"{db}.dead-letters")
+    if directory is None:
+        return None
+    return DeadLetters(directory, config.dead_letters_max_files, config.dead_letters_max_bytes)
 
 
 def _lock_database(db: str):

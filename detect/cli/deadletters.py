@@ -1,6 +1,6 @@
 """`garrison-detect dead-letters`: reports the engine set aside after failing to handle them."""
 
-from garrison.detect.cli.common import command, show, when
+from garrison.detect.cli.common import UsageError, command, show, when
 
 
 def add_parser(sub, db_parent) -> None:
@@ -9,7 +9,11 @@ def add_parser(sub, db_parent) -> None:
         db_parent,
         "dead-letters",
         "Reports the engine set aside after failing to handle them "
-        "again and again (kept in DB.dead-letters/, one JSON file each, payload in base64).",
+        "again and again (kept in DB.dead-letters/ or serve's --dead-letters DIR, one JSON file "
+        "each, payload in base64), oldest first.",
+    )
+    dead.add_argument(
+        "--dir", metavar="DIR", help="the directory serve was given with --dead-letters (default DB.dead-letters)"
     )
     dead.add_argument("--json", action="store_true")
     dead.set_defaults(func=run)
@@ -17,8 +21,13 @@ def add_parser(sub, db_parent) -> None:
 
 def run(args) -> int:
     from garrison.detect.ingest.deadletter import DeadLetters
+    from garrison.detect.state.store import is_postgres
 
-    records = DeadLetters(f"{args.db}.dead-letters").list()
+    if not args.dir and is_postgres(args.db):
+        raise UsageError(
+            "on PostgreSQL, dead letters are kept only where serve --dead-letters DIR says: give --dir DIR"
+        )
+    records = DeadLetters(args.dir or f"{args.db}.dead-letters").list()
     show(
         args,
         records,

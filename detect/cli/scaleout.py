@@ -189,6 +189,10 @@ def serve_nats(args) -> int:
         raise UsageError("--nats and --broker exclude each other (devices reach NATS's MQTT listener)")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.dead_letters:
+        raise UsageError(
+            "with --nats, reports that keep failing go to the stream GARRISON_DEADLETTER, not --dead-letters"
+        )
     monitor = _monitor_urls(args.nats_monitor)
     config = _serve_config(args)
     check_api_token(config)

@@ -70,6 +70,13 @@ def add_parser(sub, db_parent) -> None:
         "the source of the cloud-side metrics (aws:num-messages-sent, ...; docs/profiles.md)",
     )
     serve.add_argument(
+        "--dead-letters",
+        metavar="DIR",
+        help="where reports that failed 3 times are set aside (default DB.dead-letters beside a "
+        "SQLite --db; on PostgreSQL only logged unless given); bounded by [dead_letters] in the config "
+        "(1000 files, 64 MiB): past that they are answered and acknowledged but not kept (logged)",
+    )
+    serve.add_argument(
         "--clock-offset",
         type=float,
         metavar="SECONDS",
@@ -106,6 +113,8 @@ def config_from(args) -> configuration.Config:
         config.api_token_file = args.api_token_file
     if args.metrics_public:
         config.metrics_public = True
+    if args.dead_letters:
+        config.dead_letters_dir = args.dead_letters
     return config
 
 

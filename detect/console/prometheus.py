@@ -8,6 +8,7 @@ report's hot path takes a lock or updates a metric object:
   `latency_count` and `batches` / `batch_reports`, when the ingest path fills them (the group
   commit's worker does; absent keys are exported as 0);
 - the ingest queue's depth: MqttIngest's bounded queue;
+- dead letters kept and not kept (the directory full) since the start: its DeadLetters' counts;
 - violations raised / cleared / invalidated by profile and behavior (CloudWatch's Violations,
   ViolationsCleared, ViolationsInvalidated): counted from the violation_events table, reading only
   the events added since the previous scrape (its primary key), so a scrape costs what arrived;
@@ -41,6 +42,7 @@ def watch_ingest(engine, ingestor, mqtt_ingest=None) -> None:
     engine.ingest_stats = ingestor.stats
     queue = getattr(mqtt_ingest, "_queue", None)
     engine.ingest_queue_depth = (lambda: queue.qsize()) if queue is not None else None
+    engine.ingest_dead_letters = getattr(mqtt_ingest, "dead_letters", None)
 
 
 class EngineCollector:
@@ -96,6 +98,15 @@ class EngineCollector:
         queue = GaugeMetricFamily("garrison_ingest_queue_depth", "Reports received and waiting for the engine.")
         queue.add_metric([], depth() if depth else 0)
         yield queue
+        dead = getattr(self.engine, "ingest_dead_letters", None)
+        letters = CounterMetricFamily(
+            "garrison_dead_letters",
+            "Reports set aside after failing again and again: kept, or not kept (the directory was full).",
+            labels=["outcome"],
+        )
+        letters.add_metric(["kept"], dead.kept if dead else 0)
+        letters.add_metric(["dropped"], dead.dropped if dead else 0)
+        yield letters
 
         events = CounterMetricFamily(
             "garrison_violation_events",

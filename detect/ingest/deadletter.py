@@ -3,9 +3,11 @@
 A report that fails to be handled again and again (handling raises, or the engine process dies
 while handling it) must not be redelivered by the broker forever: after `max_attempts` it is
 written here, logged, answered InternalError and acknowledged. One JSON file per message in a
-directory next to the database (`DB.dead-letters/`, mode 0700, files 0600), so setting a
-message aside never depends on the database that may be what fails. `garrison-detect
-dead-letters` lists them.
+directory next to the database (`DB.dead-letters/`, or `serve --dead-letters DIR`; mode 0700,
+files 0600), so setting a message aside never depends on the database that may be what fails.
+`garrison-detect dead-letters` lists them. The directory is bounded (`[dead_letters]` in the
+engine's config: 1,000 files, 64 MiB by default), so a device whose reports keep failing cannot
+fill the disk: see `DeadLetters`.
 
 `InFlight` notices the other kind of failure, a process that dies (OOM kill, segfault) while
 handling a message: before a batch is handled the digests of its messages are written to a
@@ -21,11 +23,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from garrison.wire.limits import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("garrison.ingest")
 
 MAX_ATTEMPTS = 3
+MAX_FILES = 1000
+MAX_BYTES = 64 * 2**20
+FULL_LOG_EVERY_S = 60.0  # a full directory says so at most this often (with the count not kept)
 
 
 def digest(topic: bytes, payload: bytes) -> str:
@@ -34,17 +41,49 @@ def digest(topic: bytes, payload: bytes) -> str:
 
 
 class DeadLetters:
-    """The dead-letter directory."""
+    """The dead-letter directory, bounded: at most `max_files` files and `max_bytes` bytes.
 
-    def __init__(self, directory: str):
+    When it is full a new dead letter is not kept: `put` returns None, counts it in `dropped` and
+    logs (at most once a minute, with the count). The caller still answers and acknowledges the
+    message, so it is never redelivered forever. The newest is refused rather than the oldest
+    dropped: the first failures are the evidence the operator wants (what tripped the bug, and
+    when it started), and a device flooding the directory must not be able to push them out.
+    Deleting files makes room; the next `put` sees it, as it scans the directory each time
+    (cheap: it holds at most max_files, and each dead letter costs max_attempts failed handlings).
+    A payload is kept up to the wire limit (128 KB; the front door refuses larger ones first).
+    """
+
+    def __init__(self, directory: str, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES):
         self.directory = Path(directory)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.kept = 0
+        self.dropped = 0
+        self._full_logged = -FULL_LOG_EVERY_S
 
-    def put(self, topic: bytes, payload: bytes, reason: str, attempts: int, now_ms: Optional[int] = None) -> Path:
+    def usage(self) -> Tuple[int, int]:
+        """(files, bytes) of the dead letters in the directory."""
+        files = size = 0
+        try:
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+                        files += 1
+                        size += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            pass
+        return files, size
+
+    def put(
+        self, topic: bytes, payload: bytes, reason: str, attempts: int, now_ms: Optional[int] = None
+    ) -> Optional[Path]:
+        """Keep a dead letter; None when the directory is full (logged and counted, not kept)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         key = digest(topic, payload)
         path = self.directory / f"{now_ms}-{key}.json"
+        kept = bytes(payload[:MAX_PAYLOAD_BYTES])
         record = {
             "time_ms": now_ms,
             "digest": key,
@@ -52,11 +91,18 @@ class DeadLetters:
             "reason": reason,
             "attempts": attempts,
             "size": len(payload),
-            "payload_base64": base64.b64encode(bytes(payload)).decode(),
+            "truncated": len(kept) < len(payload),
+            "payload_base64": base64.b64encode(kept).decode(),
         }
+        data = json.dumps(record).encode()
+        files, size = self.usage()
+        if files + 1 > self.max_files or size + len(data) > self.max_bytes:
+            self._refuse(record, files, size)
+            return None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(record, out)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        self.kept += 1
         log.error(
             "dead-lettered a message on %s after %d failed attempts (%s): kept in %s",
             record["topic"][:160],
@@ -65,6 +111,28 @@ class DeadLetters:
             path,
         )
         return path
+
+    def _refuse(self, record: Dict[str, Any], files: int, size: int) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._full_logged < FULL_LOG_EVERY_S:
+            return
+        self._full_logged = now
+        log.error(
+            "dead-letter directory %s is full (%d files, %d bytes; at most %d files, %d bytes): "
+            "a message on %s that failed %d times (%s) is answered and acknowledged but not kept; "
+            "%d not kept since the engine started. Read and delete old ones (garrison-detect "
+            "dead-letters) to make room",
+            self.directory,
+            files,
+            size,
+            self.max_files,
+            self.max_bytes,
+            record["topic"][:160],
+            record["attempts"],
+            record["reason"][:200],
+            self.dropped,
+        )
 
     def list(self) -> List[Dict[str, Any]]:
         """Every dead letter, oldest first, without its payload."""

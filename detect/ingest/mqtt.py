@@ -4,7 +4,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url, redact_broker_url
 from garrison.detect.ingest.deadletter import MAX_ATTEMPTS, DeadLetters, InFlight, digest
@@ -41,7 +41,7 @@ class MqttIngest:
     acknowledged only after the commit. A message that was not durably handled (Retry) is not
     acknowledged: a busy store (another process's write lock) makes the batch wait and try again
     (new messages wait behind it, in order); a message whose handling raises is tried again on
-    its own and, after `max_attempts`, set aside in `dead_letters` (a directory), answered
+    its own and, after `max_attempts`, set aside in `dead_letters` (a DeadLetters or its directory), answered
     InternalError and acknowledged. `in_flight` (a file path) lets a restarted engine recognise
     a message that was being handled when the process died (deadletter.InFlight).
     """
@@ -59,7 +59,7 @@ class MqttIngest:
         keepalive: int = 60,
         now_ms: Callable[[], int] = _wall_clock_ms,
         batch_size: int = _BATCH_SIZE,
-        dead_letters: Optional[str] = None,
+        dead_letters: Union[str, DeadLetters, None] = None,
         in_flight: Optional[str] = None,
         max_attempts: int = MAX_ATTEMPTS,
         linger_s: float = 0.005,
@@ -75,7 +75,7 @@ class MqttIngest:
         self.linger_s = linger_s
         self._behind = False
         self.max_attempts = max_attempts
-        self.dead_letters = DeadLetters(dead_letters) if dead_letters else None
+        self.dead_letters = DeadLetters(dead_letters) if isinstance(dead_letters, str) else dead_letters
         self.in_flight = InFlight(in_flight) if in_flight else None
         self._retry_delay = _RETRY_MIN_S
         # bounded in messages; at 128 KB each the default holds at most ~13 MB

@@ -6,7 +6,7 @@ from garrison.detect.config import ConfigError, from_dict
 
 KNOWN_TOP = ("invalidation_period, sweep_interval, disconnect_duration_unit, fleet_stats_interval, fleet_min_devices, "
              "min_report_interval, strict, dry_run, client_id, api, alerts, actions, profiles, ml, audit, broker_log, "
-             "cloud_metrics_interval, metric_retention")
+             "cloud_metrics_interval, metric_retention, dead_letters")
 
 
 @pytest.mark.parametrize("doc, message", [
@@ -33,6 +33,9 @@ KNOWN_TOP = ("invalidation_period, sweep_interval, disconnect_duration_unit, fle
     ({"ml": 3}, "ml: Input should be a valid dictionary, got 3"),
     ({"actions": []}, "actions: Input should be a valid dictionary, got []"),
     ({"alerts": "x"}, "alerts: expected a table (log, mqtt, webhooks) or a list of targets"),
+    ({"dead_letters": {"max_files": -1}}, "dead_letters.max_files: Input should be greater than or equal to 0, got -1"),
+    ({"dead_letters": {"max_bytes": "64MiB"}}, "dead_letters.max_bytes: Input should be a valid integer, got '64MiB'"),
+    ({"dead_letters": {"dir": "/x"}}, "dead_letters: unknown setting 'dir' (known: max_files, max_bytes)"),
 ])
 def test_each_mistake_is_one_line_naming_the_key(doc, message):
     with pytest.raises(ConfigError) as info:
@@ -54,3 +57,10 @@ def test_a_valid_file_gives_the_engine_config(tmp_path):
     assert config.actions == {"P/b": {"type": "add-thing-to-group", "group": "q"}}
     assert config.profiles == [(str(tmp_path / "p.json"), "all"), (str(tmp_path / "q.json"), None)]
     assert from_dict({}).api_enabled is False and from_dict({}).disconnect_duration_unit_s == 60
+
+
+def test_the_dead_letter_caps_default_to_1000_files_and_64_mib():
+    default = from_dict({})
+    assert (default.dead_letters_max_files, default.dead_letters_max_bytes) == (1000, 64 * 2**20)
+    config = from_dict({"dead_letters": {"max_files": 10, "max_bytes": 0}})
+    assert (config.dead_letters_max_files, config.dead_letters_max_bytes) == (10, 0)
