@@ -10,6 +10,12 @@ timed out and the broker reconnection waited 65 s):
   previous response): uvicorn has a keep-alive timeout but none for the first request's headers;
   its body within `body_timeout` s after them (in guard.BodyGuard);
 - idle keep-alive connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
+- a refusal sent before its request's body was read (401 without a token or session, 413, 408)
+  closes the connection in stages (RFC 9112 section 9.6): the answer, then a FIN, then what is
+  left of the body is read and thrown away, at most `linger_bytes` within `linger` s, and
+  only then the socket is closed. Closed at once, a socket with unread data makes the kernel send
+  a reset, which can reach the client before it has read the answer (it saw a reset, not a 401);
+  a lingering connection counts as idle, first in line for eviction at the connection cap;
 - one event loop, and the handlers on FastAPI's bounded thread pool (anyio's 40 threads): no
   thread per connection. uvicorn's `limit_concurrency` counts connections as well as requests, so
   below the connection cap it would answer 503 to everyone while an idle crowd is connected: it is
@@ -22,12 +28,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from garrison.detect.api.app import create_app
+from garrison.detect.api.guard import MAX_BODY_BYTES
 
 log = logging.getLogger("garrison.api")
 
@@ -39,28 +47,54 @@ class Limits:
     body_timeout: float = 30.0  # seconds to send the body, after the headers (guard.BodyGuard)
     keep_alive: int = 5  # seconds an idle keep-alive connection stays open
     graceful_shutdown: int = 3  # seconds stop() lets running requests finish
+    linger: float = 5.0  # seconds a refused request's unread body is discarded before the close
+    linger_bytes: int = MAX_BODY_BYTES  # and at most this much of it
     backlog: int = 128  # the kernel's accept queue, and asyncio's accepts per wake-up:
     #                                 so at most max_connections + backlog fds before eviction runs
 
 
 def _guarded_protocol(limits: Limits):
-    """uvicorn's h11 protocol with a header deadline and the connection cap."""
+    """uvicorn's h11 protocol with a header deadline, the connection cap and a staged close."""
 
     class GuardedH11Protocol(H11Protocol):
+        lingering = False
+
         def connection_made(self, transport):
-            super().connection_made(transport)
+            self.raw_transport = transport
+            # uvicorn closes through protocol.transport (and its request cycles' copy of it)
+            super().connection_made(cast(asyncio.Transport, _StagedClose(transport, self)))
             self._arm_header_deadline()
             if len(self.connections) > limits.max_connections:
                 _evict_one(self)
+
+        def close_transport(self) -> None:
+            raw = self.raw_transport
+            unread = self.conn.their_state is h11.SEND_BODY  # the request's body has not all been read
+            if self.lingering or not unread or raw.is_closing() or not raw.can_write_eof():
+                raw.close()
+                return
+            self.lingering, self._discarded = True, 0
+            raw.write_eof()  # after the answer: the client reads it whole, then its end
+            raw.resume_reading()  # uvicorn may have paused reading at its buffer's high-water mark
+            self._linger_deadline = self.loop.call_later(limits.linger, raw.close)
+
+        def data_received(self, data):
+            if not self.lingering:
+                return super().data_received(data)
+            self._discarded += len(data)  # the refused body: neither parsed nor kept
+            if self._discarded > limits.linger_bytes:
+                self.raw_transport.close()
+            return None
 
         def on_response_complete(self):
             super().on_response_complete()
             self._arm_header_deadline()
 
         def connection_lost(self, exc):
-            deadline = getattr(self, "_header_deadline", None)
-            if deadline is not None:
-                deadline.cancel()
+            for name in ("_header_deadline", "_linger_deadline"):
+                deadline = getattr(self, name, None)
+                if deadline is not None:
+                    deadline.cancel()
             super().connection_lost(exc)
 
         def _arm_header_deadline(self):
@@ -83,13 +117,30 @@ def _guarded_protocol(limits: Limits):
         idle = [
             c
             for c in newcomer.connections
-            if c is not newcomer and c.waiting_for_headers() and not c.transport.is_closing()
+            if c is not newcomer and c.waiting_for_headers() and (c.lingering or not c.raw_transport.is_closing())
         ]
-        victim = min(idle, key=lambda c: c._waiting_since) if idle else newcomer
+        # a lingering one has had its answer; then the one idle the longest
+        victim = min(idle, key=lambda c: (not c.lingering, c._waiting_since)) if idle else newcomer
         log.debug("API: %d connections (the limit); closing %s", len(newcomer.connections), victim.client)
         victim.transport.close()
 
     return GuardedH11Protocol
+
+
+class _StagedClose:
+    """The connection's transport as uvicorn sees it: close() goes to the protocol's staged close."""
+
+    def __init__(self, transport: asyncio.Transport, protocol):
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_transport()
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
 
 
 class ApiServer:

@@ -76,7 +76,13 @@ async def _plain(send, status: int, text: bytes) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")],
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"cache-control", b"no-store"),
+                # as the API's refusals: an unread body is then discarded within the server's
+                # bounds (server.Limits.linger), not by uvicorn's keep-alive, with no byte limit
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": text})

@@ -224,3 +224,64 @@ def test_a_body_must_arrive_within_the_body_timeout(small_server):
         answer = _response(sock)
         assert answer.split(b" ")[1] == b"408" and b"RequestTimeout" in answer
         assert 0.8 < time.monotonic() - started < 3.0
+
+
+def _refused(port: int, length: int) -> socket.socket:
+    """A POST with no token announcing `length` bytes, its 401 read: the server now lingers."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST /thing-groups/g HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+    assert _response(sock).split(b" ")[1] == b"401"
+    return sock
+
+
+def _fully_closed(sock: socket.socket) -> bool:
+    """Past the server's FIN (its half-close), a byte sent after its full close comes back as a reset."""
+    try:
+        sock.sendall(b"x")
+        return False
+    except OSError:
+        return True
+
+
+def _server(tmp_path, limits: Limits):
+    engine = Engine(Store(tmp_path / "api.db"), ManualClock())
+    return ApiServer(engine, TOKEN, "127.0.0.1", 0, limits).start(), engine
+
+
+def test_a_refused_body_is_discarded_up_to_the_byte_bound_then_the_connection_closes(tmp_path):
+    server, engine = _server(tmp_path, Limits(linger=60.0, linger_bytes=64 * 1024))
+    try:
+        with _refused(server.port, 1024 ** 3) as sock:
+            sent, chunk = 0, b"x" * 65536
+            with pytest.raises(OSError):  # a reset, well before the gigabyte announced
+                while sent < 256 * 1024 * 1024:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+        assert health_seconds(server.url) < 1.0
+    finally:
+        server.stop()
+        engine.store.close()
+
+
+def test_a_refused_body_is_discarded_for_at_most_the_linger_time(tmp_path):
+    server, engine = _server(tmp_path, Limits(linger=1.0))
+    try:
+        with _refused(server.port, 1024 * 1024) as sock:
+            started = time.monotonic()
+            assert sock.recv(1) == b""                                        # the answer, then its FIN
+            wait_for(lambda: _fully_closed(sock), timeout=5, what="the close after the linger time")
+            assert 0.8 < time.monotonic() - started < 3.0                     # a trickle does not hold it open
+    finally:
+        server.stop()
+        engine.store.close()
+
+
+def test_at_the_connection_cap_a_lingering_connection_goes_first(small_server):
+    crowd = [socket.create_connection(("127.0.0.1", small_server.port)) for _ in range(7)]
+    lingering = _refused(small_server.port, 1000)             # the newest of the 8, but answered already
+    assert not _fully_closed(lingering)
+    assert health_seconds(small_server.url) < 1.0
+    wait_for(lambda: _fully_closed(lingering), timeout=0.8, what="the lingering connection's close")
+    assert not _closed_by_server(crowd[0], 0.1)               # the oldest idle one is still open
+    for sock in crowd + [lingering]:
+        sock.close()

@@ -14,6 +14,7 @@ from garrison.detect.clock import ManualClock
 from garrison.detect.engine import Engine
 from garrison.detect.state.store import Store
 
+from api_support import post_body_after_answer
 from engine_support import max_connections, validated
 
 TOKEN = "s3cret-token-for-tests"
@@ -196,6 +197,21 @@ def test_an_anonymous_body_is_refused_before_it_is_read(served):
             sock.sendall(f"POST /security-profiles/X HTTP/1.1\r\nHost: x\r\n{auth}"
                          f"Content-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
             assert sock.recv(4096).split(b" ")[1] == status
+
+
+def test_a_refused_body_meets_its_answer_not_a_reset(served):
+    """The 401 and 413 leave before the body is read; the connection then closes in stages (FIN,
+    the body read and discarded within server.Limits.linger, the close): no reset before the answer."""
+    server, _, _ = served
+    body = json.dumps({"description": "x" * 4000}).encode()
+    for i in range(100):
+        answer = post_body_after_answer(server, "/thing-groups/g", "Content-Type: application/json\r\n", body)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b'"Unauthorized"' in answer, (i, answer[:200])
+    # over the 1 MB cap (refused from the headers): 413, and the body still read and thrown away
+    big = b"x" * (1024 * 1024 + 1)
+    answer = post_body_after_answer(server, "/thing-groups/g", f"Authorization: Bearer {TOKEN}\r\n", big)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b'"PayloadTooLarge"' in answer
+    assert call(server, "GET", "/thing-groups")[1]["thingGroups"] == []         # nothing was stored
 
 
 def test_the_openapi_document_carries_real_schemas():
