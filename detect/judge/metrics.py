@@ -169,17 +169,25 @@ def _destination_ips(report: Mapping[str, Any]) -> Optional[List[str]]:
     if type(node) is not dict:
         return sorted(between) if between else None
     ips = between
+    known = _IP_OF_ENDPOINT
     for conn in node.get("connections") or ():
         addr = conn.get("remote_addr") if type(conn) is dict else None
-        if type(addr) is not str or not addr:
-            continue
-        if addr[0] != "[" and addr.count(":") == 1:  # the common "a.b.c.d:port", inline for speed
-            ips.add(addr[: addr.index(":")])
-        else:
-            ip = remote_ip(addr)
-            if ip:
-                ips.add(ip)
+        ip = known.get(addr) if type(addr) is str else None
+        if ip is None:
+            ip = remote_ip(addr) if type(addr) is str else None
+            if not ip:
+                continue
+            if len(known) >= _IP_OF_ENDPOINT_MAX:
+                known.clear()
+            known[addr] = ip
+        ips.add(ip)
     return sorted(ips)
+
+
+# endpoint -> its address: devices report the same endpoints report after report, and a
+# gateway's report has dozens (bounded: cleared when full)
+_IP_OF_ENDPOINT: Dict[str, str] = {}
+_IP_OF_ENDPOINT_MAX = 65536
 
 
 def _spec(metric_id, value_type, delta, extract, custom=False) -> MetricSpec:
