@@ -101,6 +101,12 @@ def add_setup_command(sub, parents) -> None:
         help="the consumers' max_ack_pending (the workers' --batch-size)",
     )
     setup.add_argument("--nats-creds", metavar="FILE", help="NATS user credentials file")
+    setup.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the workers' engine config (docs/detect.md): its [dead_letters] max_files / max_bytes bound "
+        "the dead-letter stream (default 1,000 messages, 64 MiB; the workers set their own at start)",
+    )
     setup.set_defaults(func=cmd_nats_setup)
 
 
@@ -143,13 +149,17 @@ def preferred_partitions(args, count: int) -> List[int]:
     return list(range(count))
 
 
-def _connect(args):
+def _connect(args, config):
     from garrison.detect.cli import UsageError
-    from garrison.detect.ingest.jetstream import NatsIngest
+    from garrison.detect.ingest.jetstream import DeadLetterCaps, NatsIngest
 
     servers = _servers(args.nats)
     ingest = NatsIngest(
-        servers, ingestor=None, batch_size=args.batch_size, user_credentials=getattr(args, "nats_creds", None)
+        servers,
+        ingestor=None,
+        batch_size=args.batch_size,
+        user_credentials=getattr(args, "nats_creds", None),
+        dead_letters=DeadLetterCaps(config.dead_letters_max_files, config.dead_letters_max_bytes),
     )
     try:
         ingest.start(timeout=10)
@@ -159,16 +169,20 @@ def _connect(args):
 
 
 def cmd_nats_setup(args) -> int:
-    from garrison.detect.ingest.jetstream import STREAM
+    from garrison.detect import config as configuration
+    from garrison.detect.ingest.jetstream import DEADLETTER_STREAM, STREAM
 
     if args.partitions < 1 or args.replicas < 1:
         raise StoreError("--partitions and --replicas must be at least 1")
-    ingest = _connect(args)
+    config = configuration.load(args.config) if args.config else configuration.Config()
+    ingest = _connect(args, config)
     try:
         count = ingest.setup(args.partitions, args.replicas, repartition=True)
     finally:
         ingest.disconnect()
     print(f"stream {STREAM}: {count} partitions, consumers garrison-p0..garrison-p{count - 1}")
+    caps = ingest.dead_letters
+    print(f"stream {DEADLETTER_STREAM}: at most {caps.max_msgs} messages, {caps.max_bytes} bytes")
     return 0
 
 
@@ -177,6 +191,7 @@ def serve_nats(args) -> int:
     from garrison.detect.cli.serve import config_from as _serve_config
     from garrison.detect.service import _start_api
     from garrison.detect.cli.cloud import start_nats_view
+    from garrison.detect.console.prometheus import watch_ingest
     from garrison.detect.engine import Engine
     from garrison.detect.ingest.frontdoor import Ingestor
     from garrison.detect.ingest.leases import PartitionLeases
@@ -201,9 +216,10 @@ def serve_nats(args) -> int:
     for path, target in config.profiles:
         profile, created = engine.apply_profile(path, attach=target)
         log.info("%s security profile %s from %s", "created" if created else "replaced", profile.name, path)
-    ingest = _connect(args)
+    ingest = _connect(args, config)
     ingest.ingestor = Ingestor(engine, min_interval_s=config.min_report_interval_s, strict=config.strict)
     ingest.now_ms = engine.clock.now_ms
+    watch_ingest(engine, ingest.ingestor, ingest)  # GET /metrics: reports, dead letters kept and dropped
     try:
         count = ingest.setup(args.partition_count, args.replicas)
     except ValueError as exc:

@@ -8,7 +8,8 @@ report's hot path takes a lock or updates a metric object:
   `latency_count` and `batches` / `batch_reports`, when the ingest path fills them (the group
   commit's worker does; absent keys are exported as 0);
 - the ingest queue's depth: MqttIngest's bounded queue;
-- dead letters kept and not kept (the directory full) since the start: its DeadLetters' counts;
+- dead letters kept and not kept (full) since the start: the counts of the MQTT path's
+  DeadLetters (a directory) or of the NATS worker's DeadLetterCaps (the GARRISON_DEADLETTER stream);
 - violations raised / cleared / invalidated by profile and behavior (CloudWatch's Violations,
   ViolationsCleared, ViolationsInvalidated): counted from the violation_events table, reading only
   the events added since the previous scrape (its primary key), so a scrape costs what arrived;
@@ -37,12 +38,13 @@ EVENT_TYPES = {"in-alarm": "raised", "alarm-cleared": "cleared", "alarm-invalida
 SCAN_LIMIT = 50000  # events read per scrape at most (a first scrape over a long history catches up)
 
 
-def watch_ingest(engine, ingestor, mqtt_ingest=None) -> None:
-    """serve's hook: where the collector finds the ingest counters and queue."""
+def watch_ingest(engine, ingestor, ingest=None) -> None:
+    """serve's hook: where the collector finds the ingest counters and queue (`ingest`: an
+    MqttIngest or a NatsIngest)."""
     engine.ingest_stats = ingestor.stats
-    queue = getattr(mqtt_ingest, "_queue", None)
+    queue = getattr(ingest, "_queue", None)
     engine.ingest_queue_depth = (lambda: queue.qsize()) if queue is not None else None
-    engine.ingest_dead_letters = getattr(mqtt_ingest, "dead_letters", None)
+    engine.ingest_dead_letters = getattr(ingest, "dead_letters", None)
 
 
 class EngineCollector:
@@ -101,7 +103,7 @@ class EngineCollector:
         dead = getattr(self.engine, "ingest_dead_letters", None)
         letters = CounterMetricFamily(
             "garrison_dead_letters",
-            "Reports set aside after failing again and again: kept, or not kept (the directory was full).",
+            "Reports set aside after failing again and again: kept, or not kept (the directory or stream was full).",
             labels=["outcome"],
         )
         letters.add_metric(["kept"], dead.kept if dead else 0)

@@ -30,7 +30,9 @@ def _group_marks(groups: Sequence[str]) -> str:
 def fleet_counts(store: Store, now_ms: int, silent_after_s: float, quarantine: Sequence[str]) -> Dict[str, int]:
     """Things in total and per state (a thing in alarm is also online or silent)."""
     cutoff = now_ms - int(silent_after_s * 1000)
-    row = store._one("SELECT COUNT(*), COALESCE(SUM(last_received_ms >= ?), 0) FROM things", (cutoff,))
+    row = store._one(  # CASE, not SUM of a comparison: PostgreSQL has no SUM(boolean)
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_received_ms >= ? THEN 1 ELSE 0 END), 0) FROM things", (cutoff,)
+    )
     total, online = row[0], row[1]
     alarm = store._one("SELECT COUNT(DISTINCT thing) FROM violations WHERE end_ms IS NULL")[0]
     quarantined = (

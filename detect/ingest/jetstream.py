@@ -15,7 +15,10 @@ garrison.detect.ingest.leases) and runs the same `Ingestor` as the MQTT path:
   that was not durably handled (a `Retry` outcome) is kept and handled again, in order, before
   anything newer, with `in_progress()` holding its redelivery back; one that keeps failing is
   set aside on `garrison.deadletter.{partition}` (a stream of its own), answered InternalError
-  and acknowledged;
+  and acknowledged; that stream is bounded like the dead-letter directory (`DeadLetterCaps`):
+  when full, a new dead letter is refused by the server, and the report is still answered and
+  acknowledged (logged once a minute, counted), so a device whose reports keep failing can
+  neither fill NATS's storage nor be redelivered forever;
 - order across a takeover: a worker that takes a partition over waits until what the previous
   owner had fetched but not acknowledged is due for redelivery (ACK_WAIT_S) before fetching, so
   those reports come back before anything newer of the same things (JetStream redelivers
@@ -31,8 +34,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from garrison.detect.ingest.deadletter import FULL_LOG_EVERY_S, MAX_BYTES, MAX_FILES
 from garrison.detect.ingest.frontdoor import Ingestor, Reply, _RateLimitedLog
 from garrison.wire import topics
+from garrison.wire.limits import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("garrison.ingest")
 
@@ -45,6 +50,13 @@ FETCH_EXPIRES_S = 1.0
 MAX_ATTEMPTS = 3
 MAX_AGE_S = 7 * 86400  # the agent spools a week of reports; the stream keeps no longer
 DEADLETTER_MAX_AGE_S = 30 * 86400
+# a dead letter is its payload (kept up to the wire limit) and its headers (subject, reason, size:
+# under 1 KB); JetStream counts both against max_msg_size
+DEADLETTER_HEADER_ROOM = 2048
+DEADLETTER_MAX_MSG_SIZE = MAX_PAYLOAD_BYTES + DEADLETTER_HEADER_ROOM
+# JetStream's refusals of a publish that no retry can fix: the stream is full with discard new
+# (10077 "maximum messages exceeded" / "maximum bytes exceeded"), the message is too large (10054)
+_STORE_FAILED, _TOO_LARGE = 10077, 10054
 _DESCRIPTION = "Garrison Device Defender reports in {} partitions (reports.PARTITION.THING.FORMAT)"
 _PARTITIONS_IN_DESCRIPTION = re.compile(r"in (\d+) partitions")
 # a topic level that cannot be a NATS subject token
@@ -87,13 +99,77 @@ def nats_subject(topic: str) -> Optional[str]:
     return ".".join(levels)
 
 
+class DeadLetterCaps:
+    """The dead-letter stream's bounds, `[dead_letters] max_files / max_bytes` as for the MQTT
+    path's directory (1,000 messages, 64 MiB by default), and what became of the dead letters
+    since the start: `kept`, and `dropped` because the stream was full (GET /metrics reads both).
+
+    The stream discards new messages when full, not old ones: the first failures are the
+    evidence (what tripped the bug, when it started), and a device flooding the stream must not
+    push them out. They age out after 30 days, or the operator deletes them (`nats stream rmm`,
+    `nats stream purge`), which makes room. A cap of 0 keeps none (JetStream reads a limit of 0
+    as none at all, so the stream itself is given 1 and nothing is published to it).
+    """
+
+    def __init__(self, max_msgs: int = MAX_FILES, max_bytes: int = MAX_BYTES):
+        self.max_msgs = max_msgs
+        self.max_bytes = max_bytes
+        self.kept = 0
+        self.dropped = 0
+        self._full_logged = -FULL_LOG_EVERY_S
+
+    @property
+    def keep_none(self) -> bool:
+        return self.max_msgs <= 0 or self.max_bytes <= 0
+
+    def limits(self) -> Dict[str, Any]:
+        """The stream's configuration fields these caps set."""
+        from nats.js.api import DiscardPolicy
+
+        max_bytes = max(self.max_bytes, 1)
+        return {
+            "max_msgs": max(self.max_msgs, 1),
+            "max_bytes": max_bytes,
+            "max_msg_size": min(DEADLETTER_MAX_MSG_SIZE, max_bytes),
+            "discard": DiscardPolicy.NEW,
+        }
+
+    def refused(self, subject: str, attempts: int, reason: str, why: str) -> None:
+        """A dead letter not kept: counted, and logged at most once a minute with the count."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._full_logged < FULL_LOG_EVERY_S:
+            return
+        self._full_logged = now
+        log.error(
+            "dead-letter stream %s is full (at most %d messages, %d bytes: %s): a report on %s that "
+            "failed %d times (%s) is answered and acknowledged but not kept; %d not kept since the "
+            "engine started. Read and delete old ones (nats stream view / rmm %s) to make room",
+            DEADLETTER_STREAM,
+            self.max_msgs,
+            self.max_bytes,
+            why,
+            subject[:160],
+            attempts,
+            reason[:200],
+            self.dropped,
+            DEADLETTER_STREAM,
+        )
+
+
 async def ensure_stream(
-    js, partitions: Optional[int], replicas: int = 3, batch_size: int = 100, repartition: bool = False
+    js,
+    partitions: Optional[int],
+    replicas: int = 3,
+    batch_size: int = 100,
+    repartition: bool = False,
+    dead_letters: Optional[DeadLetterCaps] = None,
 ) -> int:
     """Create the report stream, its per-partition consumers and the dead-letter stream if they
     are missing (idempotent; every worker may call it). Returns the partition count. With
     `repartition`, an existing stream is moved to `partitions`: consumers are added, and removed
-    only when nothing is waiting in them (drain first: docs/scale-out.md)."""
+    only when nothing is waiting in them (drain first: docs/scale-out.md). The dead-letter
+    stream's limits are set to `dead_letters` (default caps), an existing stream updated in place."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
@@ -149,8 +225,17 @@ async def ensure_stream(
                     max_deliver=-1,
                 ),
             )
+    await _ensure_deadletter_stream(js, dead_letters or DeadLetterCaps(), replicas)
+    return current
+
+
+async def _ensure_deadletter_stream(js, caps: DeadLetterCaps, replicas: int) -> None:
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    limits = caps.limits()
     try:
-        await js.stream_info(DEADLETTER_STREAM)
+        info = await js.stream_info(DEADLETTER_STREAM)
     except NotFoundError:
         await js.add_stream(
             StreamConfig(
@@ -160,9 +245,42 @@ async def ensure_stream(
                 storage=StorageType.FILE,
                 num_replicas=replicas,
                 max_age=DEADLETTER_MAX_AGE_S,
+                **limits,
             )
         )
-    return current
+        return
+    was = {key: getattr(info.config, key) for key in limits}
+    if all(_value(was[key]) == _value(value) for key, value in limits.items()):
+        return
+    # made by an older garrison-detect (no limits) or with other caps: JetStream updates limits
+    # in place; a stream already over the new caps is trimmed by nats-server, oldest first
+    for key, value in limits.items():
+        setattr(info.config, key, value)
+    updated = await js.update_stream(info.config)
+    log.warning(
+        "stream %s: limits updated to at most %d messages, %d bytes, %d bytes a message, new ones "
+        "refused when full (were %s); it held %d messages, %d bytes, now %d, %d",
+        DEADLETTER_STREAM,
+        limits["max_msgs"],
+        limits["max_bytes"],
+        limits["max_msg_size"],
+        ", ".join(f"{key} {_value(value)}" for key, value in was.items()),
+        info.state.messages,
+        info.state.bytes,
+        updated.state.messages,
+        updated.state.bytes,
+    )
+
+
+def _value(field: Any) -> Any:
+    """A stream config field as the server reports it (an enum's value)."""
+    return getattr(field, "value", field)
+
+
+def _header_text(text: str, limit: int = 500) -> str:
+    """`text` as a NATS header value: one line of printable ASCII, at most `limit` characters."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:limit]
 
 
 async def _repartition(js, info, current: int, partitions: int) -> None:
@@ -201,6 +319,7 @@ class NatsIngest:
         name: str = "garrison-detect",
         max_attempts: int = MAX_ATTEMPTS,
         user_credentials: Optional[str] = None,
+        dead_letters: Optional[DeadLetterCaps] = None,
     ):
         self.servers = list(servers)
         self.ingestor = ingestor
@@ -209,6 +328,7 @@ class NatsIngest:
         self.name = name
         self.max_attempts = max_attempts
         self.user_credentials = user_credentials
+        self.dead_letters = dead_letters or DeadLetterCaps()  # GET /metrics reads its counts
         self.connected = threading.Event()
         self.replies_sent = 0
         self.handled = 0
@@ -233,7 +353,9 @@ class NatsIngest:
 
     def setup(self, partitions: Optional[int], replicas: int = 3, repartition: bool = False) -> int:
         """ensure_stream on this connection; returns the partition count."""
-        return self._call(ensure_stream(self._js, partitions, replicas, self.batch_size, repartition), 60)
+        return self._call(
+            ensure_stream(self._js, partitions, replicas, self.batch_size, repartition, self.dead_letters), 60
+        )
 
     def own(self, partition: int) -> None:
         self._call(self._own(partition), 30)
@@ -461,13 +583,32 @@ class NatsIngest:
             )
 
     async def _dead_letter(self, p: int, msg, outcome) -> None:
-        reason = getattr(outcome, "reason", "failed")
+        """Set a report aside on the dead-letter stream; when the stream's caps refuse it, it is
+        only logged and counted (the caller answers and acknowledges it either way). Raises when
+        NATS did not answer: the report is then not acknowledged and comes back."""
+        from nats.js.errors import APIError
+
+        reason = _header_text(str(getattr(outcome, "reason", "failed")))
+        if self.dead_letters.keep_none:
+            self.dead_letters.refused(msg.subject, self.max_attempts, reason, "[dead_letters] keeps none")
+            return
+        headers = {"Garrison-Subject": msg.subject, "Garrison-Reason": reason, "Garrison-Size": str(len(msg.data))}
+        try:
+            await self._js.publish(
+                f"{DEADLETTER_SUBJECT}.{p}", msg.data[:MAX_PAYLOAD_BYTES], headers=headers, timeout=5
+            )
+        except APIError as exc:
+            full = exc.err_code == _STORE_FAILED and "maximum" in (exc.description or "")
+            if not (full or exc.err_code == _TOO_LARGE):
+                raise
+            self.dead_letters.refused(msg.subject, self.max_attempts, reason, exc.description or str(exc))
+            return
+        self.dead_letters.kept += 1
         log.error(
-            "partition %d: setting aside a report on %s after %d failed attempts: %s",
+            "partition %d: set aside a report on %s after %d failed attempts (%s): kept in stream %s",
             p,
             msg.subject,
             self.max_attempts,
             reason,
+            DEADLETTER_STREAM,
         )
-        headers = {"Garrison-Subject": msg.subject, "Garrison-Reason": str(reason)[:500]}
-        await self._js.publish(f"{DEADLETTER_SUBJECT}.{p}", msg.data, headers=headers, timeout=5)
