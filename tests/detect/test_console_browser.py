@@ -54,18 +54,21 @@ def _api(engine, path):
 
 
 def test_a_real_report_raises_an_alarm_the_operator_sees_plots_verifies(engine, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     started = time.monotonic()
     with chromium.Browser() as b:
         d = b.driver
-        wait = WebDriverWait(d, 20)
+        # a form post navigates and the 3 s refresh replaces parts of the page: an element read
+        # in a condition may be stale by the time its text is read; the condition is read again
+        wait = WebDriverWait(d, 20, ignored_exceptions=(StaleElementReferenceException,))
         d.get(engine["url"] + "/console/fleet")
         assert d.current_url.endswith("/console/login")                       # no session: the sign-in form
         d.find_element(By.ID, "token").send_keys("not-the-token")
         d.find_element(By.ID, "sign-in").click()
-        assert "not the API token" in d.find_element(By.ID, "login-error").text
+        wait.until(lambda _: "not the API token" in d.find_element(By.ID, "login-error").text)
         d.find_element(By.ID, "token").send_keys(TOKEN)
         d.find_element(By.ID, "sign-in").click()
         wait.until(lambda _: d.current_url.endswith("/console/fleet"))
