@@ -71,7 +71,7 @@ class Agent:
 
     @property
     def spool_dropped(self) -> int:
-        return self._daemon.spool.dropped
+        return self._daemon.outbox().dropped
 
     def publish_once(self, timeout: Optional[float] = None) -> Optional[Reply]:
         """Collect and publish one report; its accepted/rejected Reply, or None if none came in time."""
@@ -97,7 +97,7 @@ class Agent:
         self._daemon.start()
         now = time.monotonic() if now is None else now
         if now < self._next_due:
-            if self._daemon.transport.connected and self._daemon.spool.entries():
+            if self._daemon.transport.connected and self._daemon.outbox().entries():
                 self._daemon.flush()
             return None
         self._next_due = now + self._daemon.next_interval()

@@ -105,6 +105,8 @@ class ReportCollector:
                 custom_metrics = {**result.data, **(custom_metrics or {})}
             elif name == "network_stats":
                 try:
+                    if self.deltas is None:  # __init__ makes it whenever network_stats runs
+                        raise RuntimeError("no delta baseline")
                     groups["network_stats"] = self.deltas.update(result.data)
                 except Exception as exc:  # e.g. the state directory became read-only
                     result.success, result.error = False, f"deltas: {type(exc).__name__}: {exc}"

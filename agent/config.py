@@ -411,7 +411,48 @@ _KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number"
 
 
 class Config:
-    """The effective configuration: attribute access by option name (`config.interval`)."""
+    """The effective configuration: attribute access by option name (`config.interval`).
+
+    The annotations give mypy each option's type; tests/agent/test_config.py checks they match
+    OPTIONS (thing, client_id and state_dir are always set by load())."""
+
+    thing: str
+    broker: str
+    transport: str
+    ca: Optional[str]
+    cert: Optional[str]
+    key: Optional[str]
+    client_id: str
+    username: Optional[str]
+    password: Optional[str]
+    mqtt_version: str
+    keepalive: int
+    interval: float
+    jitter: float
+    format: str
+    short_names: bool
+    state_dir: str
+    log_level: str
+    max_list_items: int
+    interfaces: List[str]
+    include_loopback: bool
+    collectors: List[str]
+    disable_collector: List[str]
+    posture_checks: List[str]
+    socket_backend: str
+    socket_events: str
+    socket_events_max: int
+    fold_interval_connections: bool
+    socket_owners: str
+    spool_max_reports: int
+    spool_max_bytes: int
+    spool_max_age: float
+    publish_timeout: float
+    reply_timeout: float
+    control: bool
+    control_min_interval: float
+    control_max_duration: float
+    control_collectors: List[str]
 
     def __init__(self, values: Mapping[str, Any]):
         self.__dict__.update(values)
@@ -514,7 +555,7 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
             continue
         default = opt.default_doc or (",".join(opt.default) if isinstance(opt.default, list) else opt.default)
         text = f"{opt.help} [env {opt.env}; default: {default}]".replace("%", "%%")
-        common = dict(dest=opt.name, default=argparse.SUPPRESS, help=text)
+        common: Dict[str, Any] = dict(dest=opt.name, default=argparse.SUPPRESS, help=text)
         if opt.kind == "bool":
             parser.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **common)
         elif opt.kind == "list":

@@ -43,6 +43,9 @@ def make_transport(config: Config) -> Transport:
     if config.transport == "awsiot":
         from garrison.agent.transports.awsiot import AwsIotTransport
 
+        if config.cert is None or config.key is None:  # load() refuses this already
+            raise ConfigError("transport awsiot needs an mqtts:// broker and --cert/--key")
+
         return AwsIotTransport(
             config.thing,
             config.format,
@@ -153,6 +156,12 @@ class Daemon:
         self.control = AgentControl(config, self.collector) if persist_state and config.control else None
         self._last_ping = 0.0
 
+    def outbox(self) -> Spool:
+        """The spool reports are sent from; a look (persist_state=False) has none."""
+        if self.spool is None:
+            raise RuntimeError("this agent only looks at reports (persist_state=False): it has no spool to send from")
+        return self.spool
+
     @property
     def transport(self) -> Transport:
         if self._transport is None:
@@ -187,7 +196,7 @@ class Daemon:
         try:
             built, _ = self.build()
             report_id = built["header"]["report_id"]
-            self.spool.add(report_id, self.config.format, self.encode(built))
+            self.outbox().add(report_id, self.config.format, self.encode(built))
         except Exception as exc:  # a broken cycle must not end the agent; the next one may work
             log.error("could not build a report this cycle: %s", exc)
             return None
@@ -199,12 +208,13 @@ class Daemon:
         or rejected for good); stop at one not acknowledged, answered InternalError or not
         answered in time (resent later, with backoff). Returns how many were settled."""
         reply_timeout = self.config.reply_timeout if reply_timeout is None else reply_timeout
-        self.spool.enforce_bounds()
+        spool = self.outbox()
+        spool.enforce_bounds()
         sent = 0
-        for entry in self.spool.entries():
+        for entry in spool.entries():
             if self._stop.is_set() or not self.transport.connected or not self._backoff.due(time.monotonic()):
                 break
-            payload = self.spool.read(entry)
+            payload = spool.read(entry)
             if payload is None:
                 continue
             with self._reply_cond:
@@ -229,7 +239,9 @@ class Daemon:
         try:
             topic = report.topic(self.config.thing, entry.fmt)
             if not self.transport.publish(topic, payload, self.config.publish_timeout):
-                log.info("report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id, len(self.spool))
+                log.info(
+                    "report %d not acknowledged; kept in the spool (%d waiting)", entry.report_id, len(self.outbox())
+                )
                 return False
             log.debug("report %d published (%d bytes)", entry.report_id, len(payload))
             self._ping_watchdog()
@@ -249,7 +261,7 @@ class Daemon:
         if reply is None and self._stop.is_set():
             return False  # stopping: it stays spooled, nothing to say
         if reply is not None and delivery.settles(reply):
-            self.spool.remove(entry)
+            self.outbox().remove(entry)
             self._backoff.reset()
             if reply.accepted:
                 log.info("report %s accepted by %s", entry.report_id, reply.thing)
@@ -272,7 +284,7 @@ class Daemon:
             entry.report_id,
             why,
             delay,
-            len(self.spool),
+            len(self.outbox()),
         )
         return False
 
@@ -353,7 +365,7 @@ class Daemon:
             self._ping_watchdog()
             if self.control is not None and self.control.report_now_due():
                 return
-            if self.transport.connected and self.spool.entries():
+            if self.transport.connected and self.outbox().entries():
                 self._guarded(self.flush)
 
     @staticmethod
@@ -390,7 +402,7 @@ class Daemon:
                 self.sleep(self.next_interval())
         finally:
             sdnotify.notify("STOPPING=1")
-            log.info("agent stopping (%d report(s) waiting in the spool)", len(self.spool))
+            log.info("agent stopping (%d report(s) waiting in the spool)", len(self.outbox()))
             self.close()
 
     def publish_once(self, timeout: Optional[float] = None) -> Tuple[Optional[int], Optional[Reply]]:

@@ -9,7 +9,7 @@ transports, nor to an `*.amazonaws.com` endpoint. The owners come from one scan 
 """
 
 import logging
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from garrison.agent import report as wire
 from garrison.agent.interval import goes_to_aws
@@ -47,7 +47,7 @@ class OwnerCache:
 
 
 def extension(
-    groups: Mapping[str, Any], max_items: int, root: str = "/proc", cache: "OwnerCache" = None
+    groups: Mapping[str, Any], max_items: int, root: str = "/proc", cache: Optional["OwnerCache"] = None
 ) -> Dict[str, Any]:
     """{"listening_ports": [...], "connections": [...]} (long names) for the socket records of
     this report's groups (collectors.base ListeningSocket / Connection with their inode)."""

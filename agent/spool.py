@@ -116,6 +116,8 @@ class Spool:
         self.off = False
         log.warning("spooling is back on: %s can be written again", self.directory)
         for report_id, held in sorted(self._memory.items()):
+            if held.payload is None:  # _hold() always keeps the payload
+                raise RuntimeError(f"report {report_id} held in memory without its payload")
             try:
                 self._write(report_id, held.fmt, held.payload)
             except OSError:

@@ -12,7 +12,7 @@ with family 4 or 6 and addresses as text (IPv4-mapped addresses are unmapped by 
 import os
 import socket
 import struct
-from typing import Callable, Iterable, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple
 
 from garrison.collectors.base import RawSocket
 
@@ -68,7 +68,7 @@ def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
     unpack_header, unpack_socket = _NLMSGHDR.unpack_from, _SOCKET_MSG.unpack_from
     header_size, socket_size = _NLMSGHDR.size, _SOCKET_MSG.size
     # raw address -> text, per family: a few addresses repeat across thousands of sockets
-    names = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    names: Dict[int, Dict[bytes, Tuple[int, str]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
     for chunk in chunks:
         offset, end = 0, len(chunk)
         while offset + header_size <= end:

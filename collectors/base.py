@@ -7,7 +7,7 @@ A collector is anything with a `name` and a `collect()` that returns a `Collecto
 import logging
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,6 @@ def record_factory(cls: type) -> Callable[..., Any]:
     names = [f.name for f in fields(cls)]
     body = "".join(f"    d[{name!r}] = {name}\n" for name in names)
     source = f"def make({', '.join(names)}):\n    o = new(cls)\n    d = o.__dict__\n{body}    return o\n"
-    namespace = {"new": object.__new__, "cls": cls}
+    namespace: Dict[str, Any] = {"new": object.__new__, "cls": cls}
     exec(source, namespace)  # noqa: S102 - source built from field names only
     return namespace["make"]

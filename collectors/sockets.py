@@ -16,7 +16,7 @@ reported as the IPv4 address with family 4, since that is what is on the wire. W
 
 import logging
 import threading
-from typing import Callable, List
+from typing import Callable, List, Union
 
 from garrison.collectors import _netlink, _procfs, interfaces
 from garrison.collectors.base import CollectorResult, Connection, ListeningSocket, record_factory, timed
@@ -38,7 +38,7 @@ class BackendChooser:
     def __init__(self, socket_factory: Callable = _netlink.default_socket, procfs_root: str = "/proc"):
         self.netlink = _netlink.SockDiag(socket_factory)
         self.procfs = _procfs.ProcNet(procfs_root)
-        self._auto = None
+        self._auto: Union[_netlink.SockDiag, _procfs.ProcNet, None] = None
         self._lock = threading.Lock()
 
     def get(self, backend: str = "auto"):

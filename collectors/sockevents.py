@@ -199,7 +199,9 @@ class SocketEvents:
             return False
         self.available = True
         self._interval = Interval(self.max_entries)
-        self._thread = threading.Thread(target=self._run, name="garrison-socket-events", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._sock,), name="garrison-socket-events", daemon=True
+        )
         self._thread.start()
         log.info(
             "socket events: listening for destroyed TCP/UDP sockets (at most %d entries per interval)", self.max_entries
@@ -213,10 +215,9 @@ class SocketEvents:
         if self._sock is not None:
             self._sock.close()
 
-    def _run(self) -> None:
+    def _run(self, sock: socket.socket) -> None:
         buffer = bytearray(1 << 16)
         view = memoryview(buffer)
-        sock = self._sock
         while not self._stop.is_set():
             try:
                 size = sock.recv_into(buffer)

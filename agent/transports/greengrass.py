@@ -12,7 +12,7 @@ starts, so the agent runs without it everywhere else (awscrt has no armv7l wheel
 import logging
 import os
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from garrison.wire import replies, topics
 from garrison.agent import report
@@ -70,7 +70,7 @@ class GreengrassTransport(Transport):
         report.topic(thing, fmt)  # validates fmt now, with the same error as everywhere else
         self._factory = client_factory or _default_client_factory
         self._client = None
-        self._operations = []
+        self._operations: List[Any] = []  # the SDK's subscription operations, closed on _close
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reconnect = threading.Event()

@@ -4,7 +4,7 @@ Shared by the agent's transport, the detect engine and firmware-sim, so the URL 
 paho version switch live in one place.
 """
 
-from typing import NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -64,7 +64,7 @@ def parse_broker_url(url: str, credentials: bool = True) -> BrokerURL:
 
 def new_client(client_id: str, clean_session: bool = True, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
     """A paho client with version-2 callbacks on paho 2.x (1.6 has only those)."""
-    kwargs = {"client_id": client_id, "protocol": protocol}
+    kwargs: Dict[str, Any] = {"client_id": client_id, "protocol": protocol}
     if PAHO_2:
         kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
     if protocol != mqtt.MQTTv5:  # MQTT 5 has clean_start on connect() instead

@@ -1,5 +1,6 @@
 """Configuration: declared once, layered (TOML < env < flags), and one clear line + exit 2 when bad."""
 from pathlib import Path
+from typing import List, Optional, get_type_hints
 
 import pytest
 
@@ -37,6 +38,19 @@ def test_default_thing_is_a_valid_thing_name():
 def test_disable_collector_wins_over_collectors():
     loaded = cfg.load(environ={}, collectors=["listening_tcp", "connections"], disable_collector=["connections"])
     assert loaded.enabled_collectors == ["listening_tcp"]
+
+
+def test_config_annotations_match_the_options():
+    """Config's annotations (what mypy checks attribute uses against) follow OPTIONS."""
+    kinds = {"str": str, "path": str, "int": int, "float": float, "bool": bool, "list": List[str]}
+    always_set = {"thing", "client_id", "state_dir"}  # load() fills them when unset
+    expected = {
+        opt.name: (
+            kinds[opt.kind] if opt.default is not None or opt.name in always_set else Optional[kinds[opt.kind]]
+        )
+        for opt in cfg.OPTIONS
+    }
+    assert get_type_hints(cfg.Config) == expected
 
 
 def test_docs_are_generated_from_the_declaration():
