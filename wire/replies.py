@@ -127,7 +127,9 @@ def parse(topic: str, payload: bytes) -> Optional[Reply]:
     timestamp = body.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         timestamp = None
-    details = body.get("statusDetails") if isinstance(body.get("statusDetails"), dict) else {}
+    details = body.get("statusDetails")
+    if not isinstance(details, dict):
+        details = {}
     ok = outcome == "accepted"
     return Reply(
         thing=str(body.get("thingName") or thing),

@@ -292,11 +292,12 @@ def markdown_table() -> str:
 
 def field_at(path: str) -> Field:
     """The field at a dotted long-name path, e.g. "metrics.network_stats.bytes_in"."""
-    field: Optional[Field] = REPORT
+    field = REPORT
     for part in path.replace("[]", "").split("."):
-        field = field.child(part) if field else None
-        if field is None:
+        child = field.child(part)
+        if child is None:
             raise KeyError(path)
+        field = child
     return field
 
 

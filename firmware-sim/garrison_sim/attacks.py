@@ -7,7 +7,7 @@ simulated report: the C2 "servers" are in 203.0.113.0/24, the exfiltration sink 
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Type
 
 from garrison.collectors.base import Connection, ListeningSocket
 
@@ -100,7 +100,9 @@ class Silent(Attack):
     silences = True
 
 
-SCENARIOS: Dict[str, type] = {cls.name: cls for cls in (Ddos, Backdoor, CommandAndControl, Scan, Exfiltration, Silent)}
+SCENARIOS: Dict[str, Type[Attack]] = {
+    cls.name: cls for cls in (Ddos, Backdoor, CommandAndControl, Scan, Exfiltration, Silent)
+}
 
 
 @dataclass(frozen=True)

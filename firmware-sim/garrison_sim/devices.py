@@ -100,7 +100,7 @@ class Observation:
     connections: List[Connection]
     network_stats: Dict[str, int]
 
-    def add_traffic(self, bytes_out: int = 0, bytes_in: int = 0, packet_bytes: int = 1200) -> None:
+    def add_traffic(self, bytes_out: float = 0, bytes_in: float = 0, packet_bytes: int = 1200) -> None:
         stats = self.network_stats
         stats["bytes_out"] += int(bytes_out)
         stats["bytes_in"] += int(bytes_in)

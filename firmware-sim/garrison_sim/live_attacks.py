@@ -8,7 +8,7 @@ limit or `stop()`, whichever comes first.
 import socket
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .netns import C2_SERVER, inside
 from .sinks import C2_PORT, EXFIL_PORT, FLOOD_PORT, SCAN_PORT
@@ -24,7 +24,7 @@ MAX_SECONDS = 60.0
 
 class LiveAttack:
     name = ""
-    expected = ()  # behaviors of the fleet profile this attack should break
+    expected: Tuple[str, ...] = ()  # behaviors of the fleet profile this attack should break
     silences = False  # the runner stops the device's agent instead
     transient = False  # over after a moment: its alarm clears at the next report
 

@@ -23,13 +23,16 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from garrison.wire import topics
 
 from . import FLEET_PROFILE, mqtt
 from .live_attacks import DEFAULT_SCENARIOS, LIVE_ATTACKS, LiveAttack
 from .netns import NetnsError, Topology, inside, supported
+
+if TYPE_CHECKING:
+    from .sinks import Sinks
 
 log = logging.getLogger("garrison.sim.scenarios")
 
@@ -198,14 +201,26 @@ class Run:
         self.attacks: Dict[str, LiveAttack] = {}
         self.topology: Optional[Topology] = None
         self.observer: Optional[Observer] = None
-        self.sinks = None
+        self.sinks: Optional["Sinks"] = None
         self.db = workdir / "engine.db"
+
+    def _topology(self) -> Topology:
+        if self.topology is None:
+            raise RuntimeError("Run.setup() first: the network namespaces do not exist yet")
+        return self.topology
+
+    def _observer(self) -> Observer:
+        if self.observer is None:
+            raise RuntimeError("Run.setup() first: nothing listens to the broker yet")
+        return self.observer
 
     # -- setting up --------------------------------------------------------------------------------
 
     def _spawn(self, ns: str, argv: List[str], logname: str) -> subprocess.Popen:
         with open(self.workdir / logname, "ab") as out:
-            proc = subprocess.Popen(self.topology.exec_argv(ns, argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                self._topology().exec_argv(ns, argv), stdout=out, stderr=out, stdin=subprocess.DEVNULL
+            )
         self.procs[logname] = proc
         return proc
 
@@ -216,7 +231,7 @@ class Run:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {(self.workdir / 'mosquitto.log').read_text()[-500:]}")
-            with inside(self.topology.cloud):
+            with inside(self._topology().cloud):
                 sock = socket.socket()
             try:
                 sock.settimeout(0.5)
@@ -242,8 +257,8 @@ class Run:
     def setup(self) -> None:
         from .sinks import Sinks
 
-        self.topology = Topology(list(self.things))
-        cloud = self.topology.cloud
+        topology = self.topology = Topology(list(self.things))
+        cloud = topology.cloud
         conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {BROKER_PORT} 0.0.0.0",
@@ -285,7 +300,7 @@ class Run:
             state = self.workdir / "agents" / thing
             state.mkdir(parents=True, exist_ok=True)
             self._spawn(
-                self.topology.devices[name],
+                topology.devices[name],
                 [
                     sys.executable,
                     "-m",
@@ -294,7 +309,7 @@ class Run:
                     "--thing",
                     thing,
                     "--broker",
-                    f"mqtt://{self.topology.addresses[name]}:{BROKER_PORT}",
+                    f"mqtt://{topology.addresses[name]}:{BROKER_PORT}",
                     "--interval",
                     str(AGENT_INTERVAL),
                     "--format",
@@ -328,13 +343,13 @@ class Run:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             self._check_alive()
-            accepted, _ = self.observer.snapshot()
+            accepted, _ = self._observer().snapshot()
             if all(len(accepted.get(t, ())) >= BASELINE_REPORTS for t in self.things.values()):
                 return time.monotonic() - start
             time.sleep(0.1)
-        accepted, _ = self.observer.snapshot()
+        accepted, _ = self._observer().snapshot()
         counts = {t: len(accepted.get(t, ())) for t in self.things.values()}
-        rejected = {t: v[:1] for t, v in self.observer.rejected.items()}
+        rejected = {t: v[:1] for t, v in self._observer().rejected.items()}
         raise RuntimeError(
             f"devices did not report within {timeout:.0f} s: accepted {counts}, rejected {rejected}; "
             f"see the logs in {self.workdir}"
@@ -342,12 +357,12 @@ class Run:
 
     def attack(self, timeout: float) -> Matrix:
         baseline_seconds = self.baseline(timeout)
-        _, alerts = self.observer.snapshot()
+        _, alerts = self._observer().snapshot()
         baseline_alerts = [msg for _, msg in alerts if msg.get("violationEventType") == "in-alarm"]
         seen_alerts = len(alerts)
         started: Dict[str, float] = {}
         for name in self.scenarios + self.blind:
-            attack = LIVE_ATTACKS[_attack_of(name)](self.topology.devices[name], self.topology.addresses[name])
+            attack = LIVE_ATTACKS[_attack_of(name)](self._topology().devices[name], self._topology().addresses[name])
             self.attacks[name] = attack
             started[name] = time.monotonic()
             if attack.silences:
@@ -371,7 +386,7 @@ class Run:
         last_alarm = None
         while time.monotonic() < deadline:
             self._check_alive()
-            accepted, alerts = self.observer.snapshot()
+            accepted, alerts = self._observer().snapshot()
             for when, msg in alerts[seen_alerts:]:
                 row = next((r for r in rows.values() if r.thing == msg.get("thingName")), None)
                 behavior = (msg.get("behavior") or {}).get("name", "?")
@@ -403,7 +418,7 @@ class Run:
                 if last_alarm is not None and time.monotonic() - last_alarm > 2 * AGENT_INTERVAL:
                     break
             time.sleep(0.1)
-        accepted, _ = self.observer.snapshot()
+        accepted, _ = self._observer().snapshot()
         for name, row in rows.items():
             begun = started.get(name, min(started.values(), default=0.0))
             row.accepted = sum(1 for t in accepted.get(row.thing, ()) if t >= begun)
@@ -453,7 +468,7 @@ def run(
     if shutil.which("mosquitto") is None:
         raise NetnsError("mosquitto is not installed (apt-get install mosquitto)")
     keep = workdir is not None
-    workdir = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="garrison-scenarios-"))
+    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="garrison-scenarios-"))
     workdir.mkdir(parents=True, exist_ok=True)
     current = Run(scenarios, workdir, blind=blind)
     try:

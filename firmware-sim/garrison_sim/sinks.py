@@ -45,6 +45,8 @@ class Sinks:
         while not self._stop.is_set():
             for key, _ in self._selector.select(timeout=0.2):
                 sock = key.fileobj
+                if not isinstance(sock, socket.socket):  # only sockets are registered
+                    continue
                 try:
                     if key.data == "listener":
                         conn, _ = sock.accept()
