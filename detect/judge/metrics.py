@@ -163,8 +163,8 @@ def _canonical_v6(text: str) -> str:
 def _destination_ips(report: Mapping[str, Any]) -> Optional[List[str]]:
     """Remote addresses of the snapshot's established connections, united with those of the
     interval's closed TCP and UDP sockets (the interval_sockets extension)."""
-    between = {remote_ip(e.get("remote_addr") or "") for e in _interval(report, "connections")}
-    between.discard(None)
+    found = (remote_ip(e.get("remote_addr") or "") for e in _interval(report, "connections"))
+    between = {ip for ip in found if ip is not None}
     node = _dig(report, "metrics", "tcp_connections", "established_connections")
     if type(node) is not dict:
         return sorted(between) if between else None
@@ -172,9 +172,11 @@ def _destination_ips(report: Mapping[str, Any]) -> Optional[List[str]]:
     known = _IP_OF_ENDPOINT
     for conn in node.get("connections") or ():
         addr = conn.get("remote_addr") if type(conn) is dict else None
-        ip = known.get(addr) if type(addr) is str else None
+        if type(addr) is not str:
+            continue
+        ip = known.get(addr)
         if ip is None:
-            ip = remote_ip(addr) if type(addr) is str else None
+            ip = remote_ip(addr)
             if not ip:
                 continue
             if len(known) >= _IP_OF_ENDPOINT_MAX:

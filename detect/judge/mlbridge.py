@@ -31,7 +31,7 @@ log = logging.getLogger("garrison.ml")
 try:
     from garrison.detect.judge import ml
 except ImportError:  # pragma: no cover - garrison.detect.judge.ml ships with the engine; tolerate a partial tree
-    ml = None
+    ml = None  # type: ignore[assignment]  # registry() checks it (mypy has no optional-module type)
 
 
 class _StoredStates(MutableMapping):
@@ -145,14 +145,16 @@ class MlRegistry:
         what changed ("band", "level", "guard") or "" (nothing)."""
         behavior = record.get("behavior") or {}
         criteria = behavior.get("criteria") or {}
-        thing = record.get("thingName")
+        thing, name = record.get("thingName"), behavior.get("name")
         if (
             "mlDetectionConfig" not in criteria
+            or not isinstance(thing, str)
+            or not isinstance(name, str)  # neither has a model
             or thing == FLEET_THING
             or state not in TEACHING_STATES + GUARDING_STATES
         ):
             return ""
-        profile, name = record["securityProfileName"], behavior.get("name")
+        profile = record["securityProfileName"]
         # The datapoints to teach: the one that raised the alarm (its in-alarm event) and, while
         # the violation is open, the latest violating one (an ended violation's record holds the
         # datapoint that cleared it, which was normal).
@@ -271,7 +273,7 @@ def additional_info(judgement: "ml.Judgement") -> Dict[str, Any]:
     }
 
 
-def _behavior_status(statuses: Iterable[str]) -> str:
+def _behavior_status(statuses: Iterable[Optional[str]]) -> str:
     """ACTIVE when any device's model is, EXPIRED when all are, else PENDING_BUILD."""
     statuses = set(statuses)
     if ml.ACTIVE in statuses:

@@ -15,7 +15,7 @@ import math
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from garrison.detect.judge import metrics
 from garrison.detect.judge.metrics import MetricError, MetricSpec
@@ -69,7 +69,7 @@ class CidrSet:
 
     _MEMO_LIMIT = 65536
 
-    def __init__(self, texts):
+    def __init__(self, texts: Iterable[str]) -> None:
         self.texts = tuple(texts)
         self._tables: Dict[int, Dict[int, set]] = {4: {}, 6: {}}
         for text in self.texts:

@@ -99,9 +99,10 @@ def parse_action(key: str, doc: Any) -> Action:
         raise ActionError(f"{where}: unknown field {sorted(unknown)[0]!r} for {kind}")
     group, params = "", {}
     if kind in GROUP_TYPES:
-        group = doc.get("group")
-        if not isinstance(group, str) or not group:
+        named = doc.get("group")
+        if not isinstance(named, str) or not named:
             raise ActionError(f"{where}: needs a group name")
+        group = named
     elif kind == RUN_COMMAND:
         params = _command_params(where, doc)
     elif kind == RECONFIGURE:

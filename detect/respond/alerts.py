@@ -461,7 +461,7 @@ class AlertDispatcher:
                 log.exception("alert target %s failed", target)
                 if collect is not None:
                     collect.one(FAILED, f"{target}: {exc}")
-        if collect is not None and not self.targets:
+        if done is not None and not self.targets:
             done(DELIVERED, "")
 
     def has_room(self) -> bool:
@@ -527,8 +527,11 @@ def _webhook(conf: Any, where: str) -> WebhookTarget:
     headers = conf.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         raise AlertConfigError(f"{where}.headers must map header names to strings")
+    url = conf.get("url")
+    if not isinstance(url, str):
+        raise AlertConfigError(f"{where}.url: webhook url must start with http:// or https://, got {url!r}")
     return WebhookTarget(
-        conf.get("url"),
+        url,
         retries=int(_number(conf, "retries", 3, where)),
         backoff=_number(conf, "backoff_seconds", 1.0, where),
         timeout=_number(conf, "timeout_seconds", 5.0, where) or 5.0,

@@ -161,7 +161,7 @@ class BrokerControl:
         with self._cond:
             for item in responses if isinstance(responses, list) else ():
                 cid = item.get("correlationData") if isinstance(item, dict) else None
-                if cid in self._waiting:
+                if isinstance(cid, str) and cid in self._waiting:  # ours are strings; a list is unhashable
                     self._answers[cid] = item
             self._cond.notify_all()
 
@@ -268,4 +268,5 @@ class BrokerControl:
                 return []
             raise
         client = (answer.get("data") or {}).get("client") or {}
-        return [r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)]
+        roles = [r.get("rolename") for r in client.get("roles", []) if isinstance(r, dict)]
+        return [name for name in roles if isinstance(name, str)]

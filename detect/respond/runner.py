@@ -17,7 +17,7 @@ import select
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional, cast
 
 from garrison.detect.respond.actions import BROKER_TYPES, RECONFIGURE, RUN_COMMAND
 from garrison.detect.respond.brokercontrol import BrokerControl, BrokerControlError
@@ -83,14 +83,15 @@ class ActionRunner:
         kind = action.get("type")
         try:
             if kind in BROKER_TYPES:
-                if self.broker is None:
+                broker = self.broker
+                if broker is None:
                     return "failed", (
                         f"{kind} {thing}: no broker control here (serve with --broker-control, "
                         "on a broker set up by broker-config --dynamic-security)"
                     )
                 if kind == "disable":
-                    return self.disable(thing)
-                detail = getattr(self.broker, kind)(thing)
+                    return self.disable(broker, thing)
+                detail = getattr(broker, kind)(thing)
                 if kind == "enable" and self.revocation is not None:
                     detail += self.revocation.enable_note(thing)
                 return "done", detail
@@ -112,14 +113,14 @@ class ActionRunner:
             log.exception("action %s on %s failed", kind, thing)
             return "failed", f"{type(exc).__name__}: {exc}"
 
-    def disable(self, thing: str):
+    def disable(self, broker: BrokerControl, thing: str):
         """Revoke first, then drop the connection: the broker has re-read its CRL when the device
         reconnects (garrison.detect.respond.revocation says why), so its reconnect is refused."""
         if self.revocation is None:
-            return "done", f"{self.broker.disable(thing)}; {NOT_DURABLE}"
+            return "done", f"{broker.disable(thing)}; {NOT_DURABLE}"
         refused, steps = self.revocation.revoke(thing, self.now_ms())
         try:
-            steps.append(self.broker.disable(thing))
+            steps.append(broker.disable(thing))
         except BrokerControlError as exc:  # the revocation stands: say both
             return "failed", "; ".join(steps + [str(exc)])
         if refused:
@@ -167,15 +168,17 @@ def run_command(argv, timeout_s: float, event: Dict[str, Any]):
         )
     except OSError as exc:
         return "failed", f"could not start {argv[0]}: {exc.strerror or exc}"
+    # both are pipes (PIPE above); Popen's stubs type them Optional whatever the arguments
+    stdin, stdout = cast(IO[bytes], proc.stdin), cast(IO[bytes], proc.stdout)
     deadline = time.monotonic() + timeout_s
     kept, timed_out = bytearray(), False
     try:
         try:
-            proc.stdin.write(json.dumps(event).encode() + b"\n")
+            stdin.write(json.dumps(event).encode() + b"\n")
         except BrokenPipeError:
             pass  # it did not read its input: its business
-        proc.stdin.close()
-        fd = proc.stdout.fileno()
+        stdin.close()
+        fd = stdout.fileno()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -200,7 +203,7 @@ def run_command(argv, timeout_s: float, event: Dict[str, Any]):
             except ProcessLookupError:
                 pass
             proc.wait()
-        proc.stdout.close()
+        stdout.close()
     output = kept.decode("utf-8", "replace").strip()
     if timed_out:
         return "failed", f"{argv[0]} killed after {timeout_s:g} s; output: {output!r}"

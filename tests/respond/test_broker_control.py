@@ -159,3 +159,26 @@ def test_broker_config_cli_keeps_the_plugins_state_on_force(tmp_path):
     assert brokerconf.main(argv + ["--force"]) == 0
     assert "kept" in state.read_text()   # the quarantines in force survive a regenerated config
     assert "plugin_opt_config_file" in (tmp_path / "out" / "mosquitto.conf").read_text()
+
+
+class _AnsweringLink:
+    """Answers each command at once, as the broker would, after a stray response whose
+    correlationData is a list (unhashable: it used to raise TypeError in on_response, which runs
+    on paho's network thread)."""
+
+    def __init__(self):
+        self.control = None
+
+    def publish(self, topic, payload, qos=0):
+        commands = json.loads(payload)["commands"]
+        responses = [{"correlationData": ["not", "ours"]}]
+        responses += [{"command": c["command"], "correlationData": c["correlationData"]} for c in commands]
+        self.control.on_response(json.dumps({"responses": responses}).encode())
+
+
+def test_a_response_with_an_unhashable_correlation_id_is_ignored():
+    link = _AnsweringLink()
+    control = link.control = brokercontrol.BrokerControl(link, timeout_s=1)
+    answers = control.send([{"command": "getClient", "username": "pump-9"}])
+    assert [a["command"] for a in answers] == ["getClient"]
+    assert control.client_roles("pump-9") == []

@@ -181,7 +181,7 @@ class MLConfig:
     def version1(cls, **overrides) -> "MLConfig":
         """The settings of the first release (every datapoint outside the band alarms at once, no
         phase tolerance, no fleet events), kept as the benchmark's baseline."""
-        settings = dict(
+        settings: Dict[str, Any] = dict(
             confirm_points=1,
             immediate_ratio=0.0,
             phase_tolerance_h=0.0,

@@ -49,7 +49,7 @@ class FleetEvents:
         # flickers, such as a rhythm shifted by daylight saving, stays one notice)
         self.hold = max(1, config.fleet_event_clear_s * 1000 // self.bucket_ms)
         self._last_seen = 0
-        self._bucket = None
+        self._bucket: Optional[int] = None  # the current bucket; None before the first datapoint
         self._current: Dict[str, int] = {}
         self._previous: Dict[str, int] = {}
         self.open_direction = 0  # direction of the open fleet notice, 0 = none

@@ -120,8 +120,9 @@ class Judgement:
             "fleet": "fleet prior",
         }[self.basis]
         low = "-" if self.low is None else _fmt(self.low)
-        edges = f"[{low}, {_fmt(self.high)}]"
-        band = f"normal band {edges} (expected ~{_fmt(self.expected)} at {self.when})"
+        high = "-" if self.high is None else _fmt(self.high)
+        expected = "-" if self.expected is None else _fmt(self.expected)
+        band = f"normal band [{low}, {high}] (expected ~{expected} at {self.when})"
         if self.kind == "spike":
             return (
                 f"{metric} = {value} is {'above' if self.score > 0 else 'below'} the learned {band}: "
@@ -198,7 +199,7 @@ class Model:
     def __eq__(self, other):
         return isinstance(other, Model) and self._b == other._b
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable (compared by value); mypy wants a method
 
     # --- header -----------------------------------------------------------------------------
 

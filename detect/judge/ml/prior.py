@@ -56,7 +56,7 @@ class FleetPrior:
     def __eq__(self, other):
         return isinstance(other, FleetPrior) and self.to_state() == other.to_state()
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable (compared by value); mypy wants a method
 
     def __repr__(self):
         return "FleetPrior(models=%d, level=%.3f, spread=%.3f)" % (self.models, self.level, self.spread)
