@@ -3,7 +3,7 @@
 from typing import List, Optional
 
 from garrison.detect.audit.checks import CRITICAL, HIGH, LOW, Check, Context, finding
-from garrison.detect.audit.sources import AclRule, Listener
+from garrison.detect.audit.sources import AclRule, Directive, Listener
 from garrison.detect.ops.pki import DEFAULT_ENGINE_IDENTITY
 
 # Mosquitto logs "New client connected ..." at notice and "... already connected, closing old
@@ -12,7 +12,7 @@ NEEDED_LOG_TYPES = ("notice", "information")
 
 
 def logging_disabled(ctx: Context):
-    conf = ctx.broker
+    conf = ctx.need_broker()
     problems = []
     messages = conf.last("connection_messages")
     if messages and messages.value.lower() == "false":
@@ -40,15 +40,16 @@ def logging_disabled(ctx: Context):
     return 1, out
 
 
-def _allows_anonymous(ctx: Context, listener: Listener) -> Optional[object]:
-    conf = ctx.broker
+def _allows_anonymous(ctx: Context, listener: Listener) -> Optional[Directive]:
+    conf = ctx.need_broker()
     directive = listener.settings.get("allow_anonymous") if conf.per_listener_settings else conf.last("allow_anonymous")
     return directive if directive is not None and directive.value.lower() == "true" else None
 
 
 def anonymous_access(ctx: Context):
     out = []
-    for listener in ctx.broker.listeners:
+    listeners = ctx.need_broker().listeners
+    for listener in listeners:
         directive = _allows_anonymous(ctx, listener)
         if directive is not None:
             out.append(
@@ -62,12 +63,13 @@ def anonymous_access(ctx: Context):
                     line=directive.line,
                 )
             )
-    return len(ctx.broker.listeners), out
+    return len(listeners), out
 
 
 def plaintext_listener(ctx: Context):
     out = []
-    for listener in ctx.broker.listeners:
+    listeners = ctx.need_broker().listeners
+    for listener in listeners:
         if not listener.tls and not listener.loopback_only:
             where = listener.where
             out.append(
@@ -82,7 +84,7 @@ def plaintext_listener(ctx: Context):
                     protocol=listener.get("protocol", "mqtt"),
                 )
             )
-    return len(ctx.broker.listeners), out
+    return len(listeners), out
 
 
 def _engine_identity(ctx: Context) -> str:
@@ -132,7 +134,7 @@ def rule_problems(rule: AclRule, engine: str) -> List[str]:
 
 
 def overly_permissive(ctx: Context):
-    conf = ctx.broker
+    conf = ctx.need_broker()
     out = []
     if conf.acl_path is None:
         out.append(

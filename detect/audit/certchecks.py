@@ -20,7 +20,8 @@ def _not_before(cert) -> datetime.datetime:
 
 def active_device_certs(ctx: Context) -> List[CertInfo]:
     """Leaves signed by the fleet CA and not revoked (AWS audits ACTIVE certificates)."""
-    return [c for c in ctx.pki.certificates if c.signed_by_ca and c.serial not in ctx.pki.revoked]
+    pki = ctx.need_pki()
+    return [c for c in pki.certificates if c.signed_by_ca and c.serial not in pki.revoked]
 
 
 def _resource(info: CertInfo) -> Tuple[str, Dict[str, Any]]:
@@ -70,12 +71,17 @@ def _expiring(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[str, 
     return len(certs), out
 
 
+def _ca(ctx: Context) -> List[CertInfo]:
+    ca = ctx.need_pki().ca
+    return [ca] if ca else []
+
+
 def device_expiring(ctx: Context):
     return _expiring(ctx, active_device_certs(ctx))
 
 
 def ca_expiring(ctx: Context):
-    return _expiring(ctx, [ctx.pki.ca] if ctx.pki.ca else [])
+    return _expiring(ctx, _ca(ctx))
 
 
 _WHY = {
@@ -115,7 +121,7 @@ def device_key_quality(ctx: Context):
 
 
 def ca_key_quality(ctx: Context):
-    return _key_quality(ctx, [ctx.pki.ca] if ctx.pki.ca else [])
+    return _key_quality(ctx, _ca(ctx))
 
 
 def device_age(ctx: Context):

@@ -8,11 +8,12 @@ reasonForNonCompliance); garrison.detect.audit.task adds ids, suppression and th
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from garrison.detect.audit.sources import BrokerConfig, LogEvent, Pki
 
 CRITICAL, HIGH, MEDIUM, LOW = "CRITICAL", "HIGH", "MEDIUM", "LOW"
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,6 +37,26 @@ class Context:
 
     def has(self, source: str) -> bool:
         return getattr(self, source) is not None
+
+    # A check's sources: run_audit runs a check only when those it `needs` are present, so these
+    # raise only for a check that uses a source it did not declare.
+    def need_pki(self) -> Pki:
+        return _present(self.pki, "pki")
+
+    def need_broker(self) -> BrokerConfig:
+        return _present(self.broker, "broker")
+
+    def need_log(self) -> List[LogEvent]:
+        return _present(self.log, "log")
+
+    def need_postures(self) -> Dict[str, Dict[str, Any]]:
+        return _present(self.postures, "postures")
+
+
+def _present(value: Optional[T], source: str) -> T:
+    if value is None:
+        raise LookupError(f"the check reads the {source} source without declaring it in its needs")
+    return value
 
 
 @dataclass(frozen=True)

@@ -258,8 +258,8 @@ def run(args) -> int:
             f"{'indefinitely' if until is None else 'until ' + base.when(until)}"
         )
     elif args.action == "unsuppress":
-        done = astore.unsuppress(args.check, args.resource)
-        print(f"{'removed' if done else 'there was no'} suppression of {args.check} on {args.resource}")
+        removed = astore.unsuppress(args.check, args.resource)
+        print(f"{'removed' if removed else 'there was no'} suppression of {args.check} on {args.resource}")
     elif args.action == "suppressions":
         items = astore.suppressions(int(now * 1000))
         base.show(

@@ -5,15 +5,17 @@ from typing import Any, Dict, Optional, Set
 
 from garrison.detect.audit.certchecks import _info
 from garrison.detect.audit.checks import CRITICAL, HIGH, MEDIUM, Check, Context, finding, iso
+from garrison.detect.audit.sources import BrokerConfig, CertInfo
 
 
-def _cert_for(ctx: Context, cn: str):
+def _cert_for(ctx: Context, cn: str) -> Optional[CertInfo]:
     """The fleet certificate whose CN is `cn` (the broker's user name under use_identity_as_username)."""
     if ctx.pki is None:
         return None
     matches = [c for c in ctx.pki.certificates if c.common_name == cn and c.signed_by_ca]
     live = [c for c in matches if c.serial not in ctx.pki.revoked]
-    return (live or matches or [None])[0]
+    found = live or matches
+    return found[0] if found else None
 
 
 def shared_certificate(ctx: Context):
@@ -22,7 +24,7 @@ def shared_certificate(ctx: Context):
     open_by_user: Dict[str, Set[str]] = {}
     shared: Dict[str, Dict[str, Any]] = {}
     users: Set[str] = set()
-    for event in ctx.log:
+    for event in ctx.need_log():
         if event.kind == "connect":
             if not event.username:
                 continue
@@ -66,7 +68,7 @@ def shared_certificate(ctx: Context):
 def conflicting_client_ids(ctx: Context):
     """One client id from several connections that kick each other off."""
     seen: Dict[str, Dict[str, Any]] = {}
-    for event in ctx.log:
+    for event in ctx.need_log():
         if event.kind == "connect":
             entry = seen.setdefault(event.client_id, {"takeovers": 0, "users": set(), "addresses": set(), "lines": []})
             if event.username:
@@ -96,11 +98,11 @@ def conflicting_client_ids(ctx: Context):
     return len(seen), out
 
 
-def _crl_enforced(ctx: Context, serial: int) -> Optional[str]:
+def _crl_enforced(broker: BrokerConfig, serial: int) -> Optional[str]:
     """None when every TLS listener checks a CRL that lists `serial`; else why not."""
     from garrison.detect.audit.sources import read_crl
 
-    tls = [listener for listener in ctx.broker.listeners if listener.tls]
+    tls = [listener for listener in broker.listeners if listener.tls]
     if not tls:
         return "the broker has no TLS listener"
     for listener in tls:
@@ -116,14 +118,15 @@ def _crl_enforced(ctx: Context, serial: int) -> Optional[str]:
 
 
 def revoked_still_active(ctx: Context):
-    revoked = [c for c in ctx.pki.certificates if c.serial in ctx.pki.revoked]
-    by_cn_live = {c.common_name for c in ctx.pki.certificates if c.serial not in ctx.pki.revoked}
+    pki = ctx.need_pki()
+    revoked = [c for c in pki.certificates if c.serial in pki.revoked]
+    by_cn_live = {c.common_name for c in pki.certificates if c.serial not in pki.revoked}
     out = []
     for cert in revoked:
-        when = ctx.pki.revoked[cert.serial]
+        when = pki.revoked[cert.serial]
         reasons = []
         if ctx.broker is not None:
-            why = _crl_enforced(ctx, cert.serial)
+            why = _crl_enforced(ctx.broker, cert.serial)
             if why:
                 reasons.append(f"the broker does not refuse it: {why}")
         lines = []

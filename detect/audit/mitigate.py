@@ -108,8 +108,9 @@ def mitigate(
     actions log entries."""
     if action not in ACTIONS:
         raise AuditError(f"unknown action {action!r} (choose from {', '.join(ACTIONS)})")
-    if ACTIONS[action] is not None and check not in ACTIONS[action]:
-        raise AuditError(f"{action} does not apply to {check} (it applies to {', '.join(ACTIONS[action])})")
+    applies = ACTIONS[action]
+    if applies is not None and check not in applies:
+        raise AuditError(f"{action} does not apply to {check} (it applies to {', '.join(applies)})")
     task = astore.get_task(task_id)
     findings = [f for f in astore.findings(task_id, check) if not f.get("isSuppressed")]
     src = task.get("sources") or {}
@@ -148,14 +149,14 @@ def mitigate(
                 except (PkiError, OSError) as exc:
                     record(thing, finding["findingId"], "failed", f"{what}: {exc}")
         if revoked_any and src.get("broker_config"):
-            conf = Path(src["broker_config"])
-            added = _install_crl(conf, ca.crl_path, now_ms)
+            conf_path = Path(src["broker_config"])
+            added = _install_crl(conf_path, ca.crl_path, now_ms)
             if added is None:
                 record(
                     None,
                     None,
                     "done",
-                    f"the CRL {ca.crl_path} is updated; {conf} was not written by "
+                    f"the CRL {ca.crl_path} is updated; {conf_path} was not written by "
                     "broker-config: point its crlfile at a copy the broker can read and reload it",
                 )
             elif added:  # Mosquitto 2.0 reads a new crlfile setting only at start (a changed CRL on SIGHUP)
@@ -163,7 +164,7 @@ def mitigate(
                     None,
                     None,
                     "done",
-                    f"copied the CRL next to {conf} and added crlfile; restart the broker to enforce it",
+                    f"copied the CRL next to {conf_path} and added crlfile; restart the broker to enforce it",
                 )
             else:
                 record(
@@ -195,12 +196,12 @@ def mitigate(
             if not apply:
                 record(None, finding_id, "dry-run", f"would {what}")
             else:
-                changed = _enable_logging(Path(conf), now_ms, None)
+                files = _enable_logging(Path(conf), now_ms, None)
                 record(
                     None,
                     finding_id,
                     "done",
-                    f"{what} (changed {', '.join(changed)})" + _reload(_broker_pid(conf, broker_pid)),
+                    f"{what} (changed {', '.join(files)})" + _reload(_broker_pid(conf, broker_pid)),
                 )
         else:
             from garrison.detect.audit.brokerchecks import _engine_identity

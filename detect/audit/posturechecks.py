@@ -26,7 +26,8 @@ def _value(entry: Any) -> Any:
 
 def device_hardening(ctx: Context):
     out = []
-    for thing, posture in sorted(ctx.postures.items()):
+    postures = ctx.need_postures()
+    for thing, posture in sorted(postures.items()):
         metrics: Dict[str, Any] = posture.get("metrics") or {}
         for key, (code, text) in REASONS.items():
             value = _value(metrics.get(METRICS[key]))
@@ -50,7 +51,7 @@ def device_hardening(ctx: Context):
                     reportedAt=posture.get("time_ms", 0) / 1000.0,
                 )
             )
-    return len(ctx.postures), out
+    return len(postures), out
 
 
 CHECKS: List[Check] = [

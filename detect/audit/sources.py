@@ -13,9 +13,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 from garrison.detect.ingest import brokerlog
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 MAX_CERT_FILES = 100000
 MAX_CERT_BYTES = 64 * 1024
@@ -34,7 +37,7 @@ class SourceError(Exception):
 @dataclass
 class CertInfo:
     path: Path
-    cert: object  # cryptography.x509.Certificate
+    cert: "x509.Certificate"
     certificate_id: str  # lowercase hex SHA-256 of the DER (AWS's certificateId)
     common_name: str
     role: str  # "ca", "device", "server", "engine"
@@ -74,7 +77,7 @@ def common_name(cert) -> str:
     return str(names[0].value) if names else ""
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def _read_bounded(path: Union[str, Path], limit: int) -> bytes:
     with open(path, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
@@ -142,7 +145,7 @@ def load_pki(directory) -> Pki:
     return pki
 
 
-def read_crl(path: Path) -> Dict[int, datetime.datetime]:
+def read_crl(path: Union[str, Path]) -> Dict[int, datetime.datetime]:
     from cryptography import x509
 
     crl = x509.load_pem_x509_crl(_read_bounded(path, MAX_CONF_BYTES))
@@ -369,8 +372,10 @@ def parse_log_lines(lines, first_line: int = 1) -> List[LogEvent]:
     events = []
     for number, raw in enumerate(lines, first_line):
         event = brokerlog.parse_line(raw)
-        kind = _KINDS.get(event.kind) if event is not None else None
-        if kind is None or event.time_s is None:
+        if event is None or event.time_s is None:
+            continue
+        kind = _KINDS.get(event.kind)
+        if kind is None:
             continue
         address = f"{event.address}:{event.port}" if kind == "connect" else None
         events.append(LogEvent(event.time_s, kind, event.client, event.username, address, number))

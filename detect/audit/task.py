@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from garrison.detect.audit import sources
 from garrison.detect.audit.checks import Context, Settings, registry, resource_key
@@ -107,7 +107,7 @@ def check_names(names: Sequence[str]) -> List[str]:
     return list(names)
 
 
-def _context(src: AuditSources, now: datetime.datetime, store: Optional[AuditStore]) -> (Context, Dict[str, str]):
+def _context(src: AuditSources, now: datetime.datetime, store: Optional[AuditStore]) -> Tuple[Context, Dict[str, str]]:
     """The context, and the sources that could not be read (source -> reason)."""
     ctx = Context(now=now, settings=src.settings, log_path=src.broker_log)
     broken: Dict[str, str] = {}
