@@ -48,7 +48,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from pydantic import (
     AfterValidator,
@@ -170,8 +170,8 @@ class ApiSection(_Section):
 
 
 class DeadLettersSection(_Section):
-    max_files: StrictInt = Field(DEAD_LETTERS_MAX_FILES, ge=0)
-    max_bytes: StrictInt = Field(DEAD_LETTERS_MAX_BYTES, ge=0)
+    max_files: StrictInt = Field(default=DEAD_LETTERS_MAX_FILES, ge=0)
+    max_bytes: StrictInt = Field(default=DEAD_LETTERS_MAX_BYTES, ge=0)
 
 
 class ProfileEntry(_Section):
@@ -210,7 +210,8 @@ def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     loc, kind = error.get("loc", ()), error.get("type")
     if kind == "extra_forbidden":
-        where, section = loc[:-1], ConfigFile
+        where = loc[:-1]
+        section: Type[BaseModel] = ConfigFile
         for part in where:  # the section the unknown key is in, for the list of known ones
             field = section.model_fields.get(part) if isinstance(part, str) else None
             annotation = getattr(field, "annotation", None)

@@ -41,7 +41,8 @@ def read_dir(directory: str) -> List[Tuple[Dict[str, Any], List[str], str]]:
     files = sorted(path.glob("*.json"))
     if len(files) > MAX_FILES:
         raise ProfileError(f"{directory} holds {len(files)} profile files; at most {MAX_FILES}")
-    out, seen = [], {}
+    out: List[Tuple[Dict[str, Any], List[str], str]] = []
+    seen: Dict[str, str] = {}  # profile name -> the file defining it
     for file in files:
         try:
             profile = load_profile(file)

@@ -11,7 +11,7 @@ garrison.detect.api.server (uvicorn, with connection limits).
 """
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
@@ -31,8 +31,8 @@ DESCRIPTION = (
     "Things, groups, security profiles and violations of a Garrison detect engine. "
     "Times are epoch seconds; field names are AWS IoT Device Defender's."
 )
-_ERROR = {"model": models.ErrorResponse, "description": "An error"}
-_DOCUMENTED_ERRORS = {400: _ERROR, 401: _ERROR, 404: _ERROR}
+_ERROR: Dict[str, Any] = {"model": models.ErrorResponse, "description": "An error"}
+_DOCUMENTED_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {400: _ERROR, 401: _ERROR, 404: _ERROR}
 
 
 def engine_of(request: Request):
@@ -321,7 +321,7 @@ def routes() -> set:
         (method, route.path)
         for route in public.routes + api.routes + audit_routes.routes + broker_routes.routes
         if isinstance(route, APIRoute)
-        for method in route.methods
+        for method in route.methods or ()
     }
 
 

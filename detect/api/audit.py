@@ -8,7 +8,7 @@ answers are described as JSON objects: pydantic models for them belong with the 
 """
 
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from fastapi import APIRouter, Body, Request
 
@@ -28,15 +28,13 @@ def _endpoint(name: str, with_body: bool):
         query = {key: request.query_params[key] for key in request.query_params}  # the last of repeated ones
         return audit_http.handle(name, request.app.state.engine, dict(request.path_params), query, body)
 
-    if with_body:
+    def with_a_body(request: Request, body: Optional[Dict[str, Any]] = Body(None)):
+        return call(request, body)
 
-        def endpoint(request: Request, body: Optional[Dict[str, Any]] = Body(None)):
-            return call(request, body)
-    else:
+    def without_a_body(request: Request):
+        return call(request, None)
 
-        def endpoint(request: Request):
-            return call(request, None)
-
+    endpoint: Callable[..., Any] = with_a_body if with_body else without_a_body
     endpoint.__name__ = "audit_" + name
     return endpoint
 

@@ -14,7 +14,7 @@ An ASGI middleware (no routing knowledge):
 
 import asyncio
 import json
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
@@ -28,6 +28,7 @@ def nesting_depth(doc: Any, limit: int) -> int:
     deepest, stack = 0, [(doc, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -53,7 +54,7 @@ class BodyGuard:
         self.app, self.token_ok, self.max_bytes, self.max_depth = app, token_ok, max_bytes, max_depth
         self.body_timeout = body_timeout
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 

@@ -3,6 +3,7 @@
 
 import json
 import sys
+from typing import Any, Dict
 
 
 def add_actions(psub, action) -> None:
@@ -64,6 +65,7 @@ def _behaviors(path: str):
 def cmd_validate(args) -> int:
     from garrison.detect.cli.common import engine_on
 
+    result: Dict[str, Any]
     try:
         behaviors = _behaviors(args.file)
     except ValueError as exc:

@@ -11,6 +11,7 @@ the groups the configured actions move things into, "quarantine" when none is co
 """
 
 import json
+import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from garrison.detect.state.store import Store
@@ -23,6 +24,14 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _aggregate(store: Store, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row:
+    """The row of an aggregate query (COUNT, MAX): SQLite always returns exactly one."""
+    row = store._one(sql, params)
+    if row is None:
+        raise RuntimeError(f"an aggregate query returned no row: {sql}")
+    return row
+
+
 def _group_marks(groups: Sequence[str]) -> str:
     return ",".join("?" * len(groups))
 
@@ -30,13 +39,16 @@ def _group_marks(groups: Sequence[str]) -> str:
 def fleet_counts(store: Store, now_ms: int, silent_after_s: float, quarantine: Sequence[str]) -> Dict[str, int]:
     """Things in total and per state (a thing in alarm is also online or silent)."""
     cutoff = now_ms - int(silent_after_s * 1000)
-    row = store._one(  # CASE, not SUM of a comparison: PostgreSQL has no SUM(boolean)
-        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_received_ms >= ? THEN 1 ELSE 0 END), 0) FROM things", (cutoff,)
+    row = _aggregate(  # CASE, not SUM of a comparison: PostgreSQL has no SUM(boolean)
+        store,
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN last_received_ms >= ? THEN 1 ELSE 0 END), 0) FROM things",
+        (cutoff,),
     )
     total, online = row[0], row[1]
-    alarm = store._one("SELECT COUNT(DISTINCT thing) FROM violations WHERE end_ms IS NULL")[0]
+    alarm = _aggregate(store, "SELECT COUNT(DISTINCT thing) FROM violations WHERE end_ms IS NULL")[0]
     quarantined = (
-        store._one(
+        _aggregate(
+            store,
             f"SELECT COUNT(DISTINCT thing) FROM group_members WHERE group_name IN ({_group_marks(quarantine)})",
             tuple(quarantine),
         )[0]
@@ -81,7 +93,7 @@ def fleet_page(
         )
         params.extend(quarantine)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
-    total = store._one("SELECT COUNT(*) FROM things t" + clause, params)[0]
+    total = _aggregate(store, "SELECT COUNT(*) FROM things t" + clause, params)[0]
     rows = store._rows(
         "SELECT t.name, t.last_received_ms, t.reports, "
         "(SELECT COUNT(*) FROM violations v WHERE v.thing = t.name AND v.end_ms IS NULL) AS alarms, "
@@ -124,7 +136,8 @@ def recent_events(
     store: Store, limit: int = 30, thing: Optional[str] = None, since_ms: Optional[int] = None
 ) -> List[Dict[str, Any]]:
     """The latest violation events, newest first."""
-    where, params = [], []
+    where: List[str] = []
+    params: List[Any] = []
     if thing:
         where.append("thing = ?")
         params.append(thing)
@@ -178,7 +191,7 @@ def violations_page(
         where.append("verification_state = ?")
         params.append(verification)
     clause = (" WHERE " + " AND ".join(where)) if where else ""
-    total = store._one("SELECT COUNT(*) FROM violations" + clause, params)[0]
+    total = _aggregate(store, "SELECT COUNT(*) FROM violations" + clause, params)[0]
     rows = store._rows(
         "SELECT * FROM violations" + clause + " ORDER BY start_ms DESC, violation_id LIMIT ? OFFSET ?",
         params + [size, max(page, 0) * size],
@@ -227,9 +240,10 @@ def recent_actions(store: Store, thing: str, limit: int = 10) -> List[Dict[str, 
 
 def change_mark(store: Store) -> str:
     """Changes whenever a report is accepted or a violation event is recorded (the live refresh)."""
-    row = store._one(
+    row = _aggregate(
+        store,
         "SELECT (SELECT MAX(last_received_ms) FROM things), (SELECT MAX(seq) FROM violation_events), "
-        "(SELECT COUNT(*) FROM things)"
+        "(SELECT COUNT(*) FROM things)",
     )
     return f"{row[0] or 0}-{row[1] or 0}-{row[2]}"
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import quote
 
 PAGES = ("fleet", "thing", "violations", "profiles", "profile", "audit")
@@ -57,12 +57,14 @@ def sample_engine(workdir: Path):
     clock = ManualClock(time.time() - 6 * 3600)
     broker_conf = workdir / "mosquitto.conf"  # a careless broker, for the audit to find
     broker_conf.write_text("listener 1883 0.0.0.0\nallow_anonymous true\nlog_dest none\n")
-    engine = Engine(Store(workdir / "sample.db"), clock, Config(audit={"broker_config": str(broker_conf)}), ml=None)
+    engine = Engine(
+        Store(str(workdir / "sample.db")), clock, Config(audit={"broker_config": str(broker_conf)}), ml=None
+    )
     engine.apply_profile(SAMPLE_PROFILE, attach="all")
     engine.create_group("lobby")
     engine.create_group("quarantine")
     rng = random.Random(7)
-    ids = {}
+    ids: Dict[str, int] = {}
 
     def send(thing: str, ports: List[int], conns: int, owners: bool = False) -> None:
         ids[thing] = ids.get(thing, 0) + 1
@@ -199,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         width, height = (int(n) for n in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size: expected WIDTHxHEIGHT, got {args.size!r}")
-    view = dict(width=width, height=height, full_page=not args.viewport_only)
+    view: Dict[str, Any] = dict(width=width, height=height, full_page=not args.viewport_only)
     from garrison.detect.console.browser import available
 
     problem = available()

@@ -79,7 +79,9 @@ class Sessions:
 
     @staticmethod
     def csrf_ok(session: Session, presented: Optional[str]) -> bool:
-        return bool(presented) and hmac.compare_digest(presented.encode(), session.csrf.encode())
+        if not presented:
+            return False
+        return hmac.compare_digest(presented.encode(), session.csrf.encode())
 
     def _expire(self, now: float) -> None:
         for sid in [

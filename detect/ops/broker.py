@@ -216,7 +216,7 @@ class _ClientMayPublish(str):
     Device Defender's topics are "$aws/things/..." and devices publish there, as on AWS IoT.
     """
 
-    def startswith(self, prefix, *args):  # type: ignore[override]
+    def startswith(self, prefix, *args):
         return False if prefix == "$" else str.startswith(self, prefix, *args)
 
 

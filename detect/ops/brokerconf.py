@@ -251,10 +251,13 @@ def write(
     crl = crl_beside(sources[0])
     if crl is not None:  # the revoked certificates, readable by the broker's user like the TLS copies
         _install_tls_file(crl, out_dir / "crl.pem", secret=False, run_as=run_as)
+    ca_copy, cert_copy, key_copy = (c.resolve() for c in copies)
     _write_atomically(
         conf_path,
         mosquitto_conf(
-            *(c.resolve() for c in copies),
+            ca_copy,
+            cert_copy,
+            key_copy,
             acl=acl_path.resolve(),
             port=port,
             bind=bind,

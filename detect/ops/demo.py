@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from garrison.wire import replies, topics
-from garrison.detect.ops.broker import BrokerError, start_local_broker
+from garrison.detect.ops.broker import BrokerError, LocalBroker, start_local_broker
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url
 
 PROFILE = Path(__file__).resolve().parent / "examples" / "demo-profile.json"
@@ -158,7 +158,7 @@ class Demo:
         self.args, self.workdir = args, workdir
         self.started = time.monotonic()
         self.children: List[Child] = []
-        self.broker = None
+        self.broker: Optional[LocalBroker] = None
         self.watcher: Optional[Watcher] = None
         self.listener: Optional[socket.socket] = None
         self.counts = {"accepted": 0, "rejected": 0, "in-alarm": 0, "alarm-cleared": 0, "alarm-invalidated": 0}
@@ -170,8 +170,8 @@ class Demo:
 
     def start(self) -> None:
         db = self.workdir / "garrison.db"
-        self.broker = start_local_broker(self.workdir / "broker", kind=self.args.broker)
-        self.say(f"broker: {self.broker.kind} on {self.broker.url}")
+        broker = self.broker = start_local_broker(self.workdir / "broker", kind=self.args.broker)
+        self.say(f"broker: {broker.kind} on {broker.url}")
         detect = [sys.executable, "-m", "garrison.detect.cli"]
         applied = subprocess.run(
             detect + ["profiles", "apply", str(PROFILE), "--attach", "all", "--db", str(db)],
@@ -182,7 +182,7 @@ class Demo:
             raise DemoError(f"applying {PROFILE.name} failed: {(applied.stderr or applied.stdout).strip()}")
         self.say(f"profile: {applied.stdout.strip()}")
         self.audit(detect, db)
-        self.watcher = Watcher(self.broker.url, self.args.thing)
+        self.watcher = Watcher(broker.url, self.args.thing)
         port = _console_port(self.args.console_port)
         token = secrets.token_urlsafe(16)  # handed to serve in its environment, not on its command line
         engine = Child(
@@ -191,7 +191,7 @@ class Demo:
             + [
                 "serve",
                 "--broker",
-                self.broker.url,
+                broker.url,
                 "--db",
                 str(db),
                 "--min-report-interval",
@@ -215,7 +215,7 @@ class Demo:
                 "garrison.agent.cli",
                 "run",
                 "--broker",
-                self.broker.url,
+                broker.url,
                 "--thing",
                 self.args.thing,
                 "--interval",
@@ -265,6 +265,9 @@ class Demo:
             )
 
     def run(self) -> None:
+        if self.watcher is None:
+            raise DemoError("the demo runs after start()")
+        watcher = self.watcher
         deadline = None if self.args.duration is None else self.started + self.args.duration
         while deadline is None or time.monotonic() < deadline:
             for child in self.children:
@@ -273,7 +276,7 @@ class Demo:
                         f"the {child.name} stopped (exit code {child.proc.returncode}):\n{child.log_tail()}"
                     )
             try:
-                topic, payload = self.watcher.events.get(timeout=0.5)
+                topic, payload = watcher.events.get(timeout=0.5)
             except queue.Empty:
                 continue
             self.show(topic, payload)

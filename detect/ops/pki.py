@@ -299,10 +299,10 @@ class FleetCA:
         for serial in serials:
             if serial in known:
                 continue
-            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+            revoked = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
             if flag is not x509.ReasonFlags.unspecified:
-                entry = entry.add_extension(x509.CRLReason(flag), critical=False)
-            builder = builder.add_revoked_certificate(entry.build())
+                revoked = revoked.add_extension(x509.CRLReason(flag), critical=False)
+            builder = builder.add_revoked_certificate(revoked.build())
         crl = builder.sign(ca_key, hashes.SHA256())
         atomic_write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
         os.chmod(self.crl_path, 0o644)  # the broker reads it
