@@ -37,7 +37,7 @@ from garrison.detect.judge import cloudmetrics, dimensions, evaluate, fleetstats
 from garrison.detect.respond import owners, violations
 from garrison.detect.respond.actions import ActionError, Actions, execute as execute_action, parse_action
 from garrison.detect.respond.alerts import AlertDispatcher, AlertMessage
-from garrison.detect.audit.store import AuditStore, record_posture
+from garrison.detect.audit.store import AuditStore, posture_of, record_posture, record_postures
 from garrison.detect.state.latest import ensure_table as ensure_latest_table
 from garrison.detect.state.latest import forget as forget_latest_report, record_latest_report, record_latest_reports
 from garrison.detect.clock import SystemClock
@@ -111,10 +111,15 @@ class Engine:
         self._hot_parsed: Dict[str, Optional[SecurityProfile]] = {}
         self._hot_first: Dict[str, Optional[int]] = {}
         self._hot_open: Dict[Tuple[str, str, str], Optional[str]] = {}  # open violation ids
+        self._hot_fetched: set = set()  # things whose open violations are all in _hot_open (prefetch)
+        self._hot_groups: Dict[str, List[str]] = {}
+        self._hot_thresholds: Optional[Dict[Tuple[str, str], Dict[str, Any]]] = None  # fleet statistics
         # writes of a batch held back to its end (one executemany each): the report being
         # accepted stages them, and they join `pending` once it succeeded
         self._staged_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
         self._pending_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
+        self._staged_samples: Dict[Tuple[str, str, str], Tuple[int, float]] = {}  # fleet statistics
+        self._pending_samples: Dict[Tuple[str, str, str], Tuple[int, float]] = {}
         self._staged_thing: Optional[Tuple[str, int, int]] = None
         self._pending_things: Dict[str, List[int]] = {}
         self._staged_violations: Dict[str, Tuple[Any, int, Any]] = {}
@@ -123,6 +128,10 @@ class Engine:
         self._staged_rows: List[Tuple[str, int, Mapping[str, Any], Optional[Dict[str, Any]]]] = []
         self._pending_latest: Dict[str, Tuple[int, Mapping[str, Any]]] = {}
         self._pending_history: List[Tuple[str, int, str, Dict[str, Any]]] = []
+        self._pending_postures: Dict[str, Tuple[int, Dict[str, Any]]] = {}
+        # what _flush wrote inside the savepoint of the report in hand (earlier reports' writes):
+        # written again if that report fails, since its rollback undoes them
+        self._unit_flushed: Optional[List[Tuple[Any, ...]]] = None
         self._dispatch_lock = threading.RLock()  # before the store's lock, never after
         self._alerts_in_flight: set = set()  # outbox seqs handed to the targets, outcome not known yet
         # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
@@ -170,6 +179,35 @@ class Engine:
             self._hot_first[thing] = self.store.first_seen(thing)
         return self._hot_first[thing]
 
+    def prefetch(self, things: List[str]) -> None:
+        """In a batch: read what its reports will read of these things (their rows, states, open
+        violations, groups) now, in a few queries, instead of a few per report: on PostgreSQL
+        each is a round trip, these are one (Store.read_things)."""
+        if not self._batching:
+            return
+        names = [t for t in dict.fromkeys(things) if t not in self._hot_last]
+        if not names:
+            return
+        if self._hot_targets is None:
+            self._hot_targets = self.store.attachments_by_target()
+        rows = self.store.read_things(
+            names,
+            groups=any(t.startswith("group:") for t in self._hot_targets),
+            thresholds=self._hot_thresholds is None,
+        )
+        if rows.thresholds is not None:
+            self._hot_thresholds = rows.thresholds
+        for name in names:
+            self._hot_last[name] = rows.last.get(name)
+            if name in rows.registered:
+                self._hot_first[name] = rows.registered[name]
+            self._hot_states[name] = rows.states[name]
+            for (profile, behavior), violation_id in rows.open[name].items():
+                self._hot_open[(name, profile, behavior)] = violation_id
+            self._hot_fetched.add(name)
+            if rows.groups is not None:
+                self._hot_groups[name] = rows.groups[name]
+
     @contextmanager
     def batch(self, busy_timeout_ms: int = INGEST_BUSY_TIMEOUT_MS):
         """Group commit: the reports accepted inside are one transaction, each in a savepoint (one
@@ -188,10 +226,12 @@ class Engine:
                 self._forget_things()
         except BaseException:
             self._pending_states.clear()
+            self._pending_samples.clear()
             self._pending_things.clear()
             self._pending_violations.clear()
             self._pending_latest.clear()
             self._pending_history.clear()
+            self._pending_postures.clear()
             self._hot_drop()
             raise
         finally:
@@ -213,23 +253,33 @@ class Engine:
         """Record and evaluate one validated report atomically; returns the events it caused."""
         if self._batching:
             self._staged_states.clear()
+            self._staged_samples.clear()
             self._staged_violations.clear()
             self._staged_rows.clear()
             self._staged_thing = None
+            self._unit_flushed = []
             try:
                 with self.store.savepoint():
                     events = self._accept(thing, report_long, received_ms)
             except BaseException:
                 self._staged_states.clear()
+                self._staged_samples.clear()
                 self._staged_violations.clear()
                 self._staged_rows.clear()
+                self._restore_unit_flushed()
                 self._flush()  # what earlier reports of the batch hold back stays theirs
                 self._hot_drop()  # the cache may hold what was just undone
                 raise
+            finally:
+                self._unit_flushed = None
             self._pending_states.update(self._staged_states)
+            self._pending_samples.update(self._staged_samples)
             self._pending_violations.update(self._staged_violations)
             for name, received, report, values in self._staged_rows:
                 self._pending_latest[name] = (received, report)
+                posture = posture_of(report)
+                if posture:
+                    self._pending_postures[name] = (received, posture)
                 if values:
                     self._pending_history.append((name, received, "report", values))
             if self._staged_thing is not None:
@@ -262,8 +312,8 @@ class Engine:
             self._hot_last[thing] = (report_id, received_ms)
         else:
             self.store.record_report(thing, report_id, received_ms)
-        record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
-        if not self._batching:
+        if not self._batching:  # a batch writes them at its end (_flush)
+            record_posture(self.store, thing, report_long, received_ms)  # for DEVICE_HARDENING_CHECK
             record_latest_report(self.store, thing, report_long, received_ms)  # the console's thing page
         return self._evaluate(thing, report_long, received_ms)
 
@@ -272,18 +322,33 @@ class Engine:
     def _hot_valid(self) -> None:
         """Keep the batch caches only if nobody wrote since the last batch committed: another
         process (the CLI: PRAGMA data_version) or another thread of this one (the API, the sweep:
-        the connection's change count)."""
+        the connection's change count); on PostgreSQL, a digest of the profiles and attachments."""
         if self.store.change_marker() != self._hot_marker:
             self._hot_drop()
 
     def _flush(self) -> None:
         """Write what the batch held back (inside its transaction)."""
+        if self._unit_flushed is not None:  # inside a report's savepoint
+            self._unit_flushed.append(
+                (
+                    dict(self._pending_things),
+                    dict(self._pending_states),
+                    dict(self._pending_samples),
+                    dict(self._pending_violations),
+                    dict(self._pending_latest),
+                    dict(self._pending_postures),
+                    list(self._pending_history),
+                )
+            )
         if self._pending_things:
             self.store.record_reports((rid, ms, n, name) for name, (rid, ms, n) in self._pending_things.items())
             self._pending_things.clear()
         if self._pending_states:
             self.store.put_states((t, p, b, state, ms) for (t, p, b), (state, ms) in self._pending_states.items())
             self._pending_states.clear()
+        if self._pending_samples:
+            self.store.put_samples((p, b, t, ms, v) for (p, b, t), (ms, v) in self._pending_samples.items())
+            self._pending_samples.clear()
         if self._pending_violations:
             self.store.update_violation_values(
                 (vid, value, ms, info) for vid, (value, ms, info) in self._pending_violations.items()
@@ -295,6 +360,22 @@ class Engine:
         if self._pending_history:
             self.store.put_metric_values_many(self._pending_history)
             self._pending_history.clear()
+        if self._pending_postures:
+            record_postures(self.store, ((t, ms, posture) for t, (ms, posture) in self._pending_postures.items()))
+            self._pending_postures.clear()
+
+    def _restore_unit_flushed(self) -> None:
+        """The report in hand failed and its savepoint's rollback undid what _flush wrote meanwhile
+        for the batch's earlier reports (answered, so not to be lost): held back again."""
+        flushed, self._unit_flushed = self._unit_flushed or [], None
+        for things, states, samples, violations_, latest, postures, rows in flushed:
+            self._pending_things.update(things)
+            self._pending_states.update(states)
+            self._pending_samples.update(samples)
+            self._pending_violations.update(violations_)
+            self._pending_latest.update(latest)
+            self._pending_postures.update(postures)
+            self._pending_history.extend(rows)
 
     def _hot_drop(self) -> None:
         self._hot_marker = None
@@ -307,6 +388,9 @@ class Engine:
         self._hot_states.clear()
         self._hot_first.clear()
         self._hot_open.clear()
+        self._hot_fetched.clear()
+        self._hot_groups.clear()
+        self._hot_thresholds = None
 
     def _profiles_for(self, thing: str) -> List[str]:
         """store.profiles_for_thing from the cached attachments (groups read only when a group
@@ -316,7 +400,8 @@ class Engine:
             targets = self._hot_targets = self.store.attachments_by_target()
         names = set(targets.get("all", ())).union(targets.get(f"thing:{thing}", ()))
         if any(target.startswith("group:") for target in targets):
-            for group in self.store.groups_of(thing):
+            groups = self._hot_groups.get(thing)
+            for group in self.store.groups_of(thing) if groups is None else groups:
                 names.update(targets.get(f"group:{group}", ()))
         return sorted(names)
 
@@ -398,7 +483,12 @@ class Engine:
         connections, garrison.detect.respond.owners)."""
         threshold = verdict = judgement = None
         if behavior.kind == "statistical":
-            known = self.store.get_threshold(profile, behavior.name)
+            if not self._batching:
+                known = self.store.get_threshold(profile, behavior.name)
+            else:  # the periodic work recomputes them: all read once per batch
+                if self._hot_thresholds is None:
+                    self._hot_thresholds = self.store.thresholds()
+                known = self._hot_thresholds.get((profile, behavior.name))
             threshold = known["value"] if known else None
         elif behavior.kind == "ml" and self.ml is not None:
             judgement = self.ml.judge(thing, profile, behavior, value, received_ms)
@@ -413,7 +503,10 @@ class Engine:
             else:
                 self.store.put_state(thing, profile, behavior.name, outcome.state, received_ms)
         if behavior.kind == "statistical" and isinstance(outcome.value, (int, float)):
-            self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
+            if self._batching:
+                self._staged_samples[(profile, behavior.name, thing)] = (received_ms, outcome.value)
+            else:
+                self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
         if outcome.violating is None:
             return None
         info = self._additional_info(behavior, outcome, judgement)
@@ -426,7 +519,9 @@ class Engine:
                     return None  # conforming, clears nothing: no violation changes
                 # a violation that goes on: its last value is held back to the batch's end
                 if key not in self._hot_open:
-                    row = self.store.open_violation(thing, profile, behavior.name)
+                    row = (
+                        None if thing in self._hot_fetched else self.store.open_violation(thing, profile, behavior.name)
+                    )
                     self._hot_open[key] = row["violation_id"] if row is not None else None
                 violation_id = self._hot_open[key]
                 if violation_id is not None:
@@ -437,6 +532,7 @@ class Engine:
                     )
                 return None
             self._hot_open.pop(key, None)
+            self._hot_fetched.discard(thing)  # its episodes change: read them again
             self._flush()  # an episode starts or ends: what is held back for it goes first
         return violations.record_datapoint(
             self.store,

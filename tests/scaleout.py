@@ -152,6 +152,37 @@ class Postgres:
             self._tmp.cleanup()
 
 
+class ProtocolTrace:
+    """libpq's trace of what a PostgresStore's connection sends, while in the `with` block:
+    `statements` (extended-protocol Bind messages plus simple Query messages) and `round_trips`,
+    the times the client asked the server for answers and waited for them (a Flush, a Sync or a
+    simple Query; those sent back to back count once). It counts what the client asks, not when
+    the server's bytes happen to arrive, so it is the same on every run."""
+
+    ASKS = ("Flush", "Sync", "Query")
+
+    def __init__(self, store):
+        self.store = store
+        self.statements = self.round_trips = 0
+
+    def __enter__(self) -> "ProtocolTrace":
+        import psycopg
+        self._file = tempfile.TemporaryFile("w+")
+        pgconn = self.store._conn.pgconn
+        pgconn.trace(self._file.fileno())
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store._conn.pgconn.untrace()  # flushes libpq's buffer into the file
+        self._file.seek(0)
+        sent = [line.split("\t")[2] for line in self._file.read().splitlines() if line.startswith("F\t")]
+        self._file.close()
+        self.statements = sum(1 for kind in sent if kind in ("Bind", "Query"))
+        self.round_trips = sum(1 for i, kind in enumerate(sent)
+                               if kind in self.ASKS and (i == 0 or sent[i - 1] not in self.ASKS))
+
+
 if __name__ == "__main__":  # a smoke check by hand: python3 tests/scaleout.py
     cluster = NatsCluster().start()
     pg = Postgres().start()

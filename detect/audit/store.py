@@ -6,7 +6,7 @@ Tasks and their findings are kept for 90 days, as AWS keeps audit results.
 """
 
 import json
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from garrison.detect.state.store import NotFound, Store, StoreError
 
@@ -167,10 +167,14 @@ class AuditStore:
     # ---- posture ------------------------------------------------------------------------------
 
     def put_posture(self, thing: str, time_ms: int, metrics: Mapping[str, Any]) -> None:
-        self.store._exec(
+        self.put_postures([(thing, time_ms, metrics)])
+
+    def put_postures(self, rows: Iterable[Tuple[str, int, Mapping[str, Any]]]) -> None:
+        """put_posture for (thing, time_ms, metrics) rows in one statement (a batch's)."""
+        self.store._many(
             "INSERT INTO audit_posture VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE SET "
             "time_ms = excluded.time_ms, metrics = excluded.metrics",
-            (thing, time_ms, json.dumps(metrics)),
+            [(thing, time_ms, json.dumps(metrics)) for thing, time_ms, metrics in rows],
         )
 
     def postures(self) -> Dict[str, Dict[str, Any]]:
@@ -180,10 +184,21 @@ class AuditStore:
         }
 
 
+def posture_of(report_long: Mapping[str, Any]) -> Dict[str, Any]:
+    """The report's posture metrics (custom metrics named posture:*), maybe none."""
+    custom = report_long.get("custom_metrics") or {}
+    return {name: value for name, value in custom.items() if name.startswith(POSTURE_PREFIX)}
+
+
 def record_posture(store: Store, thing: str, report_long: Mapping[str, Any], received_ms: int) -> None:
     """The engine's hook (inside the report's transaction): keep the posture metrics of the
     latest report that has any."""
-    custom = report_long.get("custom_metrics") or {}
-    posture = {name: value for name, value in custom.items() if name.startswith(POSTURE_PREFIX)}
+    posture = posture_of(report_long)
     if posture:
         AuditStore(store).put_posture(thing, received_ms, posture)
+
+
+def record_postures(store: Store, rows: Iterable[Tuple[str, int, Mapping[str, Any]]]) -> None:
+    """The posture metrics of a batch's reports, (thing, received_ms, posture) with the latest per
+    thing, in one statement (Engine.batch writes them with the batch)."""
+    AuditStore(store).put_postures(rows)

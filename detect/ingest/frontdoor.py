@@ -58,7 +58,8 @@ class Sink(Protocol):
         """Record the report id and process the report, atomically (what it returns is not used)."""
 
     # optional: first_seen(thing) -> epoch ms of its registration, or None (reports dated before
-    # it are refused); batch() -> a context manager making the accepts inside one transaction
+    # it are refused); batch() -> a context manager making the accepts inside one transaction;
+    # prefetch(things) -> called first inside batch() with the things of the reports to come
 
 
 # what a device is told when the engine failed on its report (it keeps it and resends)
@@ -172,6 +173,9 @@ class Ingestor:
         batch = getattr(self.sink, "batch", None)
         try:
             with batch() if batch is not None else nullcontext(), self._lock:
+                prefetch = getattr(self.sink, "prefetch", None)
+                if batch is not None and prefetch is not None:  # the batch's things read at once
+                    prefetch([prepared[0] for _, prepared in admit])
                 for i, prepared in admit:
                     outcomes[i] = self._admit(*prepared, in_batch=True)
         except Exception as exc:  # the transaction did not commit: nothing of the batch is durable

@@ -12,7 +12,10 @@ Rows answer `row[0]` and `row["name"]` like sqlite3.Row.
 
 Inside a transaction, statements are pipelined (psycopg's pipeline mode): writes whose results
 nobody reads (the engine's state updates) go out together instead of one round trip each; a
-read, or a look at a write's rowcount, waits for what is in flight. Transactions are REPEATABLE READ: the workers own disjoint things (partitions), but periodic
+read, or a look at a write's rowcount, waits for what is in flight. BEGIN goes out with the
+transaction's first read and COMMIT with its last writes, several reads can share one round trip
+(`_rows_together`), and a savepoint is only sent when its block runs a statement: a batch of
+reports costs the engine three round trips (docs/scale-out.md, "Round trips"). Transactions are REPEATABLE READ: the workers own disjoint things (partitions), but periodic
 work and the CLI may touch a worker's rows; a concurrent update of the same row then fails
 with a serialization error (StoreConflict, `transient`: nothing was written, the same work can
 be done again) instead of one write silently overwriting the other. One connection per Store,
@@ -23,7 +26,7 @@ dropped it (a restart, a failover).
 import re
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from garrison.detect.state.store import _SCHEMA, Store, StoreBusy, StoreError
 
@@ -58,6 +61,25 @@ def pg_ddl(sql: str) -> str:
     sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
     sql = re.sub(r"\)\s*WITHOUT ROWID", ")", sql)  # a SQLite storage hint
     return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)
+
+
+# Store.change_marker on PostgreSQL: a digest of what Engine keeps from batch to batch (the
+# profiles and their attachments), fixed-width pieces so no two contents read alike
+CONFIG_DIGEST = (
+    "SELECT md5(coalesce((SELECT string_agg(md5(name) || md5(doc), '' ORDER BY name) FROM profiles), '') "
+    "|| '/' || coalesce((SELECT string_agg(md5(profile) || md5(target), '' ORDER BY profile, target) "
+    "FROM attachments), ''))"
+)
+_CONFIG_WRITE = re.compile(r"^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(profiles|attachments)\b", re.IGNORECASE)
+_writes_config: Dict[str, bool] = {}
+
+
+def writes_config(sql: str) -> bool:
+    """Whether a statement changes what CONFIG_DIGEST covers."""
+    out = _writes_config.get(sql)
+    if out is None:
+        out = _writes_config[sql] = _CONFIG_WRITE.match(sql) is not None
+    return out
 
 
 _translated: Dict[str, str] = {}
@@ -100,14 +122,17 @@ class Row:
 class _Pipelined:
     """A cursor whose statement may still be in the pipeline: its rowcount waits for it."""
 
-    __slots__ = ("_cursor", "_pipe")
+    __slots__ = ("_cursor", "_pipe", "_store")
 
-    def __init__(self, cursor, pipe):
-        self._cursor, self._pipe = cursor, pipe
+    def __init__(self, cursor, pipe, store):
+        self._cursor, self._pipe, self._store = cursor, pipe, store
 
     @property
     def rowcount(self) -> int:
-        self._pipe.sync()
+        try:
+            self._pipe.sync()
+        except psycopg.Error as exc:  # the write itself failed: a conflict is transient
+            self._store._raise(exc)
         return self._cursor.rowcount
 
     def fetchone(self):
@@ -137,6 +162,9 @@ class PostgresStore(Store):
         self._settled_ddl: Set[str] = set()
         self._depth = 0
         self._pipe = None  # the open pipeline, inside a transaction
+        self._marker: Optional[str] = None  # change_marker's answer in the open transaction
+        self._savepoints: List[bool] = []  # the open savepoint() blocks: whether their SAVEPOINT was sent
+        self._unsynced = False  # statements sent whose outcome nobody waited for (writes)
         self._conn = self._connect()
         try:
             self._create_schema()
@@ -202,25 +230,30 @@ class PostgresStore(Store):
                     self._depth -= 1
                 return
             self._reconnect_if_closed()
-            try:
-                self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                busy_timeout_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
-                if busy_timeout_ms is not None:
-                    self._conn.execute(f"SET LOCAL lock_timeout = {int(busy_timeout_ms)}")
-            except psycopg.Error as exc:
-                raise self._error(exc) from None
+            busy_timeout_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
             self._depth = 1
+            self._marker = None
+            self._savepoints = []
+            self._unsynced = False
             try:
                 with self._conn.pipeline() as pipe:
                     self._pipe = pipe
                     try:
+                        # BEGIN goes out with the transaction's first read, COMMIT with the sync
+                        # that waits for every write: a transaction costs no round trip of its own
+                        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                        if busy_timeout_ms is not None:
+                            self._conn.execute(f"SET LOCAL lock_timeout = {int(busy_timeout_ms)}")
                         yield self
-                        pipe.sync()  # every statement's error, if any, surfaces here, before COMMIT
+                        # after a failed statement the server skips the rest, COMMIT included, and
+                        # the pipeline's closing sync raises its error
+                        commit = self._conn.execute("COMMIT")
                     finally:
                         self._pipe = None
-                self._conn.execute("COMMIT")
+                if commit.statusmessage != "COMMIT":  # an error swallowed in the block: rolled back
+                    raise StoreError(f"database {self.path}: the transaction was rolled back (a statement failed)")
             except BaseException as exc:
-                if not self._conn.closed:
+                if not self._conn.closed and self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     try:
                         self._conn.execute("ROLLBACK")
                     except psycopg.Error:
@@ -230,23 +263,59 @@ class PostgresStore(Store):
                 raise
             finally:
                 self._depth = 0
+                self._marker = None
 
     @contextmanager
     def savepoint(self) -> Iterator["PostgresStore"]:
-        """Inside a transaction: undo this block's writes alone if it raises."""
+        """Inside a transaction: undo this block's writes alone if it raises. The SAVEPOINT goes
+        out with the block's first statement (a report whose writes are all held back to the
+        batch's end, Engine.batch, costs none); a block that sent any waits for its statements
+        before leaving, so that a failing one fails this block, not a later one or the batch
+        (a failed statement stops the pipeline until it is synced)."""
         with self._lock:
-            self._conn.execute("SAVEPOINT unit")
+            self._savepoints.append(False)
             try:
                 yield self
+                if self._savepoints[-1] and self._unsynced and self._pipe is not None:
+                    self._unsynced = False
+                    try:
+                        self._pipe.sync()
+                    except psycopg.Error as exc:
+                        self._raise(exc)
             except BaseException:
-                self._conn.execute("ROLLBACK TO SAVEPOINT unit")
+                if self._savepoints[-1]:
+                    if self._pipe is not None:
+                        try:  # out of the aborted pipeline (its error is the one being raised)
+                            self._pipe.sync()
+                        except psycopg.Error:
+                            pass
+                    self._conn.execute("ROLLBACK TO SAVEPOINT unit")
                 raise
             finally:
-                self._conn.execute("RELEASE SAVEPOINT unit")
+                if self._savepoints.pop():
+                    self._conn.execute("RELEASE SAVEPOINT unit")
+
+    def _open_savepoints(self) -> None:
+        """Before a statement inside savepoint(): the SAVEPOINTs not sent yet (a failing statement,
+        read or write, must find its block's savepoint there to roll back to)."""
+        for i, sent in enumerate(self._savepoints):
+            if not sent:
+                self._conn.execute("SAVEPOINT unit")
+                self._savepoints[i] = True
 
     def change_marker(self) -> object:
-        """Other workers write the same database: never claim that nothing changed."""
-        return object()
+        """What the engine keeps from batch to batch, the profiles and their attachments, as a
+        digest (CONFIG_DIGEST) read in the transaction's snapshot: other workers and the CLI write
+        the same database, so there is no local change count to look at, but equal digests mean
+        equal contents. One query per transaction (asked again, the first answer holds until the
+        transaction writes a profile or an attachment itself); outside a transaction a fresh
+        object: never claim that nothing changed."""
+        if not self._depth:
+            return object()
+        with self._lock:
+            if self._marker is None:
+                self._marker = self._execute(CONFIG_DIGEST, ()).fetchone()[0]
+            return self._marker
 
     def _reconnect_if_closed(self) -> None:
         if self._conn.closed or self._conn.info.transaction_status == psycopg.pq.TransactionStatus.UNKNOWN:
@@ -254,6 +323,13 @@ class PostgresStore(Store):
                 self._conn.close()
             finally:
                 self._conn = self._connect()
+
+    def _raise(self, exc: Exception) -> NoReturn:
+        """Raise a psycopg error that surfaced late (a pipelined statement's) as _execute would."""
+        error = self._error(exc)
+        if error is exc:
+            raise exc
+        raise error from exc
 
     def _error(self, exc: Exception) -> Exception:
         if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable)):
@@ -266,6 +342,8 @@ class PostgresStore(Store):
             if not self._depth:
                 self._reconnect_if_closed()
             try:
+                if self._savepoints and not self._savepoints[-1]:
+                    self._open_savepoints()
                 return self._conn.execute(pg_sql(sql) if params else sql, params or None)
             except psycopg.Error as exc:
                 error = self._error(exc)
@@ -274,22 +352,52 @@ class PostgresStore(Store):
                 raise error from exc
 
     def _exec(self, sql: str, params: Iterable[Any] = ()):
+        if writes_config(sql):
+            self._marker = None
+        self._unsynced = True
         cursor = self._execute(sql, params)
-        return cursor if self._pipe is None else _Pipelined(cursor, self._pipe)
+        return cursor if self._pipe is None else _Pipelined(cursor, self._pipe, self)
 
     def _many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         """One statement for many parameter rows (group commit)."""
+        if writes_config(sql):
+            self._marker = None
+        self._unsynced = True
         with self._lock:
+            if self._savepoints and not self._savepoints[-1]:
+                self._open_savepoints()
             with self._conn.cursor() as cur:
                 cur.executemany(pg_sql(sql), [tuple(r) for r in rows])
 
+    def _in(self, column: str, values: Sequence[Any]) -> Tuple[str, List[Any]]:
+        return f"{column} = ANY(?)", [list(values)]  # one statement text whatever the count
+
+    def _rows_together(self, queries: Sequence[Tuple[str, Sequence[Any]]]) -> List[List[Any]]:
+        """In a transaction the reads go out together and their rows come back in one round trip."""
+        with self._lock:
+            if self._pipe is None:
+                return [self._rows(sql, params) for sql, params in queries]
+            cursors = [self._execute(sql, params) for sql, params in queries]
+            try:
+                return [cursor.fetchall() for cursor in cursors]
+            except psycopg.Error as exc:
+                self._raise(exc)
+
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[Row]:
         with self._lock:
-            return self._execute(sql, params).fetchall()
+            cursor = self._execute(sql, params)
+            try:  # in a pipeline, the statement's error (or an earlier one's) surfaces here
+                return cursor.fetchall()
+            except psycopg.Error as exc:
+                self._raise(exc)
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[Row]:
         with self._lock:
-            return self._execute(sql, params).fetchone()
+            cursor = self._execute(sql, params)
+            try:
+                return cursor.fetchone()
+            except psycopg.Error as exc:
+                self._raise(exc)
 
 
 def _first_line(exc: Exception) -> str:

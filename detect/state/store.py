@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import orjson
 
@@ -236,6 +236,17 @@ def parse_target(target: str) -> Tuple[str, Optional[str]]:
     return kind, name
 
 
+class ThingRows(NamedTuple):
+    """What reports read of their things, for many things at once (Store.read_things)."""
+
+    last: Dict[str, Tuple[Optional[int], Optional[int]]]  # registered things: last_report()
+    registered: Dict[str, int]  # registered things: first_seen()
+    states: Dict[str, Dict[Tuple[str, str], Any]]  # every name: states_of_thing()
+    open: Dict[str, Dict[Tuple[str, str], str]]  # every name: (profile, behavior) -> open violation id
+    groups: Optional[Dict[str, List[str]]]  # every name: groups_of(), when asked for
+    thresholds: Optional[Dict[Tuple[str, str], Dict[str, Any]]]  # thresholds(), when asked for
+
+
 def is_postgres(db: Any) -> bool:
     """Whether `--db` names a PostgreSQL database (a postgresql:// URL) rather than a SQLite file."""
     return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
@@ -408,6 +419,14 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchone()
 
+    def _rows_together(self, queries: Sequence[Tuple[str, Sequence[Any]]]) -> List[List[Any]]:
+        """The rows of several reads (PostgreSQL pipelines them: one round trip for all)."""
+        return [self._rows(sql, params) for sql, params in queries]
+
+    def _in(self, column: str, values: Sequence[Any]) -> Tuple[str, List[Any]]:
+        """The condition `column` is one of `values`, and its parameters."""
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
     def get_meta(self, key: str) -> Optional[str]:
         row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else row[0]
@@ -463,6 +482,58 @@ class Store:
         report), or None if the thing is unknown."""
         row = self._one("SELECT last_report_id, last_received_ms FROM things WHERE name = ?", (name,))
         return None if row is None else (row[0], row[1])
+
+    def read_things(self, names: Iterable[str], groups: bool = False, thresholds: bool = False) -> ThingRows:
+        """last_report, first_seen, states_of_thing, the open violations, with `groups` groups_of,
+        for many things in a few queries (a batch's things: Engine.prefetch); with `thresholds`,
+        the fleet thresholds too (PostgreSQL: all in one round trip)."""
+        names = list(dict.fromkeys(names))
+        out = ThingRows(
+            {},
+            {},
+            {n: {} for n in names},
+            {n: {} for n in names},
+            {n: [] for n in names} if groups else None,
+            {} if thresholds else None,
+        )
+        for first in range(0, len(names), 500):  # SQLite allows so many parameters per statement
+            chunk = names[first : first + 500]
+            by_name, by_thing = self._in("name", chunk), self._in("thing", chunk)
+            queries = [
+                (
+                    "SELECT name, last_report_id, last_received_ms, registered_ms FROM things WHERE " + by_name[0],
+                    by_name[1],
+                ),
+                ("SELECT thing, profile, behavior, state FROM eval_state WHERE " + by_thing[0], by_thing[1]),
+                (
+                    "SELECT thing, profile, behavior_name, violation_id FROM violations WHERE end_ms IS NULL AND "
+                    + by_thing[0],
+                    by_thing[1],
+                ),
+            ]
+            if groups:
+                queries.append(
+                    (
+                        "SELECT thing, group_name FROM group_members WHERE " + by_thing[0] + " ORDER BY group_name",
+                        by_thing[1],
+                    )
+                )
+            if thresholds and not first:
+                queries.append(("SELECT * FROM fleet_thresholds", ()))
+            found = self._rows_together(queries)
+            for name, report_id, received_ms, registered_ms in found[0]:
+                out.last[name] = (report_id, received_ms)
+                out.registered[name] = registered_ms
+            for thing, profile, behavior, state in found[1]:
+                out.states[thing][(profile, behavior)] = _loads(state)
+            for thing, profile, behavior, violation_id in found[2]:
+                out.open[thing][(profile, behavior)] = violation_id
+            if out.groups is not None:
+                for thing, group in found[3]:
+                    out.groups[thing].append(group)
+            if out.thresholds is not None and not first:
+                out.thresholds.update(self._thresholds(found[-1]))
+        return out
 
     def first_seen(self, name: str) -> Optional[int]:
         """When the thing was registered (its first report, or `things add`), epoch ms; None if unknown."""
@@ -875,6 +946,15 @@ class Store:
             (profile, behavior, thing, time_ms, float(value)),
         )
 
+    def put_samples(self, rows: Iterable[Tuple[str, str, str, int, float]]) -> None:
+        """put_sample for many (profile, behavior, thing, time_ms, value) at once (group commit)."""
+        self._many(
+            "INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
+            "value = excluded.value",
+            [(p, b, t, ms, float(v)) for p, b, t, ms, v in rows],
+        )
+
     def samples(self, profile: str, behavior: str, since_ms: int) -> List[Tuple[str, int, float]]:
         """(thing, time_ms, value) of the devices whose latest value is newer than `since_ms`."""
         return [
@@ -902,6 +982,21 @@ class Store:
             "computed_ms = excluded.computed_ms",
             (profile, behavior, value, devices, now_ms),
         )
+
+    def thresholds(self) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        """get_threshold of every (profile, behavior) that has one."""
+        return self._thresholds(self._rows("SELECT * FROM fleet_thresholds"))
+
+    @staticmethod
+    def _thresholds(rows) -> Dict[Tuple[str, str], Dict[str, Any]]:
+        return {
+            (r["profile"], r["behavior"]): {
+                "value": r["value"],
+                "devices": r["devices"],
+                "computed_ms": r["computed_ms"],
+            }
+            for r in rows
+        }
 
     def get_threshold(self, profile: str, behavior: str) -> Optional[Dict[str, Any]]:
         row = self._one("SELECT * FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))

@@ -120,7 +120,7 @@ def test_partitions_are_taken_over_from_a_dead_worker_and_handed_back(nats_clust
 def _plan(things, per_thing):
     """(thing, report id, payload) in publishing order: round after round, each thing once a round
     (a device reports once an interval), ids increasing."""
-    base = int(time.time() * 1000) - 3_600_000
+    base = int(time.time() * 1000) - 60_000  # within FIRST_SEEN_GRACE_MS: a new thing's first report
     return [(f"{thing}", base + n, wire.encode(build(connections=n % 3, report_id=base + n), "json"))
             for n in range(per_thing) for thing in things]
 
