@@ -13,7 +13,6 @@ from typing import List, Optional
 
 from garrison.detect.clock import from_environment
 from garrison.detect.state.store import StoreError, is_postgres
-from garrison.detect.state.postgres import redact_dsn
 
 log = logging.getLogger("garrison.detect")
 
@@ -244,7 +243,7 @@ def serve_nats(args) -> int:
         args.nats,
         count,
         ",".join(map(str, preferred)),
-        redact_dsn(args.db),
+        _redacted(args.db),
         config.min_report_interval_s,
         f", API {api.url}" if api else "",
     )
@@ -292,6 +291,14 @@ def serve_lock(db: str) -> Optional[object]:
         return ExclusiveLock(db, SERVE_MQTT, "")
     except RuntimeError:
         raise UsageError(
-            f"another garrison-detect serve --broker is running on {redact_dsn(db)} "
+            f"another garrison-detect serve --broker is running on {_redacted(db)} "
             "(for several workers use --nats: docs/scale-out.md)"
         ) from None
+
+
+def _redacted(dsn: str) -> str:
+    # imported here: garrison.detect.state.postgres loads psycopg (9 MB, 60 ms), which an engine
+    # on SQLite never needs, and every `garrison-detect` command imports this module
+    from garrison.detect.state.postgres import redact_dsn
+
+    return redact_dsn(dsn)

@@ -24,3 +24,14 @@ def test_ingest_and_engine_do_not_import_each_other():
     for path, text in _sources("ingest"):
         assert not re.search(r"^\s*(from|import) garrison\.detect\.engine|^\s*from garrison\.detect import engine", text,
                              re.M), path
+
+
+def test_an_engine_on_sqlite_loads_no_postgresql_or_nats_client():
+    """psycopg alone is 9 MB of RSS and 60 ms of start-up: loaded only when --db or --nats asks."""
+    import subprocess
+    import sys
+    probe = ("import sys, garrison.detect.cli, garrison.detect.cli.serve, garrison.detect.service; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'nats'}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
