@@ -30,7 +30,7 @@ def test_an_engine_on_sqlite_loads_no_postgresql_or_nats_client():
     """psycopg alone is 9 MB of RSS and 60 ms of start-up: loaded only when --db or --nats asks."""
     import subprocess
     import sys
-    probe = ("import sys, garrison.detect.cli, garrison.detect.cli.serve, garrison.detect.service; "
+    probe = ("import sys, garrison.detect.cli, garrison.detect.service; garrison.detect.cli.build_parser(); "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'nats'}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
