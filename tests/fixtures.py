@@ -14,10 +14,24 @@ from pathlib import Path
 from typing import Optional
 
 
+_handed_out: set = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, and never one this process handed out before.
+
+    The caller's server binds it later, and ports are often picked together before any is bound
+    (a NATS cluster takes a dozen): the kernel picks bind(0) ports at random, so two picks can
+    be the same port (a 12-port cluster did about once in 250 starts), and the second server
+    then fails to start."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port left that this process has not handed out already")
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition", step: float = 0.05):

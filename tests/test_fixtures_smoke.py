@@ -42,3 +42,11 @@ def test_tls_broker_refuses_client_without_certificate(tls_mosquitto, certs):
 def test_netns_is_isolated(netns):
     out = netns.run("ip", "-o", "link").stdout
     assert "lo:" in out and "eth0" not in out
+
+
+def test_free_port_never_hands_out_a_port_twice():
+    """Ports picked together before any is bound (a NATS cluster's dozen) must differ: bind(0)
+    picks at random, so 500 picks of the old free_port repeated one almost always."""
+    from fixtures import free_port
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)

@@ -301,13 +301,17 @@ class MqttIngest:
             self.disconnect()
 
     def disconnect(self, timeout: float = 1.0) -> None:
-        """Disconnect and stop paho's thread, waiting at most `timeout` for it: a connect() to a
-        broker that drops packets blocks it for paho's connect timeout, and SIGTERM must not
-        wait for that (the thread is a daemon; it ends when the attempt returns)."""
+        """Disconnect and stop paho's thread. Connected, the DISCONNECT goes out and the thread
+        ends at once: wait at most `timeout` for that. Not connected, there is nothing to send
+        and no wait: the thread is asleep between reconnect attempts (paho sleeps in 1 s steps)
+        or inside a connect() to a broker that drops packets (paho's connect timeout), and
+        SIGTERM must not wait for either (the thread is a daemon; it ends when it wakes)."""
+        connected = self.connected.is_set()
         self._client.disconnect()
         stopper = threading.Thread(target=self._client.loop_stop, name="garrison-ingest-stop", daemon=True)
         stopper.start()
-        stopper.join(timeout)
+        if connected:
+            stopper.join(timeout)
         self.connected.clear()
 
     def run_forever(self) -> None:

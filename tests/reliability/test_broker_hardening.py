@@ -205,6 +205,9 @@ def test_the_engines_offline_queue_is_bounded_in_bytes(broker):
         device.close()
     engine = broker.engine(client_id="garrison-detect", clean_session=False).wait_connected()
     try:
+        # the lower bound first: on a busy machine the delivery can stall for a second early on,
+        # which the stillness check below alone would take for the end of the queue
+        wait_for(lambda: len(engine.received()) >= 50, what="the queue to start draining")
         got = []
         wait_for(lambda: (got.append(len(engine.received())) or len(got) > 20 and got[-1] == got[-21]),
                  what="the queue to drain")

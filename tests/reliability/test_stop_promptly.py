@@ -91,3 +91,28 @@ def test_the_engine_stops_within_2s_of_sigterm_with_its_broker_unreachable(unrea
             proc.wait()
     assert proc.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_the_engines_mqtt_side_lets_go_at_once_between_reconnect_attempts():
+    """With the broker unreachable, paho's thread sleeps between attempts in 1 s steps: the old
+    disconnect waited that out (about 1 s of the engine's stop, which a loaded machine pushed
+    past the 2 s above); with nothing to send there is nothing to wait for."""
+    import threading
+
+    from garrison.detect.ingest.frontdoor import Ingestor
+    from garrison.detect.ingest.mqtt import MqttIngest
+    from ledger import MemoryLedger
+
+    ingest = MqttIngest(f"mqtt://127.0.0.1:{free_port()}", Ingestor(MemoryLedger()), client_id="let-go")
+    failed = threading.Event()
+    ingest._client.on_connect_fail = lambda *args: failed.set()
+    ingest.start()
+    try:
+        assert failed.wait(10)   # refused: paho's thread is now asleep until its next attempt
+        ingest.stop(disconnect=False)
+        started = time.monotonic()
+        ingest.disconnect()
+        assert time.monotonic() - started < 0.5
+        assert not ingest.connected.is_set()
+    finally:
+        ingest.stop()
