@@ -78,28 +78,45 @@ def idle_rss(pid: int, seconds: float = 1.0) -> int:
     return max(samples)
 
 
-HISTORY = """Before and after group commit (issue 12), measured on the same shared 2-core machine on
-2026-11-29 (load average 6-10 from other work, so the relay itself ran at a third of its quiet
-rate; the CPU the engine spends per report does not depend on the load):
+HISTORY = """## What changed, before and after
 
-| engine | relay /s | small: answered /s (vs relay) | big: answered /s (vs relay) | engine CPU µs/report |
-|---|---|---|---|---|
-| before: one transaction per report, one at a time | 2,072 | 418 (0.20×) | 1,098 (0.53×) | 790 |
-| after: group commit, caches, cheaper validation | see the table above | | | about 520 |
+Issue 12's second pass, 2026-11-30, on a quiet machine (load average about 1), the same command
+run back to back against the engine as it stood before (commit 489fe41, every feature of issues
+10-18 merged) and after, each with its own relay baseline:
 
-Profiled first (cProfile of the ingest path, py-spy of `serve` under a burst; bench/profile notes in
-docs/bench-engine.md): per report, validation (generic per-field code, 66 objects per gateway
-report) and the engine's SQLite round trips (re-reading the profile text, the thing row twice,
-every state, one UPDATE per state and per ongoing violation, one commit per report, one commit
-per alert marked sent) were the cost. The batch path reads the attachments and parsed profiles
-once while `PRAGMA data_version` and the connection's change count say nobody else wrote,
-writes only states that changed, holds back state, thing and violation updates to one
-`executemany` each per batch, and validation inlines the common cases (1.7× faster). The batch
-size matters more than any of it: the broker sends at most `max_inflight_messages` reports the
-engine has not acknowledged, and with a batch as large as that window (100) the broker idled
-while the engine judged: half the rate of batches of 20. The 0.6× target of issue 12 is not met
-on this machine under this load; see the report for what is left (the paho network thread and
-the worker share one GIL; JSON decoding and validation are a third of the CPU)."""
+| engine | relay /s | small: answered /s (vs relay) | big: answered /s (vs relay) | big again | engine CPU µs/report (small, big, again) |
+|---|---|---|---|---|---|
+| before (489fe41) | 6,391 | 942 (0.15×) | 1,425 (0.22×) | 1,331 (0.21×) | 1,025, 678, 694 |
+| after | 6,426 | 1,129 (0.18×) | 1,762 (0.27×) | 1,739 (0.27×) | 808, 505, 513 |
+
+Profiled first (py-spy of `serve` under this burst, cProfile of Ingestor.handle_batch in-process):
+the stdlib JSON encoder (the console's latest report, every state and violation value) was a
+sixth of the worker's time, validation a fifth, SQLite statements a fifth, and the destination
+list of a gateway's report was built twice. What changed: the store's JSON columns and the
+latest report go through orjson; the latest report and the metric-history rows are written once
+per batch (`executemany`); behaviors and the history share one extraction per metric; a
+well-formed list entry is checked by a function compiled per key order from the schema (the
+generic check remains the fallback and words every error); endpoints map to addresses through a
+bounded memo; the batch's things are read at once at its start (prefetch). In-process, the front
+door and engine went from 470 to 326 µs of CPU per report. Tried and taken out again: keeping
+things' states cached from one batch to the next saved 4% of the CPU but cost 7 KB per thing
+(+20 MiB of peak RSS for 2,000 things).
+
+The 0.6× target of issue 12 is still not met: 0.26-0.32× on the big bursts. At the relay's 6,400 messages/s it
+needs about 240 µs of engine CPU per report, paho's network thread included, on the one core a
+Python process can use; the engine spends about 500. What is left per report, by the same
+profile: validation and JSON decoding (a quarter), the SQLite statements and commit (a fifth),
+rule evaluation, and paho's Python per message (receive, PUBACK, reply). Past this, the way to
+more reports per second is more processes: the NATS JetStream workers (docs/scale-out.md).
+
+Group commit itself (issue 12's first pass, 2026-11-29, on a shared machine at load average 6-10):
+790 µs of engine CPU per report before (one transaction per report), about 520 after (group
+commit, profiles and attachments cached while `PRAGMA data_version` says nobody wrote, only
+changed states written, validation inlined). The batch size matters more than any of it: the
+broker sends at most `max_inflight_messages` reports the engine has not acknowledged, and with a
+batch as large as that window (100) the broker idled while the engine judged: half the rate of
+batches of 20. The features merged next (metric history, the console's latest report, posture and
+socket owners on every report) took it back to 660-920 µs before this pass."""
 
 
 def burst(broker, engine, things, reports, first_id):
