@@ -96,6 +96,9 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._subscription: Optional[int] = None
+        self._topics: Tuple[str, ...] = ()
         self.side_channels = {}  # topic -> handler(payload), called on paho's thread (broker control)
 
     # paho callbacks: signatures differ between paho 1.6 and 2.x, hence *rest.
@@ -103,8 +106,20 @@ class MqttIngest:
         if getattr(rc, "is_failure", rc != 0):
             log.error("broker %s refused the connection: %s", self.url, rc)
             return
-        client.subscribe([(topic, 1) for topic in ENGINE_SUBSCRIPTIONS + tuple(self.side_channels)])
-        log.info("connected to %s; listening for Device Defender reports", self.url)
+        topics = ENGINE_SUBSCRIPTIONS + tuple(self.side_channels)
+        _, self._subscription = client.subscribe([(topic, 1) for topic in topics])
+        self._topics = topics
+        log.info("connected to %s; subscribing", self.url)
+
+    def _on_subscribe(self, client, userdata, mid, granted, *rest):
+        """`connected` means subscribed: a report published once the engine says it is serving
+        is one the broker delivers to it (set on the SUBACK, not on the CONNACK)."""
+        if mid != self._subscription:
+            return
+        for topic, code in zip(self._topics, granted):
+            if getattr(code, "is_failure", code == 0x80):  # paho 2.x reason codes, 1.6 granted QoS
+                log.error("broker %s refused the subscription to %s (check its ACL for the engine)", self.url, topic)
+        log.info("subscribed on %s; listening for Device Defender reports", self.url)
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, *rest):

@@ -353,6 +353,22 @@ def test_mqtt_ingest_replies_on_a_real_broker(mosquitto):
         engine.stop()
 
 
+def test_connected_means_subscribed(mosquitto):
+    """`connected` (what `serve` waits for before it logs that it is serving) is set on the SUBACK
+    of the engine's subscription, not on the CONNACK: a report published once it is set reaches
+    the engine. (A refused subscription is logged; Mosquitto 2.0 grants one its ACL denies and
+    withholds the messages instead, so it is not shown here.)"""
+    engine = MqttIngest(mosquitto.url, Ingestor(MemoryLedger()), client_id="engine-suback")
+    subacks = []
+    engine._client.on_subscribe = lambda *a: (subacks.append(a[2]), engine._on_subscribe(*a))
+    try:
+        engine.start()
+        assert engine.connected.wait(10)
+        assert subacks == [engine._subscription]
+    finally:
+        engine.stop()
+
+
 def test_reports_queued_while_the_engine_is_down_are_delivered_on_reconnect(mosquitto):
     ledger = MemoryLedger()
     engine = MqttIngest(mosquitto.url, Ingestor(ledger, min_interval_s=0), client_id="engine-persist").start()
