@@ -37,12 +37,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,10,100")
     parser.add_argument("--code", help="a checkout whose detect/ to measure instead of this one's")
     args = parser.parse_args(argv)
+    if args.rounds < 3:  # rounds + 1 in all: two to warm up, the last one traced, the rest measured
+        parser.error("--rounds must be at least 3")
     if args.code:
         import garrison.detect
         garrison.detect.__path__ = [str(Path(args.code) / "detect")]
 
     import psycopg
     from garrison.agent import report as wire
+    from garrison.wire.topics import report_topic
     from garrison.detect.engine import Engine
     from garrison.detect.ingest.frontdoor import Ingestor
     from garrison.detect.state.store import Store
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
             doc = typical_report(base + r * 300_000)
             doc["custom_metrics"] = dict(doc["custom_metrics"], **posture)
             payload = wire.encode(doc, "json")
-            out.append([(f"$aws/things/gw{t}/defender/metrics/json", payload, base + r * 300_000 + 1000)
+            out.append([(report_topic(f"gw{t}", "json"), payload, base + r * 300_000 + 1000)
                         for t in range(args.things)])
         return out
 
