@@ -1,26 +1,31 @@
-"""Audit state in the engine's SQLite database, in tables of its own: tasks, findings,
+"""Audit state in the engine's database (SQLite or PostgreSQL), in tables of its own: tasks, findings,
 suppressions, scheduled audits, and each thing's latest posture.
 
-Tables are created here with CREATE TABLE IF NOT EXISTS (garrison.detect.state.store's schema is untouched).
+Tables are created here with CREATE TABLE IF NOT EXISTS (garrison.detect.state.store's schema is untouched),
+in the SQL both backends share (SQLite, PostgreSQL). Tasks and findings carry a `seq` (their order
+of saving) that listings sort by; tables from before it get the column when first opened (_add_seq).
 Tasks and their findings are kept for 90 days, as AWS keeps audit results.
 """
 
 import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from garrison.detect.state.store import NotFound, Store, StoreError
+from garrison.detect.state.store import NotFound, Store, StoreError, is_postgres
 
 RETENTION_MS = 90 * 86400 * 1000
 POSTURE_PREFIX = "posture:"
+# the latest task: the last started, of those the last saved (both backends; NULLs, rows from
+# before `seq` on PostgreSQL, sort as the oldest as they do on SQLite)
+LATEST_TASK = "SELECT {} FROM audit_tasks ORDER BY start_ms DESC, COALESCE(seq, 0) DESC LIMIT 1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_tasks (
     task_id TEXT PRIMARY KEY, task_type TEXT NOT NULL, task_status TEXT NOT NULL,
-    start_ms INTEGER NOT NULL, scheduled_name TEXT, doc TEXT NOT NULL);
+    start_ms INTEGER NOT NULL, scheduled_name TEXT, doc TEXT NOT NULL, seq INTEGER);
 CREATE INDEX IF NOT EXISTS audit_tasks_start ON audit_tasks (start_ms);
 CREATE TABLE IF NOT EXISTS audit_findings (
     finding_id TEXT PRIMARY KEY, task_id TEXT NOT NULL REFERENCES audit_tasks(task_id) ON DELETE CASCADE,
-    check_name TEXT NOT NULL, resource_key TEXT NOT NULL, doc TEXT NOT NULL);
+    check_name TEXT NOT NULL, resource_key TEXT NOT NULL, doc TEXT NOT NULL, seq INTEGER);
 CREATE INDEX IF NOT EXISTS audit_findings_task ON audit_findings (task_id, check_name);
 CREATE TABLE IF NOT EXISTS audit_suppressions (
     check_name TEXT NOT NULL, resource_key TEXT NOT NULL, expiration_ms INTEGER, description TEXT,
@@ -30,6 +35,17 @@ CREATE TABLE IF NOT EXISTS audit_schedules (
 CREATE TABLE IF NOT EXISTS audit_posture (
     thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, metrics TEXT NOT NULL);
 """
+# MAX(seq) on each save; created after the column is (_add_seq)
+_SEQ_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS audit_tasks_seq ON audit_tasks (seq); "
+    "CREATE INDEX IF NOT EXISTS audit_findings_seq ON audit_findings (seq)"
+)
+_SEQ_INDEX_NAMES = ("audit_tasks_seq", "audit_findings_seq")
+# tables created before `seq` existed get it (PostgreSQL; SQLite has no ADD COLUMN IF NOT EXISTS: _add_seq)
+_ADD_SEQ_PG = (
+    "ALTER TABLE audit_tasks ADD COLUMN IF NOT EXISTS seq INTEGER; "
+    "ALTER TABLE audit_findings ADD COLUMN IF NOT EXISTS seq INTEGER; " + _SEQ_INDEXES
+)
 
 
 class AuditStore:
@@ -37,14 +53,40 @@ class AuditStore:
 
     def __init__(self, store: Store):
         self.store = store
+        first = _SCHEMA not in store._settled_ddl
         store.create_tables(_SCHEMA)  # a set lookup once the tables exist (Store.create_tables)
+        if first:  # once per Store (the engine's report hook builds an AuditStore per report)
+            self._add_seq()
+
+    def _add_seq(self) -> None:
+        """Give audit tables from before `seq` the column. Old SQLite rows take their rowid (the
+        order they were listed in before); old PostgreSQL rows, which could not be listed, sort first."""
+        if is_postgres(self.store.path):
+            # the indexes are made after the columns, in one transaction: there, nothing to do
+            # (ALTER TABLE would lock the tables against the workers' posture writes)
+            found = [self.store._one("SELECT to_regclass(?)", (i,)) for i in _SEQ_INDEX_NAMES]
+            if any(row is None or row[0] is None for row in found):
+                self.store.create_tables(_ADD_SEQ_PG)
+            return
+        with self.store.transaction():
+            for table in ("audit_tasks", "audit_findings"):
+                if "seq" not in [r["name"] for r in self.store._rows(f"PRAGMA table_info({table})")]:
+                    self.store._exec(f"ALTER TABLE {table} ADD COLUMN seq INTEGER")
+                    self.store._exec(f"UPDATE {table} SET seq = rowid")
+            for statement in _SEQ_INDEXES.split("; "):
+                self.store._exec(statement)
+
+    def _next_seq(self, table: str) -> int:
+        row = self.store._one(f"SELECT COALESCE(MAX(seq), 0) FROM {table}")
+        return int(row[0]) + 1 if row else 1
 
     # ---- tasks and findings -------------------------------------------------------------------
 
     def save_task(self, task: Dict[str, Any], findings: List[Dict[str, Any]], resource_keys: List[str]) -> None:
         with self.store.transaction():
             self.store._exec(
-                "INSERT INTO audit_tasks VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit_tasks (task_id, task_type, task_status, start_ms, scheduled_name, doc, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     task["taskId"],
                     task["taskType"],
@@ -52,12 +94,19 @@ class AuditStore:
                     int(task["taskStartTime"] * 1000),
                     task.get("scheduledAuditName"),
                     json.dumps(task),
+                    self._next_seq("audit_tasks"),
                 ),
             )
-            for item, key in zip(findings, resource_keys):
-                self.store._exec(
-                    "INSERT INTO audit_findings VALUES (?, ?, ?, ?, ?)",
-                    (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item)),
+            seq = self._next_seq("audit_findings")
+            rows = [
+                (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item), seq + i)
+                for i, (item, key) in enumerate(zip(findings, resource_keys))
+            ]
+            if rows:
+                self.store._many(
+                    "INSERT INTO audit_findings (finding_id, task_id, check_name, resource_key, doc, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
             cutoff = int(task["taskStartTime"] * 1000) - RETENTION_MS
             old = [r[0] for r in self.store._rows("SELECT task_id FROM audit_tasks WHERE start_ms < ?", (cutoff,))]
@@ -75,7 +124,7 @@ class AuditStore:
         sql, params = "SELECT doc FROM audit_tasks", []
         if task_type:
             sql, params = sql + " WHERE task_type = ?", [task_type]
-        rows = self.store._rows(sql + " ORDER BY start_ms DESC LIMIT ?", params + [limit])
+        rows = self.store._rows(sql + " ORDER BY start_ms DESC, COALESCE(seq, 0) DESC LIMIT ?", params + [limit])
         return [json.loads(r[0]) for r in rows]
 
     def findings(
@@ -89,10 +138,13 @@ class AuditStore:
             where.append("check_name = ?")
             params.append(check)
         sql = "SELECT doc FROM audit_findings" + (" WHERE " + " AND ".join(where) if where else "")
-        return [json.loads(r[0]) for r in self.store._rows(sql + " ORDER BY rowid LIMIT ?", params + [limit])]
+        return [
+            json.loads(r[0])
+            for r in self.store._rows(sql + " ORDER BY COALESCE(seq, 0), finding_id LIMIT ?", params + [limit])
+        ]
 
     def latest_task_id(self) -> Optional[str]:
-        row = self.store._one("SELECT task_id FROM audit_tasks ORDER BY start_ms DESC, rowid DESC LIMIT 1")
+        row = self.store._one(LATEST_TASK.format("task_id"))
         return row[0] if row else None
 
     # ---- suppressions -------------------------------------------------------------------------

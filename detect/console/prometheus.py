@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from garrison.detect.api.auth import token_matches
+from garrison.detect.audit.store import LATEST_TASK
 from garrison.detect.console import queries
 
 EVENT_TYPES = {"in-alarm": "raised", "alarm-cleared": "cleared", "alarm-invalidated": "invalidated"}
@@ -146,7 +147,7 @@ class EngineCollector:
 
 def _latest_audit(store) -> Dict[str, Dict[str, Any]]:
     try:
-        row = store._one("SELECT doc FROM audit_tasks ORDER BY start_ms DESC, rowid DESC LIMIT 1")
+        row = store._one(LATEST_TASK.format("doc"))
     except Exception:  # no audit has ever run: its tables do not exist yet
         return {}
     return json.loads(row[0]).get("auditDetails", {}) if row else {}

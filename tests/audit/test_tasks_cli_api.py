@@ -163,11 +163,11 @@ def test_engine_config_audit_table(tmp_path, pki_dir):
         configuration.load(str(path))
 
 
-def test_http_api_audit_routes(tmp_path, pki_dir):
+def test_http_api_audit_routes(any_db, pki_dir):
     from garrison.detect.api.server import ApiServer
     from garrison.detect.config import Config
     from garrison.detect.engine import Engine
-    engine = Engine(Store(str(tmp_path / "e.db")), config=Config(audit={"pki_dir": str(pki_dir)}), ml=None)
+    engine = Engine(Store(any_db), config=Config(audit={"pki_dir": str(pki_dir)}), ml=None)
     alerts = Recorder()
     engine.alerts = alerts
     server = ApiServer(engine, "tok", port=0).start()
@@ -207,7 +207,7 @@ def test_http_api_audit_routes(tmp_path, pki_dir):
         server.stop()
 
 
-def test_serves_scheduler_runs_due_audits_with_the_engine_config_sources(tmp_path, pki_dir):
+def test_serves_scheduler_runs_due_audits_with_the_engine_config_sources(any_db, pki_dir):
     from garrison.detect.audit.schedule import Scheduler
     from garrison.detect.config import Config
     from garrison.detect.engine import Engine
@@ -222,7 +222,7 @@ def test_serves_scheduler_runs_due_audits_with_the_engine_config_sources(tmp_pat
             return self.ms / 1000.0
 
     clock = Clock()
-    engine = Engine(Store(str(tmp_path / "e.db")), clock, Config(audit={"pki_dir": str(pki_dir)}), ml=None)
+    engine = Engine(Store(any_db), clock, Config(audit={"pki_dir": str(pki_dir)}), ml=None)
     engine.alerts = Recorder()
     schedule.create(AuditStore(engine.store), "daily", "DAILY", time_of_day="13:00", now_ms=clock.ms)
     scheduler = Scheduler(engine)
