@@ -31,7 +31,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional
+from typing import BinaryIO, Callable, Iterable, List, Optional
 
 log = logging.getLogger("garrison.brokerlog")
 
@@ -151,8 +151,8 @@ class LogFollower:
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._file = None
-        self._inode = None
+        self._file: Optional[BinaryIO] = None
+        self._inode: Optional[int] = None  # -1: the file was missing when first looked for
         self._partial = b""
         self.lines = 0
 

@@ -87,7 +87,7 @@ class DeadLetters:
         key = digest(topic, payload)
         path = self.directory / f"{now_ms}-{key}.json"
         kept = bytes(payload[:MAX_PAYLOAD_BYTES])
-        record = {
+        record: Dict[str, Any] = {
             "time_ms": now_ms,
             "digest": key,
             "topic": bytes(topic).decode("utf-8", "replace"),
@@ -139,7 +139,7 @@ class DeadLetters:
 
     def list(self) -> List[Dict[str, Any]]:
         """Every dead letter, oldest first, without its payload."""
-        out = []
+        out: List[Dict[str, Any]] = []
         if not self.directory.is_dir():
             return out
         for path in sorted(self.directory.glob("*.json")):

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, Union, overload
 
 from garrison.detect.ingest.validate import Invalid, report_id_of, validate
 from garrison.wire import cbor_guard, codec, names, replies
@@ -64,6 +64,9 @@ class Sink(Protocol):
 
 # what a device is told when the engine failed on its report (it keeps it and resends)
 RESEND_LATER = "The engine could not process the report; send it again later"
+
+# a valid report, ready for Ingestor._admit: (thing, fmt, report, report_id, now_ms)
+Prepared = Tuple[str, str, Dict[str, Any], int, int]
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Ingestor:
         acknowledge), or Retry (not durably handled: do not acknowledge; handle it again).
         Replies of a batch are only final once this returns, i.e. after the commit."""
         outcomes: List[Union[Reply, Retry, None]] = [None] * len(messages)
-        admit = []
+        admit: List[Tuple[int, Prepared]] = []
         for i, (topic, payload, now_ms) in enumerate(messages):
             now_ms = int(now_ms)
             parsed = self._parse(topic)
@@ -221,7 +224,7 @@ class Ingestor:
         message set aside after failing again and again (with its own message)."""
         return self._rejected(thing, fmt, report_id, now_ms, INTERNAL_ERROR, message)
 
-    def _prepare(self, thing: str, fmt: str, payload: bytes, now_ms: int):
+    def _prepare(self, thing: str, fmt: str, payload: bytes, now_ms: int) -> Union[Reply, Prepared]:
         """The checks that need no store, cheapest first: a final Reply, or the arguments of
         `_admit` for a valid report."""
         if not valid_thing_name(thing):
@@ -257,6 +260,17 @@ class Ingestor:
         except Invalid as exc:
             return self._rejected(thing, fmt, report_id, now_ms, exc.code, exc.message)
         return thing, fmt, report, report["header"]["report_id"], now_ms
+
+    # out of a batch a failing sink is answered (InternalError), never Retry
+    @overload
+    def _admit(
+        self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int, in_batch: Literal[False] = ...
+    ) -> Reply: ...
+
+    @overload
+    def _admit(
+        self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int, in_batch: bool
+    ) -> Union[Reply, Retry]: ...
 
     def _admit(
         self, thing: str, fmt: str, report: Dict[str, Any], report_id: int, now_ms: int, in_batch: bool = False

@@ -4,7 +4,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from garrison.agent.transports.paho_compat import new_client, parse_broker_url, redact_broker_url
 from garrison.detect.ingest.deadletter import MAX_ATTEMPTS, DeadLetters, InFlight, digest
@@ -99,7 +99,8 @@ class MqttIngest:
         self._client.on_subscribe = self._on_subscribe
         self._subscription: Optional[int] = None
         self._topics: Tuple[str, ...] = ()
-        self.side_channels = {}  # topic -> handler(payload), called on paho's thread (broker control)
+        # topic -> handler(payload), called on paho's thread (broker control)
+        self.side_channels: Dict[str, Callable[[bytes], None]] = {}
 
     # paho callbacks: signatures differ between paho 1.6 and 2.x, hence *rest.
     def _on_connect(self, client, userdata, flags, rc, *rest):

@@ -346,7 +346,7 @@ def report_id_of(doc: Any) -> Any:
         header = doc.get(header_key)
         if isinstance(header, dict):
             for key in ("report_id", "rid"):
-                rid = header.get(key)
+                rid: Any = header.get(key)
                 if _is_int(rid) and 0 < rid <= schema.MAX_INT:
                     return rid
     return None
