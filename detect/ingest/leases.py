@@ -20,7 +20,10 @@ periodic work (sweep, fleet statistics, the alert outbox) for the whole database
 
 import logging
 import threading
-from typing import Callable, Iterable, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Set
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("garrison.leases")
 
@@ -32,7 +35,7 @@ SERVE_MQTT = 2  # (SINGLETON, SERVE_MQTT): the one MQTT-fed `serve` on a Postgre
 POLL_S = 0.5
 
 
-def _connect(dsn: str, name: str):
+def _connect(dsn: str, name: str) -> "psycopg.Connection[Any]":
     import psycopg
 
     # keepalives: a worker whose machine vanished loses its locks within ~15 s, not hours
@@ -46,6 +49,14 @@ def _connect(dsn: str, name: str):
         keepalives_interval=2,
         keepalives_count=5,
     )
+
+
+def _one_value(cursor: "psycopg.Cursor[Any]") -> Any:
+    """The value of a query that returns one row of one column (the lock functions)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a lease query returned no row")
+    return row[0]
 
 
 class PartitionLeases:
@@ -71,7 +82,7 @@ class PartitionLeases:
         self.takeover, self.want_periodic, self.poll_s = takeover, periodic, poll_s
         self.held: Set[int] = set()
         self.periodic = False  # whether this worker runs the periodic work now
-        self._conn = None
+        self._conn: Optional["psycopg.Connection[Any]"] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -99,21 +110,22 @@ class PartitionLeases:
         self._release_all()
 
     def _poll(self) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn, self.name)
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = _connect(self.dsn, self.name)
             for p in self.preferred:
-                self._conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (WANT, p))
+                conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (WANT, p))
             log.info("lease session open; preferred partitions %s of %d", _ranges(self.preferred), self.partitions)
-        execute = self._conn.execute
+        execute = conn.execute
         if self.want_periodic and not self.periodic:
-            self.periodic = execute("SELECT pg_try_advisory_lock(%s, %s)", (SINGLETON, PERIODIC)).fetchone()[0]
+            self.periodic = _one_value(execute("SELECT pg_try_advisory_lock(%s, %s)", (SINGLETON, PERIODIC)))
             if self.periodic:
                 log.info("this worker runs the periodic work (sweep, fleet statistics, alert outbox)")
         else:
             execute("SELECT 1")  # the session is alive, so the locks are still ours
         for p in self.preferred:
             if p not in self.held:
-                self._try(p)
+                self._try(conn, p)
         wanted = {
             row[0]
             for row in execute(
@@ -129,10 +141,10 @@ class PartitionLeases:
         if self.takeover:
             for p in range(self.partitions):
                 if p not in self.held and p not in wanted and p not in self.preferred:
-                    self._try(p)
+                    self._try(conn, p)
 
-    def _try(self, p: int) -> None:
-        if self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWN, p)).fetchone()[0]:
+    def _try(self, conn: "psycopg.Connection[Any]", p: int) -> None:
+        if _one_value(conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (OWN, p))):
             self.held.add(p)
             log.info("took partition %d", p)
             try:
@@ -189,7 +201,7 @@ class ExclusiveLock:
 
     def __init__(self, dsn: str, key: int, what: str):
         self._conn = _connect(dsn, "garrison-detect")
-        if not self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (SINGLETON, key)).fetchone()[0]:
+        if not _one_value(self._conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (SINGLETON, key))):
             self._conn.close()
             raise RuntimeError(what)
 
