@@ -32,12 +32,16 @@ import logging
 import re
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from garrison.detect.ingest.deadletter import FULL_LOG_EVERY_S, MAX_BYTES, MAX_FILES
 from garrison.detect.ingest.frontdoor import Ingestor, Reply, _RateLimitedLog
 from garrison.wire import topics
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
 
 log = logging.getLogger("garrison.ingest")
 
@@ -336,8 +340,8 @@ class NatsIngest:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._handler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="garrison-ingest")
-        self._nc = None
-        self._js = None
+        self._nc: Optional["Client"] = None  # set by start(), before any partition is consumed
+        self._js: Optional["JetStreamContext"] = None
         self._log = _RateLimitedLog(every_s=30)
         self._stopping = threading.Event()
 
@@ -402,6 +406,9 @@ class NatsIngest:
         self.connected.clear()
 
     def _call(self, coro, timeout: float):
+        if self._loop is None:
+            coro.close()  # never awaited: no warning about it
+            raise RuntimeError("NatsIngest.start() was not called")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     # ---- on the event loop ----------------------------------------------------------------------
@@ -434,10 +441,10 @@ class NatsIngest:
         )
         if self.user_credentials:
             options["user_credentials"] = self.user_credentials
-        self._nc = await nats.connect(**options)
-        self._js = self._nc.jetstream()
+        nc = self._nc = await nats.connect(**options)
+        self._js = nc.jetstream()
         self.connected.set()
-        log.info("connected to NATS at %s", self._nc.connected_url.netloc if self._nc.connected_url else "?")
+        log.info("connected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
 
     async def _own(self, p: int) -> None:
         if p not in self._owned:
@@ -451,13 +458,16 @@ class NatsIngest:
     async def _consume(self, p: int) -> None:
         import nats.errors
 
+        nc, js = self._nc, self._js
+        if nc is None or js is None:  # own() runs on the loop start() connected
+            raise RuntimeError("NatsIngest.start() was not called")
         sub = None
         log.info("consuming partition %d", p)
-        await self._after_previous_owner(p)
+        await self._after_previous_owner(js, p)
         while self._owned.get(p) is asyncio.current_task():
             try:
                 if sub is None:
-                    sub = await self._js.pull_subscribe_bind(durable=consumer_name(p), stream=STREAM)
+                    sub = await js.pull_subscribe_bind(durable=consumer_name(p), stream=STREAM)
                 msgs = await sub.fetch(self.batch_size, timeout=FETCH_EXPIRES_S)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
@@ -466,7 +476,7 @@ class NatsIngest:
                 await asyncio.sleep(0.5)
                 continue
             try:
-                await self._handle(p, msgs)
+                await self._handle(nc, js, p, msgs)
             except Exception:  # the loop must outlive any one batch; unacknowledged, it comes back
                 log.exception("partition %d: a batch of %d reports failed", p, len(msgs))
                 await asyncio.sleep(0.5)
@@ -477,12 +487,12 @@ class NatsIngest:
                 pass
         log.info("stopped consuming partition %d", p)
 
-    async def _after_previous_owner(self, p: int) -> None:
+    async def _after_previous_owner(self, js: "JetStreamContext", p: int) -> None:
         """Wait until reports the partition's previous owner fetched but did not acknowledge are
         redelivered first (see the module docstring)."""
         await asyncio.sleep(FETCH_EXPIRES_S)  # a dead owner's last pull request expires
         try:
-            pending = (await self._js.consumer_info(STREAM, consumer_name(p))).num_ack_pending
+            pending = (await js.consumer_info(STREAM, consumer_name(p))).num_ack_pending
         except Exception as exc:
             log.warning("partition %d: cannot read the consumer (%s); waiting for redeliveries anyway", p, exc)
             pending = 1
@@ -495,7 +505,7 @@ class NatsIngest:
             )
             await asyncio.sleep(ACK_WAIT_S)
 
-    async def _handle(self, p: int, msgs: list) -> None:
+    async def _handle(self, nc: "Client", js: "JetStreamContext", p: int, msgs: list) -> None:
         loop = asyncio.get_running_loop()
         attempts = [0] * len(msgs)
         waiting = list(range(len(msgs)))
@@ -513,7 +523,7 @@ class NatsIngest:
                 if not getattr(outcome, "transient", False):
                     attempts[i] += 1
                     if attempts[i] + msgs[i].metadata.num_delivered - 1 >= self.max_attempts:
-                        await self._dead_letter(p, msgs[i], outcome)
+                        await self._dead_letter(js, p, msgs[i], outcome)
                         done.append(
                             (
                                 i,
@@ -532,7 +542,7 @@ class NatsIngest:
                 retry.append(i)
             for _i, reply in done:
                 if reply is not None:
-                    await self._reply(reply)
+                    await self._reply(nc, reply)
             await self._ack([msgs[i] for i, _ in done])
             waiting = retry
             if waiting:
@@ -553,14 +563,14 @@ class NatsIngest:
         self.handled += len(batch)
         return outcomes
 
-    async def _reply(self, reply: Reply) -> None:
+    async def _reply(self, nc: "Client", reply: Reply) -> None:
         subject = nats_subject(reply.topic)
         if subject is None:
             self._log(
                 logging.WARNING, "reply-subject", "no reply to %r: the topic is not a NATS subject", reply.topic[:160]
             )
             return
-        await self._nc.publish(subject, reply.payload)
+        await nc.publish(subject, reply.payload)
         self.replies_sent += 1
 
     async def _ack(self, msgs: list) -> None:
@@ -582,7 +592,7 @@ class NatsIngest:
                 exc,
             )
 
-    async def _dead_letter(self, p: int, msg, outcome) -> None:
+    async def _dead_letter(self, js: "JetStreamContext", p: int, msg, outcome) -> None:
         """Set a report aside on the dead-letter stream; when the stream's caps refuse it, it is
         only logged and counted (the caller answers and acknowledges it either way). Raises when
         NATS did not answer: the report is then not acknowledged and comes back."""
@@ -594,9 +604,7 @@ class NatsIngest:
             return
         headers = {"Garrison-Subject": msg.subject, "Garrison-Reason": reason, "Garrison-Size": str(len(msg.data))}
         try:
-            await self._js.publish(
-                f"{DEADLETTER_SUBJECT}.{p}", msg.data[:MAX_PAYLOAD_BYTES], headers=headers, timeout=5
-            )
+            await js.publish(f"{DEADLETTER_SUBJECT}.{p}", msg.data[:MAX_PAYLOAD_BYTES], headers=headers, timeout=5)
         except APIError as exc:
             full = exc.err_code == _STORE_FAILED and "maximum" in (exc.description or "")
             if not (full or exc.err_code == _TOO_LARGE):
