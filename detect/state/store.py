@@ -361,8 +361,9 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            own_timeout = busy_timeout_ms is not None and busy_timeout_ms != self.busy_timeout_ms
-            if own_timeout:
+            own_timeout = False
+            if busy_timeout_ms is not None and busy_timeout_ms != self.busy_timeout_ms:
+                own_timeout = True
                 self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -499,7 +500,7 @@ class Store:
         for first in range(0, len(names), 500):  # SQLite allows so many parameters per statement
             chunk = names[first : first + 500]
             by_name, by_thing = self._in("name", chunk), self._in("thing", chunk)
-            queries = [
+            queries: List[Tuple[str, Sequence[Any]]] = [
                 (
                     "SELECT name, last_report_id, last_received_ms, registered_ms FROM things WHERE " + by_name[0],
                     by_name[1],
@@ -670,7 +671,7 @@ class Store:
         with self.transaction():
             if self.get_profile(profile) is None:
                 raise NotFound(f"no security profile named {profile!r}")
-            if kind == "group" and not self.group_exists(name):
+            if kind == "group" and name is not None and not self.group_exists(name):  # a group always has one
                 raise NotFound(f"no thing group named {name!r}")
             attached = [r[0] for r in self._rows("SELECT profile FROM attachments WHERE target = ?", (target,))]
             if profile in attached:
