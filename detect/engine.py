@@ -104,7 +104,7 @@ class Engine:
         # what is per thing only for one batch, so memory does not grow with the fleet
         self._batch_thread: Optional[int] = None  # the thread inside batch(); others bypass the caches
         self._batch_had_events = False
-        self._hot_marker: Optional[Tuple[int, int]] = None
+        self._hot_marker: object = None  # Store.change_marker(); compared, never read
         self._hot_last: Dict[str, Optional[Tuple[Optional[int], Optional[int]]]] = {}
         self._hot_targets: Optional[Dict[str, List[str]]] = None  # attachment target -> profiles
         self._hot_states: Dict[str, Dict[Tuple[str, str], Any]] = {}

@@ -11,10 +11,9 @@ the groups the configured actions move things into, "quarantine" when none is co
 """
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from garrison.detect.state.store import Store
+from garrison.detect.state.store import Store, StoreRow
 
 PAGE_SIZE = 50
 STATES = ("online", "silent", "alarm", "quarantined")
@@ -24,7 +23,7 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _aggregate(store: Store, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row:
+def _aggregate(store: Store, sql: str, params: Sequence[Any] = ()) -> StoreRow:
     """The row of an aggregate query (COUNT, MAX): SQLite always returns exactly one."""
     row = store._one(sql, params)
     if row is None:

@@ -28,13 +28,15 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
 
-from garrison.detect.state.store import _SCHEMA, Store, StoreBusy, StoreError
+from garrison.detect.state.store import _SCHEMA, Store, StoreBusy, StoreError, StoreRow
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
+
+    HAVE_PSYCOPG = True
 except ImportError:  # pragma: no cover - the `scaleout` extra is not installed
-    psycopg = None
+    HAVE_PSYCOPG = False
 
 CONNECT_TIMEOUT_S = 10
 SCHEMA_LOCK_KEY = 0x6761727269736F6E  # "garrison": serializes schema creation across workers
@@ -153,7 +155,7 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, busy_timeout_ms: Optional[int] = None):
         """busy_timeout_ms: how long a transaction's statements wait for another's row locks by
         default (None: PostgreSQL's own lock_timeout)."""
-        if psycopg is None:
+        if not HAVE_PSYCOPG:
             raise StoreError("a postgresql:// database needs psycopg: pip install 'garrison[scaleout]'")
         self.dsn = dsn
         self.path = redact_dsn(dsn)
@@ -198,9 +200,14 @@ class PostgresStore(Store):
         schema lock, in the caller's transaction if there is one."""
         statements = [pg_ddl(st) for st in ddl.split(";") if st.strip()]
         tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl)
+
+        def exists(table: str) -> bool:
+            row = self._one("SELECT to_regclass(?)", (table,))  # always one row: NULL when missing
+            return row is not None and row[0] is not None
+
         with self._lock:
             try:
-                if tables and all(self._one("SELECT to_regclass(?)", (t,))[0] is not None for t in tables):
+                if tables and all(exists(t) for t in tables):
                     return True
                 with self.transaction():
                     self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
@@ -383,7 +390,7 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 self._raise(exc)
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[Row]:
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[StoreRow]:
         with self._lock:
             cursor = self._execute(sql, params)
             try:  # in a pipeline, the statement's error (or an earlier one's) surfaces here
@@ -391,7 +398,7 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 self._raise(exc)
 
-    def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[Row]:
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[StoreRow]:
         with self._lock:
             cursor = self._execute(sql, params)
             try:

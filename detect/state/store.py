@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Set, Tuple, Union
 
 import orjson
 
@@ -252,8 +252,21 @@ def is_postgres(db: Any) -> bool:
     return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
+class StoreRow(Protocol):
+    """A result row, by position or by column name: sqlite3.Row, or PostgresStore's Row."""
+
+    def __getitem__(self, key: Union[int, str], /) -> Any: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def keys(self) -> List[str]: ...
+
+
 class Store:
     """The engine's SQLite state. Thread-safe; open one per process."""
+
+    # a sqlite3.Connection here; PostgresStore keeps its psycopg connection under the same name
+    _conn: Any
+    busy_timeout_ms: Optional[int]  # PostgresStore: None waits as long as the server's lock_timeout
 
     def __new__(cls, path: Any = None, *args: Any, **kwargs: Any):
         if cls is Store and is_postgres(path):  # the same interface on PostgreSQL
@@ -396,7 +409,7 @@ class Store:
             finally:
                 self._conn.execute("RELEASE unit")
 
-    def change_marker(self) -> Tuple[int, int]:
+    def change_marker(self) -> object:
         """Changes to the file by other connections (PRAGMA data_version) and rows changed through
         this one (total_changes): equal markers mean nobody wrote in between, so what the engine
         cached from the file is still true."""
@@ -412,11 +425,11 @@ class Store:
         with self._lock:
             self._conn.executemany(sql, [tuple(r) for r in rows])
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[sqlite3.Row]:
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> List[StoreRow]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
 
-    def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[sqlite3.Row]:
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> Optional[StoreRow]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchone()
 
@@ -465,7 +478,7 @@ class Store:
             self._exec("DELETE FROM attachments WHERE target = ?", (f"thing:{name}",))
             return self._exec("DELETE FROM things WHERE name = ?", (name,)).rowcount == 1
 
-    def _thing(self, row: sqlite3.Row) -> Dict[str, Any]:
+    def _thing(self, row: StoreRow) -> Dict[str, Any]:
         """A thing's record (times in epoch seconds, like the violation records)."""
         last = row["last_received_ms"]
         return {
@@ -771,7 +784,7 @@ class Store:
 
     # ---- violations ---------------------------------------------------------------------------
 
-    def open_violation(self, thing: str, profile: str, behavior_name: str) -> Optional[sqlite3.Row]:
+    def open_violation(self, thing: str, profile: str, behavior_name: str) -> Optional[StoreRow]:
         return self._one(
             "SELECT * FROM violations WHERE thing = ? AND profile = ? AND behavior_name = ? AND end_ms IS NULL",
             (thing, profile, behavior_name),
@@ -822,7 +835,7 @@ class Store:
             (time_ms, end_type, violation_id),
         )
 
-    def get_violation(self, violation_id: str) -> Optional[sqlite3.Row]:
+    def get_violation(self, violation_id: str) -> Optional[StoreRow]:
         return self._one("SELECT * FROM violations WHERE violation_id = ?", (violation_id,))
 
     def set_verification(self, violation_id: str, state: str, description: Optional[str]) -> bool:
@@ -836,7 +849,7 @@ class Store:
 
     def list_violations(
         self, active_only: bool = False, thing: Optional[str] = None, profile: Optional[str] = None
-    ) -> List[sqlite3.Row]:
+    ) -> List[StoreRow]:
         where, params = self._filters(thing=thing, profile=profile)
         if active_only:
             where.append("end_ms IS NULL")
@@ -894,7 +907,7 @@ class Store:
         end_ms: Optional[int] = None,
         after_seq: Optional[int] = None,
         limit: Optional[int] = None,
-    ) -> List[sqlite3.Row]:
+    ) -> List[StoreRow]:
         where, params = self._filters(prefix="e.", thing=thing, profile=profile)
         for clause, value in (("e.time_ms >= ?", start_ms), ("e.time_ms <= ?", end_ms), ("e.seq > ?", after_seq)):
             if value is not None:
@@ -911,7 +924,7 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return self._rows(sql, params)
 
-    def pending_alerts(self, limit: int = 500) -> List[sqlite3.Row]:
+    def pending_alerts(self, limit: int = 500) -> List[StoreRow]:
         """Events whose alert has not been handed to the alert targets yet (oldest first)."""
         return self._rows(
             "SELECT e.*, v.verification_state, v.verification_description FROM violation_events e "
@@ -932,7 +945,7 @@ class Store:
                     (seq, now_ms, failure[:2000]),
                 )
 
-    def alert_failures(self) -> List[sqlite3.Row]:
+    def alert_failures(self) -> List[StoreRow]:
         """Alerts given up after their last attempt: seq, failed_ms, detail (oldest first)."""
         return self._rows("SELECT seq, failed_ms, detail FROM alert_failures ORDER BY seq")
 
