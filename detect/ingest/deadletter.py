@@ -43,7 +43,27 @@ def digest(topic: bytes, payload: bytes) -> str:
     return h.hexdigest()
 
 
-class DeadLetters:
+class DeadLetterCounts:
+    """What became of the dead letters since the start: `kept`, and `dropped` for want of room
+    (GET /metrics reads both); a drop is logged at most once every FULL_LOG_EVERY_S, with the count.
+    Shared by the directory (DeadLetters) and the NATS stream's caps (jetstream.DeadLetterCaps)."""
+
+    def __init__(self) -> None:
+        self.kept = 0
+        self.dropped = 0
+        self._full_logged = -FULL_LOG_EVERY_S
+
+    def _drop(self) -> bool:
+        """Count a dead letter not kept; True when the drop is to be logged now."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._full_logged < FULL_LOG_EVERY_S:
+            return False
+        self._full_logged = now
+        return True
+
+
+class DeadLetters(DeadLetterCounts):
     """The dead-letter directory, bounded: at most `max_files` files and `max_bytes` bytes.
 
     When it is full a new dead letter is not kept: `put` returns None, counts it in `dropped` and
@@ -60,9 +80,7 @@ class DeadLetters:
         self.directory = Path(directory)
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self.kept = 0
-        self.dropped = 0
-        self._full_logged = -FULL_LOG_EVERY_S
+        super().__init__()
 
     def usage(self) -> Tuple[int, int]:
         """(files, bytes) of the dead letters in the directory."""
@@ -116,11 +134,8 @@ class DeadLetters:
         return path
 
     def _refuse(self, record: Dict[str, Any], files: int, size: int) -> None:
-        self.dropped += 1
-        now = time.monotonic()
-        if now - self._full_logged < FULL_LOG_EVERY_S:
+        if not self._drop():
             return
-        self._full_logged = now
         log.error(
             "dead-letter directory %s is full (%d files, %d bytes; at most %d files, %d bytes): "
             "a message on %s that failed %d times (%s) is answered and acknowledged but not kept; "

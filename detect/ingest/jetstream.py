@@ -34,7 +34,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-from garrison.detect.ingest.deadletter import FULL_LOG_EVERY_S, MAX_BYTES, MAX_FILES
+from garrison.detect.ingest.deadletter import MAX_BYTES, MAX_FILES, DeadLetterCounts
 from garrison.detect.ingest.frontdoor import Ingestor, Reply, _RateLimitedLog
 from garrison.wire import topics
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
@@ -103,7 +103,7 @@ def nats_subject(topic: str) -> Optional[str]:
     return ".".join(levels)
 
 
-class DeadLetterCaps:
+class DeadLetterCaps(DeadLetterCounts):
     """The dead-letter stream's bounds, `[dead_letters] max_files / max_bytes` as for the MQTT
     path's directory (1,000 messages, 64 MiB by default), and what became of the dead letters
     since the start: `kept`, and `dropped` because the stream was full (GET /metrics reads both).
@@ -118,9 +118,7 @@ class DeadLetterCaps:
     def __init__(self, max_msgs: int = MAX_FILES, max_bytes: int = MAX_BYTES):
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
-        self.kept = 0
-        self.dropped = 0
-        self._full_logged = -FULL_LOG_EVERY_S
+        super().__init__()
 
     @property
     def keep_none(self) -> bool:
@@ -140,11 +138,8 @@ class DeadLetterCaps:
 
     def refused(self, subject: str, attempts: int, reason: str, why: str) -> None:
         """A dead letter not kept: counted, and logged at most once a minute with the count."""
-        self.dropped += 1
-        now = time.monotonic()
-        if now - self._full_logged < FULL_LOG_EVERY_S:
+        if not self._drop():
             return
-        self._full_logged = now
         log.error(
             "dead-letter stream %s is full (at most %d messages, %d bytes: %s): a report on %s that "
             "failed %d times (%s) is answered and acknowledged but not kept; %d not kept since the "
