@@ -29,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from contextlib import contextmanager
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -69,6 +70,51 @@ PENDING_BUILD = "PENDING_BUILD"
 INGEST_BUSY_TIMEOUT_MS = 250
 # what `serve` gives its other work (API, periodic work) on the connection it shares with ingest
 SERVE_BUSY_TIMEOUT_MS = 1000
+
+
+@dataclass
+class _Writes:
+    """Writes a batch holds back to its end, each kind written in one statement (Engine._flush)."""
+
+    things: Dict[str, List[int]] = field(default_factory=dict)  # name -> [report id, received ms, reports]
+    states: Dict[Tuple[str, str, str], Tuple[Any, int]] = field(default_factory=dict)
+    samples: Dict[Tuple[str, str, str], Tuple[int, float]] = field(default_factory=dict)  # fleet statistics
+    violations: Dict[str, Tuple[Any, int, Any]] = field(default_factory=dict)  # ongoing: last value
+    latest: Dict[str, Tuple[int, Mapping[str, Any]]] = field(default_factory=dict)  # the console's
+    postures: Dict[str, Tuple[int, Dict[str, Any]]] = field(default_factory=dict)  # the audit's
+    history: List[Tuple[str, int, str, Dict[str, Any]]] = field(default_factory=list)  # metric values
+
+    def clear(self) -> None:
+        for kept in vars(self).values():
+            kept.clear()
+
+    def add(self, later: "_Writes") -> None:
+        """Take `later`'s writes over these: its values win, report counts add up."""
+        for name, (report_id, received_ms, reports) in later.things.items():
+            self.things[name] = [report_id, received_ms, self.things.get(name, [0, 0, 0])[2] + reports]
+        self.states.update(later.states)
+        self.samples.update(later.samples)
+        self.violations.update(later.violations)
+        self.latest.update(later.latest)
+        self.postures.update(later.postures)
+        self.history.extend(later.history)
+
+    def write(self, store: Store) -> None:
+        """Write them all (inside the batch's transaction)."""
+        if self.things:
+            store.record_reports((rid, ms, n, name) for name, (rid, ms, n) in self.things.items())
+        if self.states:
+            store.put_states((t, p, b, state, ms) for (t, p, b), (state, ms) in self.states.items())
+        if self.samples:
+            store.put_samples((p, b, t, ms, v) for (p, b, t), (ms, v) in self.samples.items())
+        if self.violations:
+            store.update_violation_values((vid, value, ms, info) for vid, (value, ms, info) in self.violations.items())
+        if self.latest:
+            record_latest_reports(store, ((t, ms, report) for t, (ms, report) in self.latest.items()))
+        if self.history:
+            store.put_metric_values_many(self.history)
+        if self.postures:
+            record_postures(store, ((t, ms, posture) for t, (ms, posture) in self.postures.items()))
 
 
 class Engine:
@@ -116,22 +162,11 @@ class Engine:
         self._hot_thresholds: Optional[Dict[Tuple[str, str], Dict[str, Any]]] = None  # fleet statistics
         # writes of a batch held back to its end (one executemany each): the report being
         # accepted stages them, and they join `pending` once it succeeded
-        self._staged_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
-        self._pending_states: Dict[Tuple[str, str, str], Tuple[Any, int]] = {}
-        self._staged_samples: Dict[Tuple[str, str, str], Tuple[int, float]] = {}  # fleet statistics
-        self._pending_samples: Dict[Tuple[str, str, str], Tuple[int, float]] = {}
-        self._staged_thing: Optional[Tuple[str, int, int]] = None
-        self._pending_things: Dict[str, List[int]] = {}
-        self._staged_violations: Dict[str, Tuple[Any, int, Any]] = {}
-        self._pending_violations: Dict[str, Tuple[Any, int, Any]] = {}
-        # a batch's rows of the console's latest report (by thing) and of the metric history
-        self._staged_rows: List[Tuple[str, int, Mapping[str, Any], Optional[Dict[str, Any]]]] = []
-        self._pending_latest: Dict[str, Tuple[int, Mapping[str, Any]]] = {}
-        self._pending_history: List[Tuple[str, int, str, Dict[str, Any]]] = []
-        self._pending_postures: Dict[str, Tuple[int, Dict[str, Any]]] = {}
+        self._staged = _Writes()
+        self._pending = _Writes()
         # what _flush wrote inside the savepoint of the report in hand (earlier reports' writes):
         # written again if that report fails, since its rollback undoes them
-        self._unit_flushed: Optional[List[Tuple[Any, ...]]] = None
+        self._unit_flushed: Optional[List[_Writes]] = None
         self._dispatch_lock = threading.RLock()  # before the store's lock, never after
         self._alerts_in_flight: set = set()  # outbox seqs handed to the targets, outcome not known yet
         # what the broker saw (garrison.detect.judge.cloudmetrics.BrokerView), set by `serve` when
@@ -225,13 +260,7 @@ class Engine:
                 # for 7 KB of states per thing (docs/bench-burst.md)
                 self._forget_things()
         except BaseException:
-            self._pending_states.clear()
-            self._pending_samples.clear()
-            self._pending_things.clear()
-            self._pending_violations.clear()
-            self._pending_latest.clear()
-            self._pending_history.clear()
-            self._pending_postures.clear()
+            self._pending.clear()
             self._hot_drop()
             raise
         finally:
@@ -252,40 +281,20 @@ class Engine:
     def accept(self, thing: str, report_long: Mapping[str, Any], received_ms: int) -> List[Event]:
         """Record and evaluate one validated report atomically; returns the events it caused."""
         if self._batching:
-            self._staged_states.clear()
-            self._staged_samples.clear()
-            self._staged_violations.clear()
-            self._staged_rows.clear()
-            self._staged_thing = None
+            self._staged.clear()
             self._unit_flushed = []
             try:
                 with self.store.savepoint():
                     events = self._accept(thing, report_long, received_ms)
             except BaseException:
-                self._staged_states.clear()
-                self._staged_samples.clear()
-                self._staged_violations.clear()
-                self._staged_rows.clear()
+                self._staged.clear()
                 self._restore_unit_flushed()
                 self._flush()  # what earlier reports of the batch hold back stays theirs
                 self._hot_drop()  # the cache may hold what was just undone
                 raise
             finally:
                 self._unit_flushed = None
-            self._pending_states.update(self._staged_states)
-            self._pending_samples.update(self._staged_samples)
-            self._pending_violations.update(self._staged_violations)
-            for name, received, report, values in self._staged_rows:
-                self._pending_latest[name] = (received, report)
-                posture = posture_of(report)
-                if posture:
-                    self._pending_postures[name] = (received, posture)
-                if values:
-                    self._pending_history.append((name, received, "report", values))
-            if self._staged_thing is not None:
-                name, report_id, received = self._staged_thing
-                count = self._pending_things.get(name, (0, 0, 0))[2] + 1
-                self._pending_things[name] = [report_id, received, count]
+            self._pending.add(self._staged)
             if events:
                 self._batch_had_events = True
                 if self.actions.rules:  # actions may have moved the thing (quarantine): read afresh
@@ -308,7 +317,7 @@ class Engine:
         elif last[0] is not None and report_id <= last[0]:
             return []  # already applied (QoS 1 redelivery) or older: never apply twice
         if self._batching:
-            self._staged_thing = (thing, report_id, received_ms)
+            self._staged.things[thing] = [report_id, received_ms, 1]
             self._hot_last[thing] = (report_id, received_ms)
         else:
             self.store.record_report(thing, report_id, received_ms)
@@ -328,54 +337,17 @@ class Engine:
 
     def _flush(self) -> None:
         """Write what the batch held back (inside its transaction)."""
+        writes, self._pending = self._pending, _Writes()
         if self._unit_flushed is not None:  # inside a report's savepoint
-            self._unit_flushed.append(
-                (
-                    dict(self._pending_things),
-                    dict(self._pending_states),
-                    dict(self._pending_samples),
-                    dict(self._pending_violations),
-                    dict(self._pending_latest),
-                    dict(self._pending_postures),
-                    list(self._pending_history),
-                )
-            )
-        if self._pending_things:
-            self.store.record_reports((rid, ms, n, name) for name, (rid, ms, n) in self._pending_things.items())
-            self._pending_things.clear()
-        if self._pending_states:
-            self.store.put_states((t, p, b, state, ms) for (t, p, b), (state, ms) in self._pending_states.items())
-            self._pending_states.clear()
-        if self._pending_samples:
-            self.store.put_samples((p, b, t, ms, v) for (p, b, t), (ms, v) in self._pending_samples.items())
-            self._pending_samples.clear()
-        if self._pending_violations:
-            self.store.update_violation_values(
-                (vid, value, ms, info) for vid, (value, ms, info) in self._pending_violations.items()
-            )
-            self._pending_violations.clear()
-        if self._pending_latest:
-            record_latest_reports(self.store, ((t, ms, report) for t, (ms, report) in self._pending_latest.items()))
-            self._pending_latest.clear()
-        if self._pending_history:
-            self.store.put_metric_values_many(self._pending_history)
-            self._pending_history.clear()
-        if self._pending_postures:
-            record_postures(self.store, ((t, ms, posture) for t, (ms, posture) in self._pending_postures.items()))
-            self._pending_postures.clear()
+            self._unit_flushed.append(writes)
+        writes.write(self.store)
 
     def _restore_unit_flushed(self) -> None:
         """The report in hand failed and its savepoint's rollback undid what _flush wrote meanwhile
         for the batch's earlier reports (answered, so not to be lost): held back again."""
         flushed, self._unit_flushed = self._unit_flushed or [], None
-        for things, states, samples, violations_, latest, postures, rows in flushed:
-            self._pending_things.update(things)
-            self._pending_states.update(states)
-            self._pending_samples.update(samples)
-            self._pending_violations.update(violations_)
-            self._pending_latest.update(latest)
-            self._pending_postures.update(postures)
-            self._pending_history.extend(rows)
+        for writes in flushed:
+            self._pending.add(writes)
 
     def _hot_drop(self) -> None:
         self._hot_marker = None
@@ -437,7 +409,13 @@ class Engine:
                     self.actions.run(self.store, event, received_ms)
         if self._batching:  # written with the batch's (Engine._flush), as is the latest report
             values = self.history.report_values(thing, applied, report, received_ms, extracted)
-            self._staged_rows.append((thing, received_ms, report, values))
+            staged = self._staged
+            staged.latest[thing] = (received_ms, report)
+            posture = posture_of(report)
+            if posture:
+                staged.postures[thing] = (received_ms, posture)
+            if values:
+                staged.history.append((thing, received_ms, "report", values))
         else:
             self.history.record_report(thing, applied, report, received_ms, extracted)
         return events
@@ -497,14 +475,14 @@ class Engine:
         # a steady state is not written back (the disconnect sweep's seen_ms always is)
         if outcome.state != state or behavior.metric == metrics.DISCONNECT_DURATION:
             if self._batching:
-                self._staged_states[(thing, profile, behavior.name)] = (outcome.state, received_ms)
+                self._staged.states[(thing, profile, behavior.name)] = (outcome.state, received_ms)
                 if thing in self._hot_states:
                     self._hot_states[thing][(profile, behavior.name)] = outcome.state
             else:
                 self.store.put_state(thing, profile, behavior.name, outcome.state, received_ms)
         if behavior.kind == "statistical" and isinstance(outcome.value, (int, float)):
             if self._batching:
-                self._staged_samples[(profile, behavior.name, thing)] = (received_ms, outcome.value)
+                self._staged.samples[(profile, behavior.name, thing)] = (received_ms, outcome.value)
             else:
                 self.store.put_sample(profile, behavior.name, thing, received_ms, outcome.value)
         if outcome.violating is None:
@@ -525,7 +503,7 @@ class Engine:
                     self._hot_open[key] = row["violation_id"] if row is not None else None
                 violation_id = self._hot_open[key]
                 if violation_id is not None:
-                    self._staged_violations[violation_id] = (
+                    self._staged.violations[violation_id] = (
                         evaluate.violation_value(behavior.spec, outcome.value),
                         received_ms,
                         info,
