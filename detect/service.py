@@ -77,6 +77,7 @@ class Service:
         from garrison.detect.cli.cloud import start_broker_view
         from garrison.detect.cli.profiles_code import sync_configured
         from garrison.detect.engine import SERVE_BUSY_TIMEOUT_MS
+        from garrison.detect.state.checkpoint import BACKSTOP_PAGES, WalCheckpointer
         from garrison.detect.state.store import Store, is_postgres
 
         config = self.config
@@ -86,6 +87,9 @@ class Service:
             lock = _lock_database(self.db)
             if lock is not None:
                 self._opened.append(lock.close)
+            if not is_postgres(self.db):  # the ingest worker's commits no longer copy the log back
+                store.wal_autocheckpoint(BACKSTOP_PAGES)
+                self._opened.append(WalCheckpointer(self.db).start().stop)
             clock = from_environment(self.clock_offset_s)
             self.engine = engine = Engine(store, clock, config)
             self.follower = start_broker_view(engine, self.broker_log)

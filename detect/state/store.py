@@ -358,6 +358,12 @@ class Store:
         with self._lock:
             self._conn.close()
 
+    def wal_autocheckpoint(self, pages: int) -> None:
+        """After how many pages of write-ahead log a commit on this connection copies the log back
+        itself (SQLite: 1,000). `serve` raises it and checkpoints on a thread (state.checkpoint)."""
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+
     @contextmanager
     def transaction(self, busy_timeout_ms: Optional[int] = None) -> Iterator["Store"]:
         """One atomic unit of work; nested calls join the outer transaction.

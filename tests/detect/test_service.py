@@ -25,3 +25,19 @@ def test_service_runs_stops_and_releases_its_lock(mosquitto, tmp_path):
     second = Service(db, BrokerLink(mosquitto.url)).start()   # the lock went with the first
     assert second.engine.list_things() == []
     second.shutdown()
+
+
+def test_the_service_checkpoints_on_its_own_thread_not_in_the_ingest_commits(mosquitto, tmp_path):
+    from garrison.detect.state.checkpoint import BACKSTOP_PAGES
+
+    def checkpointers():
+        return [t for t in threading.enumerate() if t.name == "garrison-checkpoint"]
+
+    service = Service(str(tmp_path / "engine.db"), BrokerLink(mosquitto.url), Config(), clock_offset_s=0).start()
+    try:
+        assert len(checkpointers()) == 1
+        store = service.engine.store
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+    finally:
+        service.shutdown()
+    assert checkpointers() == []
