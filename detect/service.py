@@ -105,7 +105,7 @@ class Service:
                 password=self.broker.password,
                 now_ms=engine.clock.now_ms,
                 dead_letters=_dead_letters(self.db, config),
-                in_flight=None if is_postgres(self.db) else f"{self.db}.inflight",
+                in_flight=_in_flight(self.db, config),
             )
             from garrison.detect.console.prometheus import watch_ingest
 
@@ -229,6 +229,28 @@ def _dead_letters(db: str, config: Config) -> Any:
     if directory is None:
         return None
     return DeadLetters(directory, config.dead_letters_max_files, config.dead_letters_max_bytes)
+
+
+def _in_flight(db: str, config: Config) -> Optional[str]:
+    """Where the ingest notes the messages it is handling, so that a report that killed the
+    process is recognised after the restart (deadletter.InFlight): beside a SQLite file; on
+    PostgreSQL in the dead-letter directory (--dead-letters), else nowhere (said once)."""
+    import os
+    from garrison.detect.state.store import is_postgres
+
+    if not is_postgres(db):
+        return f"{db}.inflight"
+    if not config.dead_letters_dir:
+        log.warning(
+            "no --dead-letters directory: a report that kills the engine process is delivered "
+            "again after every restart, never set aside"
+        )
+        return None
+    try:
+        os.makedirs(config.dead_letters_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ServiceError(f"cannot create the dead-letter directory {config.dead_letters_dir}: {exc}") from None
+    return os.path.join(config.dead_letters_dir, ".inflight")  # not a dead letter (*.json)
 
 
 def _lock_database(db: str):

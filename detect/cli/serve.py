@@ -73,7 +73,8 @@ def add_parser(sub, db_parent) -> None:
         "--dead-letters",
         metavar="DIR",
         help="where reports that failed 3 times are set aside (default DB.dead-letters beside a "
-        "SQLite --db; on PostgreSQL only logged unless given); bounded by [dead_letters] in the config "
+        "SQLite --db; on PostgreSQL only logged unless given, and a report that kills the engine is "
+        "recognised after a restart only with it: DIR/.inflight); bounded by [dead_letters] in the config "
         "(1000 files, 64 MiB): past that they are answered and acknowledged but not kept (logged)",
     )
     serve.add_argument(

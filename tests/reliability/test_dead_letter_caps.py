@@ -163,3 +163,38 @@ def test_dead_letters_cli_on_postgresql_needs_dir(tmp_path):
     proc = subprocess.run(CLI + ["dead-letters", "--db", "postgresql://garrison@db/garrison"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "give --dir DIR" in proc.stderr
+
+
+def test_on_postgresql_a_report_in_flight_at_each_death_is_set_aside_in_the_dead_letter_directory(
+    mosquitto, pg_dsn, tmp_path
+):
+    """PostgreSQL has no file beside it: with --dead-letters the in-flight file lives in that
+    directory (hidden: not listed as a dead letter), so a report that kills the engine is set
+    aside after its third death, as on SQLite, instead of crash-looping every restart."""
+    from garrison.detect.config import Config
+    from garrison.detect.service import BrokerLink, Service
+
+    dead = tmp_path / "dead"
+    dead.mkdir(mode=0o700)
+    topic = wire.topic("crasher-pg", "json").encode()
+    poison = honest_report(int(time.time() * 1000))
+    (dead / ".inflight").write_text(json.dumps({digest(topic, poison): 2}))  # in flight at two deaths
+    config = Config(dead_letters_dir=str(dead), client_id=f"eng-{time.monotonic_ns()}", alerts={"log": False})
+    service = Service(pg_dsn, BrokerLink(mosquitto.url), config, clock_offset_s=0).start()
+    crasher, fine = Device(mosquitto, "crasher-pg"), Device(mosquitto, "fine-pg")
+    try:
+        crasher.publish(poison)
+        fine.publish(honest_report(int(time.time() * 1000)))
+        assert wait_for(fine.got, timeout=15, what="the fine device's answer")[0].accepted
+        assert wait_for(crasher.got, timeout=15, what="the crasher's answer")[0].error_code == INTERNAL_ERROR
+        kept = DeadLetters(str(dead)).list()
+        assert [(r["digest"], r["reason"]) for r in kept] == [
+            (digest(topic, poison), "the engine process died while handling it")
+        ]
+        assert service.engine.last_report("crasher-pg") is None  # never handled
+        assert service.engine.last_report("fine-pg") is not None
+        assert json.loads((dead / ".inflight").read_text()) == {}
+    finally:
+        crasher.close()
+        fine.close()
+        service.shutdown()
