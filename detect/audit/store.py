@@ -41,6 +41,14 @@ _SEQ_INDEXES = (
     "CREATE INDEX IF NOT EXISTS audit_findings_seq ON audit_findings (seq)"
 )
 _SEQ_INDEX_NAMES = ("audit_tasks_seq", "audit_findings_seq")
+# PostgreSQL numbers saves from a sequence: its transactions (REPEATABLE READ) do not see each
+# other's uncommitted rows, so two processes saving at once would read the same MAX(seq). Made
+# once, under the schema lock, starting past the rows saved before it existed.
+_SEQUENCE_PG = (
+    "CREATE SEQUENCE IF NOT EXISTS audit_seq; "
+    "SELECT setval('audit_seq', GREATEST((SELECT last_value FROM audit_seq), "
+    "(SELECT COALESCE(MAX(seq), 0) FROM audit_tasks), (SELECT COALESCE(MAX(seq), 0) FROM audit_findings), 1))"
+)
 # tables created before `seq` existed get it (PostgreSQL; SQLite has no ADD COLUMN IF NOT EXISTS: _add_seq)
 _ADD_SEQ_PG = (
     "ALTER TABLE audit_tasks ADD COLUMN IF NOT EXISTS seq INTEGER; "
@@ -64,9 +72,14 @@ class AuditStore:
         if is_postgres(self.store.path):
             # the indexes are made after the columns, in one transaction: there, nothing to do
             # (ALTER TABLE would lock the tables against the workers' posture writes)
-            found = [self.store._one("SELECT to_regclass(?)", (i,)) for i in _SEQ_INDEX_NAMES]
-            if any(row is None or row[0] is None for row in found):
+            def missing(*names: str) -> bool:
+                found = [self.store._one("SELECT to_regclass(?)", (name,)) for name in names]
+                return any(row is None or row[0] is None for row in found)
+
+            if missing(*_SEQ_INDEX_NAMES):
                 self.store.create_tables(_ADD_SEQ_PG)
+            if missing("audit_seq"):
+                self.store.create_tables(_SEQUENCE_PG)
             return
         with self.store.transaction():
             for table in ("audit_tasks", "audit_findings"):
@@ -76,9 +89,15 @@ class AuditStore:
             for statement in _SEQ_INDEXES.split("; "):
                 self.store._exec(statement)
 
-    def _next_seq(self, table: str) -> int:
+    def _next_seqs(self, table: str, count: int) -> List[int]:
+        """`count` increasing seqs for new rows of `table`, past every row saved before (SQLite's
+        write lock serializes saves; PostgreSQL: the audit_seq sequence)."""
+        if is_postgres(self.store.path):
+            rows = self.store._rows("SELECT nextval('audit_seq') FROM generate_series(1, ?)", (count,))
+            return sorted(int(r[0]) for r in rows)
         row = self.store._one(f"SELECT COALESCE(MAX(seq), 0) FROM {table}")
-        return int(row[0]) + 1 if row else 1
+        first = int(row[0]) + 1 if row else 1
+        return list(range(first, first + count))
 
     # ---- tasks and findings -------------------------------------------------------------------
 
@@ -94,13 +113,13 @@ class AuditStore:
                     int(task["taskStartTime"] * 1000),
                     task.get("scheduledAuditName"),
                     json.dumps(task),
-                    self._next_seq("audit_tasks"),
+                    self._next_seqs("audit_tasks", 1)[0],
                 ),
             )
-            seq = self._next_seq("audit_findings")
+            seqs = self._next_seqs("audit_findings", len(findings)) if findings else []
             rows = [
-                (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item), seq + i)
-                for i, (item, key) in enumerate(zip(findings, resource_keys))
+                (item["findingId"], item["taskId"], item["checkName"], key, json.dumps(item), seq)
+                for seq, item, key in zip(seqs, findings, resource_keys)
             ]
             if rows:
                 self.store._many(

@@ -118,3 +118,54 @@ def test_audit_tables_from_before_seq_are_migrated(any_db):
     if not any_db.startswith("postgresql"):
         columns = [r[1] for r in sqlite3.connect(any_db).execute("PRAGMA table_info(audit_findings)")]
         assert "seq" in columns
+
+
+def test_on_postgresql_two_connections_saving_at_once_get_distinct_seqs(pg_dsn):
+    """A task saved while another connection's save is still uncommitted does not read the same
+    MAX(seq) and sort as the same moment: on PostgreSQL saves are numbered by a sequence."""
+    import threading
+
+    def task(n):
+        doc = {"taskId": f"t{n}", "taskType": "ON_DEMAND_AUDIT_TASK", "taskStatus": "COMPLETED",
+               "taskStartTime": 1000.0}  # the same start: only seq orders them
+        finding = {"findingId": f"f{n}", "taskId": f"t{n}", "checkName": CHECK}
+        return doc, [finding], [f"cert-{n}"]
+
+    first, second = Store(pg_dsn), Store(pg_dsn)
+    saved = threading.Event()
+    try:
+        audits = AuditStore(first)
+        with first.transaction():  # the first save, not committed yet
+            audits.save_task(*task(1))
+            other = threading.Thread(target=lambda: (AuditStore(second).save_task(*task(2)), saved.set()))
+            other.start()
+            assert saved.wait(10)  # not waiting for the first to commit
+        other.join(10)
+        tasks = [(r[0], r[1]) for r in first._rows("SELECT task_id, seq FROM audit_tasks ORDER BY task_id")]
+        findings = [(r[0], r[1]) for r in first._rows("SELECT finding_id, seq FROM audit_findings ORDER BY finding_id")]
+        assert [name for name, _ in tasks] == ["t1", "t2"] and tasks[0][1] < tasks[1][1]
+        assert [name for name, _ in findings] == ["f1", "f2"] and findings[0][1] < findings[1][1]
+        assert [t["taskId"] for t in AuditStore(first).list_tasks()] == ["t2", "t1"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_on_postgresql_the_sequence_starts_past_the_tasks_saved_before_it(pg_dsn):
+    doc = {"taskId": "old", "taskType": "ON_DEMAND_AUDIT_TASK", "taskStatus": "COMPLETED", "taskStartTime": 1000.0}
+    store = Store(pg_dsn)
+    try:
+        AuditStore(store).save_task(doc, [], [])
+        with store.transaction():  # as the tables were before the sequence: seqs from MAX(seq) + 1
+            store._exec("DROP SEQUENCE audit_seq")
+            store._exec("UPDATE audit_tasks SET seq = 41")
+    finally:
+        store.close()
+    store = Store(pg_dsn)  # opened again: the audit store makes the sequence once
+    try:
+        AuditStore(store).save_task(dict(doc, taskId="new"), [], [])
+        seqs = dict((r[0], r[1]) for r in store._rows("SELECT task_id, seq FROM audit_tasks"))
+        assert seqs["old"] == 41 and seqs["new"] > 41
+        assert [t["taskId"] for t in AuditStore(store).list_tasks()] == ["new", "old"]
+    finally:
+        store.close()
