@@ -248,3 +248,27 @@ def test_report_id_of_tolerates_anything():
     assert report_id_of({"header": {"report_id": -1}}) is None
     assert report_id_of([1]) is None
     assert report_id_of({"header": "x"}) is None
+
+
+def test_a_refused_connection_deep_in_a_report_is_walked_once_not_once_per_level(monkeypatch):
+    """A hostile device must not make a refused report cost many times an accepted one: the
+    compiled check of each object level above a bad list entry used to fall back to the generic
+    check, which walked the list again (16 walks of a 128 KB list 4 levels down)."""
+    from garrison.detect.ingest import validate as module
+
+    conns = [{"remote_addr": "192.0.2.1:443", "local_port": 5000} for _ in range(100)]
+    doc = good()
+    doc["metrics"]["tcp_connections"]["established_connections"]["connections"] = conns
+    validate(doc)
+    validate(doc)  # every shape of doc compiled
+    conns[-1] = {"remote_addr": "192.0.2.1:443", "local_port": 70000}
+    walks = []
+    real = module._check_list
+    monkeypatch.setattr(module, "_check_list", lambda d, f: walks.append(f.long) or real(d, f))
+    with pytest.raises(Invalid) as err:
+        validate(doc)
+    assert err.value.message == (
+        "metrics.tcp_connections.established_connections.connections[99].local_port: "
+        "value is above the maximum 65535"
+    )
+    assert walks.count("connections") == 1
