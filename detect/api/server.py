@@ -10,6 +10,11 @@ timed out and the broker reconnection waited 65 s):
   previous response): uvicorn has a keep-alive timeout but none for the first request's headers;
   its body within `body_timeout` s after them (in guard.BodyGuard);
 - idle keep-alive connections close after `keep_alive` s; stop() waits at most `graceful_shutdown` s;
+- a client that stops reading its answers (e.g. pipelined requests for a static file, its
+  receive window shut) stalls the response: uvicorn waits for the socket to drain, with no
+  deadline, and the connection is not idle. A stalled connection is aborted after `send_timeout`
+  s and, at the connection cap, evicted like an idle one (the one stalled the longest): else a
+  few hundred such clients held every slot and locked everyone out;
 - a refusal sent before its request's body was read (401 without a token or session, 413, 408)
   closes the connection in stages (RFC 9112 section 9.6): the answer, then a FIN, then what is
   left of the body is read and thrown away, at most `linger_bytes` within `linger` s, and
@@ -49,6 +54,7 @@ class Limits:
     graceful_shutdown: int = 3  # seconds stop() lets running requests finish
     linger: float = 5.0  # seconds a refused request's unread body is discarded before the close
     linger_bytes: int = MAX_BODY_BYTES  # and at most this much of it
+    send_timeout: float = 30.0  # seconds a response may wait for a client that does not read it
     backlog: int = 128  # the kernel's accept queue, and asyncio's accepts per wake-up:
     #                                 so at most max_connections + backlog fds before eviction runs
 
@@ -78,6 +84,23 @@ def _guarded_protocol(limits: Limits):
             raw.resume_reading()  # uvicorn may have paused reading at its buffer's high-water mark
             self._linger_deadline = self.loop.call_later(limits.linger, raw.close)
 
+        def pause_writing(self):  # the write buffer is full: the client does not read
+            super().pause_writing()
+            self._stalled_since = time.monotonic()
+            self._send_deadline = self.loop.call_later(limits.send_timeout, self.abort)
+
+        def resume_writing(self):
+            super().resume_writing()
+            self._stalled_since = None
+            self._send_deadline.cancel()
+
+        def abort(self):  # close() would wait to send what the client does not read
+            log.debug("API: aborting %s: it does not read its answer", self.client)
+            self.raw_transport.abort()
+
+        def stalled(self) -> bool:
+            return getattr(self, "_stalled_since", None) is not None and not self.raw_transport.is_closing()
+
         def data_received(self, data):
             if not self.lingering:
                 return super().data_received(data)
@@ -91,7 +114,7 @@ def _guarded_protocol(limits: Limits):
             self._arm_header_deadline()
 
         def connection_lost(self, exc):
-            for name in ("_header_deadline", "_linger_deadline"):
+            for name in ("_header_deadline", "_linger_deadline", "_send_deadline"):
                 deadline = getattr(self, name, None)
                 if deadline is not None:
                     deadline.cancel()
@@ -119,10 +142,18 @@ def _guarded_protocol(limits: Limits):
             for c in newcomer.connections
             if c is not newcomer and c.waiting_for_headers() and (c.lingering or not c.raw_transport.is_closing())
         ]
-        # a lingering one has had its answer; then the one idle the longest
-        victim = min(idle, key=lambda c: (not c.lingering, c._waiting_since)) if idle else newcomer
+        stalled = [c for c in newcomer.connections if c is not newcomer and c.stalled()]
+        # a lingering one has had its answer; then the one stalled the longest (a client that does
+        # not read); then the one idle the longest
+        if stalled and not any(c.lingering for c in idle):
+            victim = min(stalled, key=lambda c: c._stalled_since)
+        else:
+            victim = min(idle, key=lambda c: (not c.lingering, c._waiting_since)) if idle else newcomer
         log.debug("API: %d connections (the limit); closing %s", len(newcomer.connections), victim.client)
-        victim.transport.close()
+        if victim in stalled:
+            victim.abort()
+        else:
+            victim.transport.close()
 
     return GuardedH11Protocol
 

@@ -285,3 +285,53 @@ def test_at_the_connection_cap_a_lingering_connection_goes_first(small_server):
     assert not _closed_by_server(crowd[0], 0.1)               # the oldest idle one is still open
     for sock in crowd + [lingering]:
         sock.close()
+
+
+STATIC = b"GET /console/static/uPlot.iife.min.js HTTP/1.1\r\nHost: x\r\n\r\n"  # 51 KB, no sign-in
+
+
+def _not_reading(port: int) -> socket.socket:
+    """A client that pipelines requests for 51 MB of answers and reads none: its receive window
+    shuts, and the server's response waits for it to drain."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(STATIC * 1000)
+    return sock
+
+
+def _stalled(server) -> int:
+    """Connections whose answers wait in the server's buffer for a client that does not read."""
+    return sum(c.raw_transport.get_write_buffer_size() > 0 for c in list(server.server.server_state.connections))
+
+
+def test_clients_that_do_not_read_their_answers_cannot_hold_every_connection(tmp_path):
+    """At the cap, a stalled connection makes room like an idle one. Before: 8 such clients
+    (the cap) held every slot with no deadline, and /health was refused for as long as they wished."""
+    server, engine = _server(tmp_path, Limits(max_connections=8, header_timeout=1.0))
+    crowd = []
+    try:
+        for n in range(1, 9):
+            crowd.append(_not_reading(server.port))
+            wait_for(lambda: _stalled(server) == n, timeout=10, what=f"{n} stalled connections")
+        for _ in range(3):
+            assert health_seconds(server.url) < 1.0
+        assert _stalled(server) == 7                              # one evicted: room for the newcomers
+    finally:
+        for sock in crowd:
+            sock.close()
+        server.stop()
+        engine.store.close()
+
+
+def test_a_response_the_client_does_not_read_is_aborted_after_the_send_timeout(tmp_path):
+    server, engine = _server(tmp_path, Limits(send_timeout=1.0))
+    try:
+        with _not_reading(server.port):
+            wait_for(lambda: _stalled(server) == 1, timeout=10, what="a stalled connection")
+            started = time.monotonic()
+            wait_for(lambda: not server.server.server_state.connections, timeout=5, what="the abort")
+            assert time.monotonic() - started < 3.0
+    finally:
+        server.stop()
+        engine.store.close()
