@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -168,6 +169,22 @@ class DeadLetters(DeadLetterCounts):
         return out
 
 
+_IN_FLIGHT_MAX_BYTES = 64 * 1024  # a batch's digests take about 1 KB
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file, not through a symlink, never waiting: the file
+    sits in a directory the operator chose (--dead-letters), where a symlink to /dev/zero or a
+    FIFO made the engine run out of memory or hang at every start (as the write, O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 class InFlight:
     """The digests of the messages being handled, in a small file (see the module docstring)."""
 
@@ -176,8 +193,13 @@ class InFlight:
         self._fd: Optional[int] = None
         self.suspects: Dict[str, int] = {}  # digest -> times it was in flight when the process died
         try:
-            crashed = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            crashed = json.loads(_read_regular(self.path, _IN_FLIGHT_MAX_BYTES))
+        except FileNotFoundError:
+            crashed = {}
+        except OSError as exc:
+            log.warning("cannot read %s (no message is taken for a suspect): %s", self.path, exc)
+            crashed = {}
+        except ValueError:  # torn: no suspects
             crashed = {}
         if isinstance(crashed, dict):
             self.suspects = {k: int(v) + 1 for k, v in crashed.items() if isinstance(v, int)}

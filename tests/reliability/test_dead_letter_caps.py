@@ -198,3 +198,30 @@ def test_on_postgresql_a_report_in_flight_at_each_death_is_set_aside_in_the_dead
         crasher.close()
         fine.close()
         service.shutdown()
+
+
+def test_the_in_flight_file_is_read_only_as_a_small_regular_file_not_through_a_symlink(tmp_path, caplog):
+    """--dead-letters DIR holds the in-flight file; what else is in DIR must not decide what the
+    engine reads at its start: a symlink was followed (to /dev/zero: out of memory at every
+    start; to a file of digests: honest reports set aside) and a FIFO hung the start for good."""
+    import os
+    import threading
+    from garrison.detect.ingest.deadletter import InFlight
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({digest(TOPIC, b"honest"): 2}))
+    link = tmp_path / "dead" / ".inflight"
+    link.parent.mkdir()
+    link.symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, "garrison.ingest"):
+        assert InFlight(str(link)).suspects == {}
+    assert any("cannot read" in r.getMessage() for r in caplog.records)
+    link.unlink()
+    os.mkfifo(link)
+    started = threading.Thread(target=InFlight, args=(str(link),), daemon=True)
+    started.start()
+    started.join(5)
+    try:
+        assert not started.is_alive(), "InFlight waited on a FIFO"
+    finally:
+        if started.is_alive():  # the old code: let its open() return
+            os.close(os.open(link, os.O_WRONLY | os.O_NONBLOCK))
