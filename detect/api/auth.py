@@ -18,7 +18,8 @@ from garrison.detect.api.errors import ApiError
 def token_matches(authorization: str, token: bytes) -> bool:
     """Whether an Authorization header value is `Bearer <token>`."""
     scheme, _, presented = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token)
+    # surrogatepass: a sign-in form in UTF-7 decodes to lone surrogates, which were a 500
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode("utf-8", "surrogatepass"), token)
 
 
 def require_token(request: Request) -> None:

@@ -81,7 +81,7 @@ class Sessions:
     def csrf_ok(session: Session, presented: Optional[str]) -> bool:
         if not presented:
             return False
-        return hmac.compare_digest(presented.encode(), session.csrf.encode())
+        return hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), session.csrf.encode())  # as auth's
 
     def _expire(self, now: float) -> None:
         for sid in [

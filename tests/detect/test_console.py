@@ -76,6 +76,28 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_ends_the_session(ser
     assert cookie is not None
 
 
+def test_a_form_that_decodes_to_lone_surrogates_is_refused_not_a_500(served):
+    """A multipart form may name its charset; UTF-7 turns "+2AA-" into a lone surrogate, which
+    the token comparison could not encode: a 500 and a traceback in the log for anyone."""
+    server, _, _ = served
+    body = b'--x\r\nContent-Disposition: form-data; name="token"\r\n\r\n+2AA-\r\n--x--\r\n'
+    request = urllib.request.Request(server.url + "/console/login", data=body, method="POST", headers={
+        "Content-Type": "multipart/form-data; boundary=x; charset=utf-7"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401 and b"not the API token" in refused.value.read()
+    # and a signed-in form's CSRF token the same way: refused (403), not a 500
+    browser = Browser(server.url)
+    browser.sign_in(TOKEN)
+    body = body.replace(b'name="token"', b'name="csrf"')
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    request = urllib.request.Request(server.url + "/console/logout", data=body, method="POST", headers={
+        "Content-Type": "multipart/form-data; boundary=x; charset=utf-7", "Cookie": cookie})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+
+
 def test_forged_cookies_and_posts_without_csrf_are_refused(served):
     server, engine, clock = served
     _alarm(engine, clock)
