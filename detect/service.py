@@ -248,6 +248,7 @@ def _in_flight(db: str, config: Config) -> Optional[str]:
         return None
     try:
         os.makedirs(config.dead_letters_dir, mode=0o700, exist_ok=True)
+        os.chmod(config.dead_letters_dir, 0o700)  # as DeadLetters.put: reports are kept there
     except OSError as exc:
         raise ServiceError(f"cannot create the dead-letter directory {config.dead_letters_dir}: {exc}") from None
     return os.path.join(config.dead_letters_dir, ".inflight")  # not a dead letter (*.json)

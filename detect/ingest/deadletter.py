@@ -44,6 +44,24 @@ def digest(topic: bytes, payload: bytes) -> str:
     return h.hexdigest()
 
 
+_IN_FLIGHT_MAX_BYTES = 64 * 1024  # a batch's digests take about 1 KB
+_DEAD_LETTER_MAX_BYTES = 2**20  # a dead letter: at most a 128 KB payload, in base64, and its record
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file, not through a symlink, never waiting: the files
+    sit in a directory the operator chose (--dead-letters), where a symlink to /dev/zero or a
+    FIFO made the engine run out of memory or hang at every start (as the write, O_NOFOLLOW),
+    and hung `garrison-detect dead-letters`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 class DeadLetterCounts:
     """What became of the dead letters since the start: `kept`, and `dropped` for want of room
     (GET /metrics reads both); a drop is logged at most once every FULL_LOG_EVERY_S, with the count.
@@ -160,7 +178,7 @@ class DeadLetters(DeadLetterCounts):
             return out
         for path in sorted(self.directory.glob("*.json")):
             try:
-                record = json.loads(path.read_text())
+                record = json.loads(_read_regular(path, _DEAD_LETTER_MAX_BYTES))
             except (OSError, ValueError):
                 continue
             record.pop("payload_base64", None)
@@ -169,28 +187,13 @@ class DeadLetters(DeadLetterCounts):
         return out
 
 
-_IN_FLIGHT_MAX_BYTES = 64 * 1024  # a batch's digests take about 1 KB
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """At most `limit` bytes of a regular file, not through a symlink, never waiting: the file
-    sits in a directory the operator chose (--dead-letters), where a symlink to /dev/zero or a
-    FIFO made the engine run out of memory or hang at every start (as the write, O_NOFOLLOW)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 class InFlight:
     """The digests of the messages being handled, in a small file (see the module docstring)."""
 
     def __init__(self, path: str):
         self.path = Path(path)
         self._fd: Optional[int] = None
+        self._write_failed_logged = -FULL_LOG_EVERY_S  # twice per batch: at most a line a minute
         self.suspects: Dict[str, int] = {}  # digest -> times it was in flight when the process died
         try:
             crashed = json.loads(_read_regular(self.path, _IN_FLIGHT_MAX_BYTES))
@@ -230,4 +233,8 @@ class InFlight:
             os.pwrite(self._fd, data, 0)
             os.ftruncate(self._fd, len(data))
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.path, exc)
+            if time.monotonic() - self._write_failed_logged >= FULL_LOG_EVERY_S:
+                self._write_failed_logged = time.monotonic()
+                log.warning(
+                    "cannot write %s (a report that kills the engine would not be recognised): %s", self.path, exc
+                )

@@ -225,3 +225,46 @@ def test_the_in_flight_file_is_read_only_as_a_small_regular_file_not_through_a_s
     finally:
         if started.is_alive():  # the old code: let its open() return
             os.close(os.open(link, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_dead_letters_are_listed_without_following_a_symlink_or_waiting_on_a_fifo(tmp_path):
+    import os
+    import threading
+    directory = tmp_path / "dead"
+    kept = DeadLetters(str(directory)).put(TOPIC, b"\xd8\x1c", "boom", 3, now_ms=5000)
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"topic": "not a dead letter", "reason": "x"}))
+    (directory / "1-link.json").symlink_to(secret)
+    os.mkfifo(directory / "2-fifo.json")
+    listed = []
+    lister = threading.Thread(target=lambda: listed.extend(DeadLetters(str(directory)).list()), daemon=True)
+    lister.start()
+    lister.join(5)
+    try:
+        assert not lister.is_alive(), "listing waited on a FIFO"
+    finally:
+        if lister.is_alive():  # the old code: let its open() return
+            os.close(os.open(directory / "2-fifo.json", os.O_WRONLY | os.O_NONBLOCK))
+    assert [r["file"] for r in listed] == [str(kept)]
+
+
+def test_an_in_flight_file_that_cannot_be_written_is_said_once_not_per_batch(tmp_path, caplog):
+    from garrison.detect.ingest.deadletter import InFlight
+    in_flight = InFlight(str(tmp_path / "gone" / ".inflight"))  # its directory does not exist
+    with caplog.at_level(logging.WARNING, "garrison.ingest"):
+        for _ in range(50):
+            in_flight.begin(["a", "b"])
+            in_flight.end()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"cannot write {tmp_path / 'gone' / '.inflight'}"]
+
+
+def test_serve_on_postgresql_makes_its_dead_letter_directory_private(tmp_path):
+    from garrison.detect.config import Config
+    from garrison.detect.service import _in_flight
+    directory = tmp_path / "dl"
+    directory.mkdir(mode=0o755)
+    path = _in_flight("postgresql://garrison@db/garrison", Config(dead_letters_dir=str(directory)))
+    assert path == str(directory / ".inflight")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert _in_flight("postgresql://garrison@db/garrison", Config()) is None
+    assert _in_flight(str(tmp_path / "e.db"), Config()) == str(tmp_path / "e.db.inflight")
