@@ -113,16 +113,20 @@ things' states cached from one batch to the next saved 4% of the CPU but cost 7 
 
 The 0.6× target of issue 12 is not met: 0.26-0.34× on the big bursts. The run's own CPU
 accounting (above, "What 0.6× would take") says why tuning cannot close the gap on this 2-core
-machine; in two runs of this version: one engine process has 240-280 µs of CPU per report at
-0.6× of the relay. The relay's two paho clients alone spend 160-185 µs per message, so paho's
-receive and acknowledgement are near half of that, and the front door and engine without any
-MQTT spend 326 µs (in-process, bench/bench_batch_store.py). Several processes would have 300-365
-µs per report in all (what the bench's publisher and subscriber and the broker leave of the two
-cores), against the 440-525 spent, before any cost of passing reports between them. What the
-engine spends, by py-spy of `serve` under this burst: reading the batch's things and their
-states a sixth, validation and JSON decoding a quarter, writing and committing a quarter, paho's
-network thread a seventh, rule evaluation a tenth. Past this, the way to more reports per second
-is more cores and more processes: the NATS JetStream workers (docs/scale-out.md).
+machine. In two runs of this version, one engine process had 240-280 µs of CPU per report at
+0.6× of the relay, and several processes 300-365 µs in all (what the bench's publisher and
+subscriber and the broker leave of the two cores), before any cost of passing reports between
+them; the engine spent 440-525. Per thread (psutil, once, during this bench): the ingest worker
+444 µs per report, paho's network thread 59, the checkpointer 12. MQTT is not the problem: a paho
+subscriber doing nothing else costs 39 µs per message, 50 with a reply. The worker is: the front
+door and engine alone, in-process without MQTT (bench/bench_batch_store.py), cost 280 µs per
+report with 200 things and 370 with 2,000 things whose windows hold a dozen samples, as here.
+So one process would need the worker's work cut by half; by py-spy of `serve` under this burst it
+is reading the batch's things and their states (a sixth), validation and JSON decoding (a
+quarter), writing and committing (a quarter), and rule evaluation (a tenth), with no part large
+enough to halve it. A compiled decoder and schema check (msgspec, measured once on this report:
+9 µs against 67 for json.loads and the validator) would take a sixth. Past this, the way to more
+reports per second is more cores and more processes: the NATS JetStream workers (docs/scale-out.md).
 
 Group commit itself (issue 12's first pass, 2026-11-29, on a shared machine at load average 6-10):
 790 µs of engine CPU per report before (one transaction per report), about 520 after (group
