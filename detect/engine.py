@@ -266,7 +266,9 @@ class Engine:
         finally:
             self._batch_thread = None
         try:
-            if self.alerts is not None:  # one commit marks the batch's alerts; locks in tick()'s order
+            # only a batch that raised events looks at the outbox (one transaction more); tick()
+            # (every half second in serve) takes what else is there: retries, other processes. events
+            if self.alerts is not None and self._batch_had_events:  # locks in tick()'s order
                 with self._dispatch_lock, self.store.transaction(busy_timeout_ms):
                     self.dispatch_alerts()
         except Exception as exc:  # committed all the same; the outbox keeps them for the next tick

@@ -195,3 +195,28 @@ def test_batches_and_the_periodic_alert_dispatch_never_deadlock(tmp_path):
     ticker.join(10)
     events = engine.store.list_events()
     assert len(engine.alerts.messages) == len(events) > 10 and not engine.store.pending_alerts()
+
+
+def test_only_a_batch_that_raised_events_looks_at_the_alert_outbox(tmp_path):
+    """A batch without events is one transaction; the outbox costs a second one only when the
+    batch put something in it, and then its alerts leave at once (not at the next tick)."""
+    from engine_support import Collect
+    engine = engine_at(tmp_path / "e.db")
+    engine.alerts = Collect()
+    begun = []
+    engine.store._conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+
+    def batch_of_one(ms, **metrics):
+        doc = validate(json.loads(report.encode(report.build(ms, **metrics), "json")))
+        begun.clear()
+        with engine.batch():
+            return engine.accept("dev0", doc, ms)
+
+    calm = {"listening_tcp": [ListeningSocket("tcp", 4, "0.0.0.0", 22)], "network_stats": {"bytes_out": 0}}
+    for i in range(3):  # the first report registers the thing; alarms settle
+        batch_of_one(T0 + i * 300_000, **calm)
+    assert batch_of_one(T0 + 3 * 300_000, **calm) == [] and begun == ["BEGIN IMMEDIATE"]
+    telnet = [ListeningSocket("tcp", 4, "0.0.0.0", 23)]
+    events = batch_of_one(T0 + 4 * 300_000, listening_tcp=telnet, network_stats={"bytes_out": 0})
+    assert events and begun == ["BEGIN IMMEDIATE", "BEGIN IMMEDIATE"]
+    assert [m["violationId"] for m in engine.alerts.messages] == [e["violation_id"] for e in engine.store.list_events()]
