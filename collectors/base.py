@@ -5,11 +5,19 @@ A collector is anything with a `name` and a `collect()` that returns a `Collecto
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Optional, Tuple
 
 log = logging.getLogger(__name__)
+
+
+def os_text(name: str) -> str:
+    """A name the OS gave us (a path, a process name) as valid Unicode: bytes that are not UTF-8
+    (which Python keeps as lone surrogates, that no report can encode or the engine accept) show
+    as \\xNN. Any local process chooses such names; one must not cost the device its report."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

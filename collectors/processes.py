@@ -9,7 +9,7 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from garrison.collectors.base import CollectorResult, timed
+from garrison.collectors.base import CollectorResult, os_text, timed
 
 Owners = Dict[int, Tuple[int, str]]
 _PREFIX = "socket:["
@@ -17,8 +17,8 @@ _PREFIX = "socket:["
 
 def _process_name(root: str, pid: int) -> str:
     try:
-        with open(f"{root}/{pid}/comm") as comm:
-            return comm.read().rstrip("\n")
+        with open(f"{root}/{pid}/comm", "rb") as comm:  # a process names itself: any bytes
+            return comm.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return ""
 
@@ -98,7 +98,7 @@ def describe(pid: int, name: str = "", root: str = "/proc", _users: Optional[Dic
     non-root agent cannot read other users' /proc/<pid>/exe)."""
     out: Dict = {"pid": pid, "process": name or _process_name(root, pid)}
     try:
-        out["executable"] = os.readlink(f"{root}/{pid}/exe")
+        out["executable"] = os_text(os.readlink(f"{root}/{pid}/exe"))
     except OSError:
         pass
     try:
