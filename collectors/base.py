@@ -63,6 +63,24 @@ class InterfaceCounters:
 # What a socket backend (netlink or procfs) returns per socket, before interfaces and records:
 # (family 4|6, local address, local port, remote address, remote port, inode)
 RawSocket = Tuple[int, str, int, str, int, int]
+# Sockets itemised per query (listening TCP, listening UDP, established TCP): any local user may
+# open tens of thousands (76,000 took the agent to 100 MB, past its unit's MemoryMax: killed every
+# cycle). Past this many only a socket with a new port or remote address is kept, up to twice as
+# many (collectors._netlink.parse); the others are counted and logged.
+MAX_SOCKETS = 10000
+
+
+def say_not_itemised(backend: str, protocol: str, left_out: int) -> None:
+    if left_out:
+        log.warning(
+            "%s: %d %s sockets not itemised (a flood of sockets?): past %d only those with a new port "
+            "or remote address are kept, at most %d; the report's totals count those kept",
+            backend,
+            left_out,
+            protocol,
+            MAX_SOCKETS,
+            2 * MAX_SOCKETS,
+        )
 
 
 @dataclass
