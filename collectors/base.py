@@ -10,14 +10,18 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from garrison.wire.limits import MAX_STRING_CHARS
+
 log = logging.getLogger(__name__)
 
 
 def os_text(name: str) -> str:
     """A name the OS gave us (a path, a process name) as valid Unicode: bytes that are not UTF-8
     (which Python keeps as lone surrogates, that no report can encode or the engine accept) show
-    as \\xNN. Any local process chooses such names; one must not cost the device its report."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    as \\xNN, and a name past the wire's MAX_STRING_CHARS keeps its end ("..." first). Any local
+    process chooses such names; one must not cost the device its report."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return text if len(text) <= MAX_STRING_CHARS else "..." + text[3 - MAX_STRING_CHARS :]
 
 
 @dataclass(frozen=True)

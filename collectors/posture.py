@@ -205,7 +205,7 @@ def world_writable(root: Path, dirs: Iterable[str] = PATH_DIRS) -> List[str]:
                 except OSError:
                     continue
                 if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                    found.append(f"/{rel}/{os_text(entry.name)}")  # anyone may name a file in a 0777 dir
+                    found.append(os_text(f"/{rel}/{entry.name}"))  # anyone may name a file in a 0777 dir
     return sorted(found)[:MAX_REPORTED]
 
 

@@ -85,3 +85,31 @@ def test_a_file_named_in_bytes_in_a_world_writable_path_dir_does_not_cost_the_re
     built = report.build(1, custom_metrics=metrics)
     for fmt in ("json", "cbor"):
         assert sent_and_validated(built, fmt)["custom_metrics"][name] == [{"string_list": ["/usr/bin/x\\xff"]}]
+
+
+def test_an_executable_at_a_path_past_the_wire_limit_does_not_cost_the_report(tmp_path, procs):
+    where = tmp_path / "/".join(["d" * 200] * 6)  # 1,200+ characters: the engine takes 1,024
+    where.mkdir(parents=True)
+    shutil.copy(os.path.realpath(sys.executable), where / "python3")
+    proc, port = start(str(where / "python3"))
+    procs.append(proc)
+    built, _ = ReportCollector(tmp_path / "s", ["listening_tcp"], persist=False, socket_owners=True).collect(1)
+    [entry] = owner_of(built, port)
+    assert len(entry["executable"]) == 1024 and entry["executable"].startswith("...")
+    assert entry["executable"].endswith("d" * 200 + "/python3")  # the end names the program
+    for fmt in ("json", "cbor"):  # json: rejected InvalidPayload before
+        assert owner_of(sent_and_validated(built, fmt), port)[0]["executable"] == entry["executable"]
+
+
+def test_a_long_non_utf8_file_name_in_a_world_writable_path_dir_stays_within_the_wire_limit(tmp_path):
+    bin_dir = tmp_path / "usr" / "local" / "sbin"
+    bin_dir.mkdir(parents=True)
+    dropped = os.path.join(os.fsencode(bin_dir), b"\xff" * 255)  # 1,020 characters escaped
+    with open(dropped, "wb"):
+        pass
+    os.chmod(dropped, 0o666)
+    metrics = posture.collect_posture(str(tmp_path), ["path"])
+    [shown] = metrics[posture.METRICS["world_writable_path_files"]]["string_list"]
+    assert len(shown) == 1024 and shown.endswith("\\xff" * 200)
+    built = report.build(1, custom_metrics=metrics)  # raised ReportError before: no report at all
+    assert sent_and_validated(built, "cbor")["custom_metrics"]
