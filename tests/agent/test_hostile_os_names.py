@@ -113,3 +113,31 @@ def test_a_long_non_utf8_file_name_in_a_world_writable_path_dir_stays_within_the
     assert len(shown) == 1024 and shown.endswith("\\xff" * 200)
     built = report.build(1, custom_metrics=metrics)  # raised ReportError before: no report at all
     assert sent_and_validated(built, "cbor")["custom_metrics"]
+
+
+MANY = (
+    "import socket, sys, time\n"
+    "keep = [socket.socket() for _ in range(600)]\n"
+    "for s in keep: s.bind(('127.0.0.1', 0)); s.listen()\n"
+    "print('up', flush=True); time.sleep(60)\n"
+)
+
+
+def test_socket_owners_too_big_for_a_report_are_trimmed_not_the_report_lost(tmp_path, procs):
+    """600 ports of one process whose path is 1,000 characters: 550 KB of owners. The size
+    guard trimmed only the AWS lists, then gave up: no report at all, at every cycle."""
+    where = tmp_path / "/".join(["e" * 200] * 4)
+    where.mkdir(parents=True)
+    shutil.copy(os.path.realpath(sys.executable), where / "python3")
+    proc = subprocess.Popen([str(where / "python3"), "-c", MANY], stdout=subprocess.PIPE, text=True)
+    procs.append(proc)
+    assert proc.stdout.readline().strip() == "up"
+    built, _ = ReportCollector(tmp_path / "s", ["listening_tcp"], persist=False, socket_owners=True).collect(1)
+    assert len(built["metrics"]["socket_owners"]["listening_ports"]) == 500
+    payload = report.encode(built, "json")
+    assert len(payload) <= report.MAX_PAYLOAD_BYTES
+    from garrison.wire import codec
+
+    checked = validate(codec.decode(payload, "json"))
+    assert checked["metrics"]["listening_tcp_ports"]["total"] >= 600  # the true count stays
+    assert checked["metrics"]["socket_owners"]["listening_ports"]
