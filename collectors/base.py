@@ -68,7 +68,7 @@ class InterfaceCounters:
 # (family 4|6, local address, local port, remote address, remote port, inode)
 RawSocket = Tuple[int, str, int, str, int, int]
 # Sockets itemised per query (listening TCP, listening UDP, established TCP): any local user may
-# open tens of thousands (76,000 took the agent to 100 MB, past its unit's MemoryMax: killed every
+# open tens of thousands (76,000 took a collection to 100 MB RSS, past the unit's MemoryMax=96M, at
 # cycle). Past this many only a socket with a new port or remote address is kept, up to twice as
 # many (collectors._netlink.parse); the others are counted and logged.
 MAX_SOCKETS = 10000

@@ -1,5 +1,5 @@
 """Any local user may open tens of thousands of sockets (76,000 from four unprivileged processes
-took the agent to 100 MB RSS, past its unit's MemoryMax=96M, so it was killed every cycle). The
+took one collection to 100 MB RSS, past the unit's MemoryMax=96M, which kills the agent each cycle). The
 socket collectors keep a bounded number of records, and a flood on one port hides no other."""
 import logging
 import resource
