@@ -40,7 +40,7 @@ class OwnerCache:
         from garrison.collectors import processes
 
         if inodes - self.looked_for:
-            self.owners = processes.socket_owners(root)
+            self.owners = processes.socket_owners(root, inodes)
             self.looked_for = set(inodes)
             self.described = {}
             self.scans += 1

@@ -125,6 +125,8 @@ def _lists(report: Dict[str, Any]) -> List[List[Any]]:
         found.append(metrics["tcp_connections"]["established_connections"]["connections"])
     if "interval_sockets" in metrics:  # agent.interval's extension (its overflow stays as collected)
         found += [metrics["interval_sockets"]["connections"], metrics["interval_sockets"]["listening_ports"]]
+    if "socket_owners" in metrics:  # agent.owners': up to 1,000 entries of up to 1 KB paths each
+        found += [metrics["socket_owners"]["connections"], metrics["socket_owners"]["listening_ports"]]
     return found
 
 

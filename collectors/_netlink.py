@@ -12,9 +12,9 @@ with family 4 or 6 and addresses as text (IPv4-mapped addresses are unmapped by 
 import os
 import socket
 import struct
-from typing import Callable, Dict, Iterable, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from garrison.collectors.base import RawSocket
+from garrison.collectors.base import MAX_SOCKETS, RawSocket, say_not_itemised
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -58,8 +58,13 @@ def request(seq: int, family: int, protocol: int, states: int) -> bytes:
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
-    """Parse the datagrams of one dump reply (multipart, until NLMSG_DONE) into `out`.
+def parse(
+    chunks: Iterable[bytes], seq: int, out: List[RawSocket], limit: int = MAX_SOCKETS, seen: Optional[set] = None
+) -> int:
+    """Parse the datagrams of one dump reply (multipart, until NLMSG_DONE) into `out`; returns
+    how many sockets were read and not kept. Past `limit` sockets only one with a new port
+    (listening) or remote address (connected) is kept, up to 2 x `limit`: a flood of one
+    kind cannot hide the others. `seen`: those keys, shared by the queries of one collection.
 
     Raises NetlinkError on NLMSG_ERROR, a DONE carrying an error, or a reply that ends early.
     Messages of other sequence numbers (a stale reply) are skipped.
@@ -69,6 +74,8 @@ def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
     header_size, socket_size = _NLMSGHDR.size, _SOCKET_MSG.size
     # raw address -> text, per family: a few addresses repeat across thousands of sockets
     names: Dict[int, Dict[bytes, Tuple[int, str]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    left_out = 0
+    seen = set() if seen is None else seen
     for chunk in chunks:
         offset, end = 0, len(chunk)
         while offset + header_size <= end:
@@ -82,6 +89,12 @@ def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
                 raise NetlinkError(f"malformed netlink message (length {length})")
             if msg_seq == seq:
                 if kind == SOCK_DIAG_BY_FAMILY and length >= socket_size:
+                    key = dst if dport else sport
+                    if len(out) >= limit and (key in seen or len(out) >= 2 * limit):
+                        left_out += 1
+                        offset += (length + 3) & ~3
+                        continue
+                    seen.add(key)
                     cache = names.get(family_code)
                     if cache is None:
                         raise NetlinkError(f"sock_diag answered with address family {family_code}")
@@ -93,7 +106,7 @@ def parse(chunks: Iterable[bytes], seq: int, out: List[RawSocket]) -> None:
                         remote = cache[dst] = _text(ntop, family_code, dst)
                     out.append((local[0], local[1], ntohs(sport), remote[1], ntohs(dport), inode))
                 elif _finished(kind, chunk, offset, length, "sock_diag"):
-                    return
+                    return left_out
             offset += (length + 3) & ~3  # NLMSG_ALIGN
     raise NetlinkError("sock_diag reply ended without NLMSG_DONE")
 
@@ -157,11 +170,14 @@ class SockDiag:
         """Sockets of `protocol` ("tcp"/"udp") in any of `states` (a states_mask), both families."""
         proto = PROTOCOLS[protocol]
         out: List[RawSocket] = []
+        left_out = 0
+        seen: set = set()
         with _open(self.socket_factory) as sock:
             for af, _family in FAMILIES:
                 self._seq += 1
                 sock.sendto(request(self._seq, af, proto, states), (0, 0))
-                parse(_receive(sock), self._seq, out)
+                left_out += parse(_receive(sock), self._seq, out, seen=seen)
+        say_not_itemised(self.name, protocol, left_out)
         return out
 
     def probe(self) -> None:

@@ -8,9 +8,9 @@ import socket
 import struct
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
-from garrison.collectors.base import RawSocket
+from garrison.collectors.base import MAX_SOCKETS, RawSocket, say_not_itemised
 
 _FILES = {"tcp": (("tcp", 4), ("tcp6", 6)), "udp": (("udp", 4), ("udp6", 6))}
 
@@ -22,15 +22,26 @@ def _swap_words(raw: bytes, byteorder: str) -> bytes:
     return struct.pack(">%dI" % (len(raw) // 4), *struct.unpack("<%dI" % (len(raw) // 4), raw))
 
 
-def parse(lines: Iterable[str], family: int, states: int, out: List[RawSocket], byteorder: str = sys.byteorder) -> None:
+def parse(
+    lines: Iterable[str],
+    family: int,
+    states: int,
+    out: List[RawSocket],
+    byteorder: str = sys.byteorder,
+    limit: int = MAX_SOCKETS,
+    seen: Optional[set] = None,
+) -> int:
     """Parse the lines of one /proc/net/{tcp,udp}[6] file, keeping sockets whose state is in
-    `states` (a bit mask of kernel states, as for netlink). The header line is skipped.
+    `states` (a bit mask of kernel states, as for netlink). The header line is skipped. Returns
+    how many sockets were not kept: past `limit`, as for `_netlink.parse`.
 
     `byteorder` is the byte order of the machine that wrote the text (captured fixtures).
     """
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     ntop = socket.inet_ntop
     names: Dict[str, str] = {}
+    left_out = 0
+    seen = set() if seen is None else seen
     for line in lines:
         fields = line.split()
         if len(fields) < 10 or fields[0] == "sl":
@@ -43,6 +54,11 @@ def parse(lines: Iterable[str], family: int, states: int, out: List[RawSocket], 
             continue
         local_hex, _, local_port = fields[1].partition(":")
         remote_hex, _, remote_port = fields[2].partition(":")
+        key = remote_hex if remote_port.strip("0") else local_port
+        if len(out) >= limit and (key in seen or len(out) >= 2 * limit):
+            left_out += 1
+            continue
+        seen.add(key)
         try:
             local = names.get(local_hex)
             if local is None:
@@ -53,6 +69,7 @@ def parse(lines: Iterable[str], family: int, states: int, out: List[RawSocket], 
             out.append((family, local, int(local_port, 16), remote, int(remote_port, 16), int(fields[9])))
         except (ValueError, struct.error):
             raise ValueError(f"malformed line in a /proc/net socket table: {line.strip()[:120]!r}") from None
+    return left_out
 
 
 class ProcNet:
@@ -66,12 +83,15 @@ class ProcNet:
 
     def query(self, protocol: str, states: int) -> List[RawSocket]:
         out: List[RawSocket] = []
+        left_out = 0
+        seen: set = set()
         for filename, family in _FILES[protocol]:
             try:
                 with open(self.root / "net" / filename) as text:
-                    parse(text, family, states, out, self.byteorder)
+                    left_out += parse(text, family, states, out, self.byteorder, seen=seen)
             except FileNotFoundError:
                 if family == 4:
                     raise
                 # no /proc/net/tcp6 on a kernel without IPv6: there are no IPv6 sockets to report
+        say_not_itemised(self.name, protocol, left_out)
         return out

@@ -5,11 +5,23 @@ A collector is anything with a `name` and a `collect()` that returns a `Collecto
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from garrison.wire.limits import MAX_STRING_CHARS
+
 log = logging.getLogger(__name__)
+
+
+def os_text(name: str) -> str:
+    """A name the OS gave us (a path, a process name) as valid Unicode: bytes that are not UTF-8
+    (which Python keeps as lone surrogates, that no report can encode or the engine accept) show
+    as \\xNN, and a name past the wire's MAX_STRING_CHARS keeps its end ("..." first). Any local
+    process chooses such names; one must not cost the device its report."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return text if len(text) <= MAX_STRING_CHARS else "..." + text[3 - MAX_STRING_CHARS :]
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,24 @@ class InterfaceCounters:
 # What a socket backend (netlink or procfs) returns per socket, before interfaces and records:
 # (family 4|6, local address, local port, remote address, remote port, inode)
 RawSocket = Tuple[int, str, int, str, int, int]
+# Sockets itemised per query (listening TCP, listening UDP, established TCP): any local user may
+# open tens of thousands (76,000 took a collection to 100 MB RSS, past the unit's MemoryMax=96M, at
+# cycle). Past this many only a socket with a new port or remote address is kept, up to twice as
+# many (collectors._netlink.parse); the others are counted and logged.
+MAX_SOCKETS = 10000
+
+
+def say_not_itemised(backend: str, protocol: str, left_out: int) -> None:
+    if left_out:
+        log.warning(
+            "%s: %d %s sockets not itemised (a flood of sockets?): past %d only those with a new port "
+            "or remote address are kept, at most %d; the report's totals count those kept",
+            backend,
+            left_out,
+            protocol,
+            MAX_SOCKETS,
+            2 * MAX_SOCKETS,
+        )
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 from garrison.collectors._procfs import ProcNet
-from garrison.collectors.base import CollectorResult, timed
+from garrison.collectors.base import CollectorResult, os_text, timed
 
 PREFIX = "posture:"
 METRICS = {
@@ -205,7 +205,7 @@ def world_writable(root: Path, dirs: Iterable[str] = PATH_DIRS) -> List[str]:
                 except OSError:
                     continue
                 if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                    found.append(f"/{rel}/{entry.name}")
+                    found.append(os_text(f"/{rel}/{entry.name}"))  # anyone may name a file in a 0777 dir
     return sorted(found)[:MAX_REPORTED]
 
 

@@ -7,9 +7,9 @@ inside net_connections(), without psutil's parsing of every socket or its per-pr
 
 import os
 from dataclasses import replace
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from garrison.collectors.base import CollectorResult, timed
+from garrison.collectors.base import CollectorResult, os_text, timed
 
 Owners = Dict[int, Tuple[int, str]]
 _PREFIX = "socket:["
@@ -17,8 +17,8 @@ _PREFIX = "socket:["
 
 def _process_name(root: str, pid: int) -> str:
     try:
-        with open(f"{root}/{pid}/comm") as comm:
-            return comm.read().rstrip("\n")
+        with open(f"{root}/{pid}/comm", "rb") as comm:  # a process names itself: any bytes
+            return comm.read().rstrip(b"\n").decode("utf-8", "backslashreplace")
     except OSError:
         return ""
 
@@ -39,8 +39,9 @@ def _link_targets(fd_dir: int) -> List[str]:
     return targets
 
 
-def socket_owners(root: str = "/proc") -> Owners:
-    """Socket inode -> (pid, process name) for every process we may look into.
+def socket_owners(root: str = "/proc", wanted: Optional[Set[int]] = None) -> Owners:
+    """Socket inode -> (pid, process name) for every process we may look into; only the inodes
+    in `wanted` when given (a flood of sockets elsewhere then costs no memory).
 
     A socket shared by several processes (inherited over fork) goes to the lowest pid, usually
     the parent that opened it.
@@ -57,6 +58,8 @@ def socket_owners(root: str = "/proc") -> Owners:
             for target in _link_targets(fd_dir):
                 if target.startswith(_PREFIX):
                     inode = int(target[len(_PREFIX) : -1])
+                    if wanted is not None and inode not in wanted:
+                        continue
                     known = inode_pids.get(inode)
                     if known is None or pid < known:
                         inode_pids[inode] = pid
@@ -98,7 +101,7 @@ def describe(pid: int, name: str = "", root: str = "/proc", _users: Optional[Dic
     non-root agent cannot read other users' /proc/<pid>/exe)."""
     out: Dict = {"pid": pid, "process": name or _process_name(root, pid)}
     try:
-        out["executable"] = os.readlink(f"{root}/{pid}/exe")
+        out["executable"] = os_text(os.readlink(f"{root}/{pid}/exe"))
     except OSError:
         pass
     try:

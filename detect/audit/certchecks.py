@@ -97,8 +97,12 @@ _WHY = {
 def _key_quality(ctx: Context, certs: List[CertInfo]) -> Tuple[int, List[Dict[str, Any]]]:
     out = []
     for info in certs:
-        public_key = info.cert.public_key()
-        found = keyquality.weaknesses(public_key, ctx.settings.debian_blocklist)
+        try:
+            public_key = info.cert.public_key()
+        except Exception:  # a key cryptography cannot load (SM2, GOST): one must not fail the fleet's check
+            public_key, found = None, ["UNSUPPORTED_KEY_TYPE"]
+        else:
+            found = keyquality.weaknesses(public_key, ctx.settings.debian_blocklist)
         if found:
             kind, ident = _resource(info)
             size = getattr(public_key, "key_size", None)

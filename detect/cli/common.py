@@ -85,8 +85,17 @@ def percent(number: Optional[float]) -> str:
     return "-" if number is None else f"{number:g}%"
 
 
+def _cell(value: Any) -> str:
+    """A cell as text, its control characters escaped: devices choose many of the strings shown
+    (a process name, a custom metric's strings), and a raw ESC or CR would drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [list(map(str, headers))] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    cells = [list(map(str, headers))] + [["-" if c is None or c == "" else _cell(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 

@@ -70,6 +70,28 @@ def test_weak_keys_rsa_1024_ec_192_and_roca_are_found_healthy_keys_are_not(plant
     assert not HEALTHY & set(found)
 
 
+def test_a_key_the_library_cannot_load_is_a_finding_not_a_failed_check(tmp_path):
+    """A fleet-signed certificate with an SM2 key (openssl makes one; cryptography cannot load
+    it) failed the whole check before, so the fleet's RSA-1024 device went unreported."""
+    import subprocess
+
+    ca = fleet(tmp_path / "pki")
+    plant(ca, "weak-rsa-2", key=rsa.generate_private_key(65537, 1024))
+    key, csr, crt = tmp_path / "sm2.key", tmp_path / "sm2.csr", ca.dir / "things" / "sm2-1.crt"
+    for argv in (["openssl", "genpkey", "-algorithm", "SM2", "-out", key],
+                 ["openssl", "req", "-new", "-key", key, "-subj", "/CN=sm2-1", "-out", csr],
+                 ["openssl", "x509", "-req", "-in", csr, "-CA", ca.cert_path, "-CAkey", ca.key_path,
+                  "-set_serial", "7", "-days", "30", "-out", crt]):
+        subprocess.run(argv, check=True, capture_output=True)
+    task, findings = audit(ca.dir, "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK")
+    detail = task["auditDetails"]["DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"]
+    assert detail["checkRunStatus"] == "COMPLETED_NON_COMPLIANT", detail
+    found = by_cn(findings)
+    assert set(found) == {"weak-rsa-2", "sm2-1"}
+    info = found["sm2-1"]["nonCompliantResource"]["additionalInfo"]
+    assert info["weaknesses"] == ["UNSUPPORTED_KEY_TYPE"] and info.get("keySize") is None
+
+
 def test_roca_fingerprint_detector():
     key = roca_private_key(seed=7)
     assert key.key_size == 2048 and keyquality.roca_vulnerable(key.public_key().public_numbers().n)
