@@ -135,13 +135,23 @@ def parse(topic: str, payload: bytes) -> Optional[Reply]:
         thing=str(body.get("thingName") or thing),
         report_id=report_id,
         accepted=ok,
-        error_code=None if ok else str(details.get("ErrorCode") or "Unknown"),
-        error_message=None if ok else str(details.get("ErrorMessage") or ""),
+        error_code=None if ok else _shown(details.get("ErrorCode") or "Unknown", 64),
+        error_message=None if ok else _shown(details.get("ErrorMessage") or ""),
         timestamp=timestamp,
         topic=topic,
         payload=bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else b"",
         raw=body or payload,
     )
+
+
+def _shown(value: Any, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    """What the other side wrote in a reply, as the device logs and keeps it: at most `limit`
+    characters, control characters escaped (a hostile broker or engine must not flood or drive
+    the device's log: an ESC, a CR, a newline that forges a line)."""
+    text = str(value)[: 4 * limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return shorten(text, limit)
 
 
 def shorten(text: Any, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:

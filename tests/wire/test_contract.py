@@ -223,3 +223,21 @@ def test_the_guard_sees_a_spelled_topic():
 def test_the_docs_field_table_is_the_generated_one():
     doc = (ROOT / "docs" / "wire-format.md").read_text()
     assert schema.markdown_table() in doc, "regenerate docs/wire-format.md's table with schema.markdown_table()"
+
+
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+def test_a_rejection_the_device_reads_is_bounded_and_cannot_drive_its_log(fmt):
+    """A hostile broker or engine chooses ErrorCode and ErrorMessage: the device keeps (and logs)
+    at most MAX_ERROR_MESSAGE_CHARS of the message and 64 of the code, control characters escaped."""
+    hostile = "\x1b[2J\rreport 7 accepted\n" * 5000
+    body = {"thingName": "dev", "reportId": 7, "status": "REJECTED", "timestamp": 1,
+            "statusDetails": {"ErrorCode": "Bad\x1b]0;pwned\x07" * 40, "ErrorMessage": hostile}}
+    reply = replies.parse(topics.reply_topic("dev", fmt, "rejected"), codec.encode(body, fmt))
+    assert not reply.accepted and reply.report_id == 7
+    assert len(reply.error_message) <= limits.MAX_ERROR_MESSAGE_CHARS and len(reply.error_code) <= 64
+    assert reply.error_message.isprintable() and reply.error_code.isprintable()
+    assert reply.error_message.startswith("\\x1b[2J\\rreport 7 accepted\\n")
+    # what the engine sends stays as it was
+    honest = replies.parse(topics.reply_topic("dev", fmt, "rejected"),
+                           replies.rejected("dev", fmt, 7, "InvalidPayload", "metrics: expected an object", 1).payload)
+    assert (honest.error_code, honest.error_message) == ("InvalidPayload", "metrics: expected an object")
