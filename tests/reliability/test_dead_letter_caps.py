@@ -193,7 +193,8 @@ def test_on_postgresql_a_report_in_flight_at_each_death_is_set_aside_in_the_dead
         ]
         assert service.engine.last_report("crasher-pg") is None  # never handled
         assert service.engine.last_report("fine-pg") is not None
-        assert json.loads((dead / ".inflight").read_text()) == {}
+        # emptied when fine-pg's batch ends, just after its reply went out
+        wait_for(lambda: (dead / ".inflight").read_text() == "{}", 10, "the in-flight file to be emptied")
     finally:
         crasher.close()
         fine.close()
