@@ -22,9 +22,11 @@ timed out and the broker reconnection waited 65 s):
   a reset, which can reach the client before it has read the answer (it saw a reset, not a 401);
   a lingering connection counts as idle, first in line for eviction at the connection cap;
 - one event loop, and the handlers on FastAPI's bounded thread pool (anyio's 40 threads): no
-  thread per connection. uvicorn's `limit_concurrency` counts connections as well as requests, so
-  below the connection cap it would answer 503 to everyone while an idle crowd is connected: it is
-  set just above the cap, as a backstop.
+  thread per connection. uvicorn's `limit_concurrency` counts connections and, apart, request
+  tasks, and answers 503 when either reaches it: set at the cap, it refused everyone while an idle
+  crowd was connected, and a connection's pipelined requests briefly hold two tasks (the answer
+  that finished, the next one), so at the cap of 8 a ninth task was a 503 too. It is set at twice
+  the cap plus one, a backstop the connection cap keeps out of reach.
 """
 
 import asyncio
@@ -200,7 +202,7 @@ class ApiServer:
             access_log=False,
             server_header=False,
             timeout_keep_alive=limits.keep_alive,
-            limit_concurrency=limits.max_connections + 1,
+            limit_concurrency=2 * limits.max_connections + 1,  # the backstop: see the docstring
             timeout_graceful_shutdown=limits.graceful_shutdown,
             h11_max_incomplete_event_size=16 * 1024,
             backlog=limits.backlog,
