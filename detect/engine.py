@@ -267,7 +267,7 @@ class Engine:
             self._batch_thread = None
         try:
             # only a batch that raised events looks at the outbox (one transaction more); tick()
-            # (every half second in serve) takes what else is there: retries, other processes. events
+            # (every half second in serve) takes what else is there: retries, other processes' events
             if self.alerts is not None and self._batch_had_events:  # locks in tick()'s order
                 with self._dispatch_lock, self.store.transaction(busy_timeout_ms):
                     self.dispatch_alerts()
