@@ -23,3 +23,17 @@ class MemoryLedger:
         with self._lock:
             self.last[thing] = (report_long["header"]["report_id"], received_ms)
             self.reports.setdefault(thing, []).append(report_long)
+
+
+class PoisonedSink(MemoryLedger):
+    """Handling reports of `poison` raises, as a bug tripped by one payload would."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def accept(self, thing, report_long, received_ms):
+        if thing == "poison":
+            self.calls += 1
+            raise RuntimeError("a bug this report trips")
+        super().accept(thing, report_long, received_ms)

@@ -17,7 +17,8 @@ from garrison.wire.limits import MAX_PAYLOAD_BYTES
 
 from engine_stream import CLI, Engine, cli
 from fixtures import free_port, wait_for
-from test_hostile_ingest import Device, PoisonedSink, honest_report
+from ledger import PoisonedSink
+from test_hostile_ingest import Device, honest_report
 
 TOPIC = b"$aws/things/a/defender/metrics/cbor"
 
@@ -201,12 +202,26 @@ def test_on_postgresql_a_report_in_flight_at_each_death_is_set_aside_in_the_dead
         service.shutdown()
 
 
+def _returns_despite(fifo: Path, work, failure: str) -> None:
+    """Run `work` (which meets the FIFO `fifo`) on a thread: it must return within 5 s, not wait
+    for a writer. If it does wait (the old code), a writer is opened so that the thread ends."""
+    import os
+    import threading
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), failure
+    finally:
+        if thread.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
 def test_the_in_flight_file_is_read_only_as_a_small_regular_file_not_through_a_symlink(tmp_path, caplog):
     """--dead-letters DIR holds the in-flight file; what else is in DIR must not decide what the
     engine reads at its start: a symlink was followed (to /dev/zero: out of memory at every
     start; to a file of digests: honest reports set aside) and a FIFO hung the start for good."""
     import os
-    import threading
     from garrison.detect.ingest.deadletter import InFlight
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps({digest(TOPIC, b"honest"): 2}))
@@ -218,19 +233,11 @@ def test_the_in_flight_file_is_read_only_as_a_small_regular_file_not_through_a_s
     assert any("cannot read" in r.getMessage() for r in caplog.records)
     link.unlink()
     os.mkfifo(link)
-    started = threading.Thread(target=InFlight, args=(str(link),), daemon=True)
-    started.start()
-    started.join(5)
-    try:
-        assert not started.is_alive(), "InFlight waited on a FIFO"
-    finally:
-        if started.is_alive():  # the old code: let its open() return
-            os.close(os.open(link, os.O_WRONLY | os.O_NONBLOCK))
+    _returns_despite(link, lambda: InFlight(str(link)), "InFlight waited on a FIFO")
 
 
 def test_dead_letters_are_listed_without_following_a_symlink_or_waiting_on_a_fifo(tmp_path):
     import os
-    import threading
     directory = tmp_path / "dead"
     kept = DeadLetters(str(directory)).put(TOPIC, b"\xd8\x1c", "boom", 3, now_ms=5000)
     secret = tmp_path / "secret.json"
@@ -238,14 +245,8 @@ def test_dead_letters_are_listed_without_following_a_symlink_or_waiting_on_a_fif
     (directory / "1-link.json").symlink_to(secret)
     os.mkfifo(directory / "2-fifo.json")
     listed = []
-    lister = threading.Thread(target=lambda: listed.extend(DeadLetters(str(directory)).list()), daemon=True)
-    lister.start()
-    lister.join(5)
-    try:
-        assert not lister.is_alive(), "listing waited on a FIFO"
-    finally:
-        if lister.is_alive():  # the old code: let its open() return
-            os.close(os.open(directory / "2-fifo.json", os.O_WRONLY | os.O_NONBLOCK))
+    _returns_despite(directory / "2-fifo.json", lambda: listed.extend(DeadLetters(str(directory)).list()),
+                     "listing waited on a FIFO")
     assert [r["file"] for r in listed] == [str(kept)]
 
 

@@ -23,7 +23,7 @@ from garrison.detect.ingest.validate import INVALID_PAYLOAD  # noqa: E402
 from garrison.wire import replies  # noqa: E402
 from engine_stream import Engine, cli  # noqa: E402
 from fixtures import wait_for  # noqa: E402
-from ledger import MemoryLedger  # noqa: E402
+from ledger import MemoryLedger, PoisonedSink  # noqa: E402
 from test_cbor_guard import shared_reference_bomb  # noqa: E402
 
 MiB = 2 ** 20
@@ -134,20 +134,6 @@ def test_a_lock_released_in_time_lets_the_same_engine_answer(mosquitto, tmp_path
         locker.close()
         device.close()
         engine.stop()
-
-
-class PoisonedSink(MemoryLedger):
-    """Handling reports of `poison` raises, as a bug tripped by one payload would."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def accept(self, thing, report_long, received_ms):
-        if thing == "poison":
-            self.calls += 1
-            raise RuntimeError("a bug this report trips")
-        super().accept(thing, report_long, received_ms)
 
 
 def test_a_report_that_keeps_failing_is_dead_lettered_answered_and_acknowledged(mosquitto, tmp_path):

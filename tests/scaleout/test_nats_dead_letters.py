@@ -15,24 +15,10 @@ from garrison.detect.ingest.jetstream import (DEADLETTER_MAX_AGE_S, DEADLETTER_M
                                               DEADLETTER_SUBJECT, STREAM, DeadLetterCaps, NatsIngest, consumer_name,
                                               partition_of)
 from fixtures import free_port, wait_for
-from ledger import MemoryLedger
+from ledger import PoisonedSink
 
 from engine_support import build
 from world import PARTITIONS, Device, Worker, cli
-
-
-class PoisonedSink(MemoryLedger):
-    """Handling reports of `poison` raises, as a bug tripped by one payload would."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def accept(self, thing, report_long, received_ms):
-        if thing == "poison":
-            self.calls += 1
-            raise RuntimeError("a bug this report trips")
-        super().accept(thing, report_long, received_ms)
 
 
 def _js(urls, work):
