@@ -11,7 +11,7 @@ Both get the same `Reply`. Error codes: AWS's two, then Garrison's extensions
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from garrison.wire import codec, topics
+from garrison.wire import codec, topics, values
 from garrison.wire.limits import MAX_ERROR_MESSAGE_CHARS
 
 # AWS's codes
@@ -148,10 +148,7 @@ def _shown(value: Any, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
     """What the other side wrote in a reply, as the device logs and keeps it: at most `limit`
     characters, control characters escaped (a hostile broker or engine must not flood or drive
     the device's log: an ESC, a CR, a newline that forges a line)."""
-    text = str(value)[: 4 * limit]
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    return shorten(text, limit)
+    return shorten(values.escape_controls(str(value)[: 4 * limit]), limit)
 
 
 def shorten(text: Any, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:

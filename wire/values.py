@@ -122,6 +122,14 @@ def custom_metric(value: Any) -> List[Dict[str, Any]]:
     )
 
 
+def escape_controls(text: str) -> str:
+    """A string the other side chose, fit to show a person: its control characters escaped
+    (`\\x1b`, `\\r`, `\\n`), so it cannot drive a terminal or forge a log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _show(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "..." + text[-1]

@@ -6,6 +6,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
+from garrison.wire.values import escape_controls
+
 PROG = "garrison-detect"
 DEFAULT_DB = "garrison-detect.db"
 DB_ENV = "GARRISON_DB"
@@ -88,10 +90,7 @@ def percent(number: Optional[float]) -> str:
 def _cell(value: Any) -> str:
     """A cell as text, its control characters escaped: devices choose many of the strings shown
     (a process name, a custom metric's strings), and a raw ESC or CR would drive the terminal."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return escape_controls(str(value))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
