@@ -236,6 +236,17 @@ def parse_target(target: str) -> Tuple[str, Optional[str]]:
     return kind, name
 
 
+# one statement each for a row and for a batch's rows (put_state / put_states, put_sample / put_samples)
+_PUT_STATE = (
+    "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms"
+)
+_PUT_SAMPLE = (
+    "INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, value = excluded.value"
+)
+
+
 class ThingRows(NamedTuple):
     """What reports read of their things, for many things at once (Store.read_things)."""
 
@@ -767,21 +778,11 @@ class Store:
         }
 
     def put_state(self, thing: str, profile: str, behavior: str, state: Any, now_ms: int) -> None:
-        self._exec(
-            "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
-            "updated_ms = excluded.updated_ms",
-            (thing, profile, behavior, _dumps(state), now_ms),
-        )
+        self._exec(_PUT_STATE, (thing, profile, behavior, _dumps(state), now_ms))
 
     def put_states(self, rows: Iterable[Tuple[str, str, str, Any, int]]) -> None:
         """put_state for many (thing, profile, behavior, state, now_ms) at once (group commit)."""
-        self._many(
-            "INSERT INTO eval_state (thing, profile, behavior, state, updated_ms) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(thing, profile, behavior) DO UPDATE SET state = excluded.state, "
-            "updated_ms = excluded.updated_ms",
-            [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows],
-        )
+        self._many(_PUT_STATE, [(t, p, b, _dumps(st), ms) for t, p, b, st, ms in rows])
 
     def delete_state(self, thing: str, profile: str, behavior: str) -> None:
         self._exec(
@@ -959,21 +960,11 @@ class Store:
 
     def put_sample(self, profile: str, behavior: str, thing: str, time_ms: int, value: float) -> None:
         """Keep `thing`'s latest judged value for a statistical behavior."""
-        self._exec(
-            "INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
-            "value = excluded.value",
-            (profile, behavior, thing, time_ms, float(value)),
-        )
+        self._exec(_PUT_SAMPLE, (profile, behavior, thing, time_ms, float(value)))
 
     def put_samples(self, rows: Iterable[Tuple[str, str, str, int, float]]) -> None:
         """put_sample for many (profile, behavior, thing, time_ms, value) at once (group commit)."""
-        self._many(
-            "INSERT INTO fleet_samples (profile, behavior, thing, time_ms, value) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(profile, behavior, thing) DO UPDATE SET time_ms = excluded.time_ms, "
-            "value = excluded.value",
-            [(p, b, t, ms, float(v)) for p, b, t, ms, v in rows],
-        )
+        self._many(_PUT_SAMPLE, [(p, b, t, ms, float(v)) for p, b, t, ms, v in rows])
 
     def samples(self, profile: str, behavior: str, since_ms: int) -> List[Tuple[str, int, float]]:
         """(thing, time_ms, value) of the devices whose latest value is newer than `since_ms`."""
@@ -1019,10 +1010,8 @@ class Store:
         }
 
     def get_threshold(self, profile: str, behavior: str) -> Optional[Dict[str, Any]]:
-        row = self._one("SELECT * FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
-        if row is None:
-            return None
-        return {"value": row["value"], "devices": row["devices"], "computed_ms": row["computed_ms"]}
+        rows = self._rows("SELECT * FROM fleet_thresholds WHERE profile = ? AND behavior = ?", (profile, behavior))
+        return self._thresholds(rows).get((profile, behavior))
 
     # ---- ML Detect model states ---------------------------------------------------------------
 
