@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from garrison.detect.ingest.frontdoor import _RateLimitedLog
 from garrison.wire.limits import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("garrison.ingest")
@@ -193,7 +194,7 @@ class InFlight:
     def __init__(self, path: str):
         self.path = Path(path)
         self._fd: Optional[int] = None
-        self._write_failed_logged = -FULL_LOG_EVERY_S  # twice per batch: at most a line a minute
+        self._log_failure = _RateLimitedLog(every_s=FULL_LOG_EVERY_S)  # twice per batch: a line a minute
         self.suspects: Dict[str, int] = {}  # digest -> times it was in flight when the process died
         try:
             crashed = json.loads(_read_regular(self.path, _IN_FLIGHT_MAX_BYTES))
@@ -233,8 +234,10 @@ class InFlight:
             os.pwrite(self._fd, data, 0)
             os.ftruncate(self._fd, len(data))
         except OSError as exc:
-            if time.monotonic() - self._write_failed_logged >= FULL_LOG_EVERY_S:
-                self._write_failed_logged = time.monotonic()
-                log.warning(
-                    "cannot write %s (a report that kills the engine would not be recognised): %s", self.path, exc
-                )
+            self._log_failure(
+                logging.WARNING,
+                "write",
+                "cannot write %s (a report that kills the engine would not be recognised): %s",
+                self.path,
+                exc,
+            )
