@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS audit_schedules (
 CREATE TABLE IF NOT EXISTS audit_posture (
     thing TEXT PRIMARY KEY, time_ms INTEGER NOT NULL, metrics TEXT NOT NULL);
 """
-# MAX(seq) on each save; created after the column is (_add_seq)
+# listings sort by seq; the indexes are created after the column is (_add_seq)
 _SEQ_INDEXES = (
     "CREATE INDEX IF NOT EXISTS audit_tasks_seq ON audit_tasks (seq); "
     "CREATE INDEX IF NOT EXISTS audit_findings_seq ON audit_findings (seq)"
